@@ -14,6 +14,8 @@ import click
 # (module, attribute) of every top-level command, in the order `atlas --help` lists them.
 COMMANDS: list[tuple[str, str]] = [
     ("atlas.cli.db", "db"),
+    ("atlas.cli.facts", "facts"),
+    ("atlas.cli.demo", "demo"),
 ]
 
 
