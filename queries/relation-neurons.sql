@@ -1,0 +1,27 @@
+-- Relation-level neurons: knowledge neurons shared by at least :min_facts facts AND at least the
+-- share :min_share of one relation's facts (the paper's relation neurons: min_share 0.1).
+-- Set either threshold to its trivial value (min_facts 1, min_share 0) to use the other alone.
+-- relation_facts counts the relation's facts that have knowledge neurons in the run.
+-- params: :run_id (int), :relation_id (text), :min_facts (int, default 2), :min_share (float, default 0.0)
+-- columns: layer, neuron, n_facts, relation_facts, share, mean_score
+WITH rel_kn AS (
+    SELECT kn.fact_id, kn.layer, kn.neuron, kn.score
+    FROM knowledge_neurons kn
+    JOIN facts f ON f.id = kn.fact_id
+    WHERE kn.run_id = :run_id AND f.relation_id = :relation_id
+),
+rel_size AS (
+    SELECT COUNT(DISTINCT fact_id) AS n FROM rel_kn
+)
+SELECT k.layer,
+       k.neuron,
+       COUNT(*) AS n_facts,
+       s.n AS relation_facts,
+       CAST(COUNT(*) AS DOUBLE PRECISION) / s.n AS share,
+       AVG(CAST(k.score AS DOUBLE PRECISION)) AS mean_score
+FROM rel_kn k
+CROSS JOIN rel_size s
+GROUP BY k.layer, k.neuron, s.n
+HAVING COUNT(*) >= :min_facts
+   AND CAST(COUNT(*) AS DOUBLE PRECISION) >= CAST(:min_share AS DOUBLE PRECISION) * s.n
+ORDER BY n_facts DESC, k.layer, k.neuron
