@@ -1,0 +1,7 @@
+-- Facts of run :run_id that have at least one scored causal prompt, with those prompts' texts.
+SELECT f.id AS fact_id, f.relation_id, f.subject, f.object, p.id AS prompt_id, p.text
+FROM prompt_outputs po
+JOIN prompts p ON p.id = po.prompt_id
+JOIN facts f ON f.id = p.fact_id
+WHERE po.run_id = :run_id AND po.status = 'ok' AND p.causal
+ORDER BY f.relation_id, f.id, p.id
