@@ -16,6 +16,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("atlas.cli.db", "db"),
     ("atlas.cli.facts", "facts"),
     ("atlas.cli.demo", "demo"),
+    ("atlas.cli.index", "index"),
+    ("atlas.cli.models", "models"),
+    ("atlas.cli.runs", "runs"),
 ]
 
 

@@ -1,0 +1,388 @@
+"""Indexing runs in the database: create or resume a run, write batch results atomically,
+store each relation's knowledge neurons, and report on runs. Torch-free.
+
+A run is identified by its parameters: ``params_key`` is the SHA-256 of the model's weight hash,
+the dataset, the fact selection and every parameter that changes results. Running the same
+command again therefore finds the unfinished run and resumes it instead of starting over.
+
+Atomicity is what makes SIGKILL harmless: a batch's prompt outputs and scores are written in the
+SAME transaction that marks its work item done (after deleting anything an earlier attempt might
+have left), and a relation's knowledge neurons are replaced (delete + insert) in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from .registry import ModelRow
+from .schema import (dataset_facts, facts, knowledge_neurons, prompt_outputs, prompt_scores, prompts, relation_thresholds, runs,
+                     work_items)
+from .sqlfile import sql_text
+from .store import Store
+from .workqueue import WorkItem, WorkQueue, batches, create_items
+
+# "no limit" per relation; DuckDB turns `ROW_NUMBER() <= n` into a top-n aggregate that refuses n >= 1e6
+NO_LIMIT = 999_999
+
+
+class SelectionError(ValueError):
+    """The dataset, relations or limits select nothing to index (the message says why)."""
+
+
+class RunConflict(ValueError):
+    """A run of that name exists with other parameters."""
+
+
+class LeaseLost(RuntimeError):
+    """Our lease on a work item expired and another worker took it over; our results are dropped."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's results (and so its ``params_key``)."""
+
+    model: ModelRow
+    dataset: str
+    relations: tuple[str, ...] | None  # None: every relation of the dataset
+    limit_per_relation: int | None
+    causal: bool  # left-to-right model (prompts.causal) or masked LM (prompts.masked)
+    params: dict[str, Any]  # attribution and storage parameters (steps, precision, thresholds, ...)
+    code_version: str = "0"
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "model_sha256": self.model.sha256,
+            "dataset": self.dataset,
+            "selection": {"relations": sorted(self.relations) if self.relations else None,
+                          "limit_per_relation": self.limit_per_relation, "causal": self.causal},
+            "params": self.params,
+        }
+
+    @property
+    def params_key(self) -> str:
+        return hashlib.sha256(_canonical(self.document()).encode()).hexdigest()
+
+
+@dataclass
+class Run:
+    id: int
+    name: str
+    model_id: int
+    dataset: str
+    params: dict[str, Any]
+    params_key: str
+    status: str
+    stats: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass
+class PromptOutput:
+    """What the indexer learned about one prompt (status ``ok`` or ``skipped`` with a reason)."""
+
+    prompt_id: int
+    status: str
+    skip_reason: str | None = None
+    p_gold: float | None = None
+    gold_rank: int | None = None
+    max_score: float | None = None
+    n_answer_tokens: int | None = None
+
+
+@dataclass
+class BatchResult:
+    """The results of one work item, ready to be written in one transaction."""
+
+    item: WorkItem
+    outputs: list[PromptOutput]
+    # sparse prompt-level scores, column-shaped
+    score_prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    score_layer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    score_neuron: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    score_value: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    model_s: float = 0.0
+
+
+@dataclass
+class PromptCoarse:
+    """One ok prompt's stored scores (all neurons >= floor x max_score, at least the coarse ones)."""
+
+    prompt_id: int
+    max_score: float
+    layers: np.ndarray
+    neurons: np.ndarray
+    scores: np.ndarray
+
+
+def _canonical(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+# --- creating and resuming ---------------------------------------------------------------------
+
+def select_facts(store: Store, dataset: str, relations: tuple[str, ...] | None, limit: int | None,
+                 causal: bool) -> list[tuple[str, str]]:
+    """(relation_id, fact_id) pairs a run would index; a `SelectionError` when that is nothing."""
+    with store.begin() as conn:
+        in_dataset = conn.execute(sql_text("dataset_relations", store.backend), {"dataset": dataset}).scalars().all()
+        if not in_dataset:
+            loaded = conn.execute(sa.select(dataset_facts.c.dataset).distinct().order_by(dataset_facts.c.dataset)).scalars().all()
+            hint = f"loaded datasets: {', '.join(loaded)}" if loaded else "no dataset is loaded"
+            raise SelectionError(f"unknown dataset {dataset!r}: {hint} (load one with `atlas facts load`)")
+        wanted = list(relations) if relations else list(in_dataset)
+        missing = sorted(set(wanted) - set(in_dataset))
+        if missing:
+            raise SelectionError(f"relation(s) {', '.join(missing)} have no facts in dataset {dataset!r}")
+        rows = conn.execute(sql_text("select_facts", store.backend, ("relations",)), {
+            "dataset": dataset, "relations": wanted, "causal": causal,
+            "limit_per_relation": NO_LIMIT if limit is None else limit}).all()
+    if not rows:
+        kind = "left-to-right" if causal else "masked-LM"
+        raise SelectionError(f"empty selection: no fact of dataset {dataset!r} in {', '.join(wanted)} has a {kind} prompt"
+                             + (f" (limit {limit} per relation)" if limit is not None else ""))
+    return [(r.relation_id, r.fact_id) for r in rows]
+
+
+def open_run(store: Store, spec: RunSpec, name: str | None = None, facts_per_item: int = 8) -> tuple[Run, bool]:
+    """The run for ``spec``: the existing one with the same parameters, or a new one with its work
+    items (in one transaction). Returns (run, created)."""
+    key = spec.params_key
+    existing = find_run(store, name=name) if name else find_run(store, params_key=key)
+    if existing is not None:
+        if existing.params_key != key:
+            raise RunConflict(f"run {existing.name!r} exists with other parameters; choose another --run name")
+        return existing, False
+    selected = select_facts(store, spec.dataset, spec.relations, spec.limit_per_relation, spec.causal)
+    items = batches(selected, facts_per_item)
+    name = name or f"{spec.model.name}-{spec.dataset}-{key[:8]}"
+    try:
+        with store.begin() as conn:
+            run_id = conn.execute(runs.insert().values(
+                name=name, model_id=spec.model.id, dataset=spec.dataset, method="ig",
+                params=_canonical(spec.document()), params_key=key, code_version=spec.code_version,
+                status="running", stats="{}").returning(runs.c.id)).scalar_one()
+            create_items(store, conn, run_id, items)
+    except sa.exc.IntegrityError:  # another process created it a moment ago
+        existing = find_run(store, name=name)
+        if existing is None or existing.params_key != key:
+            raise
+        return existing, False
+    return get_run(store, run_id), True
+
+
+def find_run(store: Store, *, name: str | None = None, params_key: str | None = None) -> Run | None:
+    q = sa.select(runs)
+    q = q.where(runs.c.name == name) if name is not None else q.where(runs.c.params_key == params_key)
+    with store.begin() as conn:
+        row = conn.execute(q.order_by(runs.c.id.desc()).limit(1)).first()
+    return _run(row) if row else None
+
+
+def get_run(store: Store, run: int | str) -> Run:
+    """A run by id or name; ``LookupError`` naming the value otherwise."""
+    col = runs.c.id if isinstance(run, int) or str(run).isdigit() else runs.c.name
+    value = int(run) if col is runs.c.id else run
+    with store.begin() as conn:
+        row = conn.execute(sa.select(runs).where(col == value)).first()
+    if row is None:
+        raise LookupError(f"no run {run!r} (see `atlas runs list`)")
+    return _run(row)
+
+
+def list_runs(store: Store) -> list[Run]:
+    with store.begin() as conn:
+        return [_run(r) for r in conn.execute(sa.select(runs).order_by(runs.c.id))]
+
+
+def _run(r: sa.Row) -> Run:
+    return Run(int(r.id), r.name, int(r.model_id), r.dataset, json.loads(r.params), r.params_key, r.status,
+               json.loads(r.stats or "{}"), r.created_at, r.finished_at)
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+def item_prompts(store: Store, fact_ids: tuple[str, ...], causal: bool) -> list[sa.Row]:
+    """(prompt_id, fact_id, text, object) of the usable prompts of a batch of facts."""
+    with store.begin() as conn:
+        return conn.execute(sql_text("item_prompts", store.backend, ("fact_ids",)),
+                            {"fact_ids": list(fact_ids), "causal": causal}).all()
+
+
+def write_batch(store: Store, queue: WorkQueue, result: BatchResult) -> None:
+    """Replace the item's rows and mark it done, all in one transaction (`LeaseLost` rolls back)."""
+    run_id = queue.run_id
+    ids = [o.prompt_id for o in result.outputs]
+    with store.begin() as conn:
+        if ids:
+            for table in (prompt_scores, prompt_outputs):
+                conn.execute(table.delete().where(table.c.run_id == run_id, table.c.prompt_id.in_(ids)))
+        store.bulk_insert(conn, prompt_outputs, {
+            "run_id": [run_id] * len(ids),
+            "prompt_id": ids,
+            "status": [o.status for o in result.outputs],
+            "skip_reason": [o.skip_reason for o in result.outputs],
+            "p_gold": [o.p_gold for o in result.outputs],
+            "gold_rank": [o.gold_rank for o in result.outputs],
+            "max_score": [o.max_score for o in result.outputs],
+            "n_answer_tokens": [o.n_answer_tokens for o in result.outputs],
+        })
+        store.bulk_insert(conn, prompt_scores, {
+            "run_id": np.full(len(result.score_prompt), run_id, np.int64),
+            "prompt_id": result.score_prompt,
+            "layer": result.score_layer,
+            "neuron": result.score_neuron,
+            "score": result.score_value,
+        })
+        if not queue.complete(conn, result.item):
+            raise LeaseLost(f"lease on item {result.item.item_id} of run {run_id} was lost; another worker redoes it")
+
+
+# --- relations ---------------------------------------------------------------------------------
+
+def relation_facts(store: Store, run_id: int, relation_id: str) -> list[str]:
+    """The facts of a relation that the run indexes (from its work items), sorted."""
+    with store.begin() as conn:
+        docs = conn.execute(sa.select(work_items.c.fact_ids).where(work_items.c.run_id == run_id,
+                                                                   work_items.c.relation_id == relation_id)).scalars().all()
+    return sorted(f for d in docs for f in json.loads(d))
+
+
+def relation_coarse(store: Store, run_id: int, relation_id: str) -> dict[str, list[PromptCoarse]]:
+    """Per fact of the relation: the stored scores of each of its ok prompts (in prompt id order)."""
+    with store.begin() as conn:
+        rows = conn.execute(sql_text("relation_coarse_scores", store.backend),
+                            {"run_id": run_id, "relation_id": relation_id}).all()
+    grouped: dict[tuple[str, int], list[sa.Row]] = defaultdict(list)
+    for r in rows:
+        grouped[(r.fact_id, int(r.prompt_id))].append(r)
+    out: dict[str, list[PromptCoarse]] = defaultdict(list)
+    for (fact_id, prompt_id), rs in grouped.items():
+        stored = [r for r in rs if r.layer is not None]
+        out[fact_id].append(PromptCoarse(
+            prompt_id, float(rs[0].max_score),
+            np.array([r.layer for r in stored], np.int64), np.array([r.neuron for r in stored], np.int64),
+            np.array([r.score for r in stored], np.float32)))
+    return dict(out)
+
+
+@dataclass
+class RelationNeurons:
+    """A relation's refined knowledge neurons (column-shaped) and its adapted threshold."""
+
+    relation_id: str
+    fact_id: list[str]
+    layer: list[int]
+    neuron: list[int]
+    score: list[float]
+    n_prompts: list[int]
+    p: float
+    mean_neurons: float
+    n_facts: int
+
+
+def write_relation(store: Store, run_id: int, rel: RelationNeurons) -> None:
+    """Replace the relation's knowledge neurons and threshold row in one transaction (idempotent)."""
+    with store.begin() as conn:
+        if store.backend == "postgresql":
+            conn.execute(sql_text("lock_relation_items", store.backend), {"run_id": run_id, "relation_id": rel.relation_id})
+        rel_facts = sa.select(facts.c.id).where(facts.c.relation_id == rel.relation_id)
+        conn.execute(knowledge_neurons.delete().where(knowledge_neurons.c.run_id == run_id,
+                                                      knowledge_neurons.c.fact_id.in_(rel_facts)))
+        conn.execute(relation_thresholds.delete().where(relation_thresholds.c.run_id == run_id,
+                                                        relation_thresholds.c.relation_id == rel.relation_id))
+        n = len(rel.fact_id)
+        store.bulk_insert(conn, knowledge_neurons, {
+            "run_id": [run_id] * n, "fact_id": rel.fact_id, "layer": rel.layer, "neuron": rel.neuron,
+            "score": rel.score, "n_prompts": rel.n_prompts})
+        conn.execute(relation_thresholds.insert().values(run_id=run_id, relation_id=rel.relation_id, p=rel.p,
+                                                         mean_neurons=rel.mean_neurons, n_facts=rel.n_facts))
+
+
+# --- status and stats --------------------------------------------------------------------------
+
+def add_stats(store: Store, run_id: int, delta: dict[str, float]) -> None:
+    """Add timing/count figures to ``runs.stats`` (row-locked on PostgreSQL: workers add concurrently)."""
+    with store.begin() as conn:
+        q = sa.select(runs.c.stats).where(runs.c.id == run_id)
+        if store.backend == "postgresql":
+            q = q.with_for_update()
+        stats = json.loads(conn.execute(q).scalar_one() or "{}")
+        for k, v in delta.items():
+            stats[k] = stats.get(k, 0) + v
+        conn.execute(runs.update().where(runs.c.id == run_id).values(stats=_canonical(stats)))
+
+
+def mark_done(store: Store, run_id: int) -> None:
+    with store.begin() as conn:
+        conn.execute(runs.update().where(runs.c.id == run_id, runs.c.status != "done")
+                     .values(status="done", finished_at=sa.func.now()))
+
+
+@dataclass
+class RunCounts:
+    facts: int
+    prompts: int
+    ok: int
+    skipped: int
+    skip_reasons: dict[str, int]
+    neurons: int
+    facts_with_neurons: int
+    relations: int
+    relations_done: int
+    items: int
+    items_done: int
+
+
+def run_counts(store: Store, run_id: int) -> RunCounts:
+    """Counts for summaries and `atlas runs show`, computed from the rows themselves."""
+    with store.begin() as conn:
+        docs = conn.execute(sa.select(work_items.c.fact_ids, work_items.c.status).where(work_items.c.run_id == run_id)).all()
+        statuses = conn.execute(sa.select(prompt_outputs.c.status, prompt_outputs.c.skip_reason, sa.func.count())
+                                .where(prompt_outputs.c.run_id == run_id)
+                                .group_by(prompt_outputs.c.status, prompt_outputs.c.skip_reason)).all()
+        kn = conn.execute(sa.select(sa.func.count(), sa.func.count(sa.distinct(knowledge_neurons.c.fact_id)))
+                          .where(knowledge_neurons.c.run_id == run_id)).one()
+        rels = conn.execute(sa.select(sa.func.count()).select_from(relation_thresholds)
+                            .where(relation_thresholds.c.run_id == run_id)).scalar_one()
+        n_rel = conn.execute(sa.select(sa.func.count(sa.distinct(work_items.c.relation_id)))
+                             .where(work_items.c.run_id == run_id)).scalar_one()
+    reasons: dict[str, int] = {}
+    ok = skipped = 0
+    for status, reason, n in statuses:
+        if status == "ok":
+            ok += int(n)
+        else:
+            skipped += int(n)
+            reasons[reason or "?"] = reasons.get(reason or "?", 0) + int(n)
+    return RunCounts(
+        facts=sum(len(json.loads(d.fact_ids)) for d in docs), prompts=ok + skipped, ok=ok, skipped=skipped,
+        skip_reasons=reasons, neurons=int(kn[0]), facts_with_neurons=int(kn[1]), relations=int(n_rel),
+        relations_done=int(rels), items=len(docs), items_done=sum(d.status == "done" for d in docs))
+
+
+def run_prompt_total(store: Store, run_id: int, causal: bool) -> int:
+    """How many prompts the run attributes in all (for the progress bar's total)."""
+    with store.begin() as conn:
+        docs = conn.execute(sa.select(work_items.c.fact_ids).where(work_items.c.run_id == run_id)).scalars().all()
+        ids = [f for d in docs for f in json.loads(d)]
+        usable = prompts.c.causal if causal else prompts.c.masked
+        total = 0
+        for i in range(0, len(ids), 10_000):
+            total += conn.execute(sa.select(sa.func.count()).select_from(prompts)
+                                  .where(prompts.c.fact_id.in_(ids[i:i + 10_000]), usable)).scalar_one()
+    return int(total)
+
+
+def run_prompts_done(store: Store, run_id: int) -> int:
+    with store.begin() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(prompt_outputs)
+                                .where(prompt_outputs.c.run_id == run_id)).scalar_one())

@@ -1,0 +1,27 @@
+"""SQL statements kept in ``atlas/sql/*.sql`` files, loaded by name.
+
+SQL lives in files so it can be read, reviewed and run by hand; parameters are always ``:named``
+and bound by the driver, never formatted in. Where the two backends need different text, a
+``NAME.<backend>.sql`` file (e.g. ``claim_work_item.duckdb.sql``) overrides ``NAME.sql``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import sqlalchemy as sa
+
+SQL_DIR = Path(__file__).parent / "sql"
+
+
+@functools.cache
+def sql_text(name: str, backend: str, expanding: tuple[str, ...] = ()) -> sa.TextClause:
+    """The statement ``name`` for ``backend``; parameters named in ``expanding`` take lists (``IN :p``)."""
+    path = SQL_DIR / f"{name}.{backend}.sql"
+    if not path.exists():
+        path = SQL_DIR / f"{name}.sql"
+    stmt = sa.text(path.read_text())
+    if expanding:
+        stmt = stmt.bindparams(*(sa.bindparam(p, expanding=True) for p in expanding))
+    return stmt
