@@ -28,6 +28,7 @@ RELATIONS_FILE = KN_PAPER_DIR / "lama_relations.jsonl"
 BUNDLED = ("pararel", "kn-paper")
 RELATION_TYPES = ("1-1", "N-1", "N-M")
 SUBJECT, OBJECT = "[X]", "[Y]"
+FACT_KEYS = {"id", "subject", "object", "templates", "prompts"}  # a JSONL line with none of them declares a relation
 
 # kn-paper pairs without a PARAREL uuid get uuid5(KN_PAPER_NAMESPACE, "relation\tsubject\tobject\tk"),
 # k = how many earlier pairs of that relation had the same subject and object (the set repeats a few).
@@ -253,8 +254,8 @@ def read_jsonl(path: str | Path, name: str | None = None, relations: Iterable[st
                limit_per_relation: int | None = None) -> Dataset:
     """A user fact file (format in README.md, "JSONL fact files"); the dataset is named after the file.
 
-    A line with ``subject`` is a fact; any other line declares a relation (``relation``, ``label``,
-    ``type``). A fact's relation must be declared in the file or be one of the bundled LAMA relations.
+    A line with any of ``FACT_KEYS`` is a fact; any other line declares a relation (``relation``,
+    ``label``, ``type``). A fact's relation must be declared in the file or be one of the bundled LAMA relations.
     """
     path = Path(path)
     wanted = set(relations) if relations is not None else None
@@ -262,7 +263,7 @@ def read_jsonl(path: str | Path, name: str | None = None, relations: Iterable[st
     facts: dict[str, Fact] = {}
     per_relation: Counter[str] = Counter()
     for where, obj in _json_lines(path):
-        if "subject" not in obj:
+        if not FACT_KEYS & obj.keys():
             rel = Relation(_text(obj, "relation", where), _text(obj, "label", where),
                            _check_relation_type(_text(obj, "type", where), where))
             if declared.get(rel.id, rel) != rel:

@@ -97,4 +97,4 @@ def show(db_url: str | None, fact_id: str) -> None:
     for p in detail.prompts:
         kinds = " ".join(k for k, on in (("causal", p.causal), ("masked", p.masked)) if on)
         reads = f"   -> causal LM reads {causal_prefix(p.text)!r}" if p.causal else ""
-        click.echo(f"  #{p.id:<8d} {kinds:13s} {p.text}{reads}")
+        click.echo(f"  #{p.id:<8d} {kinds:14s} {p.text}{reads}")
