@@ -1,0 +1,33 @@
+"""``atlas db`` through click on both backends."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner, Result
+
+from atlas import migrate
+from atlas.cli import cli
+from atlas.datasets import read_kn_paper
+
+
+def atlas(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_upgrade_info_downgrade(blank_url: str, backend: str) -> None:
+    head = migrate.head_revision()
+    up = atlas("db", "upgrade", "--db", blank_url)
+    assert (up.exit_code, up.output) == (0, f"{backend}: schema none -> {head}\n")
+    assert atlas("db", "upgrade", "--db", blank_url).output == f"{backend}: schema already at {head}\n"
+    atlas("facts", "load", "kn-paper", "--relations", "P36", "--limit-per-relation", "3", "--db", blank_url)
+    info = atlas("db", "info", "--db", blank_url).output.splitlines()
+    assert f"backend:  {backend}" in info and f"schema:   {head} (code head {head})" in info
+    counts = {line.split()[0]: line.split()[1] for line in info if len(line.split()) == 2}
+    n_prompts = read_kn_paper(["P36"], 3).n_prompts
+    assert (counts["facts"], counts["prompts"], counts["relations"], counts["knowledge_neurons"]) == ("3", str(n_prompts), "1", "0")
+    down = atlas("db", "downgrade", "base", "--db", blank_url)
+    assert (down.exit_code, down.output) == (0, f"{backend}: schema now none\n")
+
+
+def test_upgrade_unreachable_server_is_one_line() -> None:
+    result = atlas("db", "upgrade", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert result.exit_code == 1 and result.output.startswith("Error: cannot connect") and result.output.count("\n") == 1
