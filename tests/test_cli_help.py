@@ -1,0 +1,53 @@
+"""Every command documents itself (help with an Example block) and the README covers the CLI and its formats."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+from click.testing import CliRunner
+
+from atlas.cli import cli
+from atlas.datasets import read_jsonl
+
+README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def _all_commands(group: click.Group, path: tuple[str, ...] = ()):
+    yield path, group
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _all_commands(cmd, path + (name,))
+        else:
+            yield path + (name,), cmd
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    missing = []
+    for path, _cmd in _all_commands(cli):
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        if result.exit_code != 0 or "Example:" not in result.output:
+            missing.append(" ".join(path) or "atlas")
+    assert not missing, f"commands without an Example: block in --help: {missing}"
+
+
+def test_readme_lists_every_top_level_command() -> None:
+    absent = [name for name in cli.commands if f"`atlas {name}`" not in README]
+    assert not absent, f"README's CLI overview misses: {absent}"
+
+
+def test_readme_starts_with_the_two_setup_commands() -> None:
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    assert README.startswith("# ")
+    assert blocks[0].strip().endswith("atlas demo") and "pip install torch==2.13.0" in blocks[0]
+    assert blocks[1].strip() == "python3 -m pytest -q"
+
+
+def test_readme_jsonl_example_loads(tmp_path: Path) -> None:
+    lines = [line for block in re.findall(r"```json\n(.*?)```", README, re.S) for line in block.splitlines() if line.strip()]
+    path = tmp_path / "readme.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = read_jsonl(path)
+    assert {f.id for f in data.facts} == {"capital-fr", "fav-ada"}
+    assert {r.id for r in data.relations} == {"P36", "X1"}
