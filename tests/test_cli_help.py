@@ -15,7 +15,9 @@ README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
 
 
 def _all_commands(group: click.Group, path: tuple[str, ...] = ()):
-    yield path, group
+    """The root and every command that runs something (groups only list their subcommands)."""
+    if not path:
+        yield path, group
     for name, cmd in group.commands.items():
         if isinstance(cmd, click.Group):
             yield from _all_commands(cmd, path + (name,))

@@ -10,7 +10,13 @@ from .common import db_option, open_store, user_errors
 
 @click.group()
 def db() -> None:
-    """Create, upgrade and inspect the database schema."""
+    """Create, upgrade and inspect the database schema.
+
+    \b
+    Example:
+        atlas db upgrade
+        atlas db info --db postgresql+psycopg:///atlas
+    """
 
 
 @db.command()

@@ -21,7 +21,13 @@ def _relation_ids(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 @click.group()
 def facts() -> None:
-    """Load fact datasets (bundled PARAREL / kn-paper, or your JSONL) and inspect them."""
+    """Load fact datasets (bundled PARAREL / kn-paper, or your JSONL) and inspect them.
+
+    \b
+    Example:
+        atlas facts load kn-paper --relations P36 --limit-per-relation 5
+        atlas facts list --relation P36
+    """
 
 
 @facts.command()
