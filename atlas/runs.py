@@ -129,19 +129,27 @@ def _canonical(doc: Any) -> str:
 
 # --- creating and resuming ---------------------------------------------------------------------
 
-def select_facts(store: Store, dataset: str, relations: tuple[str, ...] | None, limit: int | None,
-                 causal: bool) -> list[tuple[str, str]]:
-    """(relation_id, fact_id) pairs a run would index; a `SelectionError` when that is nothing."""
+def check_selection(store: Store, dataset: str, relations: tuple[str, ...] | None) -> list[str]:
+    """The relations to index; a `SelectionError` for an unknown dataset or a relation it lacks.
+    Cheap, so the indexer calls it before spending seconds on loading a model."""
     with store.begin() as conn:
         in_dataset = conn.execute(sql_text("dataset_relations", store.backend), {"dataset": dataset}).scalars().all()
         if not in_dataset:
             loaded = conn.execute(sa.select(dataset_facts.c.dataset).distinct().order_by(dataset_facts.c.dataset)).scalars().all()
             hint = f"loaded datasets: {', '.join(loaded)}" if loaded else "no dataset is loaded"
             raise SelectionError(f"unknown dataset {dataset!r}: {hint} (load one with `atlas facts load`)")
-        wanted = list(relations) if relations else list(in_dataset)
-        missing = sorted(set(wanted) - set(in_dataset))
-        if missing:
-            raise SelectionError(f"relation(s) {', '.join(missing)} have no facts in dataset {dataset!r}")
+    wanted = list(relations) if relations else list(in_dataset)
+    missing = sorted(set(wanted) - set(in_dataset))
+    if missing:
+        raise SelectionError(f"relation(s) {', '.join(missing)} have no facts in dataset {dataset!r}")
+    return wanted
+
+
+def select_facts(store: Store, dataset: str, relations: tuple[str, ...] | None, limit: int | None,
+                 causal: bool) -> list[tuple[str, str]]:
+    """(relation_id, fact_id) pairs a run would index; a `SelectionError` when that is nothing."""
+    wanted = check_selection(store, dataset, relations)
+    with store.begin() as conn:
         rows = conn.execute(sql_text("select_facts", store.backend, ("relations",)), {
             "dataset": dataset, "relations": wanted, "causal": causal,
             "limit_per_relation": NO_LIMIT if limit is None else limit}).all()

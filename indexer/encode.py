@@ -9,7 +9,8 @@ ids the model really has to produce; when the prompt's ids are not a prefix of t
 (a merge across the boundary), the answer is tokenised alone with its leading space.
 
 A prompt that cannot be encoded is never dropped silently: `encode_*` returns its skip reason,
-which the indexer stores in ``prompt_outputs.skip_reason``. No torch, no atlas imports.
+which the indexer stores in ``prompt_outputs.skip_reason``. Reasons are categories (the fact and
+prompt are in their own tables), so summaries can count them. No torch, no atlas imports.
 """
 
 from __future__ import annotations
@@ -45,16 +46,16 @@ def _check_answer(tok: Any, answer: list[int], obj: str) -> str | None:
     if not obj.strip():
         return "empty answer"
     if not answer:
-        return f"answer {obj!r} has no tokens"
+        return "answer has no tokens"
     unk = getattr(tok, "unk_token_id", None)
     if unk is not None and unk in answer:
-        return f"answer {obj!r} has a token unknown to the tokenizer"
+        return "answer has a token unknown to the tokenizer"
     return None
 
 
 def _check_length(n: int, max_len: int | None) -> str | None:
     if max_len is not None and n > max_len:
-        return f"prompt and answer take {n} tokens, the model reads at most {max_len}"
+        return f"prompt and answer do not fit the model ({max_len} tokens)"
     return None
 
 

@@ -1,0 +1,141 @@
+"""End-to-end indexing on both backends with a tiny random LLaMA: rows written, knowledge neurons
+equal to refining the STORED coarse sets, complete prompt outputs, skipped prompts recorded."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from atlas.schema import knowledge_neurons, prompt_outputs, prompt_scores, prompts, relation_thresholds, runs, work_items
+from atlas.store import Store
+from indexer import refine
+from indexer.run import IndexOptions, index
+from tests.index_world import DATASET, load_world, run_rows, tiny_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_dir(tmp_path_factory.mktemp("models"))
+
+
+def _opts(model_dir: Path, **kw: object) -> IndexOptions:
+    return IndexOptions(model=str(model_dir), dataset=DATASET, facts_per_item=2, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def indexed(store: Store, model_dir: Path):
+    load_world(store)
+    summary = index(store, _opts(model_dir, score_cap=5))
+    return store, summary
+
+
+def test_every_causal_prompt_has_an_output(indexed) -> None:
+    store, summary = indexed
+    with store.begin() as conn:
+        causal = conn.execute(sa.select(prompts.c.id).where(prompts.c.causal)).scalars().all()
+        masked_only = conn.execute(sa.select(prompts.c.id).where(~prompts.c.causal)).scalars().all()
+        out = {r.prompt_id: r for r in conn.execute(sa.select(prompt_outputs).where(prompt_outputs.c.run_id == summary.run.id))}
+    assert sorted(out) == sorted(causal) and masked_only  # decoders never see masked-only prompts
+    assert summary.run.status == "done"
+    assert summary.counts.prompts == len(causal) == summary.counts.ok + summary.counts.skipped
+    for r in out.values():
+        assert r.status in ("ok", "skipped")
+        if r.status == "ok":
+            assert r.skip_reason is None and 0 < r.p_gold <= 1 and r.gold_rank >= 0 and r.n_answer_tokens >= 1
+            assert r.max_score is not None
+        else:
+            assert r.skip_reason and r.p_gold is None
+
+
+def test_unencodable_and_too_long_prompts_are_skipped_with_reasons(indexed) -> None:
+    store, summary = indexed
+    with store.begin() as conn:
+        rows = conn.execute(sa.select(prompts.c.fact_id, prompt_outputs.c.status, prompt_outputs.c.skip_reason)
+                            .join(prompts, prompts.c.id == prompt_outputs.c.prompt_id)
+                            .where(prompt_outputs.c.run_id == summary.run.id)).all()
+    by_fact = defaultdict(set)
+    for fact_id, status, reason in rows:
+        by_fact[fact_id].add((status, reason))
+    assert by_fact["P36-brazil"] == {("skipped", "answer has a token unknown to the tokenizer")}
+    assert all(s == "skipped" and r == "prompt and answer do not fit the model (64 tokens)" for s, r in by_fact["P36-uk"])
+    assert all(s == "ok" for s, _ in by_fact["P36-france"] | by_fact["P103-dante"])
+    assert summary.counts.skip_reasons == {"answer has a token unknown to the tokenizer": 4,
+                                           "prompt and answer do not fit the model (64 tokens)": 4}
+
+
+def _stored_coarse(store: Store, run_id: int) -> dict[str, dict[str, list[dict]]]:
+    """relation -> fact -> per ok prompt: coarse neurons rebuilt from prompt_scores (test's own SQL)."""
+    with store.begin() as conn:
+        ok = conn.execute(sa.select(prompt_outputs.c.prompt_id, prompts.c.fact_id)
+                          .join(prompts, prompts.c.id == prompt_outputs.c.prompt_id)
+                          .where(prompt_outputs.c.run_id == run_id, prompt_outputs.c.status == "ok")).all()
+        scores = conn.execute(sa.select(prompt_scores).where(prompt_scores.c.run_id == run_id)).all()
+        items = conn.execute(sa.select(work_items.c.relation_id, work_items.c.fact_ids).where(work_items.c.run_id == run_id)).all()
+    trip = defaultdict(list)
+    for s in scores:
+        trip[s.prompt_id].append((s.layer, s.neuron, s.score))
+    per_fact = defaultdict(list)
+    for prompt_id, fact_id in sorted(ok):
+        per_fact[fact_id].append(refine.coarse_from_triplets(trip[prompt_id]))
+    import json
+
+    out: dict[str, dict[str, list[dict]]] = defaultdict(dict)
+    for rel, ids in items:
+        for f in json.loads(ids):
+            out[rel][f] = per_fact.get(f, [])
+    return out
+
+
+def test_knowledge_neurons_are_refine_of_stored_coarse_sets(indexed) -> None:
+    store, summary = indexed
+    rid = summary.run.id
+    expected, thresholds = set(), {}
+    for rel, facts in _stored_coarse(store, rid).items():
+        ids = sorted(facts)
+        res = refine.refine_relation([facts[f] for f in ids])
+        thresholds[rel] = (pytest.approx(res.p), pytest.approx(res.mean_neurons), len(ids))
+        expected |= {(f, n.layer, n.neuron, n.n_prompts) for f, ns in zip(ids, res.facts) for n in ns}
+    with store.begin() as conn:
+        got = {(r.fact_id, r.layer, r.neuron, r.n_prompts)
+               for r in conn.execute(sa.select(knowledge_neurons).where(knowledge_neurons.c.run_id == rid))}
+        th = {r.relation_id: (r.p, r.mean_neurons, r.n_facts)
+              for r in conn.execute(sa.select(relation_thresholds).where(relation_thresholds.c.run_id == rid))}
+    assert got == expected and len(got) > 0
+    assert th == thresholds
+
+
+def test_stored_scores_keep_every_coarse_neuron_despite_the_cap(indexed) -> None:
+    store, summary = indexed
+    with store.begin() as conn:
+        rows = conn.execute(sa.select(prompt_scores.c.prompt_id, prompt_scores.c.score, prompt_outputs.c.max_score)
+                            .join(prompt_outputs, sa.and_(prompt_outputs.c.prompt_id == prompt_scores.c.prompt_id,
+                                                          prompt_outputs.c.run_id == prompt_scores.c.run_id))
+                            .where(prompt_scores.c.run_id == summary.run.id)).all()
+    per_prompt = defaultdict(list)
+    for pid, score, mx in rows:
+        assert score >= 0.1 * mx - 1e-12
+        per_prompt[pid].append((score, mx))
+    for vals in per_prompt.values():
+        mx = vals[0][1]
+        assert max(s for s, _ in vals) == mx  # the max itself is stored
+        n_coarse = sum(s >= 0.2 * mx for s, _ in vals)
+        assert len(vals) <= max(5, n_coarse)  # the cap (5) never cuts coarse ones
+
+
+def test_second_call_is_a_no_op_and_models_table_is_filled(indexed, model_dir: Path) -> None:
+    store, summary = indexed
+    before = run_rows(store, summary.run.id)
+    again = index(store, _opts(model_dir, score_cap=5))
+    assert again.run.id == summary.run.id and not again.created and again.timings.items == 0
+    assert run_rows(store, summary.run.id) == before
+    with store.begin() as conn:
+        model = conn.execute(sa.text("SELECT name, architecture, n_layers, n_neurons, sha256 FROM models")).one()
+        stats = conn.execute(sa.select(runs.c.stats).where(runs.c.id == summary.run.id)).scalar_one()
+    assert model[:4] == ("tiny-llama", "LlamaForCausalLM", 3, 48) and len(model.sha256) == 64
+    import json
+
+    st = json.loads(stats)
+    assert st["sessions"] == 1 and st["prompts"] == summary.counts.prompts and st["model_s"] > 0 and st["db_s"] > 0
