@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from click.testing import CliRunner, Result
+from pathlib import Path
 
 from atlas import migrate
-from atlas.cli import cli
 from atlas.datasets import read_kn_paper
 
-
-def atlas(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+from .test_cli_facts import atlas
 
 
 def test_upgrade_info_downgrade(blank_url: str, backend: str) -> None:
@@ -31,3 +28,10 @@ def test_upgrade_info_downgrade(blank_url: str, backend: str) -> None:
 def test_upgrade_unreachable_server_is_one_line() -> None:
     result = atlas("db", "upgrade", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert result.exit_code == 1 and result.output.startswith("Error: cannot connect") and result.output.count("\n") == 1
+
+
+def test_reading_a_missing_duckdb_file_does_not_create_it(tmp_path: Path) -> None:
+    path = tmp_path / "typo.duckdb"
+    result = atlas("facts", "list", "--db", str(path))
+    assert result.exit_code == 1 and "the file does not exist, so it has no atlas schema: run `atlas db upgrade`" in result.output
+    assert not path.exists()
