@@ -48,6 +48,8 @@ def single_token_id(tokenizer, text: str) -> int:
     ids = list(tokenizer(" " + text, add_special_tokens=False).input_ids)
     if len(ids) != 1:
         raise ValueError(f"{text!r} is {len(ids)} tokens for this tokenizer; a single token is needed")
+    if ids[0] == getattr(tokenizer, "unk_token_id", None):
+        raise ValueError(f"{text!r} is not in the tokenizer's vocabulary")
     return ids[0]
 
 

@@ -23,11 +23,11 @@ from atlas.store import Store
 
 RELATIONS = {
     "P36": ("capital", ["France", "Italy", "Spain", "Japan", "Peru"], ["Paris", "Rome", "Madrid", "Tokyo", "Lima"],
-            ["The capital of [X] is [Y]", "[X] has its capital in [Y]"]),
+            ["The capital of [X] is [Y]", "[X] has its capital in [Y]", "The capital city of [X] is [Y]"]),
     "P37": ("language", ["Brazil", "Mexico", "Egypt", "Chile", "Cuba"], ["Portuguese", "Spanish", "Arabic", "Spanish", "Spanish"],
-            ["The official language of [X] is [Y]", "In [X] people speak [Y]"]),
+            ["The official language of [X] is [Y]", "In [X] people speak [Y]", "People in [X] speak [Y]"]),
     "P30": ("continent", ["Kenya", "Nepal", "Fiji", "Ghana", "Laos"], ["Africa", "Asia", "Oceania", "Africa", "Asia"],
-            ["[X] is located in [Y]", "[X] lies on the continent of [Y]"]),
+            ["[X] is located in [Y]", "[X] lies on the continent of [Y]", "[X] is a country in [Y]"]),
 }
 EXTRA_WORDS = ["Berlin", "English", "Europe", "unknown"]
 
@@ -97,3 +97,19 @@ def build_world(store: Store, tmp_path: Path, seed: int = 0) -> World:
         store.bulk_insert(conn, prompt_outputs, cols["po"])
         store.bulk_insert(conn, knowledge_neurons, cols["kn"])
     return World(lm, "tiny-run", int(run_id), model_dir, fact_ids)
+
+
+def index_world(store: Store, tmp_path: Path, seed: int = 0, steps: int = 4) -> World:
+    """The same facts, loaded as a dataset and indexed by the real indexer (a small real run)."""
+    from atlas.datasets import Dataset, Fact, Relation, make_prompt
+    from atlas.facts import load_dataset
+    from indexer.run import IndexOptions, index
+
+    model_dir = save_model(tmp_path / "tiny-llama-indexed", seed)
+    rels = [Relation(rel, label, "N-1") for rel, (label, *_rest) in RELATIONS.items()]
+    fs = [Fact(f"{rel}-{i}", rel, subj, obj, tuple(make_prompt(t, subj) for t in tpls))
+          for rel, (_, subjects, objects, tpls) in RELATIONS.items() for i, (subj, obj) in enumerate(zip(subjects, objects))]
+    load_dataset(store, Dataset("kn-world", rels, fs))
+    index(store, IndexOptions(model=str(model_dir), dataset="kn-world", steps=steps, run_name="tiny-indexed"))
+    lm = load_model(str(model_dir))
+    return World(lm, "tiny-indexed", 0, model_dir, [f.id for f in fs])
