@@ -34,7 +34,7 @@ import queries as _queries_package
 from .duckdb_mirror import PostgresMirror, raw_duckdb
 from .store import Store
 
-QUERY_DIR = Path(_queries_package.__file__).parent
+QUERY_DIR = Path(list(_queries_package.__path__)[0])  # __path__: also right where queries/ resolves as a namespace
 PATHS = ("native", "duckdb")
 PARAM_TYPES = {"int": int, "float": float, "text": str}
 FLOAT_DIGITS = 10

@@ -34,12 +34,13 @@ from atlas.store import Store
 
 N_LAYERS = 12  # BERT-base shape
 N_NEURONS = 3072
-POOL_SIZE = 400  # neurons in a relation's pool
-ZIPF_S = 1.1  # popularity exponent inside a pool
-POOL_SHARE = 0.35  # part of a fact's neurons drawn from its relation's pool
-N_HUBS = 6
+LAYER_SCALE = 3.0  # layer l holds a share ~ exp(l / LAYER_SCALE) of the neurons
+POOL_SIZE = 300  # neurons in a relation's pool
+ZIPF_S = 0.9  # popularity exponent inside a pool
+POOL_SHARE = 0.15  # part of a fact's neurons drawn from its relation's pool
+N_HUBS = 5
 HUB_RELATIONS = (2, 4)  # each hub serves this many relations (inclusive range)
-HUB_COVERAGE = (0.3, 0.95)  # share of a served relation's facts that have the hub
+HUB_COVERAGE = (0.1, 0.6)  # share of a served relation's facts that have the hub
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _fact_relations(rng: np.random.Generator, n_facts: int, n_relations: int) ->
 
 def _layer_weights() -> np.ndarray:
     """Knowledge neurons sit mostly in the top layers (Dai et al., figure 3)."""
-    w = np.exp(np.arange(N_LAYERS) / 2.0)
+    w = np.exp(np.arange(N_LAYERS) / LAYER_SCALE)
     return w / w.sum()
 
 
@@ -129,7 +130,8 @@ def _knowledge_neurons(
     hubs = rng.choice(N_LAYERS, N_HUBS, p=layer_p) * N_NEURONS + rng.choice(N_NEURONS, N_HUBS, replace=False)
     hub_cover: dict[int, list[tuple[int, float]]] = {r: [] for r in range(n_relations)}
     for hub in hubs:
-        for r in rng.choice(n_relations, rng.integers(HUB_RELATIONS[0], HUB_RELATIONS[1] + 1), replace=False):
+        served = min(n_relations, int(rng.integers(HUB_RELATIONS[0], HUB_RELATIONS[1] + 1)))
+        for r in rng.choice(n_relations, served, replace=False):
             hub_cover[int(r)].append((int(hub), rng.uniform(*HUB_COVERAGE)))
     facts, neurons = [], []
     sizes = np.clip(rng.normal(per_fact, per_fact / 5, len(fact_rel)).round().astype(int), 1, None)

@@ -19,6 +19,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("atlas.cli.index", "index"),
     ("atlas.cli.models", "models"),
     ("atlas.cli.runs", "runs"),
+    ("atlas.cli.query", "query"),
+    ("atlas.cli.query", "sql"),
+    ("atlas.cli.plot", "plot"),
 ]
 
 

@@ -1,0 +1,66 @@
+"""``atlas plot``: pictures of an atlas (PNG), drawn from the named queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import plots, queries
+from .common import db_option, open_store, user_errors
+
+run_option = click.option("--run", required=True, metavar="RUN", help="Run id or name.")
+output_option = click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
+
+
+@click.group()
+def plot() -> None:
+    """Draw an atlas: layers, relation overlap, one fact across its prompts."""
+
+
+@plot.command()
+@run_option
+@output_option
+@db_option
+@user_errors(plots.PlotError, queries.QueryError)
+def layers(run: str, output: Path, db_url: str | None) -> None:
+    """Knowledge neurons per layer per relation (relation x layer heatmap).
+
+    \b
+    Example:
+        atlas plot layers --run 1 --output layers.png
+    """
+    click.echo(plots.plot_layers(open_store(db_url), run, output))
+
+
+@plot.command()
+@run_option
+@output_option
+@click.option("--min-facts", default=2, show_default=True, help="A relation's neuron must serve this many of its facts.")
+@db_option
+@user_errors(plots.PlotError, queries.QueryError)
+def overlap(run: str, output: Path, min_facts: int, db_url: str | None) -> None:
+    """Relation x relation heatmap of shared relation-level neurons.
+
+    \b
+    Example:
+        atlas plot overlap --run 1 --output overlap.png
+    """
+    click.echo(plots.plot_overlap(open_store(db_url), run, output, min_facts=min_facts))
+
+
+@plot.command()
+@click.argument("fact_id")
+@run_option
+@output_option
+@click.option("--top", default=20, show_default=True, help="Neurons to show (knowledge neurons first).")
+@db_option
+@user_errors(plots.PlotError, queries.QueryError)
+def fact(fact_id: str, run: str, output: Path, top: int, db_url: str | None) -> None:
+    """One fact's neurons across its prompts (prompts x top neurons heatmap).
+
+    \b
+    Example:
+        atlas plot fact 0a1b2c3d-... --run 1 --output fact.png
+    """
+    click.echo(plots.plot_fact(open_store(db_url), run, fact_id, output, top=top))
