@@ -158,6 +158,11 @@ def _autocast(model: nn.Module, cfg: IGConfig) -> contextlib.AbstractContextMana
     return torch.autocast(device_type=dev.type, dtype=cfg.dtype)
 
 
+def _up(x: Tensor) -> Tensor:
+    """Softmax-bound values in at least fp32 (bf16/fp16 runs), fp64 kept for exactness checks."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _pad(seqs: list[list[int]], value: int = 0) -> Tensor:
     n = max(len(s) for s in seqs)
     return torch.tensor([s + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
@@ -182,12 +187,12 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, k_pre: Tensor | None, v_pre: Tensor
     G, R, T, H, D = q.shape
     hk = k.shape[-2]
     qg = q.reshape(G, R, T, hk, H // hk, D)
-    s_new = torch.einsum("grtked,grskd->grkets", qg, k).float() * scale
+    s_new = _up(torch.einsum("grtked,grskd->grkets", qg, k)) * scale
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
     s_new = s_new.masked_fill(causal, float("-inf"))
     P = 0 if k_pre is None else k_pre.shape[1]
     if P:
-        s_pre = torch.einsum("grtked,gpkd->grketp", qg, k_pre).float() * scale
+        s_pre = _up(torch.einsum("grtked,gpkd->grketp", qg, k_pre)) * scale
         s_pre = s_pre.masked_fill(~pre_valid[:, None, None, None, None, :], float("-inf"))
         s_new = torch.cat([s_pre, s_new], dim=-1)
     w = torch.softmax(s_new, dim=-1).to(v.dtype)
@@ -259,21 +264,23 @@ def _head(hf: Tensor, W: Tensor, b: Tensor | None, gold: Tensor, valid: Tensor, 
     rows = hf.reshape(-1, d)
     gold_f = gold.expand(lead).reshape(-1)
     n = max(1, chunk // V)
-    logp = torch.empty(rows.shape[0], device=hf.device, dtype=torch.float32)
+    logp = torch.empty(rows.shape[0], device=hf.device, dtype=_up(rows[:1]).dtype)
     rank = torch.empty(rows.shape[0], device=hf.device, dtype=torch.long)
     grad = torch.empty_like(rows) if want_grad else None
     for s in range(0, rows.shape[0], n):
         r = rows[s : s + n]
-        logits = (r @ W.T).float()
+        logits = _up(r @ W.T)
         if b is not None:
-            logits = logits + b.float()
+            logits = logits + b.to(logits.dtype)
         g = gold_f[s : s + n]
         lse = torch.logsumexp(logits, dim=-1)
         logp[s : s + n] = logits.gather(-1, g[:, None])[:, 0] - lse
-        rank[s : s + n] = _first_rank(logits, g)
         if want_grad:
             probs = torch.exp(logits - lse[:, None])
-            grad[s : s + n] = (W[g].float() - probs @ W.float()).to(rows.dtype)
+            Wu = W.to(probs.dtype)
+            grad[s : s + n] = (Wu[g] - probs @ Wu).to(rows.dtype)
+        else:  # ranks are only wanted from the clean run; skip the extra vocabulary pass otherwise
+            rank[s : s + n] = _first_rank(logits, g)
         del logits
     logp = logp.reshape(lead) * valid
     rank = rank.reshape(lead)[..., 0]

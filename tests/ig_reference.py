@@ -12,8 +12,14 @@ import torch
 from indexer.ig import PromptItem, alphas
 
 
+def prob_dtype(model) -> torch.dtype:
+    return torch.promote_types(next(model.parameters()).dtype, torch.float32)
+
+
 def reference_attribute(model, adapter, item: PromptItem, steps: int = 20, rule: str = "left",
-                        answer: str = "joint", mask_token_id: int | None = None) -> tuple[torch.Tensor, float, int]:
+                        answer: str = "joint", mask_token_id: int | None = None,
+                        layers: list[int] | None = None) -> tuple[torch.Tensor, float, int]:
+    """Scores `[n_layers, n_neurons]` (rows of layers not in `layers` stay 0), P(gold), gold rank."""
     answer_ids = item.answer_ids[:1] if answer == "first" else item.answer_ids
     if adapter.is_masked_lm:
         ids = list(item.prompt_ids)
@@ -28,9 +34,9 @@ def reference_attribute(model, adapter, item: PromptItem, steps: int = 20, rule:
     def run() -> torch.Tensor:
         kw = {"token_type_ids": torch.zeros_like(x_ids)} if adapter.is_masked_lm else {}
         logits = model(input_ids=x_ids, **kw).logits[0]
-        prob = torch.ones((), dtype=torch.float32)
+        prob = torch.ones((), dtype=torch.promote_types(logits.dtype, torch.float32))
         for t, y in zip(targets, answer_ids):
-            prob = prob * torch.softmax(logits[t].float(), dim=-1)[y]
+            prob = prob * torch.softmax(logits[t].to(prob.dtype), dim=-1)[y]
         return prob, logits
 
     clean = {}
@@ -42,8 +48,8 @@ def reference_attribute(model, adapter, item: PromptItem, steps: int = 20, rule:
         h.remove()
     rank = int((logits0[targets[0]] > logits0[targets[0], answer_ids[0]]).sum()) + 1
 
-    scores = torch.zeros(adapter.n_layers, adapter.n_neurons)
-    for layer in range(adapter.n_layers):
+    scores = torch.zeros(adapter.n_layers, adapter.n_neurons, dtype=prob_dtype(model))
+    for layer in range(adapter.n_layers) if layers is None else layers:
         w = clean[layer]
         total = torch.zeros_like(w)
         for alpha in alphas(steps, rule).tolist():
