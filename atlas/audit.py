@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from . import metrics as m
-from .edits import TRIAL, EditError, EvalSet, check_weights, slots_written, stored_edits, update_fact
+from .edits import TRIAL, EditError, EvalSet, ModelArg, check_weights, resolve_model, slots_written, stored_edits, update_fact
 from .models import LoadedModel
 from .queries import run_query
 from .schema import audit_results, edits
@@ -72,9 +72,10 @@ def _fact_p(lm: LoadedModel, facts: Sequence[Fact]) -> list[float | None]:
     return out
 
 
-def audit_edit(store: Store, lm: LoadedModel, edit_id: int, *, limit: int = 50, threshold: float = 0.1,
+def audit_edit(store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, threshold: float = 0.1,
                seed: int = 0) -> AuditSummary:
     """Predict, measure and store the interference of edit `edit_id` (see the module docstring)."""
+    lm = resolve_model(store, lm, edit_id=edit_id)
     predicted = run_query(store, "edit-interference", {"edit_id": edit_id, "limit": limit}, via="native")
     with store.begin() as conn:
         row = conn.execute(sa.select(edits).where(edits.c.id == edit_id)).first()
@@ -141,10 +142,11 @@ def new_object_for(lm: LoadedModel, fact: Fact, facts: dict[str, Fact], rng: ran
     return None
 
 
-def audit_sample(store: Store, lm: LoadedModel, run_name: str | int, n: int, *, seed: int = 0,
+def audit_sample(store: Store, lm: ModelArg, run_name: str | int, n: int, *, seed: int = 0,
                  limit: int = 50, threshold: float = 0.1, eval_facts: int = 10,
                  on_edit: Callable[[], None] | None = None) -> SampleSummary:
     """Make `n` trial update edits on random facts of the run (never applied), audit each, pool."""
+    lm = resolve_model(store, lm, run_name)
     with store.begin() as conn:
         run = get_run(conn, run_name, store.backend)
         facts = run_facts(conn, run.id, store.backend)

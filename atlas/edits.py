@@ -37,12 +37,14 @@ from sqlalchemy.engine import Connection
 
 from . import metrics as m
 from .interventions import dtype_name, read_slots, slots_bytes, slots_from_bytes, update_slots, write_slots
-from .models import LoadedModel, weights_sha256
+from .models import LoadedModel, load_model, weights_sha256
 from .schema import edit_slots, edits
 from .scoring import Scored, encode, score, single_token_id
 from .sqlfile import sql_text
 from .store import Store
-from .workset import Fact, RunInfo, UnknownName, get_run, relation_neurons, run_facts, run_neurons
+from .workset import Fact, RunInfo, UnknownName, default_model_spec, get_run, relation_neurons, run_facts, run_neurons
+
+ModelArg = LoadedModel | str | None  # a loaded model, a load_model spec, or None: the run's own model
 
 APPLIED, ROLLED_BACK, TRIAL = "applied", "rolled_back", "trial"
 
@@ -95,6 +97,24 @@ class EditRecord:
 
 
 # --- weights -----------------------------------------------------------------------------------
+
+
+def resolve_model(store: Store, lm: ModelArg, run: str | int | None = None, edit_id: int | None = None) -> LoadedModel:
+    """`lm` itself, or the model `lm` names, or (None) the model the run (or the edit's run) was indexed with.
+
+    Loading is only a convenience: every operation still checks the weights' hash against the run.
+    """
+    if isinstance(lm, LoadedModel):
+        return lm
+    if lm is None:
+        with store.begin() as conn:
+            if edit_id is not None:
+                row = conn.execute(sa.select(edits.c.run_id).where(edits.c.id == edit_id)).first()
+                if row is None:
+                    raise UnknownName(f"unknown edit {edit_id}")
+                run = row.run_id
+            lm = default_model_spec(get_run(conn, run, store.backend))
+    return load_model(lm)
 
 
 def check_weights(lm: LoadedModel, run: RunInfo) -> None:
@@ -232,7 +252,7 @@ def _token(lm: LoadedModel, text: str, what: str) -> int:
 # --- update --------------------------------------------------------------------------------------
 
 
-def update_fact(store: Store, lm: LoadedModel, run_name: str | int, fact_id: str, new_object: str, *,
+def update_fact(store: Store, lm: ModelArg, run_name: str | int, fact_id: str, new_object: str, *,
                 l1_scale: float = 1.0, l2_scale: float = 8.0, max_share: float = 0.1, eval_facts: int = 20,
                 status: str = APPLIED) -> EditRecord:
     """Rewrite fact <h, r, t> to <h, r, t'> with the paper's rule on its knowledge neurons.
@@ -245,6 +265,7 @@ def update_fact(store: Store, lm: LoadedModel, run_name: str | int, fact_id: str
     intra/inter perplexity = perplexity of the gold object tokens over the prompts of up to
     `eval_facts` other facts of the same relation / of other relations, before and after.
     """
+    lm = resolve_model(store, lm, run_name)
     with store.begin() as conn:
         run, facts, neurons = _run_and_facts(conn, store, run_name)
         fact = facts.get(fact_id)
@@ -306,7 +327,7 @@ def update_metrics(before: dict[str, list[Scored]], after: dict[str, list[Scored
 # --- erase ---------------------------------------------------------------------------------------
 
 
-def erase_relation(store: Store, lm: LoadedModel, run_name: str | int, relation: str, *, top: int | None = 20,
+def erase_relation(store: Store, lm: ModelArg, run_name: str | int, relation: str, *, top: int | None = 20,
                    min_facts: int | None = None, value: str = "zero", eval_facts: int = 50) -> EditRecord:
     """Erase relation `relation`: overwrite the value slots of its most frequent knowledge neurons.
 
@@ -316,6 +337,7 @@ def erase_relation(store: Store, lm: LoadedModel, run_name: str | int, relation:
     (greedy decoding reproduces the gold object) and perplexity of the gold object tokens, on the
     erased relation's facts and on up to `eval_facts` facts of other relations, before and after.
     """
+    lm = resolve_model(store, lm, run_name)
     with store.begin() as conn:
         run, facts, _ = _run_and_facts(conn, store, run_name)
         stats = relation_neurons(conn, run.id, relation, store.backend)
@@ -372,8 +394,9 @@ def _edit_row(conn: Connection, edit_id: int) -> sa.Row:
     return row
 
 
-def rollback(store: Store, lm: LoadedModel, edit_id: int) -> EditRecord:
+def rollback(store: Store, lm: ModelArg, edit_id: int) -> EditRecord:
     """Undo edit `edit_id` (the newest applied edit of its model) and check the weights come back exactly."""
+    lm = resolve_model(store, lm, edit_id=edit_id)
     with store.begin() as conn:
         row = _edit_row(conn, edit_id)
         if row.status == ROLLED_BACK:
@@ -396,11 +419,12 @@ def rollback(store: Store, lm: LoadedModel, edit_id: int) -> EditRecord:
     return get_edit(store, edit_id)
 
 
-def export(store: Store, lm: LoadedModel, edit_id: int, out_dir: Path) -> Path:
+def export(store: Store, lm: ModelArg, edit_id: int, out_dir: Path) -> Path:
     """Write the weights as of edit `edit_id` (its stack, or base + itself for a trial) as safetensors."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise EditError(f"output folder {str(out_dir)!r} exists and is not empty")
+    lm = resolve_model(store, lm, edit_id=edit_id)
     with store.begin() as conn:
         row = _edit_row(conn, edit_id)
         if row.status == ROLLED_BACK:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from . import metrics as m
-from .edits import EvalSet, check_weights
+from .edits import EvalSet, ModelArg, check_weights, resolve_model
 from .interventions import ScaleNeurons
 from .models import LoadedModel
 from .schema import probe_results
@@ -74,11 +74,12 @@ def control_neurons(fact_id: str, own: list[tuple[int, int, float]], facts: dict
     return {"knowledge": [(l, n) for l, n, _ in own], "other_fact": chosen, "random": matched}
 
 
-def probe(store: Store, lm: LoadedModel, run_name: str | int, kind: str, relation: str | None = None,
+def probe(store: Store, lm: ModelArg, run_name: str | int, kind: str, relation: str | None = None,
           seed: int = 0, on_fact: Callable[[], None] | None = None) -> list[SummaryRow]:
     """Run the probe `kind` (suppress|amplify) over the run's facts; store and summarise it."""
     if kind not in KINDS:
         raise ValueError(f"unknown probe {kind!r}: use suppress or amplify")
+    lm = resolve_model(store, lm, run_name)
     with store.begin() as conn:
         run = get_run(conn, run_name, store.backend)
         facts = run_facts(conn, run.id, store.backend)

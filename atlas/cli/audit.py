@@ -1,0 +1,61 @@
+"""``atlas audit``: predict an edit's collateral damage from SQL, then measure it."""
+
+from __future__ import annotations
+
+import click
+
+from ..audit import AuditSummary, audit_edit, audit_sample
+from ..edits import EditError
+from ..workset import UnknownName
+from .common import db_option, open_store, user_errors
+from .probe import model_option
+from .progress import progress_bar
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _line(s: AuditSummary) -> str:
+    return (f"edit {s.edit_id}: targets {s.n_targets} (P(gold) {_fmt(s.target_change, '+.1%')}), predicted {s.n_predicted}, "
+            f"random {s.n_random}, disturbed {s.n_disturbed}; AUC {_fmt(s.auc)}, precision@{s.k} {_fmt(s.precision_at_k)}")
+
+
+@click.command()
+@db_option
+@click.argument("edit_id", type=int, required=False)
+@click.option("--sample", "sample", type=click.IntRange(1), default=None, help="Audit N trial edits of --run instead.")
+@click.option("--run", "run", default=None, metavar="RUN", help="Run to sample trial edits from (with --sample).")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="Predicted facts per edit.")
+@click.option("--threshold", type=float, default=0.1, show_default=True,
+              help="A fact is disturbed when P(gold) moves by at least this share.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@model_option
+@user_errors(UnknownName, EditError)
+def audit(db_url, edit_id, sample, run, limit, threshold, seed, model) -> None:
+    """Predict which facts EDIT_ID disturbs (query edit-interference), measure, score the prediction.
+
+    With --sample N --run RUN: make N trial updates of random facts (never applied), audit each,
+    and report the pooled ROC AUC and mean precision@k.
+
+    \b
+    Example:
+        atlas audit 3
+        atlas audit --sample 20 --run smollm2-kn5
+    """
+    store = open_store(db_url)
+    if sample is None:
+        if edit_id is None:
+            raise click.UsageError("give EDIT_ID, or --sample N --run RUN")
+        click.echo(_line(audit_edit(store, model, edit_id, limit=limit, threshold=threshold, seed=seed)))
+        return
+    if run is None or edit_id is not None:
+        raise click.UsageError("--sample needs --run and no EDIT_ID")
+    with progress_bar() as bar:
+        task = bar.add_task("trial edits", total=sample, unit="edits")
+        res = audit_sample(store, model, run, sample, seed=seed, limit=limit, threshold=threshold,
+                           on_edit=lambda: bar.advance(task))
+    for s in res.edits:
+        click.echo(_line(s))
+    click.echo(f"overall: {len(res.edits)} edits, pooled AUC {_fmt(res.pooled_auc)} over {res.n_pairs} facts, "
+               f"mean AUC {_fmt(res.mean_auc)}, mean precision@k {_fmt(res.mean_precision_at_k)}")

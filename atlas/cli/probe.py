@@ -1,0 +1,59 @@
+"""``atlas probe``: suppress or amplify knowledge neurons and measure P(gold) against controls."""
+
+from __future__ import annotations
+
+import click
+
+from ..edits import EditError
+from ..probe import SummaryRow, count_facts, probe as run_probe
+from ..tabular import render
+from ..workset import UnknownName
+from .common import db_option, open_store, user_errors
+from .progress import progress_bar
+
+model_option = click.option("--model", "model", metavar="NAME|DIR", default=None,
+                            help="Weights to use (default: the run's model); must hash to the run's model.")
+
+
+@click.group()
+def probe() -> None:
+    """Intervene on knowledge neurons' activations (the paper's suppress / amplify experiments)."""
+
+
+def _probe(kind: str) -> click.Command:
+    def command(db_url: str | None, run: str, relation: str | None, seed: int, model: str | None) -> None:
+        store = open_store(db_url)
+        with progress_bar() as bar:
+            task = bar.add_task(f"{kind} facts", total=count_facts(store, run, relation), unit="facts")
+            rows = run_probe(store, model, run, kind, relation, seed, on_fact=lambda: bar.advance(task))
+        click.echo(render(*summary_table(rows), "table", title=f"{kind}: relative change of P(gold), run {run}"))
+
+    factor = "0 (suppress)" if kind == "suppress" else "2 (amplify)"
+    command.__doc__ = f"""Set each fact's knowledge-neuron activations x{factor} at the answer position.
+
+    Compares with as many neurons of a fact of another relation and with random neurons of the same
+    layers; stores one row per fact and neuron set (probe_results) and prints mean delta p / mean p0
+    per relation and overall.
+
+    \b
+    Example:
+        atlas probe {kind} --run smollm2-kn5 --relation P36
+    """
+    for deco in reversed([probe.command(kind), db_option,
+                          click.option("--run", "run", required=True, metavar="RUN", help="Run name or id."),
+                          click.option("--relation", metavar="P", default=None, help="Only facts of this relation."),
+                          click.option("--seed", type=int, default=0, show_default=True, help="Seed of the control neurons."),
+                          model_option, user_errors(UnknownName, EditError)]):
+        command = deco(command)
+    return command
+
+
+def summary_table(rows: list[SummaryRow]) -> tuple[list[str], list[tuple]]:
+    cols = ["relation", "neurons", "facts", "mean n", "mean p0", "mean p1", "rel. change"]
+    return cols, [(r.relation_id, r.neurons, r.n_facts, f"{r.mean_neurons:.1f}", f"{r.mean_p_before:.4f}",
+                   f"{r.mean_p_after:.4f}", "-" if r.relative_change is None else f"{r.relative_change:+.1%}")
+                  for r in rows]
+
+
+suppress = _probe("suppress")
+amplify = _probe("amplify")
