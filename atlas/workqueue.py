@@ -26,7 +26,7 @@ from .schema import work_items
 from .sqlfile import sql_text
 from .store import Store
 
-DEFAULT_LEASE_S = 900
+DEFAULT_LEASE_S = 120  # a live worker renews its lease every third of this
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,19 @@ class WorkQueue:
         with self.store.begin() as conn:
             conn.execute(sql_text("release_work_item", self.store.backend),
                          {"run_id": self.run_id, "item_id": item.item_id, "owner": self.owner})
+
+    def reset_claims(self) -> None:
+        """DuckDB only: claims left by a dead writer process become pending (see reset_claims.sql)."""
+        if self.store.backend != "duckdb":
+            raise RuntimeError("reset_claims is for DuckDB files, where one process writes; PostgreSQL leases expire")
+        with self.store.begin() as conn:
+            conn.execute(sql_text("reset_claims", self.store.backend), {"run_id": self.run_id})
+
+    def remaining(self) -> int:
+        """Items not yet done (pending, or claimed by someone)."""
+        with self.store.begin() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(work_items)
+                                    .where(work_items.c.run_id == self.run_id, work_items.c.status != "done")).scalar_one())
 
     def progress(self) -> list[RelationProgress]:
         """Items done per relation, and which relations are finalised."""

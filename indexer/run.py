@@ -27,6 +27,7 @@ import math
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -276,17 +277,47 @@ def _store_result(store: Store, queue: WorkQueue, result: BatchResult, timings: 
     return True
 
 
-def work_loop(store: Store, queue: WorkQueue, attributor: Attributor, timings: Timings,
-              on_item: Callable[[BatchResult], None] = lambda r: None) -> None:
-    """Claim, attribute and write items until none is left (one process, inline)."""
+@contextmanager
+def _heartbeat(queue: WorkQueue, item: WorkItem) -> Iterator[None]:
+    """Renew the item's lease every third of its length while we compute (slow devices, big items)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(queue.lease_s / 3):
+            try:
+                queue.renew(item)
+            except Exception:  # a missed beat only risks a redo, which is harmless
+                pass
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def claim_next(queue: WorkQueue, timings: Timings) -> WorkItem | None:
+    """The next item to work on; None once every item of the run is done. While the only items
+    left are leased by others, wait: if their workers die, the leases expire and we take over."""
     while True:
         with timings.db():
             item = _retry(queue.claim, "claiming a work item")
-            if item is None:
-                return
+            if item is not None or _retry(queue.remaining, "counting items left") == 0:
+                return item
+        time.sleep(min(5.0, queue.lease_s / 4))
+
+
+def work_loop(store: Store, queue: WorkQueue, attributor: Attributor, timings: Timings,
+              on_item: Callable[[BatchResult], None] = lambda r: None) -> None:
+    """Claim, attribute and write items until the run has none left (one process, inline)."""
+    while (item := claim_next(queue, timings)) is not None:
+        with timings.db():
             rows = _retry(lambda: _rows(store, item, attributor.causal), f"reading item {item.item_id}")
         try:
-            result = attributor.compute(item, rows)
+            with _heartbeat(queue, item):
+                result = attributor.compute(item, rows)
         except BaseException:
             _release_quietly(queue, item)
             raise
@@ -372,7 +403,7 @@ def _run_duckdb_workers(store: Store, queue: WorkQueue, opts: IndexOptions, n: i
 
     def feed() -> bool:
         with timings.db():
-            item = _retry(queue.claim, "claiming a work item")
+            item = _retry(queue.claim, "claiming a work item")  # one writer: no claim of anybody else to wait for
             if item is None:
                 return False
             tasks.put((item, _retry(lambda: _rows(store, item, causal), f"reading item {item.item_id}")))
@@ -433,6 +464,8 @@ def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedMo
                        causal, opts.result_params(), CODE_VERSION)
         run, created = _retry(lambda: open_run(store, spec, opts.run_name, opts.facts_per_item), "opening the run")
         queue = WorkQueue(store, run.id, lease_s=opts.lease_s)
+        if store.backend == "duckdb":
+            _retry(queue.reset_claims, "resetting claims of a dead process")
         total = _retry(lambda: run_prompt_total(store, run.id, causal), "counting prompts")
         done = _retry(lambda: run_prompts_done(store, run.id), "counting prompts")
     left = 0

@@ -36,6 +36,8 @@ def _workers(_ctx: click.Context, _param: click.Parameter, value: str) -> int | 
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Prompts per attribution pass.")
 @click.option("--facts-per-item", type=click.IntRange(min=1), default=8, show_default=True, help="Facts per work item (unit of claiming and redoing).")
 @click.option("--score-cap", type=click.IntRange(min=1), default=50, show_default=True, help="Stored scores per prompt (coarse ones always kept).")
+@click.option("--lease", "lease_s", type=click.IntRange(min=2), default=120, show_default=True, metavar="SECONDS",
+              help="Work-item lease: a crashed worker's items are redone by others after this long.")
 @user_errors(SelectionError, RunConflict)
 def index(db_url: str | None, **options: object) -> None:
     """Index a dataset: integrated-gradients scores per prompt, knowledge neurons per fact.
@@ -59,7 +61,13 @@ def index(db_url: str | None, **options: object) -> None:
         opts = IndexOptions(**options)  # type: ignore[arg-type]
         with progress_bar() as bar:
             task = bar.add_task("starting", total=None, unit="prompts")
-            summary = run_index(store, opts, lambda done, total, rel: bar.update(task, completed=done, total=total, description=rel))
+
+            def on_progress(done: int, total: int, relation: str) -> None:
+                bar.update(task, completed=done, total=total, description=relation)
+                if bar.disable:  # not a terminal (batch job, log file): one line per finished item instead
+                    click.echo(f"{done}/{total} prompts {relation}".rstrip(), err=True)
+
+            summary = run_index(store, opts, on_progress)
     except IndexingError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_summary(summary))
