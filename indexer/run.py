@@ -27,6 +27,7 @@ import math
 import multiprocessing as mp
 import os
 import queue as queue_mod
+from concurrent.futures import Future, ThreadPoolExecutor
 import threading
 import time
 import traceback
@@ -50,6 +51,7 @@ from atlas.store import Store
 from atlas.workqueue import DEFAULT_LEASE_S, WorkItem, WorkQueue
 from indexer import refine
 from indexer.encode import encode_causal, encode_masked
+from indexer.sparse import sparse_rows
 from indexer.ig import IGConfig, PromptItem, attribute
 
 T = TypeVar("T")
@@ -94,7 +96,8 @@ class Timings:
     """Where the time went: the model (encoding + attribution) vs the database (claims, reads, writes)."""
 
     model_s: float = 0.0
-    db_s: float = 0.0
+    db_s: float = 0.0  # busy time of database work (it overlaps the model's work: see work_loop)
+    wait_s: float = 0.0  # time the model side sat waiting for the database
     prompts: int = 0
     items: int = 0
 
@@ -107,7 +110,7 @@ class Timings:
             self.db_s += time.perf_counter() - t0
 
     def as_stats(self) -> dict[str, float]:
-        return {"model_s": self.model_s, "db_s": self.db_s, "prompts": self.prompts, "items": self.items}
+        return {"model_s": self.model_s, "db_s": self.db_s, "db_wait_s": self.wait_s, "prompts": self.prompts, "items": self.items}
 
 
 @dataclass
@@ -148,14 +151,6 @@ def _max_len(lm: LoadedModel) -> int | None:
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
 
-def sparse_triplets(scores: np.ndarray, cap: int) -> list[tuple[int, int, float]]:
-    """Scores to store for one prompt: >= 0.1 x max, at most ``cap`` - but never fewer than the
-    coarse ones (>= 0.2 x max), so knowledge neurons can always be rebuilt from stored rows."""
-    top = float(scores.max()) if scores.size else 0.0
-    n_coarse = int((scores >= refine.COARSE_T * top).sum()) if top > 0 else 0
-    return refine.sparse_scores(scores, refine.SPARSE_RATIO, max(cap, n_coarse))
-
-
 class Attributor:
     """Turns a work item's prompt rows into a `BatchResult` (torch side, no database)."""
 
@@ -184,22 +179,20 @@ class Attributor:
             else:
                 todo.append((prompt_id, PromptItem(enc.prompt_ids, enc.answer_ids)))
         attrs = attribute(self.lm.model, self.lm.adapter, [p for _, p in todo], self.cfg) if todo else []
-        cols: list[list] = [[], [], [], []]
         for (prompt_id, pitem), att in zip(todo, attrs):
-            scores = att.scores.numpy()
-            if not (np.isfinite(scores).all() and math.isfinite(att.p_gold)):
+            if not (torch.isfinite(att.scores).all() and math.isfinite(att.p_gold)):
                 outputs[prompt_id] = PromptOutput(prompt_id, "skipped", "attribution is not finite (overflow)",
                                                   n_answer_tokens=len(pitem.answer_ids))
                 continue
-            trip = sparse_triplets(scores, self.opts.score_cap)
             outputs[prompt_id] = PromptOutput(prompt_id, "ok", None, float(att.p_gold), int(att.gold_rank) - 1,
-                                              float(scores.max()), len(pitem.answer_ids))
-            for layer, neuron, score in trip:
-                cols[0].append(prompt_id), cols[1].append(layer), cols[2].append(neuron), cols[3].append(score)
+                                              float(att.scores.max()), len(pitem.answer_ids))
+        ok = [(pid, att) for (pid, _), att in zip(todo, attrs) if outputs[pid].status == "ok"]
+        dense = np.stack([att.scores.numpy() for _, att in ok]) if ok else np.zeros((0, 1, 1), np.float32)
+        pi, layer, neuron, value = sparse_rows(dense, self.opts.score_cap)
+        ids = np.array([pid for pid, _ in ok], np.int64)
         return BatchResult(
             item=item, outputs=[outputs[r[0]] for r in rows],
-            score_prompt=np.array(cols[0], np.int64), score_layer=np.array(cols[1], np.int16),
-            score_neuron=np.array(cols[2], np.int32), score_value=np.array(cols[3], np.float32),
+            score_prompt=ids[pi], score_layer=layer, score_neuron=neuron, score_value=value,
             model_s=time.perf_counter() - t0)
 
 
@@ -298,31 +291,68 @@ def _heartbeat(queue: WorkQueue, item: WorkItem) -> Iterator[None]:
         thread.join()
 
 
-def claim_next(queue: WorkQueue, timings: Timings) -> WorkItem | None:
-    """The next item to work on; None once every item of the run is done. While the only items
-    left are leased by others, wait: if their workers die, the leases expire and we take over."""
-    while True:
-        with timings.db():
-            item = _retry(queue.claim, "claiming a work item")
-            if item is not None or _retry(queue.remaining, "counting items left") == 0:
-                return item
-        time.sleep(min(5.0, queue.lease_s / 4))
-
-
 def work_loop(store: Store, queue: WorkQueue, attributor: Attributor, timings: Timings,
               on_item: Callable[[BatchResult], None] = lambda r: None) -> None:
-    """Claim, attribute and write items until the run has none left (one process, inline)."""
-    while (item := claim_next(queue, timings)) is not None:
+    """Claim, attribute and write items until the run has none left (one process).
+
+    Database work runs on one background thread, in submission order, so it overlaps the model:
+    the next item is claimed and read while the current one is attributed, and results are
+    written while the next is attributed. The model side only waits when the database is slower.
+    When nothing is claimable but items remain (leased by other workers), it waits and retries:
+    if those workers died, their leases expire and this worker redoes their items.
+    """
+    causal = attributor.causal
+
+    def fetch() -> tuple[WorkItem, list[tuple[int, str, str]]] | None:
         with timings.db():
-            rows = _retry(lambda: _rows(store, item, attributor.causal), f"reading item {item.item_id}")
-        try:
-            with _heartbeat(queue, item):
-                result = attributor.compute(item, rows)
-        except BaseException:
-            _release_quietly(queue, item)
-            raise
+            item = _retry(queue.claim, "claiming a work item")
+            if item is None:
+                return None
+            return item, _retry(lambda: _rows(store, item, causal), f"reading item {item.item_id}")
+
+    def write(result: BatchResult) -> None:
         if _store_result(store, queue, result, timings):
             on_item(result)
+
+    held: list[WorkItem] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-db") as db:
+        writes: list[Future] = []
+        nxt = db.submit(fetch)
+        try:
+            while True:
+                cur = _wait(nxt, timings)
+                if cur is None:
+                    while writes:
+                        _wait(writes.pop(0), timings)
+                    if _wait(db.submit(lambda: _retry(queue.remaining, "counting items left")), timings) == 0:
+                        return
+                    time.sleep(min(5.0, queue.lease_s / 4))
+                    nxt = db.submit(fetch)
+                    continue
+                item, rows = cur
+                held.append(item)
+                nxt = db.submit(fetch)
+                with _heartbeat(queue, item):
+                    result = attributor.compute(item, rows)
+                writes.append(db.submit(write, result))
+                held.remove(item)
+                while len(writes) > 2 or (writes and writes[0].done()):
+                    _wait(writes.pop(0), timings)
+        except BaseException:
+            nxt.cancel()
+            if nxt.done() and not nxt.cancelled() and nxt.exception() is None and nxt.result():
+                held.append(nxt.result()[0])
+            for item in held:
+                _release_quietly(queue, item)
+            raise
+
+
+def _wait(fut: Future, timings: Timings) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return fut.result()
+    finally:
+        timings.wait_s += time.perf_counter() - t0
 
 
 def _release_quietly(queue: WorkQueue, item: WorkItem) -> None:

@@ -139,3 +139,20 @@ def test_second_call_is_a_no_op_and_models_table_is_filled(indexed, model_dir: P
 
     st = json.loads(stats)
     assert st["sessions"] == 1 and st["prompts"] == summary.counts.prompts and st["model_s"] > 0 and st["db_s"] > 0
+
+
+def test_batched_sparse_selection_matches_the_per_prompt_rule() -> None:
+    import numpy as np
+
+    from indexer.sparse import sparse_rows
+
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((6, 3, 40)).astype(np.float32)
+    scores[2] = -np.abs(scores[2])  # a prompt whose max is negative stores nothing
+    scores[3, 0, :30] = scores[3].max() * 0.5  # 30 coarse neurons tied: more than the cap
+    pi, layer, neuron, value = sparse_rows(scores, cap=4)
+    for p in range(6):
+        mine = [(int(l), int(n), float(v)) for q, l, n, v in zip(pi, layer, neuron, value) if q == p]
+        n_coarse = len(refine.coarse_neurons(scores[p]))
+        assert mine == refine.sparse_scores(scores[p], cap=max(4, n_coarse))
+    assert (pi == 2).sum() == 0 and (pi == 3).sum() >= 30
