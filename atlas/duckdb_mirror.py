@@ -24,6 +24,7 @@ from typing import Any
 
 import duckdb
 import duckdb_extension_postgres_scanner
+import pyarrow as pa
 from sqlalchemy.engine import Connection
 
 from .schema import metadata
@@ -98,12 +99,11 @@ class PostgresMirror:
                 self.con.execute(f'CREATE TABLE memory.main."{name}" AS SELECT * FROM pg.public."{name}"')
                 self.copied[name] = time.perf_counter() - started
 
-    def execute(self, sql: str, values: Mapping[str, Any]) -> tuple[list[str], list[tuple]]:
-        """Run ``sql`` (DuckDB ``$name`` parameters) and return its columns and rows."""
+    def execute(self, sql: str, values: Mapping[str, Any]) -> pa.Table:
+        """Run ``sql`` (DuckDB ``$name`` parameters) and return its result as an Arrow table."""
         if self.mode == "snapshot":
             self.snapshot(referenced_tables(sql))
-        cur = self.con.execute(sql, dict(values))
-        return [d[0] for d in cur.description], cur.fetchall()
+        return self.con.execute(sql, dict(values)).to_arrow_table()
 
     def close(self) -> None:
         self.con.close()

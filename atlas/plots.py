@@ -79,10 +79,14 @@ def plot_layers(store: Store, run: str | int, output: Path) -> Path:
     return _save(fig, output)
 
 
-def plot_overlap(store: Store, run: str | int, output: Path, min_facts: int = 2) -> Path:
-    """The relation x relation heatmap of shared relation-level neurons (diagonal: own count)."""
+def plot_overlap(store: Store, run: str | int, output: Path, min_facts: int = 2, min_share: float = 0.1) -> Path:
+    """The relation x relation heatmap of shared relation-level neurons (diagonal: own count).
+
+    By default a relation's neurons are those in >= 10% of its facts (the paper's relation-level
+    neurons): with every neuron of >= 2 facts, chance collisions fill the whole matrix.
+    """
     run_id = resolve_run(store, run)
-    result = queries.run_query(store, "relation-overlap", {"run_id": run_id, "min_facts": min_facts})
+    result = queries.run_query(store, "relation-overlap", {"run_id": run_id, "min_facts": min_facts, "min_share": min_share})
     if not result.rows:
         raise PlotError(f"run {run} has no knowledge neurons")
     col = {c: i for i, c in enumerate(result.columns)}
@@ -102,7 +106,7 @@ def plot_overlap(store: Store, run: str | int, output: Path, min_facts: int = 2)
     for i in range(len(relations)):  # the diagonal (each relation's own neuron count) as text
         ax.text(i, i, f"{int(matrix[i, i])}", ha="center", va="center", fontsize=max(4, fontsize - 2), color="tab:blue")
     fig.colorbar(image, ax=ax, label="shared relation-level neurons", fraction=0.04, pad=0.02)
-    ax.set_title(f"Relations sharing neurons (run {run_id}, neurons in >= {min_facts} facts;\ndiagonal: the relation's own count)")
+    ax.set_title(f"Relations sharing neurons (run {run_id}; a relation's neurons: in >= {min_facts} and >= {min_share:.0%}\nof its facts; diagonal: the relation's own count)")
     return _save(fig, output)
 
 

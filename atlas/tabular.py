@@ -26,25 +26,22 @@ class OutputError(ValueError):
     """A format that cannot be written where asked (Parquet to a terminal)."""
 
 
-def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, output: Path | None = None, title: str | None = None) -> str | None:
-    """Write ``rows`` as ``fmt`` to ``output``; without a file, return the text to print.
+def render(table: pa.Table, fmt: str, output: Path | None = None, title: str | None = None) -> str | None:
+    """Write ``table`` as ``fmt`` to ``output``; without a file, return the text to print.
 
     A ``table`` is returned ready for a terminal (rich); it is also what ``output`` receives.
     """
     if fmt == "parquet":
         if output is None:
             raise OutputError("--format parquet needs --output FILE")
-        pq.write_table(_arrow(columns, rows), output)
+        pq.write_table(table, output)
         return None
-    text = {"table": _table, "csv": _csv, "json": _json}[fmt](columns, rows, title)
+    rows = list(zip(*(col.to_pylist() for col in table.columns)))
+    text = {"table": _table, "csv": _csv, "json": _json}[fmt](table.column_names, rows, title)
     if output is None:
         return text
     Path(output).write_text(text)
     return None
-
-
-def _arrow(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Table:
-    return pa.table({name: [r[i] for r in rows] for i, name in enumerate(columns)})
 
 
 def _csv(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None) -> str:

@@ -5,13 +5,20 @@
 -- params: :run_id (int), :relation_id (text), :min_facts (int, default 2), :min_share (float, default 0.0)
 -- columns: layer, neuron, n_facts, relation_facts, share, mean_score
 WITH rel_kn AS (
+    -- LATERAL ... OFFSET 0 keeps PostgreSQL on the primary key, one index probe per fact of the
+    -- relation (its planner otherwise scans the whole table); DuckDB decorrelates it as usual.
     SELECT kn.fact_id, kn.layer, kn.neuron, kn.score
-    FROM knowledge_neurons kn
-    JOIN facts f ON f.id = kn.fact_id
-    WHERE kn.run_id = :run_id AND f.relation_id = :relation_id
+    FROM facts f
+    CROSS JOIN LATERAL (
+        SELECT k.fact_id, k.layer, k.neuron, k.score
+        FROM knowledge_neurons k
+        WHERE k.run_id = :run_id AND k.fact_id = f.id
+        OFFSET 0
+    ) kn
+    WHERE f.relation_id = :relation_id
 ),
 rel_size AS (
-    SELECT COUNT(DISTINCT fact_id) AS n FROM rel_kn
+    SELECT COUNT(*) AS n FROM (SELECT DISTINCT fact_id FROM rel_kn) d
 )
 SELECT k.layer,
        k.neuron,

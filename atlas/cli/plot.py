@@ -36,17 +36,18 @@ def layers(run: str, output: Path, db_url: str | None) -> None:
 @plot.command()
 @run_option
 @output_option
-@click.option("--min-facts", default=2, show_default=True, help="A relation's neuron must serve this many of its facts.")
+@click.option("--min-facts", default=2, show_default=True, help="A relation's neuron must serve this many of its facts...")
+@click.option("--min-share", default=0.1, show_default=True, help="...and this share of them (0.1: the paper's relation-level neurons).")
 @db_option
 @user_errors(plots.PlotError, queries.QueryError)
-def overlap(run: str, output: Path, min_facts: int, db_url: str | None) -> None:
+def overlap(run: str, output: Path, min_facts: int, min_share: float, db_url: str | None) -> None:
     """Relation x relation heatmap of shared relation-level neurons.
 
     \b
     Example:
         atlas plot overlap --run 1 --output overlap.png
     """
-    click.echo(plots.plot_overlap(open_store(db_url), run, output, min_facts=min_facts))
+    click.echo(plots.plot_overlap(open_store(db_url), run, output, min_facts=min_facts, min_share=min_share))
 
 
 @plot.command()

@@ -15,11 +15,11 @@ output_option = click.option("--output", "-o", type=click.Path(dir_okay=False, p
 
 
 def _emit(result: queries.QueryResult, fmt: str, output: Path | None, title: str) -> None:
-    text = render(result.columns, result.rows, fmt, output, title=title)
+    text = render(result.table, fmt, output, title=title)
     if text is not None:
         click.echo(text, nl=False)
     else:
-        click.echo(f"{len(result.rows):,} rows written to {output}", err=True)
+        click.echo(f"{result.table.num_rows:,} rows written to {output}", err=True)
 
 
 @click.command()
