@@ -29,6 +29,7 @@ from .scoring import score, single_token_id
 from .store import Store
 from .workset import Fact, UnknownName, get_run, run_facts, run_neurons
 
+import numpy as np
 import sqlalchemy as sa
 
 
@@ -97,7 +98,9 @@ def audit_edit(store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, thr
         before = _fact_p(lm, chosen)
         with slots_written(lm, slots):
             after = _fact_p(lm, chosen)
-        kept = [(r, b, a) for r, b, a in zip(roles, before, after) if b is not None]
+        # rounded as the REAL columns store them, so the summary can be recomputed from the table
+        kept = [((f, role, _real(sc)), _real(b), _real(a)) for (f, role, sc), b, a in zip(roles, before, after)
+                if b is not None]
         conn.execute(audit_results.delete().where(audit_results.c.edit_id == edit_id))
         store.bulk_insert(conn, audit_results, {
             "edit_id": [edit_id] * len(kept), "fact_id": [r[0] for r, _, _ in kept], "role": [r[1] for r, _, _ in kept],
@@ -108,6 +111,10 @@ def audit_edit(store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, thr
         metrics["audit"] = asdict(result)
         conn.execute(edits.update().where(edits.c.id == edit_id).values(metrics=json.dumps(metrics, sort_keys=True)))
     return result
+
+
+def _real(x: float) -> float:
+    return float(np.float32(x))
 
 
 def summarise(edit_id: int, rows: Sequence[tuple[str, float, float, float]], threshold: float) -> AuditSummary:
