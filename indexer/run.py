@@ -81,6 +81,10 @@ class IndexOptions:
     batch_size: int = 16  # prompts per attribution pass
     facts_per_item: int = 8  # facts per work item (the unit of claiming, writing and redoing)
     lease_s: int = DEFAULT_LEASE_S
+    stop_at: float | None = None  # time.time() after which no new item is claimed (time-boxed benchmarks)
+
+    def stopped(self) -> bool:
+        return self.stop_at is not None and time.time() >= self.stop_at
 
     def result_params(self) -> dict[str, Any]:
         return {"method": "ig", "steps": self.steps, "rule": "left", "answer": "joint", "precision": self.precision,
@@ -321,6 +325,10 @@ def work_loop(store: Store, queue: WorkQueue, attributor: Attributor, timings: T
         try:
             while True:
                 cur = _wait(nxt, timings)
+                if attributor.opts.stopped():
+                    if cur is not None:
+                        held.append(cur[0])
+                    break
                 if cur is None:
                     while writes:
                         _wait(writes.pop(0), timings)
@@ -338,6 +346,10 @@ def work_loop(store: Store, queue: WorkQueue, attributor: Attributor, timings: T
                 held.remove(item)
                 while len(writes) > 2 or (writes and writes[0].done()):
                     _wait(writes.pop(0), timings)
+            while writes:
+                _wait(writes.pop(0), timings)
+            for item in held:
+                _release_quietly(queue, item)
         except BaseException:
             nxt.cancel()
             if nxt.done() and not nxt.cancelled() and nxt.exception() is None and nxt.result():
@@ -432,6 +444,8 @@ def _run_duckdb_workers(store: Store, queue: WorkQueue, opts: IndexOptions, n: i
     in_flight: dict[int, WorkItem] = {}
 
     def feed() -> bool:
+        if opts.stopped():
+            return False
         with timings.db():
             item = _retry(queue.claim, "claiming a work item")  # one writer: no claim of anybody else to wait for
             if item is None:
