@@ -85,3 +85,23 @@ def test_every_command_documents_an_example(group: str) -> None:
     for name, sub in cmd.commands.items():
         assert "Example:" in (sub.help or ""), name
     assert "Example:" in cli.commands["audit"].help
+
+
+def test_report_covers_every_section(store, world, tmp_path) -> None:
+    model = ["--model", str(world.model_dir)]
+    empty = _run(store, "report", "--run", world.run, "--output", str(tmp_path / "r0"))
+    assert "neurons_per_fact" in empty
+    text = (tmp_path / "r0" / "report.md").read_text()
+    assert "No probe results yet" in text and "No audits yet" in text
+    _run(store, "probe", "suppress", "--run", world.run, *model)
+    _run(store, "edit", "erase-relation", "P30", "--top", "2", "--run", world.run, "--eval-facts", "3", *model)
+    _run(store, "audit", "--sample", "1", "--run", world.run, *model)
+    out = _run(store, "report", "--run", world.run, "--output", str(tmp_path / "r1"))
+    text = (tmp_path / "r1" / "report.md").read_text()
+    # 15 facts, each with 3 or 4 planted neurons: 2 facts per relation hold the cross neuron
+    assert "mean 3.40 per fact" in text and re.search(r"neurons_per_fact\s+3.4\b", out)
+    for section in ("Suppressing", "Updating facts", "Erasing relations", "Interference audit", "Against the paper"):
+        assert f"## {section}" in text
+    assert "| P30 | 3 |" not in text and re.search(r"\| \d+ \| P30 \| 2 \| zero \|", text)
+    for png in ("neurons.png", "probe.png", "audit.png"):
+        assert (tmp_path / "r1" / png).stat().st_size > 1000

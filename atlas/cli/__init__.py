@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("atlas.cli.probe", "probe"),
     ("atlas.cli.edit", "edit"),
     ("atlas.cli.audit", "audit"),
+    ("atlas.cli.report", "report"),
     ("atlas.cli.query", "query"),
     ("atlas.cli.query", "sql"),
     ("atlas.cli.plot", "plot"),

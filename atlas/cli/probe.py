@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import click
+from rich.console import Console
+from rich.table import Table
 
 from ..edits import EditError
 from ..probe import SummaryRow, count_facts, probe as run_probe
-from ..tabular import render
 from ..workset import UnknownName
 from .common import db_option, open_store, user_errors
 from .progress import progress_bar
@@ -26,7 +29,7 @@ def _probe(kind: str) -> click.Command:
         with progress_bar() as bar:
             task = bar.add_task(f"{kind} facts", total=count_facts(store, run, relation), unit="facts")
             rows = run_probe(store, model, run, kind, relation, seed, on_fact=lambda: bar.advance(task))
-        click.echo(render(*summary_table(rows), "table", title=f"{kind}: relative change of P(gold), run {run}"))
+        click.echo(summary_table(rows, title=f"{kind}: relative change of P(gold) (mean delta p / mean p0), run {run}"))
 
     factor = "0 (suppress)" if kind == "suppress" else "2 (amplify)"
     command.__doc__ = f"""Set each fact's knowledge-neuron activations x{factor} at the answer position.
@@ -48,11 +51,17 @@ def _probe(kind: str) -> click.Command:
     return command
 
 
-def summary_table(rows: list[SummaryRow]) -> tuple[list[str], list[tuple]]:
-    cols = ["relation", "neurons", "facts", "mean n", "mean p0", "mean p1", "rel. change"]
-    return cols, [(r.relation_id, r.neurons, r.n_facts, f"{r.mean_neurons:.1f}", f"{r.mean_p_before:.4f}",
-                   f"{r.mean_p_after:.4f}", "-" if r.relative_change is None else f"{r.relative_change:+.1%}")
-                  for r in rows]
+def summary_table(rows: list[SummaryRow], title: str) -> str:
+    """The per-relation summary as a plain-text table (rich, no colours)."""
+    table = Table(title=title)
+    for col in ("relation", "neurons", "facts", "mean n", "mean p0", "mean p1", "rel. change"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.relation_id, r.neurons, str(r.n_facts), f"{r.mean_neurons:.1f}", f"{r.mean_p_before:.4f}",
+                      f"{r.mean_p_after:.4f}", "-" if r.relative_change is None else f"{r.relative_change:+.1%}")
+    console = Console(file=io.StringIO(), width=120, force_terminal=False)
+    console.print(table)
+    return console.file.getvalue()
 
 
 suppress = _probe("suppress")

@@ -1,0 +1,31 @@
+"""``atlas report``: a markdown report with plots of one run's neurons, probes, edits and audits."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from ..report import write_report
+from ..workset import UnknownName
+from .common import db_option, open_store, user_errors
+
+
+@click.command()
+@db_option
+@click.option("--run", "run", required=True, metavar="RUN", help="Run name or id.")
+@click.option("--output", "output", required=True, type=click.Path(path_type=Path), help="Folder for report.md and PNGs.")
+@click.option("--threshold", type=float, default=0.1, show_default=True, help="Audit: share of P(gold) change that counts.")
+@user_errors(UnknownName)
+def report(db_url: str | None, run: str, output: Path, threshold: float) -> None:
+    """Write DIR/report.md: neurons per fact, sharing, suppress/amplify vs controls, edits, audits.
+
+    \b
+    Example:
+        atlas report --run smollm2-kn5 --output reports/smollm2
+    """
+    figures = write_report(open_store(db_url), run, output, threshold)
+    click.echo(f"wrote {output / 'report.md'}")
+    for key, value in asdict(figures).items():
+        click.echo(f"  {key:28s} {value if not isinstance(value, float) else round(value, 4)}")
