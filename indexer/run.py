@@ -209,7 +209,7 @@ def _retry(fn: Callable[[], T], what: str) -> T:
 def finalize_relation(store: Store, run_id: int, relation_id: str) -> RelationNeurons:
     """Refine the relation's knowledge neurons from its stored coarse sets and store them."""
     fact_ids = relation_facts(store, run_id, relation_id)
-    coarse = relation_coarse(store, run_id, relation_id)
+    coarse = relation_coarse(store, run_id, relation_id, refine.COARSE_T * (1 - 1e-4))  # exact test below
     per_fact = [[refine.coarse_from_triplets(zip(p.layers.tolist(), p.neurons.tolist(), p.scores.tolist()))
                  for p in coarse.get(f, [])] for f in fact_ids]
     res = refine.refine_relation(per_fact)
