@@ -51,10 +51,10 @@ def _leaf_commands(group: click.Group, path: tuple[str, ...] = ()):
 
 
 def _minimal_args(path: tuple[str, ...], cmd: click.Command, url: str) -> list[str]:
-    """The command with placeholders for its required arguments and options, aimed at ``url``."""
+    """The command with placeholders for every argument and each required option, aimed at ``url``."""
     args = [*path, "--db", url]
     for param in cmd.params:
-        if param.required and param.name != "db_url":
+        if (param.required or isinstance(param, click.Argument)) and param.name != "db_url":
             value = "1" if isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)) else "x"
             args += [value] if isinstance(param, click.Argument) else [param.opts[0], value]
     return args
