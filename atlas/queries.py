@@ -11,7 +11,7 @@ Why it is built this way:
   formatted into the text: a parameter value can never become SQL.
 * One text runs on every path. ``native`` runs it on the store's own backend; ``duckdb`` runs it in
   DuckDB, which on a PostgreSQL atlas reads the tables through DuckDB's PostgreSQL extension
-  (``atlas.duckdb_mirror``). Floats are reported to 10 significant digits so that the summation
+  (``atlas.duckdb_mirror``); on a DuckDB atlas the two are the same. Floats are reported to 10 significant digits so that the summation
   order of a backend or a parallel plan does not leak into results: every path returns the same rows.
 """
 
@@ -43,9 +43,17 @@ PARAM_TYPES = {"int": int, "float": float, "text": str}
 FLOAT_DIGITS = 10
 
 # The faster path for each query on a PostgreSQL atlas, measured by bench/query_speed.py on a
-# PARAREL-sized synthetic atlas (BENCHMARKS.md, 2026-11-21). Unlisted queries run natively.
-# On a DuckDB atlas both paths are the same engine, so the default is always ``native``.
-POSTGRES_DEFAULT_PATH: dict[str, str] = {}
+# PARAREL-sized synthetic atlas (BENCHMARKS.md, 2026-11-21): PostgreSQL's indexes win the point
+# lookups (a fact, a neuron, a relation: 1-70 ms native against 0.05-6 s through DuckDB, which
+# scans the tables it reads); DuckDB wins the whole-run aggregations 3-5x even counting its scan
+# of PostgreSQL. Unlisted queries run natively. On a DuckDB atlas both paths are one.
+POSTGRES_DEFAULT_PATH: dict[str, str] = {
+    "hub-neurons": "duckdb",  # 2.4 s native, 0.66 s duckdb
+    "interference-pairs": "duckdb",  # 30 s native, 5.7 s duckdb
+    "layer-distribution": "duckdb",  # 1.9 s native, 0.59 s duckdb
+    "relation-overlap": "duckdb",  # 2.9 s native, 0.79 s duckdb
+    "run-diff": "duckdb",  # 1.9 s native, 0.77 s duckdb
+}
 
 
 class QueryError(Exception):
@@ -291,23 +299,25 @@ def run_query(
         if via == "duckdb" and store.backend == "postgresql":
             table = _run_mirrored(store, executable_sql(query.sql, "duckdb"), values, mirror)
         elif conn is not None:
-            table = _execute(conn, query.sql, values, via)
+            table = _execute(conn, query.sql, values)
         else:
             with store.begin() as own:
                 if store.backend == "postgresql":
                     own.exec_driver_sql("SET TRANSACTION READ ONLY")
-                table = _execute(own, query.sql, values, via)
+                table = _execute(own, query.sql, values)
     except (sa.exc.DBAPIError, duckdb.Error, psycopg.Error) as exc:
         raise QueryError(f"query {name} failed ({via}): {_first_line(exc)}") from exc
     return QueryResult(_normalise(table), via, time.perf_counter() - started)
 
 
-def _execute(conn: Connection, sql: str, values: Mapping[str, Any], via: str) -> pa.Table:
-    """On the store's own connection: through SQLAlchemy (native) or DuckDB's own API (duckdb)."""
-    if via == "native":
-        result = conn.execute(sa.text(executable_sql(sql, "sqlalchemy")), dict(values))
-        return arrow_from_rows(list(result.keys()), result.fetchall())
-    return raw_duckdb(conn).execute(executable_sql(sql, "duckdb"), dict(values)).to_arrow_table()
+def _execute(conn: Connection, sql: str, values: Mapping[str, Any]) -> pa.Table:
+    """On the store's own connection. A DuckDB atlas is queried through DuckDB's own API, which
+    hands back Arrow directly (through SQLAlchemy, 10^6 rows cost seconds of Python objects); so
+    on DuckDB both paths are one. PostgreSQL goes through SQLAlchemy and psycopg."""
+    if conn.dialect.name == "duckdb":
+        return raw_duckdb(conn).execute(executable_sql(sql, "duckdb"), dict(values)).to_arrow_table()
+    result = conn.execute(sa.text(executable_sql(sql, "sqlalchemy")), dict(values))
+    return arrow_from_rows(list(result.keys()), result.fetchall())
 
 
 def _run_mirrored(store: Store, sql: str, values: Mapping[str, Any], mirror: PostgresMirror | None) -> pa.Table:

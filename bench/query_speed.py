@@ -17,6 +17,7 @@ appends one JSON line per (backend, path, query) to bench/results.jsonl.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -28,6 +29,7 @@ from atlas.store import Store
 from bench.results import append_result
 
 SAMPLE_KEYS = {"run_id", "run_a", "run_b", "relation_id", "fact_id", "layer", "neuron"}  # what sample_params gives
+SLOW_S = 2.0
 OVERRIDES = {"relation-neurons": {"min_facts": 5}}  # REFERENCE.md's "neurons shared by >= 5 facts of a relation"
 TARGETS_MS = {"relation-neurons": 20, "fact-interference": 20, "interference-pairs": 3000}
 
@@ -52,10 +54,13 @@ def sample_params(store: Store) -> dict[str, object]:
 
 def time_query(store: Store, name: str, params: dict, via: str, repeat: int, mirror: PostgresMirror | None,
                conn: sa.Connection | None) -> tuple[list[float], int]:
-    """Seconds of ``repeat`` runs after one warm-up, and the row count (rows fetched into Python)."""
+    """Seconds of ``repeat`` runs after one warm-up (results fetched as Arrow), and the row count."""
     wanted = {p.name for p in queries.load_query(name).params}
     args = {k: v for k, v in {**params, **OVERRIDES.get(name, {})}.items() if k in wanted}
+    started = time.perf_counter()
     result = queries.run_query(store, name, args, via=via, mirror=mirror, conn=conn)
+    if time.perf_counter() - started > SLOW_S:  # a slow path: a few runs tell enough
+        repeat = min(repeat, 3)
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -89,10 +94,11 @@ def bench_backend(url: str, names: list[str], repeat: int) -> None:
                 target = TARGETS_MS.get(name)
                 append_result("query_speed", {"backend": store.backend, "path": label, "query": name, "repeat": repeat},
                               median, rows, median_ms=round(median * 1000, 2), min_ms=round(min(times) * 1000, 2),
-                              rows=rows, target_ms=target, machine="2-core python-svc")
+                              rows=rows, target_ms=target, machine="2-core python-svc", runs=len(times),
+                              load_avg_1min=round(os.getloadavg()[0], 1))
                 flag = "" if target is None else ("  target met" if median * 1000 <= target else f"  target {target} ms MISSED")
                 print(f"{store.backend:10s} {label:8s} {name:20s} median {median * 1000:9.1f} ms  min {min(times) * 1000:9.1f} ms "
-                      f"{rows:>9,d} rows{flag}", flush=True)
+                      f"{rows:>9,d} rows  n={len(times)} load {os.getloadavg()[0]:.1f}{flag}", flush=True)
     for mirror in mirrors.values():
         if mirror is not None:
             mirror.close()
@@ -102,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duckdb", default="duckdb:////tmp/bench.duckdb", help="DuckDB atlas URL ('' to skip)")
     parser.add_argument("--postgresql", default="postgresql+psycopg:///atlas_bench", help="PostgreSQL atlas URL ('' to skip)")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--query", action="append", help="only these queries (repeatable)")
     args = parser.parse_args()
     names = args.query or [q.name for q in queries.list_queries() if {p.name for p in q.params if p.required} <= SAMPLE_KEYS]
