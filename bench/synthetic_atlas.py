@@ -24,10 +24,13 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import sqlalchemy as sa
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from atlas import schema
 from atlas.store import Store
@@ -65,8 +68,12 @@ def build_synthetic_atlas(
     scores_per_prompt: int = 50,
     seed: int = 0,
     run_name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SyntheticAtlas:
-    """Write a synthetic model, run, relations, facts, prompts, knowledge neurons and prompt scores."""
+    """Write a synthetic model, run, relations, facts, prompts, knowledge neurons and prompt scores.
+
+    ``progress(done, total)`` is called as the prompt scores (most of the work) are written.
+    """
     rng = np.random.default_rng(seed)
     rel_ids = [f"S{seed}R{i:02d}" for i in range(n_relations)]
     fact_rel = _fact_relations(rng, n_facts, n_relations)
@@ -97,7 +104,7 @@ def build_synthetic_atlas(
             "n_prompts": rng.integers(3, 10, len(kn_fact)).astype(np.int32),
         })
         prompt_ids = _insert_prompts(store, conn, prompt_fact, fact_ids, fact_rel)
-        n_scores = _insert_prompt_scores(store, conn, rng, run_id, prompt_ids, prompt_fact, kn_fact, kn_neuron, scores_per_prompt)
+        n_scores = _insert_prompt_scores(store, conn, rng, run_id, prompt_ids, prompt_fact, kn_fact, kn_neuron, scores_per_prompt, progress)
     return SyntheticAtlas(model_id, run_id, fact_ids, rel_ids, len(kn_fact), len(prompt_fact), n_scores)
 
 
@@ -195,7 +202,8 @@ def _insert_prompts(store: Store, conn: sa.Connection, prompt_fact: np.ndarray, 
 
 def _insert_prompt_scores(
     store: Store, conn: sa.Connection, rng: np.random.Generator, run_id: int, prompt_ids: np.ndarray,
-    prompt_fact: np.ndarray, kn_fact: np.ndarray, kn_neuron: np.ndarray, per_prompt: int, chunk: int = 20_000,
+    prompt_fact: np.ndarray, kn_fact: np.ndarray, kn_neuron: np.ndarray, per_prompt: int,
+    progress: Callable[[int, int], None] | None = None, chunk: int = 20_000,
 ) -> int:
     """Sparse scores: each prompt keeps ~80% of its fact's knowledge neurons (strong) plus weaker others."""
     order = np.argsort(kn_fact, kind="stable")
@@ -226,6 +234,8 @@ def _insert_prompt_scores(
             "neuron": (flat % N_NEURONS).astype(np.int32),
             "score": score.astype(np.float32),
         })
+        if progress is not None:
+            progress(min(lo + chunk, len(prompt_ids)), len(prompt_ids))
     return written
 
 
@@ -240,6 +250,13 @@ def _first_unique(matrix: np.ndarray) -> np.ndarray:
     return out
 
 
+class _RateColumn(ProgressColumn):
+    """Prompts per second (rich's own speed column speaks in bytes)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} prompts/s" if task.speed else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True)
@@ -248,7 +265,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
-    atlas = build_synthetic_atlas(Store(args.db), n_facts=args.facts, prompts=args.prompts, seed=args.seed)
+    columns = (TextColumn("prompt scores"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"), _RateColumn(), TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("scores", total=args.prompts)
+        atlas = build_synthetic_atlas(Store(args.db), n_facts=args.facts, prompts=args.prompts, seed=args.seed,
+                                      progress=lambda done, total: bar.update(task, completed=done, total=total))
     print(f"run {atlas.run_id}: {len(atlas.fact_ids)} facts, {atlas.n_knowledge_neurons} knowledge neurons, "
           f"{atlas.n_prompt_scores} prompt scores in {time.perf_counter() - started:.1f} s")
 

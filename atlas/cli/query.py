@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from .. import queries
 from ..tabular import FORMATS, OutputError, render
@@ -47,7 +48,8 @@ def query(name: str | None, list_: bool, params: tuple[str, ...], via: str | Non
             click.echo(f"{q.name}\n    {q.purpose}\n    params: {q.describe_params()}\n    columns: {', '.join(q.columns)}")
         return
     store = open_store(db_url)
-    result = queries.run_query(store, name, queries.parse_assignments(params), via=via)
+    with Console(stderr=True).status(f"running {name} ..."):  # all pairs can take seconds; a no-op off a terminal
+        result = queries.run_query(store, name, queries.parse_assignments(params), via=via)
     _emit(result, fmt, output, title=f"{name} ({store.backend}, {result.via}, {result.seconds * 1000:.0f} ms)")
 
 
