@@ -29,10 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import sqlalchemy as sa
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from atlas import schema
+from atlas.cli.progress import progress_bar
 from atlas.store import Store
 
 N_LAYERS = 12  # BERT-base shape
@@ -250,13 +249,6 @@ def _first_unique(matrix: np.ndarray) -> np.ndarray:
     return out
 
 
-class _RateColumn(ProgressColumn):
-    """Prompts per second (rich's own speed column speaks in bytes)."""
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.0f} prompts/s" if task.speed else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True)
@@ -265,9 +257,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
-    columns = (TextColumn("prompt scores"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"), _RateColumn(), TimeRemainingColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task("scores", total=args.prompts)
+    with progress_bar() as bar:
+        task = bar.add_task("prompt scores", total=args.prompts, unit="prompts")
         atlas = build_synthetic_atlas(Store(args.db), n_facts=args.facts, prompts=args.prompts, seed=args.seed,
                                       progress=lambda done, total: bar.update(task, completed=done, total=total))
     print(f"run {atlas.run_id}: {len(atlas.fact_ids)} facts, {atlas.n_knowledge_neurons} knowledge neurons, "
