@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import sys
 import queue as queue_mod
 from concurrent.futures import Future, ThreadPoolExecutor
 import threading
@@ -376,19 +377,42 @@ def _release_quietly(queue: WorkQueue, item: WorkItem) -> None:
 
 # --- worker processes --------------------------------------------------------------------------
 
-def _worker_env(index: int, opts: IndexOptions) -> str:
-    """Pin a worker process to one GPU (before CUDA initialises there); returns its device."""
-    if opts.device.startswith("cuda"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-        return "cuda"
-    return opts.device
+def _start_pinned(procs: list[Any], opts: IndexOptions) -> None:
+    """Start worker i with CUDA_VISIBLE_DEVICES naming only the i-th visible GPU.
+
+    The variable must be in the child's environment when it starts: setting it inside the child
+    is too late, because importing transformers already asks torch about CUDA, which fixes the
+    visible devices for the life of the process (both workers then share GPU 0).
+    """
+    if not opts.device.startswith("cuda"):
+        for p in procs:
+            p.start()
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = before.split(",") if before else [str(i) for i in range(torch.cuda.device_count())]
+    try:
+        for i, p in enumerate(procs):
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible[i % len(visible)]
+            p.start()
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
+def _worker_device(opts: IndexOptions) -> str:
+    """Inside a pinned worker the one visible GPU is `cuda` (index 0)."""
+    return "cuda" if opts.device.startswith("cuda") else opts.device
 
 
 def _pg_worker(index: int, url: str, opts: IndexOptions, run_id: int, owner: str) -> None:
     """A PostgreSQL worker process: claims and writes for itself, like a worker on another machine."""
-    device = _worker_env(index, opts)
+    device = _worker_device(opts)
     store = Store(url)
     lm = load(opts.model, device, opts.precision)
+    if device == "cuda":
+        print(f"worker {index}: CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", file=sys.stderr, flush=True)
     timings = Timings()
     queue = WorkQueue(store, run_id, owner=f"{owner}/w{index}", lease_s=opts.lease_s)
     work_loop(store, queue, Attributor(lm, opts), timings)
@@ -398,7 +422,7 @@ def _pg_worker(index: int, url: str, opts: IndexOptions, run_id: int, owner: str
 def _compute_worker(index: int, opts: IndexOptions, tasks: Any, results: Any) -> None:
     """A DuckDB-mode worker process: computes items it is handed, returns results to the writer."""
     try:
-        lm = load(opts.model, _worker_env(index, opts), opts.precision)
+        lm = load(opts.model, _worker_device(opts), opts.precision)
         attributor = Attributor(lm, opts)
         while (task := tasks.get()) is not None:
             item, rows = task
@@ -419,8 +443,7 @@ def _n_workers(opts: IndexOptions) -> int:
 def _run_pg_workers(store: Store, queue: WorkQueue, opts: IndexOptions, n: int, on_done: Callable[[int], None]) -> None:
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_pg_worker, args=(i, store.url, opts, queue.run_id, queue.owner)) for i in range(n)]
-    for p in procs:
-        p.start()
+    _start_pinned(procs, opts)
     while any(p.is_alive() for p in procs):
         time.sleep(1.0)
         try:
@@ -439,8 +462,7 @@ def _run_duckdb_workers(store: Store, queue: WorkQueue, opts: IndexOptions, n: i
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=_compute_worker, args=(i, opts, tasks, results), daemon=True) for i in range(n)]
-    for p in procs:
-        p.start()
+    _start_pinned(procs, opts)
     in_flight: dict[int, WorkItem] = {}
 
     def feed() -> bool:
