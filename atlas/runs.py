@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from .registry import ModelRow
+from .registry import ModelInfo, register_model
 from .schema import (dataset_facts, facts, knowledge_neurons, prompt_outputs, prompt_scores, prompts, relation_thresholds, runs,
                      work_items)
 from .sqlfile import sql_text
@@ -49,7 +49,7 @@ class LeaseLost(RuntimeError):
 class RunSpec:
     """Everything that determines a run's results (and so its ``params_key``)."""
 
-    model: ModelRow
+    model: ModelInfo  # registered in the models table when the run is created
     dataset: str
     relations: tuple[str, ...] | None  # None: every relation of the dataset
     limit_per_relation: int | None
@@ -169,13 +169,14 @@ def open_run(store: Store, spec: RunSpec, name: str | None = None, facts_per_ite
         if existing.params_key != key:
             raise RunConflict(f"run {existing.name!r} exists with other parameters; choose another --run name")
         return existing, False
-    selected = select_facts(store, spec.dataset, spec.relations, spec.limit_per_relation, spec.causal)
+    selected = select_facts(store, spec.dataset, spec.relations, spec.limit_per_relation, spec.causal)  # may refuse: nothing written yet
+    model, _ = register_model(store, spec.model)
     items = batches(selected, facts_per_item)
-    name = name or f"{spec.model.name}-{spec.dataset}-{key[:8]}"
+    name = name or f"{model.name}-{spec.dataset}-{key[:8]}"
     try:
         with store.begin() as conn:
             run_id = conn.execute(runs.insert().values(
-                name=name, model_id=spec.model.id, dataset=spec.dataset, method="ig",
+                name=name, model_id=model.id, dataset=spec.dataset, method="ig",
                 params=_canonical(spec.document()), params_key=key, code_version=spec.code_version,
                 status="running", stats="{}").returning(runs.c.id)).scalar_one()
             create_items(store, conn, run_id, items)

@@ -42,7 +42,7 @@ import torch
 
 from atlas.datasets import causal_prefix
 from atlas.models import LoadedModel, load_model
-from atlas.registry import ModelInfo, register_model
+from atlas.registry import ModelInfo
 from atlas.retry import with_retries
 from atlas.runs import (BatchResult, LeaseLost, PromptOutput, RelationNeurons, Run, RunCounts, RunSpec, add_stats, check_selection, get_run, item_prompts,
                         mark_done, open_run, relation_coarse, relation_facts, run_counts, run_prompt_total, run_prompts_done,
@@ -53,7 +53,7 @@ from atlas.workqueue import DEFAULT_LEASE_S, WorkItem, WorkQueue
 from indexer import refine
 from indexer.encode import encode_causal, encode_masked
 from indexer.sparse import sparse_rows
-from indexer.ig import IGConfig, PromptItem, attribute
+from indexer.ig import IGConfig, PromptItem, attribute, default_batch_size
 
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ class IndexOptions:
     device: str = "cpu"
     workers: int | str = 1  # a number, or "auto": one per visible GPU
     run_name: str | None = None
-    batch_size: int = 16  # prompts per attribution pass
+    batch_size: int | None = None  # prompts per attribution pass (None: default_batch_size(device))
     facts_per_item: int = 8  # facts per work item (the unit of claiming, writing and redoing)
     lease_s: int = DEFAULT_LEASE_S
     stop_at: float | None = None  # time.time() after which no new item is claimed (time-boxed benchmarks)
@@ -93,7 +93,8 @@ class IndexOptions:
                 "min_prompts": refine.MIN_PROMPTS, "p_start": refine.P_START, "p_step": refine.P_STEP}
 
     def ig_config(self) -> IGConfig:
-        return IGConfig(steps=self.steps, batch_size=self.batch_size, dtype=PRECISIONS[self.precision])
+        return IGConfig(steps=self.steps, batch_size=self.batch_size or default_batch_size(self.device),
+                        dtype=PRECISIONS[self.precision])
 
 
 @dataclass
@@ -401,14 +402,17 @@ def _start_pinned(procs: list[Any], opts: IndexOptions) -> None:
             os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
-def _worker_device(opts: IndexOptions) -> str:
-    """Inside a pinned worker the one visible GPU is `cuda` (index 0)."""
+def _worker_device(opts: IndexOptions, n_workers: int) -> str:
+    """Inside a pinned worker the one visible GPU is `cuda` (index 0). Each worker also gets its
+    share of the CPU cores: N processes each spinning up one OpenMP thread per core oversubscribe
+    the CPU, and the CPU-side work of every batch then crawls."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
     return "cuda" if opts.device.startswith("cuda") else opts.device
 
 
-def _pg_worker(index: int, url: str, opts: IndexOptions, run_id: int, owner: str) -> None:
+def _pg_worker(index: int, n: int, url: str, opts: IndexOptions, run_id: int, owner: str) -> None:
     """A PostgreSQL worker process: claims and writes for itself, like a worker on another machine."""
-    device = _worker_device(opts)
+    device = _worker_device(opts, n)
     store = Store(url)
     lm = load(opts.model, device, opts.precision)
     if device == "cuda":
@@ -419,10 +423,10 @@ def _pg_worker(index: int, url: str, opts: IndexOptions, run_id: int, owner: str
     _retry(lambda: add_stats(store, run_id, {f"worker_{k}": v for k, v in timings.as_stats().items()}), "saving stats")
 
 
-def _compute_worker(index: int, opts: IndexOptions, tasks: Any, results: Any) -> None:
+def _compute_worker(index: int, n: int, opts: IndexOptions, tasks: Any, results: Any) -> None:
     """A DuckDB-mode worker process: computes items it is handed, returns results to the writer."""
     try:
-        lm = load(opts.model, _worker_device(opts), opts.precision)
+        lm = load(opts.model, _worker_device(opts, n), opts.precision)
         attributor = Attributor(lm, opts)
         while (task := tasks.get()) is not None:
             item, rows = task
@@ -442,7 +446,7 @@ def _n_workers(opts: IndexOptions) -> int:
 
 def _run_pg_workers(store: Store, queue: WorkQueue, opts: IndexOptions, n: int, on_done: Callable[[int], None]) -> None:
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_pg_worker, args=(i, store.url, opts, queue.run_id, queue.owner)) for i in range(n)]
+    procs = [ctx.Process(target=_pg_worker, args=(i, n, store.url, opts, queue.run_id, queue.owner)) for i in range(n)]
     _start_pinned(procs, opts)
     while any(p.is_alive() for p in procs):
         time.sleep(1.0)
@@ -461,7 +465,7 @@ def _run_duckdb_workers(store: Store, queue: WorkQueue, opts: IndexOptions, n: i
     """One writer (this process) feeding ``n`` compute processes; DuckDB allows a single writer."""
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_compute_worker, args=(i, opts, tasks, results), daemon=True) for i in range(n)]
+    procs = [ctx.Process(target=_compute_worker, args=(i, n, opts, tasks, results), daemon=True) for i in range(n)]
     _start_pinned(procs, opts)
     in_flight: dict[int, WorkItem] = {}
 
@@ -525,8 +529,7 @@ def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done,
 def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedModel, n: int, causal: bool, timings: Timings,
            t_start: float) -> IndexSummary:
     with timings.db():
-        model_row, _ = _retry(lambda: register_model(store, model_info(lm)), "registering the model")
-        spec = RunSpec(model_row, opts.dataset, tuple(opts.relations) if opts.relations else None, opts.limit_per_relation,
+        spec = RunSpec(model_info(lm), opts.dataset, tuple(opts.relations) if opts.relations else None, opts.limit_per_relation,
                        causal, opts.result_params(), CODE_VERSION)
         run, created = _retry(lambda: open_run(store, spec, opts.run_name, opts.facts_per_item), "opening the run")
         queue = WorkQueue(store, run.id, lease_s=opts.lease_s)
