@@ -141,6 +141,9 @@ def load(spec: str, device: str, precision: str) -> LoadedModel:
         raise IndexingError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if spec.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(spec)):
         raise IndexingError(f"cannot load model {spec!r}: no such directory")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the indexer draws its own bar; a second one garbles it
     try:
         return load_model(spec, device=device)
     except Exception as exc:  # transformers raises OSError/ValueError/... with long texts
