@@ -1,23 +1,31 @@
 """IG throughput: this engine vs EleutherAI `knowledge-neurons==0.0.2` on the same GPT-2 small
-(random init) and the same single-token PARAREL prompts, plus the SmolLM2-135M architecture and,
-on a GPU, the bf16-vs-fp32 fidelity (mean top-20 neuron overlap).
+(random init) and the same single-token PARAREL prompts; then the REAL SmolLM2-135M-Instruct
+(30 x 1536 neurons, m = 20, all layers) in fp32 and/or bf16, with the bf16-vs-fp32 fidelity.
+
+With `--precision both` the two precisions run interleaved pass by pass on the same prompts, so
+a machine shared with other jobs slows both alike and their ratio stays meaningful; fidelity is
+the mean top-20 neuron overlap of each prompt's bf16 scores with its fp32 scores (it does not
+depend on the machine's load). bf16 = `IGConfig(dtype=torch.bfloat16)`: autocast matmuls, fp32
+weights, residual stream, softmaxes and sums; fp32 clean run.
 
 Example:
-    python bench/ig_throughput.py --n 200 --eleuther-n 5          # 2-core CPU
-    python bench/ig_throughput.py --device cuda --n 200 --eleuther-n 100 --fidelity-n 32
+    python bench/ig_throughput.py --n 200 --eleuther-n 5 --smol-n 32          # 2-core CPU
+    python bench/ig_throughput.py --n 0 --smol-n 16 --precision both           # SmolLM2 only
+    python bench/ig_throughput.py --device cuda --n 200 --eleuther-n 100 --batch-size 100 --smol-n 200
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 SMOLLM2_ARCH = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5,
                     tie_word_embeddings=True, max_position_embeddings=8192)
@@ -88,43 +96,35 @@ def topk_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> float:
     return len(ta & tb) / k
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data")
-    ap.add_argument("--tokenizer", default=None, help="HF tokenizer dir (default: the converted SmolLM2)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--eleuther-n", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--smol-n", type=int, default=8)
-    ap.add_argument("--smol-batch", type=int, default=4)
-    ap.add_argument("--smol-dtype", default="float32")
-    ap.add_argument("--fidelity-n", type=int, default=0)
-    ap.add_argument("--results", default=str(ROOT / "bench" / "results.jsonl"))
-    args = ap.parse_args()
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
-    from transformers import AutoTokenizer, GPT2Config, LlamaConfig
+
+def time_precisions(lm, items, precisions: list[str], batch: int, device: str) -> tuple[dict[str, float], dict[str, list]]:
+    """Seconds and results per precision, the precisions interleaved pass by pass (same load)."""
+    from indexer.ig import IGConfig, attribute
+
+    cfgs = {pr: IGConfig(batch_size=batch, dtype=PRECISION_DTYPES[pr]) for pr in precisions}
+    for cfg in cfgs.values():  # warm-up (one-off allocations, oneDNN kernel selection)
+        attribute(lm.model, lm.adapter, items[:1], cfg)
+    secs = {pr: 0.0 for pr in precisions}
+    res: dict[str, list] = {pr: [] for pr in precisions}
+    for start in range(0, len(items), batch):
+        for pr, cfg in cfgs.items():
+            sync(device)
+            t = time.perf_counter()
+            res[pr] += attribute(lm.model, lm.adapter, items[start : start + batch], cfg)
+            sync(device)
+            secs[pr] += time.perf_counter() - t
+    return secs, res
+
+
+def bench_gpt2(items, prompts, tok, args) -> dict:
+    from transformers import GPT2Config
 
     from atlas.models import config_model
-    from indexer.ig import IGConfig, PromptItem
+    from indexer.ig import IGConfig
 
-    tok_dir = args.tokenizer
-    if tok_dir is None:
-        from atlas.models import smollm2_dir
-        tok_dir = str(smollm2_dir())
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    prompts = pararel_prompts(find_data(args.data), tok, args.n)
-    items = [PromptItem(p_ids, a_ids) for _, _, p_ids, a_ids in prompts]
-    dev = args.device
-    rec: dict = {"bench": "ig_throughput", "device": dev, "n_prompts": len(items), "steps": 20, "rule": "left",
-                 "gpu": torch.cuda.get_device_name() if dev.startswith("cuda") else None,
-                 "threads": torch.get_num_threads(), "torch": torch.__version__}
-    try:
-        rec["git_sha"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
-    except OSError:
-        rec["git_sha"] = None
-    t_all = time.perf_counter()
-
+    dev, rec = args.device, {}
     gcfg = GPT2Config(bos_token_id=0, eos_token_id=0)
     gcfg.architectures = ["GPT2LMHeadModel"]
     gpt2 = config_model(gcfg, seed=0).to(dev)
@@ -133,44 +133,61 @@ def main() -> None:
     print(f"GPT-2 small, this engine : {len(items)} prompts in {wall:.1f} s = {len(items) / wall:.2f} prompts/s")
     if args.eleuther_n:
         e_wall = time_eleuther(gpt2, tok, prompts[: args.eleuther_n], dev)
-        rec["gpt2_eleuther_prompts_per_s"] = args.eleuther_n / e_wall
-        rec["eleuther_n"] = args.eleuther_n
+        rec.update(gpt2_eleuther_prompts_per_s=args.eleuther_n / e_wall, eleuther_n=args.eleuther_n)
         rec["speedup_vs_eleuther"] = rec["gpt2_ours_prompts_per_s"] / rec["gpt2_eleuther_prompts_per_s"]
         print(f"GPT-2 small, EleutherAI  : {args.eleuther_n} prompts in {e_wall:.1f} s = "
               f"{args.eleuther_n / e_wall:.3f} prompts/s; ratio {rec['speedup_vs_eleuther']:.1f}x")
-    del gpt2
+    return rec
 
-    scfg = LlamaConfig(**SMOLLM2_ARCH)
-    scfg.architectures = ["LlamaForCausalLM"]
-    smol = config_model(scfg, seed=0).to(dev)
-    sdtype = getattr(torch, args.smol_dtype)
-    smol_items = items[: args.smol_n]
-    s_wall = time_ours(smol.to(sdtype), smol_items, IGConfig(batch_size=args.smol_batch), dev)
-    rec.update(smol_dtype=args.smol_dtype, smol_n=len(smol_items), smol_batch=args.smol_batch,
-               smol_prompts_per_s=len(smol_items) / s_wall)
-    print(f"SmolLM2-135M arch ({args.smol_dtype}): {len(smol_items)} prompts in {s_wall:.1f} s = "
-          f"{len(smol_items) / s_wall:.2f} prompts/s ({s_wall / len(smol_items):.3f} s/prompt)")
 
-    if args.fidelity_n:
-        from atlas.adapters import adapter_for
-        from indexer.ig import attribute
+def bench_smollm2(lm, items, args) -> dict:
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    secs, res = time_precisions(lm, items, precisions, args.smol_batch, args.device)
+    rec: dict = {"smol_n": len(items), "smol_batch": args.smol_batch}
+    for pr in precisions:
+        rec[f"smol_{pr}_s_per_prompt"] = secs[pr] / len(items)
+        print(f"SmolLM2-135M-Instruct ({pr}, {args.smol_batch} prompts/pass): {len(items)} prompts in "
+              f"{secs[pr]:.1f} s = {secs[pr] / len(items):.3f} s/prompt")
+    if len(precisions) == 2:
+        ov = [topk_overlap(a.scores, b.scores) for a, b in zip(res["fp32"], res["bf16"])]
+        rec.update(bf16_speedup=secs["fp32"] / secs["bf16"], bf16_top20_overlap_mean=sum(ov) / len(ov),
+                   bf16_top20_overlap_min=min(ov))
+        print(f"bf16 vs fp32: {rec['bf16_speedup']:.2f}x faster; mean top-20 neuron overlap "
+              f"{rec['bf16_top20_overlap_mean']:.3f} (min {min(ov):.2f}) over {len(ov)} prompts")
+    return rec
 
-        fi = items[: args.fidelity_n]
-        ad = adapter_for(smol)
-        ref = attribute(smol.to(torch.float32), ad, fi, IGConfig(batch_size=args.smol_batch))
-        bf = attribute(smol.to(torch.bfloat16), ad, fi, IGConfig(batch_size=args.smol_batch))
-        ov = [topk_overlap(a.scores, b.scores) for a, b in zip(ref, bf)]
-        rec["bf16_top20_overlap_mean"] = sum(ov) / len(ov)
-        rec["bf16_top20_overlap_min"] = min(ov)
-        rec["fidelity_n"] = len(fi)
-        print(f"bf16 vs fp32 (SmolLM2 arch, random init): mean top-20 overlap {rec['bf16_top20_overlap_mean']:.3f} "
-              f"(min {min(ov):.2f}) over {len(fi)} prompts")
 
-    rec["wall_s"] = time.perf_counter() - t_all
-    rec["items_per_s"] = rec["gpt2_ours_prompts_per_s"]
-    with open(args.results, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-    print(json.dumps(rec))
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--n", type=int, default=200, help="GPT-2 prompts for this engine (0: skip GPT-2)")
+    ap.add_argument("--eleuther-n", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=16, help="GPT-2 prompts per pass")
+    ap.add_argument("--smol-n", type=int, default=16, help="SmolLM2 prompts (0: skip SmolLM2)")
+    ap.add_argument("--smol-batch", type=int, default=None, help="SmolLM2 prompts per pass (default: per device)")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    args = ap.parse_args()
+
+    from atlas.models import load_model
+    from indexer.ig import PromptItem, default_batch_size
+    from results import append_result
+
+    t_all = time.perf_counter()
+    lm = load_model("smollm2", device=args.device)
+    tok = lm.tokenizer
+    prompts = pararel_prompts(find_data(args.data), tok, max(args.n, args.smol_n))
+    items = [PromptItem(p_ids, a_ids) for _, _, p_ids, a_ids in prompts]
+    args.smol_batch = args.smol_batch or default_batch_size(args.device)
+    rec: dict = {"device_kind": args.device, "steps": 20, "rule": "left", "threads": torch.get_num_threads(),
+                 "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    if args.n:
+        rec.update(n_prompts=args.n, batch_size=args.batch_size, **bench_gpt2(items[: args.n], prompts, tok, args))
+    if args.smol_n:
+        rec.update(precision=args.precision, **bench_smollm2(lm, items[: args.smol_n], args))
+    wall = time.perf_counter() - t_all
+    n_done = args.n + args.smol_n * (2 if args.precision == "both" else 1)
+    print(json.dumps(append_result("ig_throughput", vars(args), wall, n_done, **rec)))
 
 
 if __name__ == "__main__":

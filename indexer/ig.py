@@ -53,10 +53,14 @@ AnswerMode = Literal["joint", "first"]
 class IGConfig:
     """Attribution settings.
 
-    `batch_size` is the number of PROMPTS per pass (each expands to n_layers * steps rows);
-    `dtype`, when set and different from the model's, runs the pass under autocast (e.g.
-    torch.bfloat16 on a GPU); `head_chunk` bounds the logits held at once (elements);
-    `mask_token_id` is needed for masked LMs when the adapter does not carry one.
+    `batch_size` is the number of PROMPTS per pass (each expands to n_layers * steps rows; see
+    `default_batch_size`); `dtype`, when set and different from the model's, runs the SCALED pass
+    under autocast (torch.bfloat16 on a GPU or an AVX-512-BF16 CPU): the matmuls run in bf16 while
+    the weights, the residual stream, softmaxes and sums stay fp32, and the clean run (activations,
+    `p_gold`, `gold_rank`) stays in the model's own precision; `head_chunk` bounds the
+    full-vocabulary logits held at once (elements; default 2**26 on a GPU, 2**24 = 64 MB of fp32
+    logits on a CPU, where bigger chunks only cost memory); `mask_token_id` is needed for masked LMs when
+    the adapter does not carry one.
     """
 
     steps: int = 20
@@ -64,7 +68,7 @@ class IGConfig:
     answer: AnswerMode = "joint"
     batch_size: int = 8
     dtype: torch.dtype | None = None
-    head_chunk: int = 1 << 26
+    head_chunk: int | None = None
     mask_token_id: int | None = None
 
     def __post_init__(self) -> None:
@@ -95,6 +99,13 @@ class PromptAttribution:
     gold_rank: int
 
 
+def default_batch_size(device: str | torch.device) -> int:
+    """Prompts per pass: 16 on a GPU; 4 on a CPU, where a SmolLM2-sized pass (30 layers x 1536,
+    m = 20) keeps ~0.35 GB of autograd state per prompt and larger passes are no faster (2 cores
+    are saturated by 4 x 600 rows), so 4 keeps the process under ~3 GB."""
+    return 4 if torch.device(device).type == "cpu" else 16
+
+
 def alphas(steps: int, rule: Rule) -> Tensor:
     """Scaling factors of the Riemann sum (fp64 for exactness, cast by the caller)."""
     if rule == "left":
@@ -116,7 +127,7 @@ def attribute(model: nn.Module, adapter: Any, items: Sequence[PromptItem], cfg: 
     order = sorted(range(len(items)), key=lambda i: (len(_answer(items[i], cfg)), len(items[i].prompt_ids)))
     out: list[PromptAttribution | None] = [None] * len(items)
     group_fn = _masked_group if adapter.is_masked_lm else _decoder_group
-    with _frozen(model), _autocast(model, cfg):
+    with _frozen(model):
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             for i, res in zip(idx, group_fn(model, adapter, [items[i] for i in idx], cfg)):
@@ -156,6 +167,12 @@ def _autocast(model: nn.Module, cfg: IGConfig) -> contextlib.AbstractContextMana
     if cfg.dtype is None or cfg.dtype == next(model.parameters()).dtype:
         return contextlib.nullcontext()
     return torch.autocast(device_type=dev.type, dtype=cfg.dtype)
+
+
+def _head_chunk(cfg: IGConfig, dev: torch.device) -> int:
+    if cfg.head_chunk is not None:
+        return cfg.head_chunk
+    return 1 << 24 if dev.type == "cpu" else 1 << 26
 
 
 def _up(x: Tensor) -> Tensor:
@@ -269,16 +286,20 @@ def _head(hf: Tensor, W: Tensor, b: Tensor | None, gold: Tensor, valid: Tensor, 
     grad = torch.empty_like(rows) if want_grad else None
     for s in range(0, rows.shape[0], n):
         r = rows[s : s + n]
-        logits = _up(r @ W.T)
+        logits = _up(r @ W.T)  # bf16 under autocast: only the normaliser sees its rounding
         if b is not None:
             logits = logits + b.to(logits.dtype)
         g = gold_f[s : s + n]
         lse = torch.logsumexp(logits, dim=-1)
-        logp[s : s + n] = logits.gather(-1, g[:, None])[:, 0] - lse
+        # the gold logit itself in full precision (one dot product per row)
+        gold_logit = (_up(r) * _up(W[g])).sum(-1) + (0 if b is None else _up(b[g]))
+        logp[s : s + n] = gold_logit - lse
         if want_grad:
-            probs = torch.exp(logits - lse[:, None])
-            Wu = W.to(probs.dtype)
-            grad[s : s + n] = (Wu[g] - probs @ Wu).to(rows.dtype)
+            # W[g] - softmax @ W written as (onehot - softmax) @ W: no cancellation of two
+            # near-equal vectors when P is close to 1, which matters once the matmul is bf16.
+            e = torch.exp(logits - lse[:, None]).neg_()
+            e[torch.arange(e.shape[0], device=e.device), g] += 1
+            grad[s : s + n] = _up(e.to(W.dtype) @ W).to(rows.dtype)
         else:  # ranks are only wanted from the clean run; skip the extra vocabulary pass otherwise
             rank[s : s + n] = _first_rank(logits, g)
         del logits
@@ -302,8 +323,9 @@ def _decoder_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGCo
     W, b = ad.unembedding(), ad.unembedding_bias()
 
     cache = _clean_run(ad, ids, p, T)
-    logp0, rank0, _ = _head(cache.final, W, b, gold, valid, cfg.head_chunk, want_grad=False)
-    scores = _sweep(ad, cache, p, T, gold, valid, W, b, cfg)
+    logp0, rank0, _ = _head(cache.final, W, b, gold, valid, _head_chunk(cfg, dev), want_grad=False)
+    with _autocast(model, cfg):
+        scores = _sweep(ad, cache, p, T, gold, valid, W, b, cfg)
     p_gold = logp0.sum(-1).exp()
     return [PromptAttribution(scores[g], float(p_gold[g]), int(rank0[g])) for g in range(len(items))]
 
@@ -330,7 +352,7 @@ def _sweep(ad: Any, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: 
             h = inj if h is None else torch.cat([h, inj.to(h.dtype)], dim=1)
             xs.append(x)
         hf = ad.final_norm(h)  # [G, L*m, T, d]
-        logp, _, g = _head(hf.detach(), W, b, gold[:, None, :], valid[:, None, :], cfg.head_chunk, want_grad=True)
+        logp, _, g = _head(hf.detach(), W, b, gold[:, None, :], valid[:, None, :], _head_chunk(cfg, dev), want_grad=True)
         g = g * logp.sum(-1).exp()[..., None, None].to(g.dtype)  # dP/dh = P * dlogP/dh
         grads = torch.autograd.grad(hf, xs, grad_outputs=g.to(hf.dtype))
     acts = torch.stack(cache.act, dim=1).float()  # [G,L,N]
@@ -400,7 +422,7 @@ def _masked_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGCon
 
         hk = ad.ffn_out(layer).register_forward_pre_hook(put)
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), _autocast(model, cfg):
                 logp, _ = _masked_logp(model, rep(ids), rep(attn), rep(mpos), rep(gold), rep(valid))
                 (grad,) = torch.autograd.grad(logp.exp().sum(), x)
         finally:
