@@ -33,7 +33,7 @@ def _workers(_ctx: click.Context, _param: click.Parameter, value: str) -> int | 
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Integrated-gradients steps.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--run", "run_name", metavar="NAME", help="Run name (default: model-dataset-<key>); the same name resumes it.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Prompts per attribution pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per attribution pass [default: 16 on a GPU, 4 on a CPU].")
 @click.option("--facts-per-item", type=click.IntRange(min=1), default=8, show_default=True, help="Facts per work item (unit of claiming and redoing).")
 @click.option("--score-cap", type=click.IntRange(min=1), default=50, show_default=True, help="Stored scores per prompt (coarse ones always kept).")
 @click.option("--lease", "lease_s", type=click.IntRange(min=2), default=120, show_default=True, metavar="SECONDS",
