@@ -25,14 +25,10 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class ModelRow:
+class ModelRow(ModelInfo):
+    """A registered model: its facts plus the id runs refer to."""
+
     id: int
-    name: str
-    source: str
-    architecture: str
-    n_layers: int
-    n_neurons: int
-    sha256: str
 
 
 def register_model(store: Store, info: ModelInfo) -> tuple[ModelRow, bool]:
@@ -60,4 +56,5 @@ def list_models(store: Store) -> list[ModelRow]:
 
 
 def _row(r: sa.Row) -> ModelRow:
-    return ModelRow(int(r.id), r.name, r.source, r.architecture, int(r.n_layers), int(r.n_neurons), r.sha256)
+    return ModelRow(name=r.name, source=r.source, architecture=r.architecture, n_layers=int(r.n_layers),
+                    n_neurons=int(r.n_neurons), sha256=r.sha256, id=int(r.id))

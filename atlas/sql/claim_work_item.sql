@@ -1,6 +1,8 @@
 -- Claim one work item of a run with a lease (PostgreSQL: many workers, many machines).
 -- An item is claimable when pending, or claimed under a lease that has expired (its worker died).
 -- FOR UPDATE SKIP LOCKED makes concurrent claimers pass over each other's rows: no double claims.
+-- DuckDB has no row locks (and needs none: one process writes a DuckDB file), so that line is
+-- marked for PostgreSQL only.
 -- params: run_id (int), owner (text), lease_s (int)
 -- returns: item_id, relation_id, fact_ids (JSON list), attempts
 UPDATE work_items
@@ -15,6 +17,6 @@ WHERE (run_id, item_id) IN (
       AND (status = 'pending' OR (status = 'claimed' AND lease_expires < now()))
     ORDER BY item_id
     LIMIT 1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE SKIP LOCKED  -- postgresql only
 )
 RETURNING item_id, relation_id, fact_ids, attempts
