@@ -15,8 +15,10 @@ from .datasets import causal_prefix, read_kn_paper
 from .facts import FactDetail, LoadReport, load_dataset, show_fact
 from .store import Store
 
-DEMO_RELATIONS = ("P36", "P1376", "P103")  # capital, capital of, native language
-DEMO_FACTS_PER_RELATION = 4
+# capital, capital of, place of birth: 6-8 left-to-right prompts per fact (refining needs >= 3),
+# 63 prompts in all, which SmolLM2 indexes in about 2 minutes on 2 CPU cores
+DEMO_RELATIONS = ("P36", "P1376", "P19")
+DEMO_FACTS_PER_RELATION = 3
 
 Echo = Callable[[str], None]
 
@@ -28,6 +30,7 @@ class DemoState:
     load: LoadReport | None = None
     fact_ids: list[str] = field(default_factory=list)  # the demo's facts, in dataset order
     facts: list[FactDetail] = field(default_factory=list)
+    run_id: int | None = None  # the indexing run (set by index_facts)
 
 
 def prepare_schema(store: Store, state: DemoState, echo: Echo) -> None:
@@ -57,13 +60,47 @@ def show_facts(store: Store, state: DemoState, echo: Echo) -> None:
             echo(f"    {causal_prefix(p.text)} ...")
 
 
+def index_facts(store: Store, state: DemoState, echo: Echo) -> None:
+    """Index the demo facts with the bundled SmolLM2 model on the CPU (resumes if interrupted)."""
+    from indexer.run import IndexOptions, index
+
+    last = [""]
+
+    def report(done: int, total: int, relation: str) -> None:
+        if relation != last[0]:
+            last[0] = relation
+            echo(f"  indexing: {done}/{total} prompts" + (f" ({relation} done)" if relation else ""))
+
+    opts = IndexOptions(model="smollm2", dataset="kn-paper", relations=state.relations, limit_per_relation=state.per_relation)
+    summary = index(store, opts, report)
+    state.run_id = summary.run.id
+    c, t = summary.counts, summary.timings
+    echo(f"indexed run {summary.run.name}: {c.prompts} prompts ({c.skipped} skipped), {c.neurons} knowledge neurons "
+         f"in {c.facts_with_neurons}/{c.facts} facts; {summary.wall_s:.0f} s (model {t.model_s:.0f} s, database {t.db_s:.1f} s)")
+
+
+def show_neurons(store: Store, state: DemoState, echo: Echo) -> None:
+    """A few facts' knowledge neurons, then the neurons shared by facts of each relation."""
+    from .queries import run_query
+
+    for detail in state.facts[:4]:
+        rows = run_query(store, "fact-neurons", {"run_id": state.run_id, "fact_id": detail.fact.id}).rows
+        shown = ", ".join(f"L{layer}.{neuron} ({score:.2g}, {n_prompts} prompts)" for layer, neuron, score, n_prompts, _ in rows[:5])
+        echo(f"{detail.fact.subject} -> {detail.fact.object}: {len(rows)} knowledge neurons {shown}")
+    for relation in state.relations:
+        rows = run_query(store, "relation-neurons", {"run_id": state.run_id, "relation_id": relation, "min_facts": 2}).rows
+        shown = ", ".join(f"L{layer}.{neuron} ({n_facts}/{rel_facts} facts)" for layer, neuron, n_facts, rel_facts, _, _ in rows[:5])
+        echo(f"{relation}: {len(rows)} neurons shared by >= 2 facts {shown}")
+
+
 Stage = Callable[[Store, DemoState, Echo], None]
-STAGES: list[Stage] = [prepare_schema, load_facts, show_facts]
+STAGES: list[Stage] = [prepare_schema, load_facts, show_facts, index_facts, show_neurons]
 
 
 def run_demo(store: Store, relations: tuple[str, ...] = DEMO_RELATIONS, per_relation: int = DEMO_FACTS_PER_RELATION,
              echo: Echo = print, stages: list[Stage] | None = None) -> DemoState:
-    """Create or upgrade the schema, load a few bundled kn-paper facts and print them with their prompts."""
+    """Create or upgrade the schema, load a few bundled kn-paper facts, print them with their prompts,
+    index them with the bundled SmolLM2 on the CPU and print their knowledge neurons."""
     state = DemoState(tuple(relations), per_relation)
     for stage in stages or STAGES:
         stage(store, state, echo)
