@@ -279,25 +279,45 @@ def _store_result(store: Store, queue: WorkQueue, result: BatchResult, timings: 
     return True
 
 
-@contextmanager
-def _heartbeat(queue: WorkQueue, item: WorkItem) -> Iterator[None]:
-    """Renew the item's lease every third of its length while we compute (slow devices, big items)."""
-    stop = threading.Event()
+class _Leases:
+    """Renews, every third of the lease, the lease of every item this worker holds - the one being
+    attributed AND the one claimed ahead of it. (Renewing only the current one let a prefetched
+    item's lease run out on a slow CPU, and the worker then claimed it a second time.)"""
 
-    def beat() -> None:
-        while not stop.wait(queue.lease_s / 3):
-            try:
-                queue.renew(item)
-            except Exception:  # a missed beat only risks a redo, which is harmless
-                pass
+    def __init__(self, queue: WorkQueue) -> None:
+        self.queue = queue
+        self.held: dict[int, WorkItem] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="atlas-leases")
 
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    def add(self, item: WorkItem) -> None:
+        with self._lock:
+            self.held[item.item_id] = item
+
+    def discard(self, item: WorkItem) -> None:
+        with self._lock:
+            self.held.pop(item.item_id, None)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.queue.lease_s / 3):
+            with self._lock:
+                items = list(self.held.values())
+            for item in items:
+                try:
+                    self.queue.renew(item)
+                except Exception:  # a missed beat only risks a redo, which is harmless
+                    pass
+
+    def __enter__(self) -> _Leases:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for item in list(self.held.values()):  # whatever we still hold goes back to the queue
+            _release_quietly(self.queue, item)
 
 
 def work_loop(store: Store, queue: WorkQueue, attributor: Attributor, timings: Timings,
@@ -317,24 +337,23 @@ def work_loop(store: Store, queue: WorkQueue, attributor: Attributor, timings: T
             item = _retry(queue.claim, "claiming a work item")
             if item is None:
                 return None
+            leases.add(item)
             return item, _retry(lambda: _rows(store, item, causal), f"reading item {item.item_id}")
 
     def write(result: BatchResult) -> None:
         if _store_result(store, queue, result, timings):
             on_item(result)
+        leases.discard(result.item)
 
-    held: list[WorkItem] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-db") as db:
+    with _Leases(queue) as leases, ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-db") as db:
         writes: list[Future] = []
         nxt = db.submit(fetch)
         try:
             while True:
                 cur = _wait(nxt, timings)
-                if attributor.opts.stopped():
-                    if cur is not None:
-                        held.append(cur[0])
-                    break
                 if cur is None:
+                    if attributor.opts.stopped():
+                        break
                     while writes:
                         _wait(writes.pop(0), timings)
                     if _wait(db.submit(lambda: _retry(queue.remaining, "counting items left")), timings) == 0:
@@ -342,25 +361,18 @@ def work_loop(store: Store, queue: WorkQueue, attributor: Attributor, timings: T
                     time.sleep(min(5.0, queue.lease_s / 4))
                     nxt = db.submit(fetch)
                     continue
+                if attributor.opts.stopped():
+                    break
                 item, rows = cur
-                held.append(item)
                 nxt = db.submit(fetch)
-                with _heartbeat(queue, item):
-                    result = attributor.compute(item, rows)
+                result = attributor.compute(item, rows)
                 writes.append(db.submit(write, result))
-                held.remove(item)
                 while len(writes) > 2 or (writes and writes[0].done()):
                     _wait(writes.pop(0), timings)
             while writes:
                 _wait(writes.pop(0), timings)
-            for item in held:
-                _release_quietly(queue, item)
         except BaseException:
             nxt.cancel()
-            if nxt.done() and not nxt.cancelled() and nxt.exception() is None and nxt.result():
-                held.append(nxt.result()[0])
-            for item in held:
-                _release_quietly(queue, item)
             raise
 
 

@@ -156,3 +156,32 @@ def test_batched_sparse_selection_matches_the_per_prompt_rule() -> None:
         n_coarse = len(refine.coarse_neurons(scores[p]))
         assert mine == refine.sparse_scores(scores[p], cap=max(4, n_coarse))
     assert (pi == 2).sum() == 0 and (pi == 3).sum() >= 30
+
+
+class _SlowAttributor:
+    """The real attributor, slowed down: each item takes longer than a lease (a slow CPU)."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay, self.causal, self.opts = inner, delay, inner.causal, inner.opts
+
+    def compute(self, item, rows):
+        import time
+
+        time.sleep(self.delay)
+        return self.inner.compute(item, rows)
+
+
+@pytest.mark.parametrize("backend", ["duckdb"], indirect=True)
+def test_items_claimed_ahead_keep_their_lease_and_are_attributed_once(store: Store, model_dir: Path) -> None:
+    from atlas.runs import RunSpec, open_run
+    from atlas.workqueue import WorkQueue
+    from indexer.run import Attributor, Timings, load, model_info, work_loop
+
+    load_world(store)
+    opts = _opts(model_dir, relations=("P103",), lease_s=2)
+    lm = load(opts.model, "cpu", "fp32")
+    run, _ = open_run(store, RunSpec(model_info(lm), DATASET, ("P103",), None, True, opts.result_params()), None, 1)
+    work_loop(store, WorkQueue(store, run.id, lease_s=2), _SlowAttributor(Attributor(lm, opts), 2.5), Timings())
+    with store.begin() as conn:
+        attempts = conn.execute(sa.select(work_items.c.attempts, work_items.c.status).where(work_items.c.run_id == run.id)).all()
+    assert sorted(attempts) == [(1, "done")] * 4
