@@ -178,6 +178,19 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
         store.dispose()
+        _release_gpu_memory()
+
+
+def _release_gpu_memory() -> None:
+    """Hand the caching allocator's blocks back to the driver between measurements: an in-process
+    run leaves tens of GiB cached on GPU 0, which a worker pinned to GPU 0 would then lack."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
