@@ -95,11 +95,19 @@ def test_bad_database_url_is_one_line_error(url: str, message: str) -> None:
     assert result.output.startswith("Error: ") and message in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_demo_builds_a_small_atlas_and_is_rerunnable(blank_url: str) -> None:
-    first = atlas("demo", "--db", blank_url)
+@pytest.mark.model
+def test_demo_builds_a_small_atlas_and_is_rerunnable(tmp_path: Path) -> None:
+    """The README's main job end to end on the embedded default (a DuckDB file), on one fact so the
+    real SmolLM2 indexes it in seconds; the rerun adds nothing and resumes the finished run."""
+    url = f"duckdb:///{tmp_path / 'atlas.duckdb'}"
+    args = ("demo", "--db", url, "--relations", "P36", "--facts-per-relation", "1")
+    first = atlas(*args)
     assert first.exit_code == 0, first.output
     assert "schema none -> " in first.output
-    assert "(12 new facts" in first.output and "atlas now holds 3 relations, 12 facts" in first.output
-    assert "P36 capital: Azerbaijan -> Baku" in first.output and "The capital" in first.output
-    again = atlas("demo", "--db", blank_url, "--relations", "P36", "--facts-per-relation", "2")
-    assert "(0 new facts, 0 new prompts)" in again.output and "atlas now holds 3 relations, 12 facts" in again.output
+    assert "(1 new facts" in first.output and "atlas now holds 1 relations, 1 facts" in first.output
+    assert "indexed run" in first.output and "knowledge neurons" in first.output
+    again = atlas(*args)
+    assert again.exit_code == 0, again.output
+    assert "(0 new facts, 0 new prompts)" in again.output
+    neuron_lines = [line for line in first.output.splitlines() if "knowledge neurons" in line and "->" in line]
+    assert neuron_lines and all(line in again.output for line in neuron_lines)
