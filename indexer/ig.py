@@ -27,10 +27,11 @@ Why it is fast (decoders): the clean run caches, per layer, the prefix keys/valu
 states of the answer-token positions. One pass then sweeps the layers once: rows of layer l (one
 per step) are injected at the output of layer l as `base_l + W_out(alpha w_l)` and only the n
 answer-side positions are re-run from layer l+1 upward against the cached prefix; nothing below l
-is recomputed and all layers, steps and prompts of a batch share the pass. The vocabulary head's
-gradient is formed in chunks from logsumexp (`dP/dh = P * (W[y] - softmax @ W)`), so the full
-logits of every row never coexist in memory. Masked LMs take a plain batched route (every
-position attends to the mask, so nothing can be cached).
+is recomputed and all layers, steps and prompts of a batch share the pass. The vocabulary head
+(`dP/dh = P * (W[y] - softmax @ W)`) sweeps slices of the vocabulary with an online softmax, so
+the full logits of every row never exist and each slice of the head matrix is read once per pass.
+Masked LMs take a plain batched route (every position attends to the mask, so nothing can be
+cached).
 
 This module imports only torch; it reaches the model solely through the adapter passed in.
 """
@@ -38,6 +39,9 @@ This module imports only torch; it reaches the model solely through the adapter 
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -54,13 +58,14 @@ class IGConfig:
     """Attribution settings.
 
     `batch_size` is the number of PROMPTS per pass (each expands to n_layers * steps rows; see
-    `default_batch_size`); `dtype`, when set and different from the model's, runs the SCALED pass
-    under autocast (torch.bfloat16 on a GPU or an AVX-512-BF16 CPU): the matmuls run in bf16 while
-    the weights, the residual stream, softmaxes and sums stay fp32, and the clean run (activations,
-    `p_gold`, `gold_rank`) stays in the model's own precision; `head_chunk` bounds the
-    full-vocabulary logits held at once (elements; default 2**26 on a GPU, 2**24 = 64 MB of fp32
-    logits on a CPU, where bigger chunks only cost memory); `mask_token_id` is needed for masked LMs when
-    the adapter does not carry one.
+    `default_batch_size`). `dtype`, when set and different from the model's (torch.bfloat16 on a
+    GPU or an AMX/AVX-512-BF16 CPU), runs the SCALED pass of decoders on a copy of the weights in
+    that dtype (made once per model and weight version, see `_low_precision`), while the clean run
+    (activations, `p_gold`, `gold_rank`) stays in the model's own precision and scores multiply
+    the full-precision activations; softmaxes and sums are always at least fp32. Masked LMs run
+    the scaled pass under autocast instead. `head_chunk` bounds the full-vocabulary logits held
+    at once (elements; default 2**26 on a GPU, 2**23 on a CPU, where cache-sized slices are
+    faster); `mask_token_id` is needed for masked LMs when the adapter does not carry one.
     """
 
     steps: int = 20
@@ -128,14 +133,36 @@ def attribute(model: nn.Module, adapter: Any, items: Sequence[PromptItem], cfg: 
     out: list[PromptAttribution | None] = [None] * len(items)
     group_fn = _masked_group if adapter.is_masked_lm else _decoder_group
     with _frozen(model):
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
+        for idx in _passes(order, [len(_answer(it, cfg)) for it in items], cfg.batch_size):
             for i, res in zip(idx, group_fn(model, adapter, [items[i] for i in idx], cfg)):
                 out[i] = res
     return [r for r in out if r is not None]
 
 
 # --- shared helpers ----------------------------------------------------------------------------
+
+
+def _passes(order: list[int], answer_len: list[int], batch_size: int) -> list[list[int]]:
+    """Split `order` (sorted by answer length) into passes.
+
+    A pass holds `batch_size` prompts of one-token answers but only `batch_size // T` of T-token
+    answers: every answer token is one more re-run position in each of a prompt's rows, so memory
+    grows with T. Within one answer length the passes are equal rather than full ones plus a
+    remainder (130 prompts at 128/pass run as 65 + 65: a pass of 2 costs nearly a full one).
+    """
+    out: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        T = answer_len[order[start]]
+        stop = start
+        while stop < len(order) and answer_len[order[stop]] == T:
+            stop += 1
+        run = order[start:stop]
+        n = math.ceil(len(run) / max(1, batch_size // T))
+        bounds = [round(k * len(run) / n) for k in range(n + 1)]
+        out += [run[a:b] for a, b in zip(bounds, bounds[1:])]
+        start = stop
+    return out
 
 
 def _answer(item: PromptItem, cfg: IGConfig) -> list[int]:
@@ -162,6 +189,28 @@ def _frozen(model: nn.Module) -> Iterator[None]:
         model.train(training)
 
 
+_LOW: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.dtype, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _low_precision(ad: Any, dtype: torch.dtype | None) -> Any:
+    """An adapter over a copy of `ad.model` in `dtype`, for the scaled pass (`ad` itself when no
+    copy is needed). The copy is kept per model and remade when any weight changes: an in-place
+    edit bumps the parameter's version counter, a move to another device or a reload changes its
+    storage. Autocast would instead re-cast every weight at every call, which on a CPU costs more
+    than the bf16 matmuls save."""
+    model = ad.model
+    if dtype is None or dtype == next(model.parameters()).dtype:
+        return ad
+    versions = tuple((p._version, p.data_ptr()) for p in model.parameters())
+    hit = _LOW.get(model)
+    if hit is None or hit[0] != versions or hit[1] != dtype:
+        low = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+        low_ad = type(ad)(low)
+        low_ad.mask_token_id = ad.mask_token_id
+        _LOW[model] = hit = (versions, dtype, low_ad)
+    return hit[2]
+
+
 def _autocast(model: nn.Module, cfg: IGConfig) -> contextlib.AbstractContextManager:
     dev = _device(model)
     if cfg.dtype is None or cfg.dtype == next(model.parameters()).dtype:
@@ -172,7 +221,7 @@ def _autocast(model: nn.Module, cfg: IGConfig) -> contextlib.AbstractContextMana
 def _head_chunk(cfg: IGConfig, dev: torch.device) -> int:
     if cfg.head_chunk is not None:
         return cfg.head_chunk
-    return 1 << 24 if dev.type == "cpu" else 1 << 26
+    return 1 << 23 if dev.type == "cpu" else 1 << 26
 
 
 def _up(x: Tensor) -> Tensor:
@@ -241,6 +290,14 @@ class _CleanCache:
     after: list[Tensor]      # [G,T-1,d] clean block outputs at the answer-token positions
     final: Tensor            # [G,T,d] final hidden (normed) at answer positions, for P/rank
 
+    def to(self, dtype: torch.dtype | None) -> "_CleanCache":
+        """The cache cast for a scaled pass in `dtype` (itself when no cast is needed)."""
+        if dtype is None or dtype == self.act[0].dtype:
+            return self
+        cast = lambda ts: [t.to(dtype) for t in ts]
+        return _CleanCache(cast(self.k_pre), cast(self.v_pre), self.pre_valid, cast(self.base),
+                           cast(self.act), cast(self.after), self.final.to(dtype))
+
 
 def _gather_pos(x: Tensor, idx: Tensor) -> Tensor:
     """x `[G,S,...]`, idx `[G,T]` -> `[G,T,...]`."""
@@ -273,39 +330,56 @@ def _head(hf: Tensor, W: Tensor, b: Tensor | None, gold: Tensor, valid: Tensor, 
           want_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """log P(gold) per position `[...,T]`, rank of position 0, and d log P / d hf (optional).
 
-    hf `[..., T, d]`, gold/valid broadcastable to `[..., T]`. Rows are processed `chunk // V` at a
-    time so that only one chunk of full-vocabulary logits exists at any moment.
+    hf `[..., T, d]`, gold/valid broadcastable to `[..., T]`. The vocabulary is swept in slices
+    of `chunk // rows` words with an online (streaming) softmax, so every row meets each slice of
+    `W` once while it is hot in cache and only `chunk` logits exist at any moment. On a 2-core
+    CPU this is what makes the head cheap: row-chunked, the 113 MB head matrix streamed from
+    memory once per chunk and the head was half of all IG time.
+
+    With `S = sum_j exp(z_j - m)` and the gold word excluded from the running sums,
+        log P(g) = z_g - m - log S,     d log P / dh = (S_other / S) W[g] - sum_{j != g} p_j W_j,
+    the second form having no cancellation when P(g) is close to 1 (which matters once the
+    matmuls are bf16). The gold logit is computed on its own, in full precision.
     """
     d, V = hf.shape[-1], W.shape[0]
     lead = hf.shape[:-1]
-    rows = hf.reshape(-1, d)
-    gold_f = gold.expand(lead).reshape(-1)
-    n = max(1, chunk // V)
-    logp = torch.empty(rows.shape[0], device=hf.device, dtype=_up(rows[:1]).dtype)
-    rank = torch.empty(rows.shape[0], device=hf.device, dtype=torch.long)
-    grad = torch.empty_like(rows) if want_grad else None
-    for s in range(0, rows.shape[0], n):
-        r = rows[s : s + n]
-        logits = _up(r @ W.T)  # bf16 under autocast: only the normaliser sees its rounding
-        if b is not None:
-            logits = logits + b.to(logits.dtype)
-        g = gold_f[s : s + n]
-        lse = torch.logsumexp(logits, dim=-1)
-        # the gold logit itself in full precision (one dot product per row)
-        gold_logit = (_up(r) * _up(W[g])).sum(-1) + (0 if b is None else _up(b[g]))
-        logp[s : s + n] = gold_logit - lse
+    r = hf.reshape(-1, d)
+    R = r.shape[0]
+    g = gold.expand(lead).reshape(-1)
+    fp = _up(r[:1]).dtype
+    z_g = (_up(r) * _up(W[g])).sum(-1) + (0 if b is None else _up(b[g]))  # [R]
+    m = z_g.clone()                                   # running max, seeded by the gold logit
+    s_other = torch.zeros(R, device=r.device, dtype=fp)
+    above = torch.zeros(R, device=r.device, dtype=torch.long)
+    acc = torch.zeros(R, d, device=r.device, dtype=fp) if want_grad else None
+    rows = torch.arange(R, device=r.device)
+    step = max(64, chunk // max(R, 1))
+    for v0 in range(0, V, step):
+        Wc = W[v0 : v0 + step]
+        # bf16 weights give bf16 logits: the matmul has rounded them already, so the elementwise
+        # work stays in bf16 (half the memory traffic) while every sum is fp32.
+        z = torch.nn.functional.linear(r, Wc, None if b is None else b[v0 : v0 + step])
+        own = (g >= v0) & (g < v0 + Wc.shape[0])     # rows whose gold word is in this slice
+        z[rows[own], g[own] - v0] = float("-inf")     # the gold word is accounted for by z_g
+        if not want_grad:                             # ranks are only wanted from the clean run
+            above += (z > z_g[:, None]).sum(-1)
+        # the running max, made representable in z's dtype so that `z - m` below is the m used
+        m_new = torch.maximum(m, _up(z.amax(-1))).to(z.dtype)
+        p = z.sub_(m_new[:, None]).exp_()             # exp(z - m_new), in place
+        m_new = _up(m_new)
+        rescale = torch.exp(m - m_new)
+        s_other = s_other * rescale + p.sum(-1, dtype=fp)
         if want_grad:
-            # W[g] - softmax @ W written as (onehot - softmax) @ W: no cancellation of two
-            # near-equal vectors when P is close to 1, which matters once the matmul is bf16.
-            e = torch.exp(logits - lse[:, None]).neg_()
-            e[torch.arange(e.shape[0], device=e.device), g] += 1
-            grad[s : s + n] = _up(e.to(W.dtype) @ W).to(rows.dtype)
-        else:  # ranks are only wanted from the clean run; skip the extra vocabulary pass otherwise
-            rank[s : s + n] = _first_rank(logits, g)
-        del logits
-    logp = logp.reshape(lead) * valid
-    rank = rank.reshape(lead)[..., 0]
-    return logp, rank, (grad.reshape(hf.shape) * valid[..., None] if want_grad else None)
+            acc = acc * rescale[:, None] + _up(torch.mm(p, Wc))
+        m = m_new
+        del z, p
+    S = s_other + torch.exp(z_g - m)
+    logp = (z_g - m - torch.log(S)).reshape(lead) * valid
+    rank = (above + 1).reshape(lead)[..., 0]
+    if not want_grad:
+        return logp, rank, None
+    grad = (s_other / S)[:, None] * _up(W[g]) - acc / S[:, None]
+    return logp, rank, grad.to(r.dtype).reshape(hf.shape) * valid[..., None]
 
 
 def _decoder_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGConfig) -> list[PromptAttribution]:
@@ -324,18 +398,21 @@ def _decoder_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGCo
 
     cache = _clean_run(ad, ids, p, T)
     logp0, rank0, _ = _head(cache.final, W, b, gold, valid, _head_chunk(cfg, dev), want_grad=False)
-    with _autocast(model, cfg):
-        scores = _sweep(ad, cache, p, T, gold, valid, W, b, cfg)
+    low = _low_precision(ad, cfg.dtype)
+    grad_sums = _sweep(low, cache.to(cfg.dtype), p, T, gold, valid, cfg)
+    acts = torch.stack(cache.act, dim=1).float()  # [G,L,N], the clean run's own precision
+    scores = (acts * grad_sums / cfg.steps).cpu()
     p_gold = logp0.sum(-1).exp()
     return [PromptAttribution(scores[g], float(p_gold[g]), int(rank0[g])) for g in range(len(items))]
 
 
-def _sweep(ad: Any, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: Tensor, W: Tensor,
-           b: Tensor | None, cfg: IGConfig) -> Tensor:
-    """The scaled pass: all layers x steps x prompts at once; returns scores `[G,L,N]` fp32 cpu."""
+def _sweep(ad: Any, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: Tensor, cfg: IGConfig) -> Tensor:
+    """The scaled pass: all layers x steps x prompts at once; returns the gradients of P(gold)
+    summed over the steps, `[G,L,N]` fp32."""
     G, m, dev = p.shape[0], cfg.steps, p.device
+    W, b = ad.unembedding(), ad.unembedding_bias()
     dtype = cache.act[0].dtype
-    a = alphas(m, cfg.rule).to(device=dev, dtype=dtype)
+    a = alphas(m, cfg.rule).to(device=dev, dtype=_up(cache.act[0][:1]).dtype)
     new_pos = p[:, None] + torch.arange(T, device=dev)
     h: Tensor | None = None
     xs: list[Tensor] = []
@@ -344,7 +421,7 @@ def _sweep(ad: Any, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: 
         for layer in range(ad.n_layers):
             if h is not None:
                 h = _block(ad, layer, h, pos, cache.k_pre[layer], cache.v_pre[layer], cache.pre_valid)[0]
-            x = (a[None, :, None] * cache.act[layer][:, None, :]).requires_grad_(True)  # [G,m,N]
+            x = (a[None, :, None] * cache.act[layer][:, None, :]).to(dtype).requires_grad_(True)  # [G,m,N]
             inj = (cache.base[layer][:, None, :] + ad.mlp_output(layer, x))[:, :, None, :]
             if T > 1:
                 rest = cache.after[layer][:, None].expand(G, m, T - 1, -1).to(inj.dtype)
@@ -355,9 +432,7 @@ def _sweep(ad: Any, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: 
         logp, _, g = _head(hf.detach(), W, b, gold[:, None, :], valid[:, None, :], _head_chunk(cfg, dev), want_grad=True)
         g = g * logp.sum(-1).exp()[..., None, None].to(g.dtype)  # dP/dh = P * dlogP/dh
         grads = torch.autograd.grad(hf, xs, grad_outputs=g.to(hf.dtype))
-    acts = torch.stack(cache.act, dim=1).float()  # [G,L,N]
-    summed = torch.stack([gr.float().sum(1) for gr in grads], dim=1)
-    return (acts * summed / m).cpu()
+    return torch.stack([gr.float().sum(1) for gr in grads], dim=1)
 
 
 # --- masked LMs: plain batched route --------------------------------------------------------------

@@ -74,7 +74,7 @@ class IndexOptions:
     relations: tuple[str, ...] | None = None  # (result)
     limit_per_relation: int | None = None  # (result)
     steps: int = 20  # (result)
-    precision: str = "fp32"  # (result) fp32 | bf16 | fp16 (autocast; the weights stay fp32)
+    precision: str = "fp32"  # (result) fp32 | bf16 | fp16: the scaled pass's precision (see IGConfig.dtype)
     score_cap: int = 50  # (result) stored scores per prompt beyond the coarse ones
     device: str = "cpu"
     workers: int | str = 1  # a number, or "auto": one per visible GPU

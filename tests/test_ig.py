@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -89,9 +90,10 @@ def _prob_with_layer_zeroed(model, ad, item, layer: int) -> float:
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "neox", "bert"])
-def test_bf16_autocast_is_close_and_keeps_the_clean_run_exact(family: str) -> None:
-    """bf16 (autocast on the CPU) rounds the scaled pass only: scores move by ~0.5% (more than
-    fp32 rounding, so bf16 really ran), P(gold) and the rank come from the fp32 clean run."""
+def test_bf16_is_close_and_keeps_the_clean_run_exact(family: str) -> None:
+    """bf16 rounds the scaled pass only (a bf16 copy of the weights for decoders, autocast for
+    masked LMs): scores move by ~0.5% (more than fp32 rounding, so bf16 really ran), P(gold) and
+    the rank come from the fp32 clean run."""
     model = tiny_model(family, seed=3)
     ad = adapter_for(model)
     items = MASKED_ITEMS if ad.is_masked_lm else DECODER_ITEMS
@@ -101,6 +103,21 @@ def test_bf16_autocast_is_close_and_keeps_the_clean_run_exact(family: str) -> No
     for a, b in zip(fp32, bf16):
         assert 1e-4 < rel_err(b.scores, a.scores) < 3e-2 and b.scores.dtype == torch.float32
         assert b.p_gold == a.p_gold and b.gold_rank == a.gold_rank
+
+
+def test_bf16_copy_follows_weight_edits() -> None:
+    """The bf16 weight copy is remade when the model's weights change (an edit of value slots),
+    so a bf16 attribution after an edit equals one on a model that had the edit all along."""
+    model = tiny_model("llama", seed=3)
+    ad = adapter_for(model)
+    cfg = IGConfig(steps=8, dtype=torch.bfloat16)
+    before = attribute(model, ad, DECODER_ITEMS, cfg)
+    ad.set_value_slots(1, [0, 1, 2], torch.zeros(3, ad.hidden_size))
+    after = attribute(model, ad, DECODER_ITEMS, cfg)
+    fresh = copy.deepcopy(model)
+    expect = attribute(fresh, adapter_for(fresh), DECODER_ITEMS, cfg)
+    for b, a, e in zip(before, after, expect):
+        assert torch.equal(a.scores, e.scores) and not torch.equal(a.scores, b.scores)
 
 
 def test_masked_lm_needs_mask_id_and_matching_masks() -> None:
@@ -180,3 +197,16 @@ def test_smollm2_knows_paris(smollm2) -> None:
                      IGConfig(dtype=torch.bfloat16))[0]
     top = lambda s: set(s.flatten().topk(20).indices.tolist())  # noqa: E731
     assert bf16.p_gold == res.p_gold and len(top(bf16.scores) & top(res.scores)) >= 16
+
+
+def test_passes_are_balanced_and_shrink_with_answer_length() -> None:
+    """Each index once, in order; one answer length per pass; equal passes of at most
+    batch_size // T prompts."""
+    from indexer.ig import _passes
+
+    lens = [1] * 130 + [2] * 5 + [3] * 70
+    passes = _passes(list(range(len(lens))), lens, 128)
+    assert [i for p in passes for i in p] == list(range(len(lens)))
+    assert [len(p) for p in passes] == [65, 65, 5, 35, 35]  # 128 // 3 = 42 per pass at T = 3
+    assert all(len({lens[i] for i in p}) == 1 and len(p) <= 128 // lens[p[0]] for p in passes)
+    assert _passes([0, 1], [9, 9], 4) == [[0], [1]]  # batch_size // T < 1 still makes progress
