@@ -26,13 +26,13 @@ case "$mode" in
     setsid nohup bash bench/gpu_index.sh full > /tmp/bg-launch.log 2>&1 < /dev/null &
     sleep 60; cat /tmp/bg/log.txt 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv ;;
   full)
-    bench --facts-per-item 48 --batch-size "${BS:-128}" --workers 1 --label "pararel full, $gpu" ;;
+    bench --facts-per-item "${FPI:-96}" --batch-size "${BS:-384}" --workers 1 --label "pararel full, $gpu" ;;
   wait)
     end=$((SECONDS + ${WAIT_S:-540}))
     while pgrep -f "gpu_index.sh full" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
     cp /tmp/bg/* /tmp/bg-launch.log "$out/" 2>/dev/null; cat /tmp/bg/log.txt ;;
   scaling)
-    bench --db postgres --limit-per-relation "${LIMIT:-60}" --facts-per-item 16 --batch-size "${BS:-128}" --workers "${WORKERS:-1,2}" \
+    bench --db postgres --limit-per-relation "${LIMIT:-60}" --facts-per-item "${FPI:-96}" --batch-size "${BS:-384}" --workers "${WORKERS:-1,2}" \
         ${TIME_BOX:+--time-box $TIME_BOX} --label "scaling, $gpu" ;;
 esac

@@ -64,8 +64,8 @@ class IGConfig:
     (activations, `p_gold`, `gold_rank`) stays in the model's own precision and scores multiply
     the full-precision activations; softmaxes and sums are always at least fp32. Masked LMs run
     the scaled pass under autocast instead. `head_chunk` bounds the full-vocabulary logits held
-    at once (elements; default 2**26 on a GPU, 2**23 on a CPU, where cache-sized slices are
-    faster); `mask_token_id` is needed for masked LMs when the adapter does not carry one.
+    at once (elements; default 2**28 on a GPU, where each slice is a few kernel launches that
+    the host must issue, 2**23 on a CPU, where cache-sized slices are faster); `mask_token_id` is needed for masked LMs when the adapter does not carry one.
     """
 
     steps: int = 20
@@ -104,6 +104,24 @@ class PromptAttribution:
     gold_rank: int
 
 
+@dataclass
+class Attributions:
+    """The attributions of a list of prompts, stacked and left on the model's device: scores
+    `[n, n_layers, n_neurons]` fp32, p_gold `[n]`, gold_rank `[n]` (1-based), in input order.
+
+    Kept on the device so that a caller that needs only a few numbers per prompt (the indexer
+    stores ~50 of 46,080 scores) selects them there: nothing then waits for the GPU between
+    passes, and only the selection crosses to the host."""
+
+    scores: Tensor
+    p_gold: Tensor
+    gold_rank: Tensor
+
+    def to_prompts(self) -> list[PromptAttribution]:
+        scores, p, r = self.scores.cpu(), self.p_gold.tolist(), self.gold_rank.tolist()
+        return [PromptAttribution(scores[i], p[i], int(r[i])) for i in range(len(p))]
+
+
 def default_batch_size(device: str | torch.device) -> int:
     """Prompts per pass: 16 on a GPU; 4 on a CPU, where a SmolLM2-sized pass (30 layers x 1536,
     m = 20) keeps ~0.35 GB of autograd state per prompt and larger passes are no faster (2 cores
@@ -126,17 +144,26 @@ def attribute(model: nn.Module, adapter: Any, items: Sequence[PromptItem], cfg: 
         >>> res[0].scores.shape                                                        # doctest: +SKIP
         torch.Size([30, 1536])
     """
+    return attribute_stacked(model, adapter, items, cfg).to_prompts() if items else []
+
+
+def attribute_stacked(model: nn.Module, adapter: Any, items: Sequence[PromptItem], cfg: IGConfig = IGConfig()) -> Attributions:
+    """`attribute`, with the results stacked on the model's device (see `Attributions`)."""
+    if not items:
+        raise ValueError("no prompts to attribute")
     for it in items:
         if not it.prompt_ids or not it.answer_ids:
             raise ValueError("every PromptItem needs a non-empty prompt and answer")
     order = sorted(range(len(items)), key=lambda i: (len(_answer(items[i], cfg)), len(items[i].prompt_ids)))
-    out: list[PromptAttribution | None] = [None] * len(items)
     group_fn = _masked_group if adapter.is_masked_lm else _decoder_group
+    done: list[int] = []
+    parts: list[Attributions] = []
     with _frozen(model):
         for idx in _passes(order, [len(_answer(it, cfg)) for it in items], cfg.batch_size):
-            for i, res in zip(idx, group_fn(model, adapter, [items[i] for i in idx], cfg)):
-                out[i] = res
-    return [r for r in out if r is not None]
+            parts.append(group_fn(model, adapter, [items[i] for i in idx], cfg))
+            done += idx
+    back = _put(torch.tensor(sorted(range(len(done)), key=done.__getitem__)), _device(model))  # input order
+    return Attributions(*(torch.cat([getattr(p, f) for p in parts])[back] for f in ("scores", "p_gold", "gold_rank")))
 
 
 # --- shared helpers ----------------------------------------------------------------------------
@@ -171,6 +198,14 @@ def _answer(item: PromptItem, cfg: IGConfig) -> list[int]:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _put(t: Tensor, dev: torch.device) -> Tensor:
+    """A host tensor moved to `dev` without waiting for the work queued there: a plain copy to a
+    GPU waits for the whole queue, which would leave the GPU idle at the start of every pass."""
+    if dev.type != "cuda":
+        return t.to(dev)
+    return t.pin_memory().to(dev, non_blocking=True)
 
 
 @contextlib.contextmanager
@@ -221,7 +256,7 @@ def _autocast(model: nn.Module, cfg: IGConfig) -> contextlib.AbstractContextMana
 def _head_chunk(cfg: IGConfig, dev: torch.device) -> int:
     if cfg.head_chunk is not None:
         return cfg.head_chunk
-    return 1 << 23 if dev.type == "cpu" else 1 << 26
+    return 1 << 23 if dev.type == "cpu" else 1 << 28
 
 
 def _up(x: Tensor) -> Tensor:
@@ -307,12 +342,13 @@ def _gather_pos(x: Tensor, idx: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _clean_run(ad: Any, ids: Tensor, p: Tensor, T: int) -> _CleanCache:
+def _clean_run(ad: Any, ids: Tensor, p: Tensor, P: int, T: int) -> _CleanCache:
+    """`p` `[G]` answer positions on the device, `P` their maximum (from the host: reading it
+    back from the device would wait for all queued work)."""
     G, S = ids.shape
     positions = torch.arange(S, device=ids.device).expand(G, S)
     h = ad.embed(ids, positions)[:, None]
     pos = ad.positional(positions, h)
-    P = int(p.max())
     t_idx = (p[:, None] + torch.arange(T, device=ids.device)).clamp(max=S - 1)
     cache = _CleanCache([], [], torch.arange(P, device=ids.device)[None] < p[:, None], [], [], [], h)
     for layer in range(ad.n_layers):
@@ -352,15 +388,17 @@ def _head(hf: Tensor, W: Tensor, b: Tensor | None, gold: Tensor, valid: Tensor, 
     s_other = torch.zeros(R, device=r.device, dtype=fp)
     above = torch.zeros(R, device=r.device, dtype=torch.long)
     acc = torch.zeros(R, d, device=r.device, dtype=fp) if want_grad else None
-    rows = torch.arange(R, device=r.device)
     step = max(64, chunk // max(R, 1))
     for v0 in range(0, V, step):
         Wc = W[v0 : v0 + step]
         # bf16 weights give bf16 logits: the matmul has rounded them already, so the elementwise
         # work stays in bf16 (half the memory traffic) while every sum is fp32.
         z = torch.nn.functional.linear(r, Wc, None if b is None else b[v0 : v0 + step])
-        own = (g >= v0) & (g < v0 + Wc.shape[0])     # rows whose gold word is in this slice
-        z[rows[own], g[own] - v0] = float("-inf")     # the gold word is accounted for by z_g
+        # the gold word is accounted for by z_g: mask it in the rows whose gold is in this slice
+        # (gather/where/scatter rather than boolean indexing, which waits for the device)
+        col = (g - v0).clamp(0, Wc.shape[0] - 1)[:, None]
+        own = ((g >= v0) & (g < v0 + Wc.shape[0]))[:, None]
+        z.scatter_(1, col, z.gather(1, col).masked_fill(own, float("-inf")))
         if not want_grad:                             # ranks are only wanted from the clean run
             above += (z > z_g[:, None]).sum(-1)
         # the running max, made representable in z's dtype so that `z - m` below is the m used
@@ -382,28 +420,27 @@ def _head(hf: Tensor, W: Tensor, b: Tensor | None, gold: Tensor, valid: Tensor, 
     return logp, rank, grad.to(r.dtype).reshape(hf.shape) * valid[..., None]
 
 
-def _decoder_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGConfig) -> list[PromptAttribution]:
+def _decoder_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGConfig) -> Attributions:
     dev = _device(model)
     answers = [_answer(it, cfg) for it in items]
     seqs = [it.prompt_ids + a[:-1] for it, a in zip(items, answers)]
     limit = ad.max_positions_exact()
     if limit is not None and max(len(s) for s in seqs) > limit:
         raise ValueError(f"sequence longer than {limit} positions (sliding window / position table)")
-    ids = _pad(seqs).to(dev)
-    p = torch.tensor([len(it.prompt_ids) - 1 for it in items], device=dev)
+    ids = _put(_pad(seqs), dev)
+    p_host = [len(it.prompt_ids) - 1 for it in items]
+    p = _put(torch.tensor(p_host), dev)
     T = max(len(a) for a in answers)
-    gold = _pad(answers).to(dev)
-    valid = torch.tensor([[1.0] * len(a) + [0.0] * (T - len(a)) for a in answers], device=dev)
+    gold = _put(_pad(answers), dev)
+    valid = _put(torch.tensor([[1.0] * len(a) + [0.0] * (T - len(a)) for a in answers]), dev)
     W, b = ad.unembedding(), ad.unembedding_bias()
 
-    cache = _clean_run(ad, ids, p, T)
+    cache = _clean_run(ad, ids, p, max(p_host), T)
     logp0, rank0, _ = _head(cache.final, W, b, gold, valid, _head_chunk(cfg, dev), want_grad=False)
     low = _low_precision(ad, cfg.dtype)
     grad_sums = _sweep(low, cache.to(cfg.dtype), p, T, gold, valid, cfg)
     acts = torch.stack(cache.act, dim=1).float()  # [G,L,N], the clean run's own precision
-    scores = (acts * grad_sums / cfg.steps).cpu()
-    p_gold = logp0.sum(-1).exp()
-    return [PromptAttribution(scores[g], float(p_gold[g]), int(rank0[g])) for g in range(len(items))]
+    return Attributions(acts * grad_sums / cfg.steps, logp0.sum(-1).exp(), rank0)
 
 
 def _sweep(ad: Any, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: Tensor, cfg: IGConfig) -> Tensor:
@@ -412,7 +449,7 @@ def _sweep(ad: Any, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: 
     G, m, dev = p.shape[0], cfg.steps, p.device
     W, b = ad.unembedding(), ad.unembedding_bias()
     dtype = cache.act[0].dtype
-    a = alphas(m, cfg.rule).to(device=dev, dtype=_up(cache.act[0][:1]).dtype)
+    a = _put(alphas(m, cfg.rule), dev).to(_up(cache.act[0][:1]).dtype)
     new_pos = p[:, None] + torch.arange(T, device=dev)
     h: Tensor | None = None
     xs: list[Tensor] = []
@@ -456,7 +493,7 @@ def _masked_logp(model: nn.Module, ids: Tensor, attn: Tensor, mpos: Tensor, gold
     return (logp * valid).sum(-1), _first_rank(sel[:, 0], gold[:, 0])
 
 
-def _masked_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGConfig) -> list[PromptAttribution]:
+def _masked_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGConfig) -> Attributions:
     mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else ad.mask_token_id
     if mask_id is None:
         raise ValueError("masked LM: set IGConfig.mask_token_id (or adapter.mask_token_id)")
@@ -466,11 +503,11 @@ def _masked_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGCon
         pos_lists = [pl[:1] for pl in pos_lists]
     answers = [_answer(it, cfg) for it in items]
     K = max(len(a) for a in answers)
-    ids = _pad([it.prompt_ids for it in items]).to(dev)
-    attn = _pad([[1] * len(it.prompt_ids) for it in items]).to(dev)
-    mpos = _pad(pos_lists).to(dev)  # padding points at position 0, masked out by `valid`
-    gold = _pad(answers).to(dev)
-    valid = torch.tensor([[1.0] * len(a) + [0.0] * (K - len(a)) for a in answers], device=dev)
+    ids = _put(_pad([it.prompt_ids for it in items]), dev)
+    attn = _put(_pad([[1] * len(it.prompt_ids) for it in items]), dev)
+    mpos = _put(_pad(pos_lists), dev)  # padding points at position 0, masked out by `valid`
+    gold = _put(_pad(answers), dev)
+    valid = _put(torch.tensor([[1.0] * len(a) + [0.0] * (K - len(a)) for a in answers]), dev)
     scaled_at = mpos[:, 0]
 
     acts: list[Tensor] = []
@@ -483,7 +520,7 @@ def _masked_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGCon
         for hk in hooks:
             hk.remove()
 
-    a = alphas(m, cfg.rule).to(device=dev, dtype=acts[0].dtype)
+    a = _put(alphas(m, cfg.rule), dev).to(acts[0].dtype)
     rep = lambda t: t.repeat(m, *([1] * (t.dim() - 1)))  # row = step * G + g
     rows = torch.arange(m * G, device=dev)
     scores = []
@@ -502,7 +539,5 @@ def _masked_group(model: nn.Module, ad: Any, items: list[PromptItem], cfg: IGCon
                 (grad,) = torch.autograd.grad(logp.exp().sum(), x)
         finally:
             hk.remove()
-        scores.append((acts[layer].float() * grad.float().reshape(m, G, -1).sum(0) / m).cpu())
-    S = torch.stack(scores, dim=1)
-    p_gold = logp0.exp()
-    return [PromptAttribution(S[g], float(p_gold[g]), int(rank0[g])) for g in range(G)]
+        scores.append(acts[layer].float() * grad.float().reshape(m, G, -1).sum(0) / m)
+    return Attributions(torch.stack(scores, dim=1), logp0.exp(), rank0)

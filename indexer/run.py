@@ -16,17 +16,18 @@ Killing the process at any point loses at most the items in flight; running the 
 again resumes (claims skip done items, expired leases come back, unfinalised relations are
 finalised), so the rows end up exactly as an uninterrupted run writes them.
 
-Workers: on PostgreSQL every worker process claims and writes for itself (so workers on other
-machines can join the same run). On DuckDB only one process may write the file: GPU worker
-processes compute and hand their results back over a multiprocessing queue to the writer.
+Processes: on a CPU with one worker everything runs in this process (the database work on a
+thread, overlapping the model). On a GPU, or with several workers, the model runs in worker
+processes (one per GPU) that this process feeds and whose results it writes (`WorkerPool`,
+`pool_loop`): the database work then never competes with the model for the interpreter lock, and
+a DuckDB file has its one writer. On PostgreSQL any number of such `atlas index` processes, on
+any number of machines, share one run through the leases of the work queue.
 """
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import os
-import sys
 import queue as queue_mod
 from concurrent.futures import Future, ThreadPoolExecutor
 import threading
@@ -34,7 +35,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -53,7 +54,7 @@ from atlas.workqueue import DEFAULT_LEASE_S, WorkItem, WorkQueue
 from indexer import refine
 from indexer.encode import encode_causal, encode_masked
 from indexer.sparse import sparse_rows
-from indexer.ig import IGConfig, PromptItem, attribute, default_batch_size
+from indexer.ig import IGConfig, PromptItem, attribute_stacked, default_batch_size
 
 T = TypeVar("T")
 
@@ -187,22 +188,26 @@ class Attributor:
                 outputs[prompt_id] = PromptOutput(prompt_id, "skipped", enc)
             else:
                 todo.append((prompt_id, PromptItem(enc.prompt_ids, enc.answer_ids)))
-        attrs = attribute(self.lm.model, self.lm.adapter, [p for _, p in todo], self.cfg) if todo else []
-        for (prompt_id, pitem), att in zip(todo, attrs):
-            if not (torch.isfinite(att.scores).all() and math.isfinite(att.p_gold)):
-                outputs[prompt_id] = PromptOutput(prompt_id, "skipped", "attribution is not finite (overflow)",
-                                                  n_answer_tokens=len(pitem.answer_ids))
-                continue
-            outputs[prompt_id] = PromptOutput(prompt_id, "ok", None, float(att.p_gold), int(att.gold_rank) - 1,
-                                              float(att.scores.max()), len(pitem.answer_ids))
-        ok = [(pid, att) for (pid, _), att in zip(todo, attrs) if outputs[pid].status == "ok"]
-        dense = np.stack([att.scores.numpy() for _, att in ok]) if ok else np.zeros((0, 1, 1), np.float32)
-        pi, layer, neuron, value = sparse_rows(dense, self.opts.score_cap)
-        ids = np.array([pid for pid, _ in ok], np.int64)
-        return BatchResult(
-            item=item, outputs=[outputs[r[0]] for r in rows],
-            score_prompt=ids[pi], score_layer=layer, score_neuron=neuron, score_value=value,
-            model_s=time.perf_counter() - t0)
+        result = BatchResult(item=item, outputs=[])
+        if todo:
+            # reduced on the model's device: per prompt only its outputs and kept scores come back
+            res = attribute_stacked(self.lm.model, self.lm.adapter, [p for _, p in todo], self.cfg)
+            finite = torch.isfinite(res.scores).flatten(1).all(1) & torch.isfinite(res.p_gold)
+            pi, result.score_layer, result.score_neuron, result.score_value = sparse_rows(res.scores[finite], self.opts.score_cap)
+            top = res.scores.flatten(1).amax(1).tolist()
+            ok_ids: list[int] = []
+            for (prompt_id, pitem), fin, p_gold, rank, mx in zip(todo, finite.tolist(), res.p_gold.tolist(),
+                                                                  res.gold_rank.tolist(), top):
+                if fin:
+                    ok_ids.append(prompt_id)
+                    outputs[prompt_id] = PromptOutput(prompt_id, "ok", None, p_gold, int(rank) - 1, mx, len(pitem.answer_ids))
+                else:
+                    outputs[prompt_id] = PromptOutput(prompt_id, "skipped", "attribution is not finite (overflow)",
+                                                      n_answer_tokens=len(pitem.answer_ids))
+            result.score_prompt = np.array(ok_ids, np.int64)[pi]
+        result.outputs = [outputs[r[0]] for r in rows]
+        result.model_s = time.perf_counter() - t0
+        return result
 
 
 # --- the database side -------------------------------------------------------------------------
@@ -417,37 +422,112 @@ def _start_pinned(procs: list[Any], opts: IndexOptions) -> None:
             os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
-def _worker_device(opts: IndexOptions, n_workers: int) -> str:
-    """Inside a pinned worker the one visible GPU is `cuda` (index 0). Each worker also gets its
-    share of the CPU cores: N processes each spinning up one OpenMP thread per core oversubscribe
-    the CPU, and the CPU-side work of every batch then crawls."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
-    return "cuda" if opts.device.startswith("cuda") else opts.device
-
-
-def _pg_worker(index: int, n: int, url: str, opts: IndexOptions, run_id: int, owner: str) -> None:
-    """A PostgreSQL worker process: claims and writes for itself, like a worker on another machine."""
-    device = _worker_device(opts, n)
-    store = Store(url)
-    lm = load(opts.model, device, opts.precision)
-    if device == "cuda":
-        print(f"worker {index}: CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", file=sys.stderr, flush=True)
-    timings = Timings()
-    queue = WorkQueue(store, run_id, owner=f"{owner}/w{index}", lease_s=opts.lease_s)
-    work_loop(store, queue, Attributor(lm, opts), timings)
-    _retry(lambda: add_stats(store, run_id, {f"worker_{k}": v for k, v in timings.as_stats().items()}), "saving stats")
-
-
 def _compute_worker(index: int, n: int, opts: IndexOptions, tasks: Any, results: Any) -> None:
-    """A DuckDB-mode worker process: computes items it is handed, returns results to the writer."""
+    """A worker process: attributes the items it is handed and hands the results back.
+
+    Inside a pinned worker the one visible GPU is `cuda`. Each worker gets its share of the CPU
+    cores: N processes each spinning up one OpenMP thread per core oversubscribe the CPU. The
+    time spent waiting for the next item (the database side being slower) comes back with each
+    result."""
     try:
-        lm = load(opts.model, _worker_device(opts, n), opts.precision)
-        attributor = Attributor(lm, opts)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+        attributor = Attributor(load(opts.model, "cuda" if opts.device.startswith("cuda") else opts.device, opts.precision), opts)
+        results.put(("ready", index, None))
+        t_idle = time.perf_counter()
         while (task := tasks.get()) is not None:
-            item, rows = task
-            results.put(attributor.compute(item, rows))
+            waited = time.perf_counter() - t_idle
+            results.put(("result", attributor.compute(*task), waited))
+            t_idle = time.perf_counter()
     except BaseException:
         results.put(("error", index, traceback.format_exc()))
+
+
+class WorkerPool:
+    """``n`` model processes (one per GPU with ``--workers auto``) fed by this process, which does
+    all the database work. Why processes: the model side launches thousands of GPU kernels per
+    pass from Python; sharing the interpreter lock with the database thread slowed it by a quarter
+    (bench/item_profile.py --busy-thread), and a DuckDB file admits one writer anyway.
+
+    The processes start (and load the model) as soon as the pool is made, so their start-up
+    overlaps the run's set-up in this process."""
+
+    def __init__(self, opts: IndexOptions, n: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.opts, self.n, self.used = opts, n, False
+        self.tasks, self.results = ctx.Queue(), ctx.Queue()
+        self.procs = [ctx.Process(target=_compute_worker, args=(i, n, opts, self.tasks, self.results), daemon=True)
+                      for i in range(n)]
+        _start_pinned(self.procs, opts)
+
+    def submit(self, item: WorkItem, rows: list[tuple[int, str, str]]) -> None:
+        self.used = True
+        self.tasks.put((item, rows))
+
+    def result(self, timeout: float = 5.0) -> tuple[BatchResult, float] | None:
+        """The next finished item and how long its worker had waited for it; None on timeout."""
+        while True:
+            try:
+                kind, payload, extra = self.results.get(timeout=timeout)
+            except queue_mod.Empty:
+                if not any(p.is_alive() for p in self.procs):
+                    raise IndexingError("every worker process died; committed batches are kept, "
+                                        "run the same command again to resume") from None
+                return None
+            if kind == "error":
+                raise IndexingError(f"worker {payload} failed:\n{extra}")
+            if kind == "result":
+                return payload, extra
+
+    def close(self) -> None:
+        """Stop the workers (at once when they were never used: nothing of theirs to finish)."""
+        for _ in self.procs:
+            self.tasks.put(None)
+        for p in self.procs:
+            p.join(timeout=10 if self.used else 0)
+            if p.is_alive():
+                p.kill()
+
+
+def pool_loop(store: Store, queue: WorkQueue, pool: WorkerPool, causal: bool, timings: Timings,
+              on_item: Callable[[BatchResult], None] = lambda r: None) -> None:
+    """`work_loop` for model processes: claim and read items ahead (two per worker), write each
+    result as it comes back, renew the leases of everything handed out. Like `work_loop`, when
+    nothing is claimable but items remain (leased by workers of other `atlas index` processes),
+    it waits and retries, redoing the items of those that died once their leases expire."""
+    opts = pool.opts
+    in_flight: dict[int, WorkItem] = {}
+
+    def feed() -> bool:
+        if opts.stopped():
+            return False
+        with timings.db():
+            item = _retry(queue.claim, "claiming a work item")
+            if item is None:
+                return False
+            leases.add(item)
+            rows = _retry(lambda: _rows(store, item, causal), f"reading item {item.item_id}")
+        pool.submit(item, rows)
+        in_flight[item.item_id] = item
+        return True
+
+    with _Leases(queue) as leases:
+        while True:
+            while len(in_flight) < 2 * pool.n and feed():
+                pass
+            if not in_flight:
+                if opts.stopped() or _retry(queue.remaining, "counting items left") == 0:
+                    return
+                time.sleep(min(5.0, queue.lease_s / 4))
+                continue
+            got = pool.result()
+            if got is None:
+                continue
+            result, waited = got
+            timings.wait_s += waited
+            del in_flight[result.item.item_id]
+            if _store_result(store, queue, result, timings):
+                on_item(result)
+            leases.discard(result.item)
 
 
 def _n_workers(opts: IndexOptions) -> int:
@@ -457,70 +537,6 @@ def _n_workers(opts: IndexOptions) -> int:
     if n < 1:
         raise IndexingError(f"--workers must be >= 1 or auto, got {n}")
     return n
-
-
-def _run_pg_workers(store: Store, queue: WorkQueue, opts: IndexOptions, n: int, on_done: Callable[[int], None]) -> None:
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_pg_worker, args=(i, n, store.url, opts, queue.run_id, queue.owner)) for i in range(n)]
-    _start_pinned(procs, opts)
-    while any(p.is_alive() for p in procs):
-        time.sleep(1.0)
-        try:
-            on_done(run_prompts_done(store, queue.run_id))
-        except Exception:  # progress is cosmetic; the workers report real failures
-            pass
-    failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
-    if failed:
-        raise IndexingError(f"worker(s) {failed} failed (exit codes {[procs[i].exitcode for i in failed]}); "
-                            "committed batches are kept, run the same command again to resume")
-
-
-def _run_duckdb_workers(store: Store, queue: WorkQueue, opts: IndexOptions, n: int, causal: bool, timings: Timings,
-                        on_item: Callable[[BatchResult], None]) -> None:
-    """One writer (this process) feeding ``n`` compute processes; DuckDB allows a single writer."""
-    ctx = mp.get_context("spawn")
-    tasks, results = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_compute_worker, args=(i, n, opts, tasks, results), daemon=True) for i in range(n)]
-    _start_pinned(procs, opts)
-    in_flight: dict[int, WorkItem] = {}
-
-    def feed() -> bool:
-        if opts.stopped():
-            return False
-        with timings.db():
-            item = _retry(queue.claim, "claiming a work item")  # one writer: no claim of anybody else to wait for
-            if item is None:
-                return False
-            tasks.put((item, _retry(lambda: _rows(store, item, causal), f"reading item {item.item_id}")))
-        in_flight[item.item_id] = item
-        return True
-
-    try:
-        for _ in range(2 * n):
-            if not feed():
-                break
-        while in_flight:
-            try:
-                res = results.get(timeout=5.0)
-            except queue_mod.Empty:
-                if not any(p.is_alive() for p in procs):
-                    raise IndexingError("every worker process died; run the same command again to resume")
-                continue
-            if isinstance(res, tuple):
-                raise IndexingError(f"worker {res[1]} failed:\n{res[2]}")
-            del in_flight[res.item.item_id]
-            if _store_result(store, queue, res, timings):
-                on_item(res)
-            feed()
-    finally:
-        for _ in procs:
-            tasks.put(None)
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-        for item in in_flight.values():
-            _release_quietly(queue, item)
 
 
 # --- the entry point ---------------------------------------------------------------------------
@@ -534,15 +550,21 @@ def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done,
     t_start = time.perf_counter()
     n = _n_workers(opts)
     _retry(lambda: check_selection(store, opts.dataset, opts.relations), "checking the selection")
-    lm = load(opts.model, "cpu" if n > 1 else opts.device, opts.precision)
+    # a GPU or several workers: model processes, started now so that they load while we set up
+    pool = WorkerPool(opts, n) if n > 1 or opts.device.startswith("cuda") else None
+    try:
+        lm = load(opts.model, "cpu" if pool else opts.device, opts.precision)
+        with _keep_open(store):
+            return _index(store, opts, on_progress, lm, pool, t_start)
+    finally:
+        if pool:
+            pool.close()
+
+
+def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedModel, pool: WorkerPool | None,
+           t_start: float) -> IndexSummary:
     causal = not lm.adapter.is_masked_lm
     timings = Timings()
-    with _keep_open(store):
-        return _index(store, opts, on_progress, lm, n, causal, timings, t_start)
-
-
-def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedModel, n: int, causal: bool, timings: Timings,
-           t_start: float) -> IndexSummary:
     with timings.db():
         spec = RunSpec(model_info(lm), opts.dataset, tuple(opts.relations) if opts.relations else None, opts.limit_per_relation,
                        causal, opts.result_params(), CODE_VERSION)
@@ -561,12 +583,10 @@ def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedMo
             seen[0] += len(result.outputs)
             on_progress(seen[0], total, result.item.relation_id)
 
-        if n == 1:
+        if pool is None:
             work_loop(store, queue, Attributor(lm, opts), timings, on_item)
-        elif store.backend == "postgresql":
-            _run_pg_workers(store, queue, opts, n, lambda d: on_progress(d, total, f"{n} workers"))
         else:
-            _run_duckdb_workers(store, queue, opts, n, causal, timings, on_item)
+            pool_loop(store, queue, pool, causal, timings, on_item)
         left = _finish(store, queue, timings)
     wall = time.perf_counter() - t_start
     if run.status != "done":
@@ -574,6 +594,4 @@ def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedMo
         _retry(lambda: add_stats(store, run.id, stats), "saving run stats")
     run = _retry(lambda: get_run(store, run.id), "reading the run")
     counts = _retry(lambda: run_counts(store, run.id), "counting results")
-    if n > 1 and store.backend == "postgresql":
-        timings = replace(timings, prompts=counts.prompts - done)
-    return IndexSummary(run, counts, created, wall, timings, n, left)
+    return IndexSummary(run, counts, created, wall, timings, pool.n if pool else 1, left)

@@ -8,9 +8,12 @@ decoder never attributes prompts it cannot use.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
+import torch
 
 from atlas.datasets import Dataset, Fact, Relation, make_prompt
 from atlas.facts import load_dataset
@@ -30,6 +33,19 @@ FACTS = [
     ("P103", "goethe", "Goethe", "German"), ("P103", "cervantes", "Cervantes", "Spanish"),
 ]
 DATASET = "tiny-world"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Compute with ``n`` intra-op threads. Runs compared row for row must use the same count as
+    the processes they are compared with: another count sums in another order, and P(gold) of an
+    unlikely answer (~1e-16) then differs in its 6th digit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def world() -> Dataset:

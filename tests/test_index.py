@@ -143,6 +143,7 @@ def test_second_call_is_a_no_op_and_models_table_is_filled(indexed, model_dir: P
 
 def test_batched_sparse_selection_matches_the_per_prompt_rule() -> None:
     import numpy as np
+    import torch
 
     from indexer.sparse import sparse_rows
 
@@ -150,12 +151,21 @@ def test_batched_sparse_selection_matches_the_per_prompt_rule() -> None:
     scores = rng.standard_normal((6, 3, 40)).astype(np.float32)
     scores[2] = -np.abs(scores[2])  # a prompt whose max is negative stores nothing
     scores[3, 0, :30] = scores[3].max() * 0.5  # 30 coarse neurons tied: more than the cap
-    pi, layer, neuron, value = sparse_rows(scores, cap=4)
-    for p in range(6):
-        mine = [(int(l), int(n), float(v)) for q, l, n, v in zip(pi, layer, neuron, value) if q == p]
-        n_coarse = len(refine.coarse_neurons(scores[p]))
-        assert mine == refine.sparse_scores(scores[p], cap=max(4, n_coarse))
-    assert (pi == 2).sum() == 0 and (pi == 3).sum() >= 30
+    for p, ratio in ((4, refine.SPARSE_RATIO), (5, refine.COARSE_T)):  # scores one ulp around the thresholds
+        top = np.float32(5.0)  # a max whose threshold (float64) rounds DOWN to float32: the hard case
+        while np.float64(np.float32(ratio * np.float64(top))) >= ratio * np.float64(top):
+            top = np.nextafter(top, np.float32(9))
+        scores[p, 0, 0] = top
+        edge = np.float32(ratio * np.float64(top))
+        scores[p, 1, :3] = [np.nextafter(edge, np.float32(-9)), edge, np.nextafter(edge, np.float32(9))]
+    for cap in (4, 1000):
+        pi, layer, neuron, value = sparse_rows(torch.from_numpy(scores), cap=cap)
+        for p in range(6):
+            mine = [(int(l), int(n), float(v)) for q, l, n, v in zip(pi, layer, neuron, value) if q == p]
+            n_coarse = len(refine.coarse_neurons(scores[p]))
+            assert mine == refine.sparse_scores(scores[p], cap=max(cap, n_coarse))
+        assert (pi == 2).sum() == 0 and (pi == 3).sum() >= 30
+        assert (np.diff(pi) >= 0).all()  # prompt-major
 
 
 class _SlowAttributor:
@@ -185,3 +195,19 @@ def test_items_claimed_ahead_keep_their_lease_and_are_attributed_once(store: Sto
     with store.begin() as conn:
         attempts = conn.execute(sa.select(work_items.c.attempts, work_items.c.status).where(work_items.c.run_id == run.id)).all()
     assert sorted(attempts) == [(1, "done")] * 4
+
+
+def test_worker_processes_write_what_the_in_process_run_writes(store: Store, model_dir: Path) -> None:
+    """`--workers 2`: two model processes fed by this one (the GPU layout, here on the CPU) give
+    exactly the rows of the single in-process run, on both backends."""
+    import os
+
+    from tests.index_world import assert_same_rows, run_rows, torch_threads
+
+    load_world(store)
+    with torch_threads(max(1, (os.cpu_count() or 1) // 2)):  # each of 2 workers gets half the cores
+        one = index(store, _opts(model_dir, run_name="one"))
+    two = index(store, _opts(model_dir, run_name="two", workers=2))
+    assert one.workers == 1 and two.workers == 2 and two.run.status == "done"
+    assert two.timings.prompts == one.timings.prompts == two.counts.prompts and two.timings.model_s > 0
+    assert_same_rows(run_rows(store, one.run.id), run_rows(store, two.run.id))

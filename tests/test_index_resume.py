@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from atlas.cli import cli
 from atlas.store import Store
-from tests.index_world import DATASET, assert_same_rows, load_world, run_id, run_rows, tiny_dir
+from tests.index_world import DATASET, assert_same_rows, load_world, run_id, run_rows, tiny_dir, torch_threads
 
 KILLS = 3
 PROGRESS = re.compile(r"^\d+/\d+ prompts")
@@ -37,8 +37,10 @@ def _cmd(model_dir: Path, run: str) -> list[str]:
 
 
 def _index_in_process(model_dir: Path, run: str, store: Store) -> str:
-    """The same `atlas index` command, run in this process (the runs nobody kills; saves start-up time)."""
-    result = CliRunner().invoke(cli, _cmd(model_dir, run)[3:] + ["--db", store.url])
+    """The same `atlas index` command, run in this process (the runs nobody kills; saves start-up time),
+    on one thread like the killed processes (OMP_NUM_THREADS=1)."""
+    with torch_threads(1):
+        result = CliRunner().invoke(cli, _cmd(model_dir, run)[3:] + ["--db", store.url])
     assert result.exit_code == 0, result.output
     return result.output
 
