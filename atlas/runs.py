@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -113,14 +112,15 @@ class BatchResult:
 
 
 @dataclass
-class PromptCoarse:
-    """One ok prompt's stored scores (all neurons >= floor x max_score, at least the coarse ones)."""
+class CoarseTally:
+    """One fact's coarse neurons over its ok prompts: per neuron, in how many prompts it is coarse
+    and the sum of its scores there (column-shaped), and how many ok prompts the fact has."""
 
-    prompt_id: int
-    max_score: float
+    n_prompts: int
     layers: np.ndarray
     neurons: np.ndarray
-    scores: np.ndarray
+    counts: np.ndarray
+    sums: np.ndarray
 
 
 def _canonical(doc: Any) -> str:
@@ -227,13 +227,15 @@ def item_prompts(store: Store, fact_ids: tuple[str, ...], causal: bool) -> list[
 
 
 def write_batch(store: Store, queue: WorkQueue, result: BatchResult) -> None:
-    """Replace the item's rows and mark it done, all in one transaction (`LeaseLost` rolls back)."""
+    """Write the item's rows and mark it done, all in one transaction (`LeaseLost` rolls back).
+
+    Nothing to delete first: an item's rows are only ever written by the transaction that marks
+    it done, and a done item is never claimed again, so an item being written has no rows yet
+    (and the primary key of `prompt_outputs` would refuse a second copy). Deleting by prompt id
+    anyway cost a scan of the growing score table per item."""
     run_id = queue.run_id
     ids = [o.prompt_id for o in result.outputs]
     with store.begin() as conn:
-        if ids:
-            for table in (prompt_scores, prompt_outputs):
-                conn.execute(table.delete().where(table.c.run_id == run_id, table.c.prompt_id.in_(ids)))
         store.bulk_insert(conn, prompt_outputs, {
             "run_id": [run_id] * len(ids),
             "prompt_id": ids,
@@ -265,27 +267,25 @@ def relation_facts(store: Store, run_id: int, relation_id: str) -> list[str]:
     return sorted(f for d in docs for f in json.loads(d))
 
 
-def relation_coarse(store: Store, run_id: int, relation_id: str, min_ratio: float) -> dict[str, list[PromptCoarse]]:
-    """Per fact of the relation: each ok prompt's stored scores >= ``min_ratio`` x its max (prompt id order).
-
-    The refiner needs only the coarse scores; reading just those (not every stored score) keeps
-    finalising a 1,000-fact relation well under a second.
-    """
+def relation_tallies(store: Store, run_id: int, relation_id: str, t: float) -> dict[str, CoarseTally]:
+    """Per fact of the relation with ok prompts: its coarse tally at threshold ``t`` (see
+    relation_coarse_tally.sql). Aggregated by the database: a relation's coarse scores run to
+    millions of rows when attributions are diffuse, its tally to one row per fact and neuron."""
+    params = {"run_id": run_id, "relation_id": relation_id}
     with store.begin() as conn:
-        rows = conn.execute(sql_text("relation_coarse_scores", store.backend),
-                            {"run_id": run_id, "relation_id": relation_id, "min_ratio": min_ratio}).all()
-    out: dict[str, list[PromptCoarse]] = defaultdict(list)
-    i = 0
-    while i < len(rows):
-        fact_id, prompt_id, max_score = rows[i][0], rows[i][1], rows[i][2]
-        j = i
-        while j < len(rows) and rows[j][1] == prompt_id:
-            j += 1
-        stored = [r for r in rows[i:j] if r[3] is not None]
-        out[fact_id].append(PromptCoarse(int(prompt_id), float(max_score), np.array([r[3] for r in stored], np.int64),
-                                         np.array([r[4] for r in stored], np.int64), np.array([r[5] for r in stored], np.float32)))
-        i = j
-    return dict(out)
+        ok = conn.execute(sql_text("relation_ok_prompts", store.backend), params).all()
+        rows = conn.execute(sql_text("relation_coarse_tally", store.backend), {**params, "t": t}).all()
+    cols = list(zip(*rows)) or [(), (), (), (), ()]
+    fact = np.array(cols[0], dtype=object)
+    layer, neuron, count = (np.array(c, np.int64) for c in cols[1:4])
+    total = np.array(cols[4], np.float64)
+    starts = np.flatnonzero(np.r_[True, fact[1:] != fact[:-1]]) if len(fact) else np.zeros(0, np.int64)
+    bounds = dict(zip(fact[starts].tolist(), zip(starts.tolist(), np.r_[starts[1:], len(fact)].tolist())))  # rows come by fact
+    out = {}
+    for fact_id, n in ok:
+        a, b = bounds.get(fact_id, (0, 0))
+        out[fact_id] = CoarseTally(int(n), layer[a:b], neuron[a:b], count[a:b], total[a:b])
+    return out
 
 
 @dataclass

@@ -100,20 +100,43 @@ def refine_threshold(n_prompts: int, p: float, min_prompts: int = MIN_PROMPTS) -
     return max(n_prompts * p, min_prompts)
 
 
-def refine_fact(prompts: Sequence[Mapping[Neuron, float]], p: float, min_prompts: int = MIN_PROMPTS) -> list[RefinedNeuron]:
-    """Knowledge neurons of one fact from the coarse neurons of each of its prompts.
+@dataclass(frozen=True)
+class FactTally:
+    """How often each neuron is coarse among a fact's prompts, and its summed score (column-shaped):
+    all that refining needs, whatever p. Tallied once per fact, it serves every p the relation
+    tries; `atlas.runs.relation_tallies` has the database make it."""
 
-    Sorted by (-n_prompts, -mean_score, layer, neuron) so that output order is deterministic.
-    """
+    n_prompts: int
+    layers: np.ndarray
+    neurons: np.ndarray
+    counts: np.ndarray
+    sums: np.ndarray
+
+
+def tally(prompts: Sequence[Mapping[Neuron, float]]) -> FactTally:
     counts: Counter[Neuron] = Counter()
     sums: dict[Neuron, float] = {}
     for coarse in prompts:
         for key, sc in coarse.items():
             counts[key] += 1
             sums[key] = sums.get(key, 0.0) + sc
-    need = refine_threshold(len(prompts), p, min_prompts)
-    out = [RefinedNeuron(l, n, sums[(l, n)] / c, c) for (l, n), c in counts.items() if c >= need]
+    keys = list(counts)
+    return FactTally(len(prompts), np.array([k[0] for k in keys], np.int64), np.array([k[1] for k in keys], np.int64),
+                     np.array([counts[k] for k in keys], np.int64), np.array([sums[k] for k in keys], np.float64))
+
+
+def select(t: FactTally, p: float, min_prompts: int = MIN_PROMPTS) -> list[RefinedNeuron]:
+    """The fact's knowledge neurons at share p, sorted by (-n_prompts, -mean_score, layer, neuron)
+    so that output order is deterministic."""
+    need = refine_threshold(t.n_prompts, p, min_prompts)
+    out = [RefinedNeuron(int(t.layers[i]), int(t.neurons[i]), float(t.sums[i]) / int(t.counts[i]), int(t.counts[i]))
+           for i in np.flatnonzero(t.counts >= need)]
     return sorted(out, key=lambda r: (-r.n_prompts, -r.mean_score, r.layer, r.neuron))
+
+
+def refine_fact(prompts: Sequence[Mapping[Neuron, float]], p: float, min_prompts: int = MIN_PROMPTS) -> list[RefinedNeuron]:
+    """Knowledge neurons of one fact from the coarse neurons of each of its prompts."""
+    return select(tally(prompts), p, min_prompts)
 
 
 def refine_relation(facts: Sequence[Sequence[Mapping[Neuron, float]]], p0: float = P_START, step: float = P_STEP,
@@ -127,12 +150,18 @@ def refine_relation(facts: Sequence[Sequence[Mapping[Neuron, float]]], p0: float
         >>> r.p, [len(f) for f in r.facts], r.mean_neurons
         (0.7, [3, 2], 2.5)
     """
-    if not facts:
+    return refine_tallies([tally(f) for f in facts], p0, step, max_evals, target, min_prompts)
+
+
+def refine_tallies(tallies: Sequence[FactTally], p0: float = P_START, step: float = P_STEP, max_evals: int = P_MAX_EVALS,
+                   target: tuple[float, float] = TARGET, min_prompts: int = MIN_PROMPTS) -> RelationRefinement:
+    """`refine_relation` from the facts' tallies (one per fact, in order)."""
+    if not tallies:
         return RelationRefinement(p0, [], 0.0, 0)
     p = p0
     lo, hi = target
     for evals in range(1, max_evals + 1):
-        refined = [refine_fact(f, p, min_prompts) for f in facts]
+        refined = [select(t, p, min_prompts) for t in tallies]
         mean = sum(len(r) for r in refined) / len(refined)
         if lo <= mean <= hi or evals == max_evals:
             return RelationRefinement(p, refined, mean, evals)

@@ -45,8 +45,8 @@ from atlas.datasets import causal_prefix
 from atlas.models import LoadedModel, load_model
 from atlas.registry import ModelInfo
 from atlas.retry import with_retries
-from atlas.runs import (BatchResult, LeaseLost, PromptOutput, RelationNeurons, Run, RunCounts, RunSpec, add_stats, check_selection, get_run, item_prompts,
-                        mark_done, open_run, relation_coarse, relation_facts, run_counts, run_prompt_total, run_prompts_done,
+from atlas.runs import (BatchResult, CoarseTally, LeaseLost, PromptOutput, RelationNeurons, Run, RunCounts, RunSpec, add_stats, check_selection, get_run, item_prompts,
+                        mark_done, open_run, relation_facts, relation_tallies, run_counts, run_prompt_total, run_prompts_done,
                         write_batch, write_relation)
 from atlas.adapters import model_class_name
 from atlas.store import Store
@@ -216,13 +216,18 @@ def _retry(fn: Callable[[], T], what: str) -> T:
     return with_retries(fn, what=what)
 
 
+def _fact_tally(t: CoarseTally | None) -> refine.FactTally:
+    """The store's tally of a fact (None: no ok prompt) as the refiner takes it."""
+    if t is None:
+        return refine.tally([])
+    return refine.FactTally(t.n_prompts, t.layers, t.neurons, t.counts, t.sums)
+
+
 def finalize_relation(store: Store, run_id: int, relation_id: str) -> RelationNeurons:
     """Refine the relation's knowledge neurons from its stored coarse sets and store them."""
     fact_ids = relation_facts(store, run_id, relation_id)
-    coarse = relation_coarse(store, run_id, relation_id, refine.COARSE_T * (1 - 1e-4))  # exact test below
-    per_fact = [[refine.coarse_from_triplets(zip(p.layers.tolist(), p.neurons.tolist(), p.scores.tolist()))
-                 for p in coarse.get(f, [])] for f in fact_ids]
-    res = refine.refine_relation(per_fact)
+    tallies = relation_tallies(store, run_id, relation_id, refine.COARSE_T)
+    res = refine.refine_tallies([_fact_tally(tallies.get(f)) for f in fact_ids])
     rel = RelationNeurons(relation_id, [], [], [], [], [], float(res.p), float(res.mean_neurons), len(fact_ids))
     for fact_id, neurons in zip(fact_ids, res.facts):
         for n in neurons:
@@ -234,7 +239,7 @@ def finalize_relation(store: Store, run_id: int, relation_id: str) -> RelationNe
 
 def _finalize_if_complete(store: Store, queue: WorkQueue, relation_id: str) -> None:
     for prog in queue.progress():
-        if prog.relation_id == relation_id and prog.complete:
+        if prog.relation_id == relation_id and prog.complete and not prog.finalized:
             finalize_relation(store, queue.run_id, relation_id)
 
 
@@ -270,14 +275,23 @@ def _rows(store: Store, item: WorkItem, causal: bool) -> list[tuple[int, str, st
     return [(int(r.prompt_id), r.text, r.object) for r in item_prompts(store, item.fact_ids, causal)]
 
 
-def _store_result(store: Store, queue: WorkQueue, result: BatchResult, timings: Timings) -> bool:
-    """Write one item's result and finalise its relation if that was its last item."""
+def _finalize_relation_of(store: Store, queue: WorkQueue, result: BatchResult, timings: Timings) -> None:
+    """Finalise the relation of a written item if that was its last item."""
+    relation = result.item.relation_id
+    with timings.db():
+        _retry(lambda: _finalize_if_complete(store, queue, relation), f"finalising {relation}")
+
+
+def _store_result(store: Store, queue: WorkQueue, result: BatchResult, timings: Timings,
+                  finalize: Callable[[BatchResult], Any] | None = None) -> bool:
+    """Write one item's result, then finalise its relation if that was its last item (by calling
+    ``finalize``, when given, instead: `pool_loop` does it on another thread)."""
     with timings.db():
         try:
             _retry(lambda: write_batch(store, queue, result), f"writing item {result.item.item_id}")
         except LeaseLost:
             return False
-        _retry(lambda: _finalize_if_complete(store, queue, result.item.relation_id), f"finalising {result.item.relation_id}")
+    (finalize or (lambda r: _finalize_relation_of(store, queue, r, timings)))(result)
     timings.model_s += result.model_s
     timings.prompts += len(result.outputs)
     timings.items += 1
@@ -425,13 +439,15 @@ def _start_pinned(procs: list[Any], opts: IndexOptions) -> None:
 def _compute_worker(index: int, n: int, opts: IndexOptions, tasks: Any, results: Any) -> None:
     """A worker process: attributes the items it is handed and hands the results back.
 
-    Inside a pinned worker the one visible GPU is `cuda`. Each worker gets its share of the CPU
-    cores: N processes each spinning up one OpenMP thread per core oversubscribe the CPU. The
-    time spent waiting for the next item (the database side being slower) comes back with each
-    result."""
+    Inside a pinned worker the one visible GPU is `cuda`. A CPU worker gets its share of the cores
+    (N processes each spinning up one OpenMP thread per core oversubscribe the CPU); a GPU worker
+    gets two, as its host-side work is small and idle OpenMP threads spin on cores the writer
+    needs. The time spent waiting for the next item (the database side being slower) comes back
+    with each result."""
     try:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
-        attributor = Attributor(load(opts.model, "cuda" if opts.device.startswith("cuda") else opts.device, opts.precision), opts)
+        cuda = opts.device.startswith("cuda")
+        torch.set_num_threads(2 if cuda else max(1, (os.cpu_count() or 1) // n))
+        attributor = Attributor(load(opts.model, "cuda" if cuda else opts.device, opts.precision), opts)
         results.put(("ready", index, None))
         t_idle = time.perf_counter()
         while (task := tasks.get()) is not None:
@@ -493,9 +509,18 @@ def pool_loop(store: Store, queue: WorkQueue, pool: WorkerPool, causal: bool, ti
     """`work_loop` for model processes: claim and read items ahead (two per worker), write each
     result as it comes back, renew the leases of everything handed out. Like `work_loop`, when
     nothing is claimable but items remain (leased by workers of other `atlas index` processes),
-    it waits and retries, redoing the items of those that died once their leases expire."""
+    it waits and retries, redoing the items of those that died once their leases expire.
+
+    Relations are finalised on a thread of their own: refining a 1,000-fact relation takes
+    seconds, longer than the items claimed ahead last, and the GPUs would sit idle meanwhile."""
     opts = pool.opts
     in_flight: dict[int, WorkItem] = {}
+    finalizing: list[Future] = []
+
+    def finalize(result: BatchResult) -> None:
+        finalizing.append(finalizer.submit(_finalize_relation_of, store, queue, result, timings))
+        while finalizing and finalizing[0].done():
+            finalizing.pop(0).result()  # raises what the finaliser raised
 
     def feed() -> bool:
         if opts.stopped():
@@ -510,11 +535,13 @@ def pool_loop(store: Store, queue: WorkQueue, pool: WorkerPool, causal: bool, ti
         in_flight[item.item_id] = item
         return True
 
-    with _Leases(queue) as leases:
+    with _Leases(queue) as leases, ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-finalize") as finalizer:
         while True:
             while len(in_flight) < 2 * pool.n and feed():
                 pass
             if not in_flight:
+                while finalizing:
+                    finalizing.pop(0).result()
                 if opts.stopped() or _retry(queue.remaining, "counting items left") == 0:
                     return
                 time.sleep(min(5.0, queue.lease_s / 4))
@@ -525,7 +552,7 @@ def pool_loop(store: Store, queue: WorkQueue, pool: WorkerPool, causal: bool, ti
             result, waited = got
             timings.wait_s += waited
             del in_flight[result.item.item_id]
-            if _store_result(store, queue, result, timings):
+            if _store_result(store, queue, result, timings, finalize):
                 on_item(result)
             leases.discard(result.item)
 
