@@ -211,3 +211,41 @@ def test_worker_processes_write_what_the_in_process_run_writes(store: Store, mod
     assert one.workers == 1 and two.workers == 2 and two.run.status == "done"
     assert two.timings.prompts == one.timings.prompts == two.counts.prompts and two.timings.model_s > 0
     assert_same_rows(run_rows(store, one.run.id), run_rows(store, two.run.id))
+
+
+def test_database_tally_equals_the_python_tally_at_the_threshold_edge(indexed) -> None:
+    """`relation_tallies` (the database's GROUP BY) against `refine.tally` of the coarse sets rebuilt
+    in Python, after planting scores one float32 step below, at and above 0.2 x a prompt's max."""
+    import numpy as np
+
+    from atlas.runs import relation_tallies
+    from atlas.schema import facts
+
+    def want_edge(values, top):  # the rule itself, in float64 as refine applies it
+        return [(0, 1001 + i) for i, v in enumerate(values) if float(v) >= refine.COARSE_T * float(np.float32(top))]
+
+    store, summary = indexed
+    rid = summary.run.id
+    with store.begin() as conn:
+        pid, top, fact = conn.execute(sa.select(prompt_outputs.c.prompt_id, prompt_outputs.c.max_score, prompts.c.fact_id)
+                                      .join(prompts, prompts.c.id == prompt_outputs.c.prompt_id)
+                                      .join(facts, facts.c.id == prompts.c.fact_id)
+                                      .where(prompt_outputs.c.run_id == rid, prompt_outputs.c.status == "ok",
+                                             prompt_outputs.c.max_score > 0, facts.c.relation_id == "P36")
+                                      .order_by(prompt_outputs.c.prompt_id)).first()
+        edge = np.float32(refine.COARSE_T * np.float64(np.float32(top)))
+        planted = [np.nextafter(edge, np.float32(-1)), edge, np.nextafter(edge, np.float32(1e9))]
+        store.bulk_insert(conn, prompt_scores, {"run_id": [rid] * 3, "prompt_id": [pid] * 3, "layer": [0] * 3,
+                                                "neuron": [1001, 1002, 1003], "score": [float(v) for v in planted]})
+    expected = _stored_coarse(store, rid)["P36"]
+    got = relation_tallies(store, rid, "P36", refine.COARSE_T)
+    assert sorted(got) == sorted(f for f, prompts_ in expected.items() if prompts_)
+    for fact_id, t in got.items():
+        ref = refine.tally(expected[fact_id])
+        assert t.n_prompts == ref.n_prompts
+        mine = {(int(l), int(n)): (int(c), float(s)) for l, n, c, s in zip(t.layers, t.neurons, t.counts, t.sums)}
+        want = {(int(l), int(n)): (int(c), float(s)) for l, n, c, s in zip(ref.layers, ref.neurons, ref.counts, ref.sums)}
+        assert mine.keys() == want.keys()
+        assert all(mine[k][0] == want[k][0] and mine[k][1] == pytest.approx(want[k][1], rel=1e-12) for k in mine)
+    planted_coarse = {(int(l), int(n)) for l, n in zip(got[fact].layers, got[fact].neurons)} & {(0, 1001), (0, 1002), (0, 1003)}
+    assert (0, 1003) in planted_coarse and (0, 1001) not in planted_coarse and planted_coarse == set(want_edge(planted, top))

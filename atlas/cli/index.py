@@ -29,13 +29,14 @@ def _workers(_ctx: click.Context, _param: click.Parameter, value: str) -> int | 
 @click.option("--relations", multiple=True, callback=_relations, metavar="P19,P36", help="Only these relations (comma-separated or repeated).")
 @click.option("--limit-per-relation", type=click.IntRange(min=1), metavar="N", help="Only the first N facts (by id) of each relation.")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda", help="Where the model runs.")
-@click.option("--workers", default="1", show_default=True, callback=_workers, metavar="N|auto", help="Worker processes (auto: one per GPU).")
+@click.option("--workers", default="1", show_default=True, callback=_workers, metavar="N|auto", help="Model worker processes fed by this one (auto: one per visible GPU). A GPU always gets a worker process.")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Integrated-gradients steps.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Precision of the scaled IG pass (a weight copy; P(gold) and activations stay fp32). bf16 is "
                    "~2x faster on AMX CPUs and 1.5x on GPUs; top-20 neurons agree ~98-99% with fp32 (BENCHMARKS.md).")
 @click.option("--run", "run_name", metavar="NAME", help="Run name (default: model-dataset-<key>); the same name resumes it.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per attribution pass [default: 16 on a GPU, 4 on a CPU].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per attribution pass [default: 16 on a GPU, 4 on a CPU]. On a GPU use as many as memory "
+                   "allows (SmolLM2-135M: ~0.13 GiB each; 384 on an 80 GB H100) with --facts-per-item large enough to fill them.")
 @click.option("--facts-per-item", type=click.IntRange(min=1), default=8, show_default=True, help="Facts per work item (unit of claiming and redoing).")
 @click.option("--score-cap", type=click.IntRange(min=1), default=50, show_default=True, help="Stored scores per prompt (coarse ones always kept).")
 @click.option("--lease", "lease_s", type=click.IntRange(min=2), default=120, show_default=True, metavar="SECONDS",
@@ -88,7 +89,8 @@ def format_summary(s: object) -> str:
         lines.append(f"  skipped {n:,}: {reason}")
     wall = s.wall_s  # type: ignore[attr-defined]
     lines.append(f"  this session: {t.prompts:,} prompts in {wall:.1f} s ({s.prompts_per_s:.2f} prompts/s), "  # type: ignore[attr-defined]
-                 f"model {t.model_s:.1f} s, database {t.db_s:.1f} s ({100 * t.db_s / wall if wall else 0:.1f}% of wall)")
+                 f"model {t.model_s:.1f} s, database {t.db_s:.1f} s ({100 * t.db_s / wall if wall else 0:.1f}% of wall), "
+                 f"model waiting for the database {t.wait_s:.1f} s")
     if s.pending_elsewhere:  # type: ignore[attr-defined]
         lines.append(f"  {s.pending_elsewhere} work item(s) are still held by other workers")  # type: ignore[attr-defined]
     return "\n".join(lines)
