@@ -16,7 +16,7 @@ from .facts import FactDetail, LoadReport, load_dataset, show_fact
 from .store import Store
 
 # capital, capital of, place of birth: 6-8 left-to-right prompts per fact (refining needs >= 3),
-# 63 prompts in all, which SmolLM2 indexes in about 2 minutes on 2 CPU cores
+# 63 prompts in all, which SmolLM2 indexes in 2-2.5 minutes on 2 CPU cores
 DEMO_RELATIONS = ("P36", "P1376", "P19")
 DEMO_FACTS_PER_RELATION = 3
 

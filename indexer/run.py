@@ -283,15 +283,15 @@ def _finalize_relation_of(store: Store, queue: WorkQueue, result: BatchResult, t
 
 
 def _store_result(store: Store, queue: WorkQueue, result: BatchResult, timings: Timings,
-                  finalize: Callable[[BatchResult], Any] | None = None) -> bool:
-    """Write one item's result, then finalise its relation if that was its last item (by calling
-    ``finalize``, when given, instead: `pool_loop` does it on another thread)."""
+                  finalize: Callable[[BatchResult], Any]) -> bool:
+    """Write one item's result, then hand it to ``finalize`` (which finalises its relation if that
+    was its last item: `work_loop` right away, `pool_loop` on a thread of its own)."""
     with timings.db():
         try:
             _retry(lambda: write_batch(store, queue, result), f"writing item {result.item.item_id}")
         except LeaseLost:
             return False
-    (finalize or (lambda r: _finalize_relation_of(store, queue, r, timings)))(result)
+    finalize(result)
     timings.model_s += result.model_s
     timings.prompts += len(result.outputs)
     timings.items += 1
@@ -360,7 +360,7 @@ def work_loop(store: Store, queue: WorkQueue, attributor: Attributor, timings: T
             return item, _retry(lambda: _rows(store, item, causal), f"reading item {item.item_id}")
 
     def write(result: BatchResult) -> None:
-        if _store_result(store, queue, result, timings):
+        if _store_result(store, queue, result, timings, lambda r: _finalize_relation_of(store, queue, r, timings)):
             on_item(result)
         leases.discard(result.item)
 
