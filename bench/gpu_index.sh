@@ -5,6 +5,7 @@
 #   bash bench/gpu_index.sh full-bg   # whole PARAREL on one GPU, DuckDB, started in the background
 #   bash bench/gpu_index.sh wait      # (a later call) wait for full-bg and collect its results
 #   bash bench/gpu_index.sh scaling   # a PARAREL subset with 1 and 2 workers (embedded PostgreSQL)
+#   bash bench/gpu_index.sh defaults  # a PARAREL subset with the indexer's own pass and item sizes
 # A command of the device tool may run 10 minutes; the whole-PARAREL run takes longer, so it runs
 # in its own process session (setsid) and a later call collects it from /tmp/bg.
 set -uo pipefail
@@ -32,6 +33,8 @@ case "$mode" in
     while pgrep -f "gpu_index.sh full" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
     cp /tmp/bg/* /tmp/bg-launch.log "$out/" 2>/dev/null; cat /tmp/bg/log.txt ;;
+  defaults)
+    bench --limit-per-relation "${LIMIT:-100}" --workers 1 --label "indexer defaults, $gpu" ;;
   scaling)
     bench --db postgres --limit-per-relation "${LIMIT:-60}" --facts-per-item "${FPI:-96}" --batch-size "${BS:-384}" --workers "${WORKERS:-1,2}" \
         ${TIME_BOX:+--time-box $TIME_BOX} --label "scaling, $gpu" ;;

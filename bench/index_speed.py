@@ -117,8 +117,8 @@ def measure(store: Store, args: argparse.Namespace, model: str, workers: int) ->
     steady = _steady_rate(samples)
     return {
         "bench": "index_speed", "date": str(date.today()), "workers": workers, "db": store.backend,
-        "device": args.device, "precision": args.precision, "batch_size": args.batch_size,
-        "facts_per_item": args.facts_per_item, "steps": args.steps, "relations": args.relations,
+        "device": args.device, "precision": args.precision, "batch_size": args.batch_size or f"default ({summary.pass_size})",
+        "facts_per_item": args.facts_per_item or "default", "steps": args.steps, "relations": args.relations,
         "limit_per_relation": args.limit_per_relation, "time_box_s": args.time_box,
         "facts_loaded": report.n_facts, "load_s": round(load_s, 2),
         "prompts_total": total, "prompts_done": done, "complete": summary.run.status == "done",
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", default="1", help="comma-separated worker counts, one measurement each")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--facts-per-item", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, help="prompts per pass (default: the indexer's, from memory on a GPU)")
+    ap.add_argument("--facts-per-item", type=int, help="(default: the indexer's, 8 on a CPU, 96 on a GPU)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--relations", help="comma-separated relation ids (default: all)")
     ap.add_argument("--limit-per-relation", type=int)

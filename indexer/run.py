@@ -80,8 +80,9 @@ class IndexOptions:
     device: str = "cpu"
     workers: int | str = 1  # a number, or "auto": one per visible GPU
     run_name: str | None = None
-    batch_size: int | None = None  # prompts per attribution pass (None: default_batch_size(device))
-    facts_per_item: int = 8  # facts per work item (the unit of claiming, writing and redoing)
+    batch_size: int | None = None  # prompts per attribution pass (None: default_batch_size, from memory on a GPU)
+    facts_per_item: int | None = None  # facts per work item, the unit of claiming, writing and redoing (None: 8 on
+    # a CPU, 96 on a GPU, where an item must hold enough prompts to fill large passes)
     lease_s: int = DEFAULT_LEASE_S
     stop_at: float | None = None  # time.time() after which no new item is claimed (time-boxed benchmarks)
 
@@ -93,9 +94,13 @@ class IndexOptions:
                 "coarse_t": refine.COARSE_T, "score_ratio": refine.SPARSE_RATIO, "score_cap": self.score_cap,
                 "min_prompts": refine.MIN_PROMPTS, "p_start": refine.P_START, "p_step": refine.P_STEP}
 
-    def ig_config(self) -> IGConfig:
-        return IGConfig(steps=self.steps, batch_size=self.batch_size or default_batch_size(self.device),
-                        dtype=PRECISIONS[self.precision])
+    def item_facts(self) -> int:
+        return self.facts_per_item or (96 if self.device.startswith("cuda") else 8)
+
+    def ig_config(self, adapter: Any = None) -> IGConfig:
+        dtype = PRECISIONS[self.precision]
+        return IGConfig(steps=self.steps, batch_size=self.batch_size or default_batch_size(self.device, adapter, self.steps, dtype),
+                        dtype=dtype)
 
 
 @dataclass
@@ -129,6 +134,7 @@ class IndexSummary:
     timings: Timings
     workers: int
     pending_elsewhere: int = 0  # items other processes still hold (multi-machine runs)
+    pass_size: int | None = None  # prompts per attribution pass (None: no item was attributed)
 
     @property
     def prompts_per_s(self) -> float:
@@ -167,7 +173,7 @@ class Attributor:
     def __init__(self, lm: LoadedModel, opts: IndexOptions) -> None:
         self.lm = lm
         self.opts = opts
-        self.cfg = opts.ig_config()
+        self.cfg = opts.ig_config(lm.adapter)
         self.causal = not lm.adapter.is_masked_lm
         self.max_len = _max_len(lm)
 
@@ -448,7 +454,7 @@ def _compute_worker(index: int, n: int, opts: IndexOptions, tasks: Any, results:
         cuda = opts.device.startswith("cuda")
         torch.set_num_threads(2 if cuda else max(1, (os.cpu_count() or 1) // n))
         attributor = Attributor(load(opts.model, "cuda" if cuda else opts.device, opts.precision), opts)
-        results.put(("ready", index, None))
+        results.put(("ready", index, attributor.cfg.batch_size))
         t_idle = time.perf_counter()
         while (task := tasks.get()) is not None:
             waited = time.perf_counter() - t_idle
@@ -470,6 +476,7 @@ class WorkerPool:
     def __init__(self, opts: IndexOptions, n: int) -> None:
         ctx = mp.get_context("spawn")
         self.opts, self.n, self.used = opts, n, False
+        self.pass_size: int | None = None  # prompts per pass, as the first ready worker reports it
         self.tasks, self.results = ctx.Queue(), ctx.Queue()
         self.procs = [ctx.Process(target=_compute_worker, args=(i, n, opts, self.tasks, self.results), daemon=True)
                       for i in range(n)]
@@ -493,6 +500,7 @@ class WorkerPool:
                 raise IndexingError(f"worker {payload} failed:\n{extra}")
             if kind == "result":
                 return payload, extra
+            self.pass_size = self.pass_size or extra  # "ready"
 
     def close(self) -> None:
         """Stop the workers (at once when they were never used: nothing of theirs to finish)."""
@@ -595,13 +603,13 @@ def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedMo
     with timings.db():
         spec = RunSpec(model_info(lm), opts.dataset, tuple(opts.relations) if opts.relations else None, opts.limit_per_relation,
                        causal, opts.result_params(), CODE_VERSION)
-        run, created = _retry(lambda: open_run(store, spec, opts.run_name, opts.facts_per_item), "opening the run")
+        run, created = _retry(lambda: open_run(store, spec, opts.run_name, opts.item_facts()), "opening the run")
         queue = WorkQueue(store, run.id, lease_s=opts.lease_s)
         if store.backend == "duckdb":
             _retry(queue.reset_claims, "resetting claims of a dead process")
         total = _retry(lambda: run_prompt_total(store, run.id, causal), "counting prompts")
         done = _retry(lambda: run_prompts_done(store, run.id), "counting prompts")
-    left = 0
+    left, pass_size = 0, None
     if run.status != "done":
         on_progress(done, total, "")
         seen = [done]
@@ -611,9 +619,12 @@ def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedMo
             on_progress(seen[0], total, result.item.relation_id)
 
         if pool is None:
-            work_loop(store, queue, Attributor(lm, opts), timings, on_item)
+            attributor = Attributor(lm, opts)
+            pass_size = attributor.cfg.batch_size
+            work_loop(store, queue, attributor, timings, on_item)
         else:
             pool_loop(store, queue, pool, causal, timings, on_item)
+            pass_size = pool.pass_size
         left = _finish(store, queue, timings)
     wall = time.perf_counter() - t_start
     if run.status != "done":
@@ -621,4 +632,4 @@ def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedMo
         _retry(lambda: add_stats(store, run.id, stats), "saving run stats")
     run = _retry(lambda: get_run(store, run.id), "reading the run")
     counts = _retry(lambda: run_counts(store, run.id), "counting results")
-    return IndexSummary(run, counts, created, wall, timings, pool.n if pool else 1, left)
+    return IndexSummary(run, counts, created, wall, timings, pool.n if pool else 1, left, pass_size)

@@ -35,9 +35,10 @@ def _workers(_ctx: click.Context, _param: click.Parameter, value: str) -> int | 
               help="Precision of the scaled IG pass (a weight copy; P(gold) and activations stay fp32). bf16 is "
                    "~2x faster on AMX CPUs and 1.5x on GPUs; top-20 neurons agree ~98-99% with fp32 (BENCHMARKS.md).")
 @click.option("--run", "run_name", metavar="NAME", help="Run name (default: model-dataset-<key>); the same name resumes it.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per attribution pass [default: 16 on a GPU, 4 on a CPU]. On a GPU use as many as memory "
-                   "allows (SmolLM2-135M: ~0.13 GiB each; 384 on an 80 GB H100) with --facts-per-item large enough to fill them.")
-@click.option("--facts-per-item", type=click.IntRange(min=1), default=8, show_default=True, help="Facts per work item (unit of claiming and redoing).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per attribution pass [default: 4 on a CPU; on a GPU as many as half its free memory holds, "
+                   "at most 512]. Larger passes are faster on a GPU (SmolLM2-135M: ~0.13 GiB each).")
+@click.option("--facts-per-item", type=click.IntRange(min=1),
+              help="Facts per work item, the unit of claiming and redoing [default: 8 on a CPU, 96 on a GPU, enough to fill large passes].")
 @click.option("--score-cap", type=click.IntRange(min=1), default=50, show_default=True, help="Stored scores per prompt (coarse ones always kept).")
 @click.option("--lease", "lease_s", type=click.IntRange(min=2), default=120, show_default=True, metavar="SECONDS",
               help="Work-item lease: a crashed worker's items are redone by others after this long.")
@@ -90,7 +91,8 @@ def format_summary(s: object) -> str:
     wall = s.wall_s  # type: ignore[attr-defined]
     lines.append(f"  this session: {t.prompts:,} prompts in {wall:.1f} s ({s.prompts_per_s:.2f} prompts/s), "  # type: ignore[attr-defined]
                  f"model {t.model_s:.1f} s, database {t.db_s:.1f} s ({100 * t.db_s / wall if wall else 0:.1f}% of wall), "
-                 f"model waiting for the database {t.wait_s:.1f} s")
+                 f"model waiting for the database {t.wait_s:.1f} s"
+                 + (f"; {s.pass_size} prompts per pass, {s.workers} worker(s)" if s.pass_size else ""))  # type: ignore[attr-defined]
     if s.pending_elsewhere:  # type: ignore[attr-defined]
         lines.append(f"  {s.pending_elsewhere} work item(s) are still held by other workers")  # type: ignore[attr-defined]
     return "\n".join(lines)
