@@ -30,13 +30,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from atlas.datasets import read_dataset  # noqa: E402
-from atlas.facts import load_dataset  # noqa: E402
-from atlas.registry import ModelInfo  # noqa: E402
-from atlas.runs import BatchResult, PromptOutput, RunSpec, item_prompts, open_run, write_batch  # noqa: E402
-from atlas.workqueue import WorkQueue  # noqa: E402
+from atlas.db.datasets import read_dataset  # noqa: E402
+from atlas.db.facts import load_dataset  # noqa: E402
+from atlas.db.models import ModelInfo  # noqa: E402
+from atlas.db.runs import BatchResult, PromptOutput, RunSpec, item_prompts, open_run, write_batch  # noqa: E402
+from atlas.db.workqueue import WorkQueue  # noqa: E402
 from index_speed import Databases, _git_sha  # noqa: E402
-from indexer.run import IndexOptions, finalize_relation  # noqa: E402
+from indexer.job.run import IndexOptions, finalize_relation  # noqa: E402
 
 N_LAYERS, N_NEURONS = 30, 1536  # SmolLM2-135M
 

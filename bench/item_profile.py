@@ -1,8 +1,8 @@
 """Where one indexing work item's model-side time goes: encoding, attribution, and the rest of
-`indexer.run.Attributor.compute` (moving scores to the host, stacking, sparse selection).
+`indexer.job.run.Attributor.compute` (moving scores to the host, stacking, sparse selection).
 
 No database: the item's rows are read from the bundled PARAREL files. The attribution time is
-measured on the same encoded prompts with `indexer.ig.attribute_stacked` alone, so "rest" =
+measured on the same encoded prompts with `indexer.attribution.ig.attribute_stacked` alone, so "rest" =
 compute minus encode minus attribute. Each configuration runs once to warm up, then `--repeat`
 times. On a GPU it also reports peak memory, the allocator's retries (cache flushes when memory
 runs out: each one stalls the GPU), and with `--trace` the share of the item's wall time the GPU
@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from atlas.datasets import read_dataset  # noqa: E402
-from atlas.models import load_model  # noqa: E402
-from atlas.workqueue import WorkItem  # noqa: E402
-from indexer.ig import attribute_stacked  # noqa: E402
-from indexer.run import Attributor, IndexOptions  # noqa: E402
+from atlas.db.datasets import read_dataset  # noqa: E402
+from atlas.model.loading import load_model  # noqa: E402
+from atlas.db.workqueue import WorkItem  # noqa: E402
+from indexer.attribution.ig import attribute_stacked  # noqa: E402
+from indexer.job.run import Attributor, IndexOptions  # noqa: E402
 
 
 def sync(device: str) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from atlas import migrate
-from atlas.datasets import read_dataset
-from atlas.facts import LoadReport, load_dataset
-from atlas.store import Store
+from atlas.db import migrate
+from atlas.db.datasets import read_dataset
+from atlas.db.facts import LoadReport, load_dataset
+from atlas.db.store import Store
 
 from results import append_result
 

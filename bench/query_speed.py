@@ -23,9 +23,10 @@ import time
 
 import sqlalchemy as sa
 
-from atlas import queries, schema
-from atlas.duckdb_mirror import PostgresMirror
-from atlas.store import Store
+from atlas.db import schema
+from atlas.db import queries
+from atlas.db.mirror import PostgresMirror
+from atlas.db.store import Store
 from bench.results import append_result
 
 SAMPLE_KEYS = {"run_id", "run_a", "run_b", "relation_id", "fact_id", "layer", "neuron"}  # what sample_params gives

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from atlas.models import load_model
-from indexer.ig import IGConfig, PromptItem, attribute
-from indexer.refine import coarse_neurons, refine_relation
+from atlas.model.loading import load_model
+from indexer.attribution.ig import IGConfig, PromptItem, attribute
+from indexer.attribution.refine import coarse_neurons, refine_relation
 
 ROOT = Path(__file__).resolve().parents[1]
 

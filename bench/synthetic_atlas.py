@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from atlas import schema
+from atlas.db import schema
 from atlas.cli.progress import progress_bar
-from atlas.store import Store
+from atlas.db.store import Store
 
 N_LAYERS = 12  # BERT-base shape
 N_NEURONS = 3072

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from atlas import migrate
-from atlas.schema import metadata
-from atlas.store import Store
+from atlas.db import migrate
+from atlas.db.schema import metadata
+from atlas.db.store import Store
 
 PG_SERVER = os.environ.get("ATLAS_TEST_PG", "postgresql+psycopg:///postgres")
 BACKENDS = ("duckdb", "postgresql")

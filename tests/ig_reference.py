@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from indexer.ig import PromptItem, alphas
+from indexer.attribution.ig import PromptItem, alphas
 
 
 def prob_dtype(model) -> torch.dtype:

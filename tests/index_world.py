@@ -15,10 +15,10 @@ from pathlib import Path
 import sqlalchemy as sa
 import torch
 
-from atlas.datasets import Dataset, Fact, Relation, make_prompt
-from atlas.facts import load_dataset
-from atlas.schema import knowledge_neurons, prompt_outputs, prompt_scores, relation_thresholds, runs, work_items
-from atlas.store import Store
+from atlas.db.datasets import Dataset, Fact, Relation, make_prompt
+from atlas.db.facts import load_dataset
+from atlas.db.schema import knowledge_neurons, prompt_outputs, prompt_scores, relation_thresholds, runs, work_items
+from atlas.db.store import Store
 
 CAPITAL = ["The capital of [X] is [Y].", "[X]'s capital is [Y].", "[X] has its capital in [Y].",
            "The capital city of [X] is [Y].", "[Y] is the capital of [X]."]  # the last one: masked LMs only

@@ -16,10 +16,10 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from atlas.models import LoadedModel, load_model, tiny_model
-from atlas.registry import ModelInfo, register_model
-from atlas.schema import facts, knowledge_neurons, prompt_outputs, prompts, relations, runs
-from atlas.store import Store
+from atlas.model.loading import LoadedModel, load_model, tiny_model
+from atlas.db.models import ModelInfo, register_model
+from atlas.db.schema import facts, knowledge_neurons, prompt_outputs, prompts, relations, runs
+from atlas.db.store import Store
 
 RELATIONS = {
     "P36": ("capital", ["France", "Italy", "Spain", "Japan", "Peru"], ["Paris", "Rome", "Madrid", "Tokyo", "Lima"],
@@ -101,9 +101,9 @@ def build_world(store: Store, tmp_path: Path, seed: int = 0) -> World:
 
 def index_world(store: Store, tmp_path: Path, seed: int = 0, steps: int = 4) -> World:
     """The same facts, loaded as a dataset and indexed by the real indexer (a small real run)."""
-    from atlas.datasets import Dataset, Fact, Relation, make_prompt
-    from atlas.facts import load_dataset
-    from indexer.run import IndexOptions, index
+    from atlas.db.datasets import Dataset, Fact, Relation, make_prompt
+    from atlas.db.facts import load_dataset
+    from indexer.job.run import IndexOptions, index
 
     model_dir = save_model(tmp_path / "tiny-llama-indexed", seed)
     rels = [Relation(rel, label, "N-1") for rel, (label, *_rest) in RELATIONS.items()]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from atlas import schema
-from atlas.store import Store
+from atlas.db import schema
+from atlas.db.store import Store
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from atlas.adapters import ADAPTERS, UnsupportedModelError, adapter_for
-from atlas.models import TINY_FAMILIES, tiny_model
-from atlas.sites import site_name
+from atlas.model.adapters import ADAPTERS, UnsupportedModelError, adapter_for
+from atlas.model.loading import TINY_FAMILIES, tiny_model
+from atlas.model.sites import site_name
 
 GOLDEN = {
     "llama": ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "model.layers.2.mlp.down_proj"],

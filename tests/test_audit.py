@@ -10,11 +10,11 @@ import random
 import pytest
 import sqlalchemy as sa
 
-from atlas import metrics as m
-from atlas.audit import audit_edit, audit_sample, disturbed, stored_rows, summarise
-from atlas.edits import erase_relation
-from atlas.queries import run_query
-from atlas.schema import audit_results, knowledge_neurons, prompt_outputs, prompts
+from atlas.jobs import metrics as m
+from atlas.jobs.audit import audit_edit, audit_sample, disturbed, stored_rows, summarise
+from atlas.jobs.edits import erase_relation
+from atlas.db.queries import run_query
+from atlas.db.schema import audit_results, knowledge_neurons, prompt_outputs, prompts
 from tests.kn_world import build_world, index_world
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atlas import migrate
-from atlas.datasets import read_kn_paper
+from atlas.db import migrate
+from atlas.db.datasets import read_kn_paper
 
 from .test_cli_facts import atlas
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
 from atlas.cli import cli
-from atlas.models import weights_sha256
+from atlas.model.loading import weights_sha256
 from tests.conftest import snapshot
 from tests.kn_world import build_world
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from atlas.cli import cli
-from atlas.datasets import read_kn_paper
-from atlas.store import Store
+from atlas.db.datasets import read_kn_paper
+from atlas.db.store import Store
 
 from .conftest import snapshot
 from .test_datasets import FACT, write_jsonl

@@ -9,7 +9,7 @@ import click
 from click.testing import CliRunner
 
 from atlas.cli import cli
-from atlas.datasets import read_jsonl
+from atlas.db.datasets import read_jsonl
 
 README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from atlas.cli import cli
-from atlas.store import Store
+from atlas.db.store import Store
 from tests.conftest import snapshot
 from tests.index_world import DATASET, load_world, tiny_dir
 

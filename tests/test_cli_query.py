@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from atlas import queries
+from atlas.db import queries
 from atlas.cli import cli
-from atlas.store import Store
+from atlas.db.store import Store
 
 from .conftest import snapshot
 from .test_queries import load_tiny

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas.datasets import (PARAREL_DIR, DatasetError, bundled_relations, causal_prefix, is_causal, kn_paper_fact_id,
+from atlas.db.datasets import (PARAREL_DIR, DatasetError, bundled_relations, causal_prefix, is_causal, kn_paper_fact_id,
                             make_prompt, pararel_templates, read_dataset, read_jsonl, read_kn_paper, read_pararel)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from atlas.edits import EditError, WeightsMismatch, erase_relation, list_edits, rollback, update_fact
-from atlas.interventions import slots_from_bytes
-from atlas.models import load_model, weights_sha256
-from atlas.schema import edit_slots
-from atlas.workset import UnknownName
+from atlas.jobs.edits import EditError, WeightsMismatch, erase_relation, list_edits, rollback, update_fact
+from atlas.model.interventions import slots_from_bytes
+from atlas.model.loading import load_model, weights_sha256
+from atlas.db.schema import edit_slots
+from atlas.db.workset import UnknownName
 from tests.conftest import snapshot
 from tests.kn_world import build_world, save_model
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from atlas.datasets import DatasetError, read_jsonl, read_kn_paper, read_pararel
-from atlas.facts import LOAD_STEPS, FactNotFound, list_facts, load_dataset, show_fact
-from atlas.schema import dataset_facts, facts, prompts, relations
-from atlas.store import Store
+from atlas.db.datasets import DatasetError, read_jsonl, read_kn_paper, read_pararel
+from atlas.db.facts import LOAD_STEPS, FactNotFound, list_facts, load_dataset, show_fact
+from atlas.db.schema import dataset_facts, facts, prompts, relations
+from atlas.db.store import Store
 
 from .conftest import snapshot
 from .test_datasets import FACT, write_jsonl

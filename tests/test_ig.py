@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from atlas.adapters import adapter_for
-from atlas.models import TINY_FAMILIES, tiny_model
-from indexer.ig import IGConfig, PromptItem, alphas, attribute
+from atlas.model.adapters import adapter_for
+from atlas.model.loading import TINY_FAMILIES, tiny_model
+from indexer.attribution.ig import IGConfig, PromptItem, alphas, attribute
 from tests.ig_reference import reference_attribute
 
 MASK = 99
@@ -156,7 +156,7 @@ def test_matches_eleuther_knowledge_neurons_on_bert(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from atlas.models import load_model
+    from atlas.model.loading import load_model
 
     return load_model("smollm2")
 
@@ -165,7 +165,7 @@ def smollm2():
 def smollm2_f64():
     """fp64 copy: fast vs reference then differ by rounding only (~1e-12), proving exactness.
     In fp32 the two (different summation orders through 30 layers) differ by ~1e-4 relative."""
-    from atlas.models import load_model
+    from atlas.model.loading import load_model
 
     lm = load_model("smollm2", dtype=torch.float64)
     return lm
@@ -202,7 +202,7 @@ def test_smollm2_knows_paris(smollm2) -> None:
 def test_passes_are_balanced_and_shrink_with_answer_length() -> None:
     """Each index once, in order; one answer length per pass; equal passes of at most
     batch_size // T prompts."""
-    from indexer.ig import _passes
+    from indexer.attribution.ig import _passes
 
     lens = [1] * 130 + [2] * 5 + [3] * 70
     passes = _passes(list(range(len(lens))), lens, 128)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from atlas.schema import knowledge_neurons, prompt_outputs, prompt_scores, prompts, relation_thresholds, runs, work_items
-from atlas.store import Store
-from indexer import refine
-from indexer.run import IndexOptions, index
+from atlas.db.schema import knowledge_neurons, prompt_outputs, prompt_scores, prompts, relation_thresholds, runs, work_items
+from atlas.db.store import Store
+from indexer.attribution import refine
+from indexer.job.run import IndexOptions, index
 from tests.index_world import DATASET, load_world, run_rows, tiny_dir
 
 
@@ -145,7 +145,7 @@ def test_batched_sparse_selection_matches_the_per_prompt_rule() -> None:
     import numpy as np
     import torch
 
-    from indexer.sparse import sparse_rows
+    from indexer.attribution.sparse import sparse_rows
 
     rng = np.random.default_rng(0)
     scores = rng.standard_normal((6, 3, 40)).astype(np.float32)
@@ -183,9 +183,9 @@ class _SlowAttributor:
 
 @pytest.mark.parametrize("backend", ["duckdb"], indirect=True)
 def test_items_claimed_ahead_keep_their_lease_and_are_attributed_once(store: Store, model_dir: Path) -> None:
-    from atlas.runs import RunSpec, open_run
-    from atlas.workqueue import WorkQueue
-    from indexer.run import Attributor, Timings, load, model_info, work_loop
+    from atlas.db.runs import RunSpec, open_run
+    from atlas.db.workqueue import WorkQueue
+    from indexer.job.run import Attributor, Timings, load, model_info, work_loop
 
     load_world(store)
     opts = _opts(model_dir, relations=("P103",), lease_s=2)
@@ -218,8 +218,8 @@ def test_database_tally_equals_the_python_tally_at_the_threshold_edge(indexed) -
     in Python, after planting scores one float32 step below, at and above 0.2 x a prompt's max."""
     import numpy as np
 
-    from atlas.runs import relation_tallies
-    from atlas.schema import facts
+    from atlas.db.runs import relation_tallies
+    from atlas.db.schema import facts
 
     def want_edge(values, top):  # the rule itself, in float64 as refine applies it
         return [(0, 1001 + i) for i, v in enumerate(values) if float(v) >= refine.COARSE_T * float(np.float32(top))]

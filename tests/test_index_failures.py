@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from atlas import migrate
-from atlas.datasets import Dataset, Fact, Relation, make_prompt
-from atlas.facts import load_dataset
-from atlas.retry import DatabaseUnavailable
-from atlas.runs import SelectionError
-from atlas.schema import prompt_outputs, prompts, work_items
-from atlas.store import Store
-from indexer.run import IndexingError, IndexOptions, index
+from atlas.db import migrate
+from atlas.db.datasets import Dataset, Fact, Relation, make_prompt
+from atlas.db.facts import load_dataset
+from atlas.db.retry import DatabaseUnavailable
+from atlas.db.runs import SelectionError
+from atlas.db.schema import prompt_outputs, prompts, work_items
+from atlas.db.store import Store
+from indexer.job.run import IndexingError, IndexOptions, index
 from tests.conftest import PG_SERVER, snapshot
 from tests.index_world import DATASET, assert_same_rows, load_world, run_id, run_rows, tiny_dir
 

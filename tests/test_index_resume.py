@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import sqlalchemy as sa
 
 from atlas.cli import cli
-from atlas.store import Store
+from atlas.db.store import Store
 from tests.index_world import DATASET, assert_same_rows, load_world, run_id, run_rows, tiny_dir, torch_threads
 
 KILLS = 3

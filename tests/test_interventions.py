@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from atlas.adapters import adapter_for
-from atlas.edits import erase_relation, export, rollback, update_fact, working_copy
-from atlas.interventions import ScaleNeurons, applied, slots_bytes, slots_from_bytes, update_slots
-from atlas.models import tiny_model, weights_sha256
-from atlas.workset import get_run
+from atlas.model.adapters import adapter_for
+from atlas.jobs.edits import erase_relation, export, rollback, update_fact, working_copy
+from atlas.model.interventions import ScaleNeurons, applied, slots_bytes, slots_from_bytes, update_slots
+from atlas.model.loading import tiny_model, weights_sha256
+from atlas.db.workset import get_run
 from tests.kn_world import build_world
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 12]])

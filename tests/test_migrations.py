@@ -8,10 +8,10 @@ import sqlalchemy as sa
 from alembic import command
 from click.testing import CliRunner
 
-from atlas import migrate
+from atlas.db import migrate
 from atlas.cli import cli
-from atlas.schema import metadata
-from atlas.store import SchemaOutOfDate, Store
+from atlas.db.schema import metadata
+from atlas.db.store import SchemaOutOfDate, Store
 
 CREATES_SCHEMA = {("db", "upgrade"), ("db", "downgrade"), ("demo",)}
 

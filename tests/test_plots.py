@@ -8,9 +8,9 @@ import matplotlib.image as mpimg
 import pytest
 from click.testing import CliRunner
 
-from atlas import plots
+from atlas.jobs import plots
 from atlas.cli import cli
-from atlas.store import Store
+from atlas.db.store import Store
 from bench.synthetic_atlas import build_synthetic_atlas
 
 from .test_queries import load_tiny
@@ -36,7 +36,7 @@ def test_run_by_name_and_bad_input(store: Store, tmp_path: Path) -> None:
     with pytest.raises(plots.PlotError, match="no run 'nope'"):
         plots.plot_layers(store, "nope", tmp_path / "x.png")
     with store.begin() as conn:  # the tiny atlas has knowledge neurons but no runs row: add one
-        from atlas import schema
+        from atlas.db import schema
 
         store.bulk_insert(conn, schema.runs, {"id": [1], "name": ["tiny"], "model_id": [1], "dataset": ["tiny"], "method": ["ig"],
                                               "params": ["{}"], "params_key": ["k"], "code_version": ["t"], "status": ["done"]})

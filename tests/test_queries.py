@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from atlas import queries, schema
-from atlas.store import Store
+from atlas.db import schema
+from atlas.db import queries
+from atlas.db.store import Store
 from bench.synthetic_atlas import build_synthetic_atlas
 
 from . import query_reference as ref
@@ -170,7 +171,7 @@ def test_duckdb_path_is_the_same_engine_on_a_duckdb_atlas_and_reads_postgresql_o
     result = queries.run_query(store, "fact-neurons", {"run_id": 1, "fact_id": "f1"})
     assert result.via == queries.default_path(store, "fact-neurons")
     if store.backend == "postgresql":
-        from atlas.duckdb_mirror import PostgresMirror
+        from atlas.db.mirror import PostgresMirror
 
         with PostgresMirror(store, mode="snapshot") as mirror:
             snap = queries.run_query(store, "fact-neurons", {"run_id": 1, "fact_id": "f1"}, via="duckdb", mirror=mirror)

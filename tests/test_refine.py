@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.refine import (RefinedNeuron, coarse_from_triplets, coarse_neurons, refine_fact, refine_relation,
+from indexer.attribution.refine import (RefinedNeuron, coarse_from_triplets, coarse_neurons, refine_fact, refine_relation,
                             refine_threshold, relation_neurons, sparse_scores)
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from atlas.schema import edit_slots, prompt_scores, prompts
-from atlas.store import Store, StoreError, resolve_url
+from atlas.db.schema import edit_slots, prompt_scores, prompts
+from atlas.db.store import Store, StoreError, resolve_url
 
 from .conftest import snapshot
 

@@ -9,9 +9,9 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from atlas.schema import runs, work_items
-from atlas.store import Store
-from atlas.workqueue import WorkQueue, batches, create_items
+from atlas.db.schema import runs, work_items
+from atlas.db.store import Store
+from atlas.db.workqueue import WorkQueue, batches, create_items
 
 N_ITEMS = 400
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from atlas.models import tiny_model
+from atlas.model.loading import tiny_model
 
 SPECIALS = ["[UNK]", "[MASK]", "[PAD]"]
 CHARS = list(string.ascii_letters + " .,'-()")

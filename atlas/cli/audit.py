@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ..audit import AuditSummary, audit_edit, audit_sample
-from ..edits import EditError
-from ..workset import UnknownName
-from .common import db_option, open_store, user_errors
-from .probe import model_option
-from .progress import progress_bar
+from atlas.jobs.audit import AuditSummary, audit_edit, audit_sample
+from atlas.jobs.edits import EditError
+from atlas.db.workset import UnknownName
+from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.probe import model_option
+from atlas.cli.progress import progress_bar
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from ..migrate import require_current
-from ..store import SchemaOutOfDate, Store, StoreError
+from atlas.db.migrate import require_current
+from atlas.db.store import SchemaOutOfDate, Store, StoreError
 
 db_option = click.option(
     "--db",

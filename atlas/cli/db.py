@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .. import migrate
-from .common import db_option, open_store, user_errors
+from atlas.db import migrate
+from atlas.cli.common import db_option, open_store, user_errors
 
 
 @click.group()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..datasets import DatasetError
-from ..demo import DEMO_FACTS_PER_RELATION, DEMO_RELATIONS, run_demo
-from .common import db_option, open_store, user_errors
+from atlas.db.datasets import DatasetError
+from atlas.jobs.demo import DEMO_FACTS_PER_RELATION, DEMO_RELATIONS, run_demo
+from atlas.cli.common import db_option, open_store, user_errors
 
 
 @click.command()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from .. import edits as ed
-from ..workset import UnknownName
-from .common import db_option, open_store, user_errors
-from .probe import model_option
+from atlas.jobs import edits as ed
+from atlas.db.workset import UnknownName
+from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.probe import model_option
 
 errors = user_errors(UnknownName, ed.EditError)
 

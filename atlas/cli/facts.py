@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..datasets import DatasetError, causal_prefix, read_dataset, relation_count
-from ..facts import LOAD_STEPS, FactNotFound, list_facts, load_dataset, show_fact
-from .common import db_option, open_store, user_errors
-from .progress import progress_bar
+from atlas.db.datasets import DatasetError, causal_prefix, read_dataset, relation_count
+from atlas.db.facts import LOAD_STEPS, FactNotFound, list_facts, load_dataset, show_fact
+from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.progress import progress_bar
 
 
 def _relation_ids(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..runs import RunConflict, SelectionError
-from .common import db_option, open_store, user_errors
-from .progress import progress_bar
+from atlas.db.runs import RunConflict, SelectionError
+from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.progress import progress_bar
 
 
 def _relations(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -58,7 +58,7 @@ def index(db_url: str | None, **options: object) -> None:
         atlas index --model ./my-model --dataset pararel --device cuda --workers auto --precision bf16 \\
             --db postgresql+psycopg:///atlas
     """
-    from indexer.run import IndexingError, IndexOptions, index as run_index
+    from indexer.job.run import IndexingError, IndexOptions, index as run_index
 
     store = open_store(db_url)
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..registry import list_models, register_model
-from .common import db_option, open_store, user_errors
+from atlas.db.models import list_models, register_model
+from atlas.cli.common import db_option, open_store, user_errors
 
 
 @click.group()
@@ -25,7 +25,7 @@ def add(db_url: str | None, spec: str) -> None:
         atlas models add smollm2
         atlas models add ./checkpoints/my-llama
     """
-    from indexer.run import IndexingError, load, model_info
+    from indexer.job.run import IndexingError, load, model_info
 
     store = open_store(db_url)
     try:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from .. import plots, queries
-from .common import db_option, open_store, user_errors
+from atlas.jobs import plots
+from atlas.db import queries
+from atlas.cli.common import db_option, open_store, user_errors
 
 run_option = click.option("--run", required=True, metavar="RUN", help="Run id or name.")
 output_option = click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")

@@ -8,11 +8,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..edits import EditError
-from ..probe import SummaryRow, count_facts, probe as run_probe
-from ..workset import UnknownName
-from .common import db_option, open_store, user_errors
-from .progress import progress_bar
+from atlas.jobs.edits import EditError
+from atlas.jobs.probe import SummaryRow, count_facts, probe as run_probe
+from atlas.db.workset import UnknownName
+from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.progress import progress_bar
 
 model_option = click.option("--model", "model", metavar="NAME|DIR", default=None,
                             help="Weights to use (default: the run's model); must hash to the run's model.")

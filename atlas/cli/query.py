@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .. import queries
-from ..tabular import FORMATS, OutputError, render
-from .common import db_option, open_store, user_errors
+from atlas.db import queries
+from atlas.cli.output import FORMATS, OutputError, render
+from atlas.cli.common import db_option, open_store, user_errors
 
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
 output_option = click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE (required for parquet).")

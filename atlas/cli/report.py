@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..report import write_report
-from ..workset import UnknownName
-from .common import db_option, open_store, user_errors
+from atlas.jobs.report import write_report
+from atlas.db.workset import UnknownName
+from atlas.cli.common import db_option, open_store, user_errors
 
 
 @click.command()

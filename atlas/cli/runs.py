@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..runs import get_run, list_runs, run_counts
-from .common import db_option, open_store, user_errors
+from atlas.db.runs import get_run, list_runs, run_counts
+from atlas.cli.common import db_option, open_store, user_errors
 
 
 @click.group()

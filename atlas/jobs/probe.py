@@ -1,0 +1,147 @@
+"""Suppress and amplify knowledge neurons and measure P(gold), against two controls.
+
+For each fact with knowledge neurons, the probe scores the fact's causal prompts four times on the
+run's BASE weights (applied edits do not matter here: the atlas describes the indexed model):
+unchanged, then with activations at the answer position scaled (x0 suppress, x2 amplify) for
+
+* ``knowledge``: the fact's own knowledge neurons;
+* ``other_fact``: as many neurons from a fact of ANOTHER relation (its best-scored ones), the
+  paper's control;
+* ``random``: random neurons matched by layer (one per knowledge neuron, in the same layer,
+  never one of the fact's own).
+
+Per-fact means over its prompts go to ``probe_results`` (replacing earlier rows of the same run,
+kind and facts, in one transaction); the summary is the paper's relative change of P(gold),
+mean delta p / mean p0, per relation and overall.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from atlas.jobs import metrics as m
+from atlas.jobs.edits import EvalSet, ModelArg, check_weights, resolve_model
+from atlas.model.interventions import ScaleNeurons
+from atlas.model.loading import LoadedModel
+from atlas.db.schema import probe_results
+from atlas.model.scoring import score
+from atlas.db.sqlfile import sql_text
+from atlas.db.store import Store
+from atlas.db.workset import Fact, UnknownName, get_run, run_facts, run_neurons
+
+KINDS = {"suppress": 0.0, "amplify": 2.0}
+NEURON_SETS = ("knowledge", "other_fact", "random")
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """Relative change of P(gold) for one relation (or ``ALL``) and one neuron set."""
+
+    relation_id: str
+    neurons: str
+    n_facts: int
+    mean_neurons: float
+    mean_p_before: float
+    mean_p_after: float
+    relative_change: float | None
+
+
+def control_neurons(fact_id: str, own: list[tuple[int, int, float]], facts: dict[str, Fact],
+                    neurons: dict[str, list[tuple[int, int, float]]], n_neurons: int,
+                    rng: random.Random) -> dict[str, list[tuple[int, int]]]:
+    """The three neuron sets of one fact (see the module docstring)."""
+    relation = facts[fact_id].relation_id
+    others = sorted(f for f in neurons if f in facts and facts[f].relation_id != relation)
+    k = len(own)
+    chosen: list[tuple[int, int]] = []
+    if others:
+        big = [f for f in others if len(neurons[f]) >= k] or others
+        donor = rng.choice(big)
+        chosen = [(l, n) for l, n, _ in neurons[donor][:k]]
+    own_set = {(l, n) for l, n, _ in own}
+    matched = []
+    for layer, _, _ in own:
+        while True:
+            cand = (layer, rng.randrange(n_neurons))
+            if cand not in own_set and cand not in matched:
+                matched.append(cand)
+                break
+    return {"knowledge": [(l, n) for l, n, _ in own], "other_fact": chosen, "random": matched}
+
+
+def probe(store: Store, lm: ModelArg, run_name: str | int, kind: str, relation: str | None = None,
+          seed: int = 0, on_fact: Callable[[], None] | None = None) -> list[SummaryRow]:
+    """Run the probe `kind` (suppress|amplify) over the run's facts; store and summarise it."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown probe {kind!r}: use suppress or amplify")
+    lm = resolve_model(store, lm, run_name)
+    with store.begin() as conn:
+        run = get_run(conn, run_name, store.backend)
+        facts = run_facts(conn, run.id, store.backend)
+        neurons = run_neurons(conn, run.id, store.backend)
+    if relation is not None and not any(f.relation_id == relation for f in facts.values()):
+        raise UnknownName(f"unknown relation {relation!r} in run {run.name!r}")
+    check_weights(lm, run)
+    rng = random.Random(seed)
+    todo = [f for f in facts.values() if f.id in neurons and (relation is None or f.relation_id == relation)]
+    rows: dict[str, list] = defaultdict(list)
+    for fact in todo:
+        items = EvalSet.of(fact.id, lm, [fact]).items
+        if items:
+            base = score(lm.model, lm.adapter, items)
+            p0 = sum(s.p_gold for s in base) / len(base)
+            sets = control_neurons(fact.id, neurons[fact.id], facts, neurons, lm.adapter.n_neurons, rng)
+            for name in NEURON_SETS:
+                if not sets[name]:
+                    continue
+                after = score(lm.model, lm.adapter, items, ScaleNeurons(tuple(sets[name]), KINDS[kind]))
+                for col, val in (("run_id", run.id), ("fact_id", fact.id), ("kind", kind), ("neurons", name),
+                                 ("n_neurons", len(sets[name])), ("p_before", p0),
+                                 ("p_after", sum(s.p_gold for s in after) / len(after))):
+                    rows[col].append(val)
+        if on_fact:
+            on_fact()
+    with store.begin() as conn:
+        done = sorted(set(rows["fact_id"]))
+        if done:
+            conn.execute(probe_results.delete().where(probe_results.c.run_id == run.id, probe_results.c.kind == kind,
+                                                      probe_results.c.fact_id.in_(done)))
+        store.bulk_insert(conn, probe_results, rows)
+    return summary(store, run.name, kind, relation)
+
+
+def count_facts(store: Store, run_name: str | int, relation: str | None = None) -> int:
+    """How many facts a probe would visit (for progress bars)."""
+    with store.begin() as conn:
+        run = get_run(conn, run_name, store.backend)
+        facts = run_facts(conn, run.id, store.backend)
+        neurons = run_neurons(conn, run.id, store.backend)
+    return sum(1 for f in facts.values() if f.id in neurons and (relation is None or f.relation_id == relation))
+
+
+def summary(store: Store, run_name: str | int, kind: str, relation: str | None = None) -> list[SummaryRow]:
+    """The per-relation and overall table of the stored probe results of `kind`."""
+    with store.begin() as conn:
+        run = get_run(conn, run_name, store.backend)
+        rows = conn.execute(sql_text("probe_summary", store.backend), {"run_id": run.id, "kind": kind}).all()
+    rows = [r for r in rows if relation is None or r.relation_id == relation]
+    out = [_row(r.relation_id, r.neurons, [(r.n_facts, r.mean_p_before, r.mean_p_after, r.mean_neurons)]) for r in rows]
+    for name in NEURON_SETS:
+        parts = [(r.n_facts, r.mean_p_before, r.mean_p_after, r.mean_neurons) for r in rows if r.neurons == name]
+        if parts:
+            out.append(_row("ALL", name, parts))
+    return out
+
+
+def _row(relation: str, name: str, parts: list[tuple[int, float, float, float]]) -> SummaryRow:
+    """Pool per-relation means weighted by their fact counts (= the mean over all facts)."""
+    n = sum(int(p[0]) for p in parts)
+    pb = sum(p[0] * p[1] for p in parts) / n
+    pa = sum(p[0] * p[2] for p in parts) / n
+    nn = sum(p[0] * p[3] for p in parts) / n
+    return SummaryRow(relation, name, n, nn, pb, pa, m.relative_change([pb], [pa]))
