@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from alembic import context
 
-import atlas.migrate  # noqa: F401  (registers alembic's DuckDB implementation)
-from atlas.schema import metadata
-from atlas.store import make_engine, resolve_url
+import atlas.db.migrate  # noqa: F401  (registers alembic's DuckDB implementation)
+from atlas.db.schema import metadata
+from atlas.db.store import make_engine, resolve_url
 
 
 def run_migrations_offline() -> None:
