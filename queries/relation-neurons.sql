@@ -1,7 +1,9 @@
 -- Relation-level neurons: knowledge neurons shared by at least :min_facts facts AND at least the
 -- share :min_share of one relation's facts (the paper's relation neurons: min_share 0.1).
 -- Set either threshold to its trivial value (min_facts 1, min_share 0) to use the other alone.
--- relation_facts counts the relation's facts that have knowledge neurons in the run.
+-- relation_facts counts the relation's facts that have knowledge neurons in the run. Most frequent
+-- first, ties by mean score: with min_facts 1 and min_share 0 the first k rows are the paper's
+-- "k most frequent knowledge neurons" of the relation (what `atlas edit erase-relation` zeroes).
 -- params: :run_id (int), :relation_id (text), :min_facts (int, default 2), :min_share (float, default 0.0)
 -- columns: layer, neuron, n_facts, relation_facts, share, mean_score
 WITH rel_kn AS (
@@ -31,4 +33,4 @@ CROSS JOIN rel_size s
 GROUP BY k.layer, k.neuron, s.n
 HAVING COUNT(*) >= :min_facts
    AND CAST(COUNT(*) AS DOUBLE PRECISION) >= CAST(:min_share AS DOUBLE PRECISION) * s.n
-ORDER BY n_facts DESC, k.layer, k.neuron
+ORDER BY n_facts DESC, mean_score DESC, k.layer, k.neuron

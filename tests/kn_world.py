@@ -16,7 +16,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from atlas.model.loading import LoadedModel, load_model, tiny_model
+from atlas.model.loading import LoadedModel, load_model
+from tests.tiny_hf import tiny_model
 from atlas.db.models import ModelInfo, register_model
 from atlas.db.schema import facts, knowledge_neurons, prompt_outputs, prompts, relations, runs
 from atlas.db.store import Store

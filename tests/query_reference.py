@@ -92,7 +92,7 @@ def relation_neurons(a: AtlasRows, run_id: int, relation_id: str, min_facts: int
         for (rel, unit), scores in per.items()
         if rel == relation_id and len(scores) >= min_facts and len(scores) >= min_share * n
     ]
-    return sorted(rows, key=lambda r: (-r[2], r[0], r[1]))
+    return sorted(rows, key=lambda r: (-r[2], -r[5], r[0], r[1]))
 
 
 def hub_neurons(a: AtlasRows, run_id: int, min_relations: int = 3, min_share: float = 0.1) -> list[tuple]:

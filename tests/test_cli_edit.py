@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import click
 import pytest
 from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
@@ -81,10 +82,11 @@ def test_probe_and_audit_commands(store, world) -> None:
 
 @pytest.mark.parametrize("group", ["probe", "edit"])
 def test_every_command_documents_an_example(group: str) -> None:
-    cmd = cli.commands[group]
-    for name, sub in cmd.commands.items():
-        assert "Example:" in (sub.help or ""), name
-    assert "Example:" in cli.commands["audit"].help
+    ctx = click.Context(cli)
+    cmd = cli.get_command(ctx, group)
+    for name in cmd.list_commands(ctx):
+        assert "Example:" in (cmd.get_command(ctx, name).help or ""), name
+    assert "Example:" in cli.get_command(ctx, "audit").help
 
 
 def test_report_covers_every_section(store, world, tmp_path) -> None:

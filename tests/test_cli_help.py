@@ -8,26 +8,16 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from atlas.cli import cli
+from atlas.cli import COMMANDS, cli
+from tests.cli_tree import walk
 from atlas.db.datasets import read_jsonl
 
 README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
 
 
-def _all_commands(group: click.Group, path: tuple[str, ...] = ()):
-    """The root and every command that runs something (groups only list their subcommands)."""
-    if not path:
-        yield path, group
-    for name, cmd in group.commands.items():
-        if isinstance(cmd, click.Group):
-            yield from _all_commands(cmd, path + (name,))
-        else:
-            yield path + (name,), cmd
-
-
 def test_every_command_has_help_with_an_example() -> None:
     missing = []
-    for path, _cmd in _all_commands(cli):
+    for path, _cmd in [((), cli), *walk(cli)]:
         result = CliRunner().invoke(cli, [*path, "--help"])
         if result.exit_code != 0 or "Example:" not in result.output:
             missing.append(" ".join(path) or "atlas")
@@ -35,7 +25,7 @@ def test_every_command_has_help_with_an_example() -> None:
 
 
 def test_readme_lists_every_top_level_command() -> None:
-    absent = [name for name in cli.commands if f"`atlas {name}`" not in README]
+    absent = [name for name in COMMANDS if f"`atlas {name}`" not in README]
     assert not absent, f"README's CLI overview misses: {absent}"
 
 
@@ -53,3 +43,11 @@ def test_readme_jsonl_example_loads(tmp_path: Path) -> None:
     data = read_jsonl(path)
     assert {f.id for f in data.facts} == {"capital-fr", "fav-ada"}
     assert {r.id for r in data.relations} == {"P36", "X1"}
+
+
+def test_the_lazy_command_table_says_what_each_command_does() -> None:
+    """`atlas --help` lists commands from a table, without importing them: the table's one-line help
+    must be each command's own (the first line of its docstring)."""
+    for name, (_, _, short) in COMMANDS.items():
+        cmd = cli.get_command(click.Context(cli), name)
+        assert cmd is not None and cmd.help.splitlines()[0].strip() == short, name

@@ -86,4 +86,4 @@ def test_unknown_model_and_run(store: Store, tmp_path: Path) -> None:
     result = _atlas("index", "--db", store.url, "--model", str(tmp_path / "missing"), "--dataset", DATASET)
     assert result.exit_code == 1 and "cannot load model" in result.output and "no such directory" in result.output
     shown = _atlas("runs", "show", "nope", "--db", store.url)
-    assert shown.exit_code == 1 and "no run 'nope' (see `atlas runs list`)" in shown.output
+    assert shown.exit_code == 1 and "unknown run 'nope' (see `atlas runs list`)" in shown.output

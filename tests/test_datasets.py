@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from atlas.db.datasets import (PARAREL_DIR, DatasetError, bundled_relations, causal_prefix, is_causal, kn_paper_fact_id,
-                            make_prompt, pararel_templates, read_dataset, read_jsonl, read_kn_paper, read_pararel)
+from atlas.db.datasets import PARAREL_DIR, bundled_relations, causal_prefix, is_causal, kn_paper_fact_id, make_prompt, pararel_templates, read_dataset, read_jsonl, read_kn_paper, read_pararel
+from atlas.errors import InputError
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -81,9 +81,9 @@ def test_subsets_keep_file_order_and_every_template() -> None:
 
 
 def test_unknown_bundled_relation_is_refused() -> None:
-    with pytest.raises(DatasetError, match="kn-paper has no relation P17"):
+    with pytest.raises(InputError, match="kn-paper has no relation P17"):
         read_kn_paper(["P17"])  # in PARAREL, left out of the paper
-    with pytest.raises(DatasetError, match="pararel has no relation P31"):
+    with pytest.raises(InputError, match="pararel has no relation P31"):
         read_dataset("pararel", ["P31"])  # facts but no templates
 
 
@@ -130,14 +130,14 @@ def test_jsonl_limit_per_relation_and_relation_filter(tmp_path: Path) -> None:
      r"x.jsonl:2: relation P9001 declared again"),
 ])
 def test_bad_jsonl_names_file_and_line(tmp_path: Path, rows: list, message: str) -> None:
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(InputError, match=message):
         read_jsonl(write_jsonl(tmp_path / "x.jsonl", rows))
 
 
 def test_missing_file_and_bad_limit(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="nope.jsonl: not a bundled dataset"):
+    with pytest.raises(InputError, match="nope.jsonl: not a bundled dataset"):
         read_dataset(str(tmp_path / "nope.jsonl"))
-    with pytest.raises(DatasetError, match="at least 1"):
+    with pytest.raises(InputError, match="at least 1"):
         read_dataset("pararel", limit_per_relation=0)
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from atlas.jobs.edits import EditError, WeightsMismatch, erase_relation, list_edits, rollback, update_fact
-from atlas.model.interventions import slots_from_bytes
+from atlas.db.edits import list_edits
+from atlas.jobs.edits import erase_relation, rollback, update_fact
+from atlas.model.slots import slots_from_bytes
 from atlas.model.loading import load_model, weights_sha256
 from atlas.db.schema import edit_slots
-from atlas.db.workset import UnknownName
 from tests.conftest import snapshot
 from tests.kn_world import build_world, save_model
 
 import sqlalchemy as sa
+from atlas.errors import EditError, NotFound, WeightsMismatch
 
 
 @pytest.fixture
@@ -66,11 +67,11 @@ def _refused(store, world, call, error, match) -> None:
 
 def test_bad_input_is_refused_with_database_and_weights_unchanged(store, world, tmp_path) -> None:
     lm, run = world.lm, world.run
-    _refused(store, world, lambda: update_fact(store, lm, run, "P99-9", "Paris"), UnknownName, "unknown fact 'P99-9'")
+    _refused(store, world, lambda: update_fact(store, lm, run, "P99-9", "Paris"), NotFound, "unknown fact 'P99-9'")
     _refused(store, world, lambda: update_fact(store, lm, run, "P36-0", "Atlantis"), EditError, "unknown object token 'Atlantis'")
     _refused(store, world, lambda: update_fact(store, lm, run, "P36-0", "Paris Rome"), EditError, "2 tokens")
-    _refused(store, world, lambda: update_fact(store, lm, "no-run", "P36-0", "Rome"), UnknownName, "unknown run")
-    _refused(store, world, lambda: erase_relation(store, lm, run, "P999"), UnknownName, "unknown relation 'P999'")
+    _refused(store, world, lambda: update_fact(store, lm, "no-run", "P36-0", "Rome"), NotFound, "unknown run")
+    _refused(store, world, lambda: erase_relation(store, lm, run, "P999"), NotFound, "unknown relation 'P999'")
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", value="token:Atlantis"), EditError, "Atlantis")
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", min_facts=6), EditError, "shared by 6 or more")
     other = load_model(str(save_model(tmp_path / "other", seed=5)))
@@ -86,5 +87,5 @@ def test_rollback_twice_or_out_of_order_is_refused(store, world, tmp_path) -> No
     _refused(store, world, lambda: rollback(store, other, e2.id), WeightsMismatch, "indexed with model")
     assert rollback(store, world.lm, e2.id).status == "rolled_back"
     _refused(store, world, lambda: rollback(store, world.lm, e2.id), EditError, "already rolled back")
-    _refused(store, world, lambda: rollback(store, world.lm, 999), UnknownName, "unknown edit 999")
+    _refused(store, world, lambda: rollback(store, world.lm, 999), NotFound, "unknown edit 999")
     assert rollback(store, world.lm, e1.id).rolled_back_at is not None

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from atlas.db.datasets import DatasetError, read_jsonl, read_kn_paper, read_pararel
-from atlas.db.facts import LOAD_STEPS, FactNotFound, list_facts, load_dataset, show_fact
+from atlas.db.datasets import read_jsonl, read_kn_paper, read_pararel
+from atlas.db.facts import LOAD_STEPS, list_facts, load_dataset, show_fact
 from atlas.db.schema import dataset_facts, facts, prompts, relations
 from atlas.db.store import Store
 
 from .conftest import snapshot
 from .test_datasets import FACT, write_jsonl
+from atlas.errors import InputError, NotFound
 
 
 def rows(store: Store, table: sa.Table, *cols: str) -> list[tuple]:
@@ -76,7 +77,7 @@ def test_conflict_with_the_database_changes_nothing(store: Store, tmp_path) -> N
         {**FACT, "id": "f2", "relation": "P9001", "subject": "Ada"},
         {**FACT, "object": "Lyon"},
     ])
-    with pytest.raises(DatasetError, match=r"b.jsonl:3: fact f1 is P36\('France', 'Lyon'\) but the database has P36\('France', 'Paris'\)"):
+    with pytest.raises(InputError, match=r"b.jsonl:3: fact f1 is P36\('France', 'Lyon'\) but the database has P36\('France', 'Paris'\)"):
         load_dataset(store, read_jsonl(bad))
     assert snapshot(store) == before
 
@@ -85,7 +86,7 @@ def test_relation_stored_with_another_label_is_a_conflict(store: Store, tmp_path
     load_dataset(store, read_jsonl(write_jsonl(tmp_path / "a.jsonl", [{"relation": "P9001", "label": "colour", "type": "N-1"},
                                                                       {**FACT, "relation": "P9001"}])))
     before = snapshot(store)
-    with pytest.raises(DatasetError, match=r"relation P9001 is 'hue' \(N-1\) here but 'colour' \(N-1\) in the database"):
+    with pytest.raises(InputError, match=r"relation P9001 is 'hue' \(N-1\) here but 'colour' \(N-1\) in the database"):
         load_dataset(store, read_jsonl(write_jsonl(tmp_path / "b.jsonl", [{"relation": "P9001", "label": "hue", "type": "N-1"},
                                                                            {**FACT, "id": "f9", "relation": "P9001"}])))
     assert snapshot(store) == before
@@ -104,5 +105,5 @@ def test_list_and_show(store: Store) -> None:
     assert detail.fact.n_prompts == len(fact.prompts) == len(detail.prompts)
     assert detail.fact.n_causal == sum(p.causal for p in fact.prompts) == sum(p.causal for p in detail.prompts)
     assert {p.text for p in detail.prompts} == {p.text for p in fact.prompts}
-    with pytest.raises(FactNotFound, match="no fact with id 'missing'"):
+    with pytest.raises(NotFound, match="no fact with id 'missing'"):
         show_fact(store, "missing")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from atlas.model.adapters import adapter_for
-from atlas.model.loading import TINY_FAMILIES, tiny_model
+from tests.tiny_hf import TINY_FAMILIES, tiny_model
 from indexer.attribution.ig import IGConfig, PromptItem, alphas, attribute
 from tests.ig_reference import reference_attribute
 
@@ -202,7 +202,7 @@ def test_smollm2_knows_paris(smollm2) -> None:
 def test_passes_are_balanced_and_shrink_with_answer_length() -> None:
     """Each index once, in order; one answer length per pass; equal passes of at most
     batch_size // T prompts."""
-    from indexer.attribution.ig import _passes
+    from indexer.attribution.ig import passes as _passes
 
     lens = [1] * 130 + [2] * 5 + [3] * 70
     passes = _passes(list(range(len(lens))), lens, 128)

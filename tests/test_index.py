@@ -44,7 +44,7 @@ def test_every_causal_prompt_has_an_output(indexed) -> None:
     for r in out.values():
         assert r.status in ("ok", "skipped")
         if r.status == "ok":
-            assert r.skip_reason is None and 0 < r.p_gold <= 1 and r.gold_rank >= 0 and r.n_answer_tokens >= 1
+            assert r.skip_reason is None and 0 < r.p_gold <= 1 and r.gold_rank >= 1 and r.n_answer_tokens >= 1
             assert r.max_score is not None
         else:
             assert r.skip_reason and r.p_gold is None
@@ -172,7 +172,7 @@ class _SlowAttributor:
     """The real attributor, slowed down: each item takes longer than a lease (a slow CPU)."""
 
     def __init__(self, inner, delay: float) -> None:
-        self.inner, self.delay, self.causal, self.opts = inner, delay, inner.causal, inner.opts
+        self.inner, self.delay, self.causal, self.opts, self.cfg = inner, delay, inner.causal, inner.opts, inner.cfg
 
     def compute(self, item, rows):
         import time
@@ -185,13 +185,19 @@ class _SlowAttributor:
 def test_items_claimed_ahead_keep_their_lease_and_are_attributed_once(store: Store, model_dir: Path) -> None:
     from atlas.db.runs import RunSpec, open_run
     from atlas.db.workqueue import WorkQueue
-    from indexer.job.run import Attributor, Timings, load, model_info, work_loop
+    from indexer.job.attributor import Attributor, load_for_index, model_info, result_params
+    from indexer.job.loop import Timings, run_loop
+    from indexer.job.pool import LocalPool
 
     load_world(store)
     opts = _opts(model_dir, relations=("P103",), lease_s=2)
-    lm = load(opts.model, "cpu", "fp32")
-    run, _ = open_run(store, RunSpec(model_info(lm), DATASET, ("P103",), None, True, opts.result_params()), None, 1)
-    work_loop(store, WorkQueue(store, run.id, lease_s=2), _SlowAttributor(Attributor(lm, opts), 2.5), Timings())
+    lm = load_for_index(opts.model, "cpu")
+    run, _ = open_run(store, RunSpec(model_info(lm), DATASET, ("P103",), None, True, result_params(opts)), None, 1)
+    pool = LocalPool(_SlowAttributor(Attributor(lm, opts), 2.5))
+    try:
+        run_loop(store, WorkQueue(store, run.id, lease_s=2), pool, True, Timings())
+    finally:
+        pool.close()
     with store.begin() as conn:
         attempts = conn.execute(sa.select(work_items.c.attempts, work_items.c.status).where(work_items.c.run_id == run.id)).all()
     assert sorted(attempts) == [(1, "done")] * 4
@@ -218,7 +224,7 @@ def test_database_tally_equals_the_python_tally_at_the_threshold_edge(indexed) -
     in Python, after planting scores one float32 step below, at and above 0.2 x a prompt's max."""
     import numpy as np
 
-    from atlas.db.runs import relation_tallies
+    from atlas.db.results import relation_tallies
     from atlas.db.schema import facts
 
     def want_edge(values, top):  # the rule itself, in float64 as refine applies it

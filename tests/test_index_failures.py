@@ -16,13 +16,12 @@ import sqlalchemy as sa
 from atlas.db import migrate
 from atlas.db.datasets import Dataset, Fact, Relation, make_prompt
 from atlas.db.facts import load_dataset
-from atlas.db.retry import DatabaseUnavailable
-from atlas.db.runs import SelectionError
 from atlas.db.schema import prompt_outputs, prompts, work_items
 from atlas.db.store import Store
-from indexer.job.run import IndexingError, IndexOptions, index
+from indexer.job.run import IndexOptions, index
 from tests.conftest import PG_SERVER, snapshot
 from tests.index_world import DATASET, assert_same_rows, load_world, run_id, run_rows, tiny_dir
+from atlas.errors import DatabaseUnavailable, InputError, ModelError
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def _opts(model_dir: Path | str, **kw: object) -> IndexOptions:
 def test_unknown_model_is_refused_before_anything_is_written(store: Store, tmp_path: Path) -> None:
     load_world(store)
     before = snapshot(store)
-    with pytest.raises(IndexingError, match=r"cannot load model '.*no-such-model': no such directory"):
+    with pytest.raises(ModelError, match=r"cannot load model '.*no-such-model': no such directory"):
         index(store, _opts(tmp_path / "no-such-model"))
     assert snapshot(store) == before
 
@@ -49,7 +48,7 @@ def test_unknown_model_is_refused_before_anything_is_written(store: Store, tmp_p
 def test_unknown_dataset_or_relation(store: Store, model_dir: Path, dataset: str, relations, message: str) -> None:
     load_world(store)
     before = snapshot(store)
-    with pytest.raises(SelectionError, match=message):
+    with pytest.raises(InputError, match=message):
         index(store, IndexOptions(model=str(model_dir), dataset=dataset, relations=relations))
     assert snapshot(store) == before
 
@@ -59,7 +58,7 @@ def test_empty_selection_writes_nothing(store: Store, model_dir: Path) -> None:
     masked_only = Fact("P36-x", "P36", "Chile", "Santiago", (make_prompt("[Y] is the capital of [X].", "Chile"),))
     load_dataset(store, Dataset("masked-only", [Relation("P36", "capital", "1-1")], [masked_only]))
     before = snapshot(store)
-    with pytest.raises(SelectionError, match="empty selection: no fact of dataset 'masked-only' in P36 has a left-to-right prompt"):
+    with pytest.raises(InputError, match="empty selection: no fact of dataset 'masked-only' in P36 has a left-to-right prompt"):
         index(store, IndexOptions(model=str(model_dir), dataset="masked-only"))
     assert snapshot(store) == before  # not even the model was registered
 

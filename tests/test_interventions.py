@@ -10,10 +10,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from atlas.model.adapters import adapter_for
-from atlas.jobs.edits import erase_relation, export, rollback, update_fact, working_copy
-from atlas.model.interventions import ScaleNeurons, applied, slots_bytes, slots_from_bytes, update_slots
-from atlas.model.loading import tiny_model, weights_sha256
-from atlas.db.workset import get_run
+from atlas.jobs.edits import erase_relation, export, rollback, update_fact
+from atlas.jobs.weights import current_weights
+from atlas.model.interventions import ScaleNeurons, applied
+from atlas.model.slots import slots_bytes, slots_from_bytes, update_slots
+from atlas.model.loading import weights_sha256
+from tests.tiny_hf import tiny_model
 from tests.kn_world import build_world
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 12]])
@@ -103,15 +105,13 @@ def test_rollback_restores_weights_bit_exactly(store, tmp_path) -> None:
     assert len({base, e1.sha256_after, e2.sha256_after}) == 3
     assert e2.sha256_before == e1.sha256_after and e1.sha256_before == base
     assert weights_sha256(w.lm.model) == base  # the caller's model is left at the base weights
-    with store.begin() as conn:
-        run = get_run(conn, w.run, store.backend)
-        with working_copy(conn, store.backend, w.lm, run) as sha:
-            assert sha == weights_sha256(w.lm.model) == e2.sha256_after
+    with current_weights(store, w.lm, w.run) as sha:
+        assert sha == weights_sha256(w.lm.model) == e2.sha256_after
     rollback(store, w.lm, e2.id)
-    with store.begin() as conn, working_copy(conn, store.backend, w.lm, run) as sha:
+    with current_weights(store, w.lm, w.run):
         assert weights_sha256(w.lm.model) == e1.sha256_after
     rollback(store, w.lm, e1.id)
-    with store.begin() as conn, working_copy(conn, store.backend, w.lm, run):
+    with current_weights(store, w.lm, w.run):
         assert weights_sha256(w.lm.model) == base
 
 
@@ -121,9 +121,7 @@ def test_export_loads_with_from_pretrained_and_gives_identical_logits(store, tmp
     out = export(store, w.lm, e1.id, tmp_path / "exported")
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert weights_sha256(loaded) == e1.sha256_after
-    with store.begin() as conn:
-        run = get_run(conn, w.run, store.backend)
-        with working_copy(conn, store.backend, w.lm, run), torch.no_grad():
-            want = w.lm.model(IDS).logits
+    with current_weights(store, w.lm, w.run), torch.no_grad():
+        want = w.lm.model(IDS).logits
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, want)

@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from atlas.db import schema
-from atlas.db import queries
+from atlas.db import queries, readonly, sqlfile
+from atlas.errors import InputError, NotFound
 from atlas.db.store import Store
 from bench.synthetic_atlas import build_synthetic_atlas
 
@@ -122,37 +123,50 @@ def test_every_query_file_parses_and_declares_its_parameters() -> None:
     assert set(MINE) <= set(names)
     for q in queries.list_queries():
         assert q.purpose and q.columns
-        assert sorted(p.name for p in q.params) == sorted(queries.sql_parameters(q.sql))
+        assert sorted(p.name for p in q.params) == sorted(sqlfile.sql_parameters(q.sql))
+
+
+def test_every_statement_file_parses_and_declares_its_parameters() -> None:
+    """The atlas's own statements use the same loader and header as the named queries."""
+    names = sorted(p.stem for p in sqlfile.STATEMENT_DIR.glob("*.sql"))
+    assert "claim_work_item" in names
+    for name in names:
+        s = sqlfile.statement(name)
+        assert s.purpose and sorted(p.name for p in s.params) == sorted(sqlfile.sql_parameters(s.sql)), name
+        for backend in ("duckdb", "postgresql"):
+            s.text(backend)  # binds, with list parameters expanding
 
 
 def test_header_must_match_the_sql(tmp_path: Path) -> None:
-    text = "-- demo\n-- params: :run_id (int)\n-- columns: x\nSELECT 1 AS x WHERE :run_id = 1 AND :other = 2"
-    with pytest.raises(queries.QueryError, match="declares parameters \\['run_id'\\] but the SQL uses \\['run_id', 'other'\\]"):
-        queries.parse_query("demo", text, tmp_path / "demo.sql")
-    with pytest.raises(queries.QueryError, match="unknown type 'number'"):
-        queries.parse_query("demo", "-- params: :a (number)\n-- columns: x\nSELECT :a AS x", tmp_path / "demo.sql")
+    path = tmp_path / "demo.sql"
+    path.write_text("-- demo\n-- params: :run_id (int)\n-- columns: x\nSELECT 1 AS x WHERE :run_id = 1 AND :other = 2")
+    with pytest.raises(ValueError, match="declares parameters \\['run_id'\\] but the SQL uses \\['run_id', 'other'\\]"):
+        sqlfile.parse_sql_file(path)
+    path.write_text("-- params: :a (number)\n-- columns: x\nSELECT :a AS x")
+    with pytest.raises(ValueError, match="unknown type 'number'"):
+        sqlfile.parse_sql_file(path)
 
 
 def test_parameters_are_found_outside_comments_strings_and_casts() -> None:
     sql = "-- :not_this\nSELECT ':nor_this', CAST(x AS INT), y::text, \"col:umn\" /* :nor */ FROM t WHERE a = :a AND b = :b_2 OR c = :a"
-    assert queries.sql_parameters(sql) == ["a", "b_2"]
-    assert queries.executable_sql(sql, "duckdb").endswith("a = $a AND b = $b_2 OR c = $a")
-    assert "'\\:nor_this'" in queries.executable_sql(sql, "sqlalchemy")
+    assert sqlfile.sql_parameters(sql) == ["a", "b_2"]
+    assert sqlfile.executable_sql(sql, "duckdb").endswith("a = $a AND b = $b_2 OR c = $a")
+    assert "'\\:nor_this'" in sqlfile.executable_sql(sql, "sqlalchemy")
 
 
 def test_bad_parameters_are_refused_with_the_parameter_list() -> None:
     q = queries.load_query("fact-interference")
     listing = "run_id \\(int\\), fact_id \\(text\\), min_shared \\(int, default 2\\)"
-    with pytest.raises(queries.QueryError, match=f"missing parameter fact_id; parameters of fact-interference: {listing}"):
-        queries.bind_params(q, {"run_id": "1"})
-    with pytest.raises(queries.QueryError, match=f"min_shared='two' is not int; parameters of fact-interference: {listing}"):
-        queries.bind_params(q, {"run_id": "1", "fact_id": "f", "min_shared": "two"})
-    with pytest.raises(queries.QueryError, match="has no parameter colour"):
-        queries.bind_params(q, {"run_id": "1", "fact_id": "f", "colour": "red"})
-    assert queries.bind_params(q, {"run_id": "1", "fact_id": "7"}) == {"run_id": 1, "fact_id": "7", "min_shared": 2}
-    with pytest.raises(queries.QueryError, match="unknown query 'nope'; available: .*fact-neurons"):
+    with pytest.raises(InputError, match=f"missing parameter fact_id; parameters of fact-interference: {listing}"):
+        q.bind({"run_id": "1"})
+    with pytest.raises(InputError, match=f"min_shared='two' is not int; parameters of fact-interference: {listing}"):
+        q.bind({"run_id": "1", "fact_id": "f", "min_shared": "two"})
+    with pytest.raises(InputError, match="has no parameter colour"):
+        q.bind({"run_id": "1", "fact_id": "f", "colour": "red"})
+    assert q.bind({"run_id": "1", "fact_id": "7"}) == {"run_id": 1, "fact_id": "7", "min_shared": 2}
+    with pytest.raises(NotFound, match="unknown query 'nope'; available: .*fact-neurons"):
         queries.load_query("nope")
-    with pytest.raises(queries.QueryError, match="is not key=value"):
+    with pytest.raises(InputError, match="is not key=value"):
         queries.parse_assignments(["run_id"])
 
 
@@ -199,22 +213,22 @@ WRITES = [
 
 @pytest.mark.parametrize("statement", WRITES)
 def test_check_read_only_refuses_writes(statement: str) -> None:
-    with pytest.raises(queries.QueryError, match="refused|cannot parse"):
-        queries.check_read_only(statement)
+    with pytest.raises(InputError, match="refused|cannot parse"):
+        readonly.check_read_only(statement)
 
 
 def test_sql_runs_reads_and_refuses_writes_leaving_the_database_unchanged(store: Store) -> None:
     load_tiny(store)
-    result = queries.run_sql(store, "SELECT relation_id, COUNT(*) AS n FROM facts GROUP BY relation_id ORDER BY relation_id")
+    result = readonly.run_sql(store, "SELECT relation_id, COUNT(*) AS n FROM facts GROUP BY relation_id ORDER BY relation_id")
     assert result.columns == ["relation_id", "n"] and result.rows == [("R1", 3), ("R2", 2)]
     before = snapshot(store)
     first = _next_prompt_id(store)
     for statement in WRITES:
-        with pytest.raises(queries.QueryError):
-            queries.run_sql(store, statement)
+        with pytest.raises(InputError):
+            readonly.run_sql(store, statement)
     # passes the parser (a SELECT) but advances a sequence: stopped by the read-only transaction/connection
-    with pytest.raises(queries.QueryError, match="read-only|read only"):
-        queries.run_sql(store, "SELECT nextval('prompts_id_seq')")
+    with pytest.raises(InputError, match="read-only|read only"):
+        readonly.run_sql(store, "SELECT nextval('prompts_id_seq')")
     assert snapshot(store) == before
     assert _next_prompt_id(store) == first + 1  # the refused nextval never advanced it
 

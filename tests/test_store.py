@@ -7,9 +7,10 @@ import pytest
 import sqlalchemy as sa
 
 from atlas.db.schema import edit_slots, prompt_scores, prompts
-from atlas.db.store import Store, StoreError, resolve_url
+from atlas.db.store import Store, resolve_url
 
 from .conftest import snapshot
+from atlas.errors import StoreError
 
 
 def test_bulk_insert_round_trips_every_type(store: Store) -> None:

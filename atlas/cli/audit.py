@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import click
 
-from atlas.jobs.audit import AuditSummary, audit_edit, audit_sample
-from atlas.jobs.edits import EditError
-from atlas.db.workset import UnknownName
-from atlas.cli.common import db_option, open_store, user_errors
-from atlas.cli.probe import model_option
+from atlas.cli.common import db_option, model_option, open_store
 from atlas.cli.progress import progress_bar
 
 
@@ -16,7 +12,7 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _line(s: AuditSummary) -> str:
+def _line(s) -> str:
     return (f"edit {s.edit_id}: targets {s.n_targets} (P(gold) {_fmt(s.target_change, '+.1%')}), predicted {s.n_predicted}, "
             f"random {s.n_random}, disturbed {s.n_disturbed}; AUC {_fmt(s.auc)}, precision@{s.k} {_fmt(s.precision_at_k)}")
 
@@ -31,7 +27,6 @@ def _line(s: AuditSummary) -> str:
               help="A fact is disturbed when P(gold) moves by at least this share.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @model_option
-@user_errors(UnknownName, EditError)
 def audit(db_url, edit_id, sample, run, limit, threshold, seed, model) -> None:
     """Predict which facts EDIT_ID disturbs (query edit-interference), measure, score the prediction.
 
@@ -43,6 +38,8 @@ def audit(db_url, edit_id, sample, run, limit, threshold, seed, model) -> None:
         atlas audit 3
         atlas audit --sample 20 --run smollm2-kn5
     """
+    from atlas.jobs.audit import audit_edit, audit_sample
+
     store = open_store(db_url)
     if sample is None:
         if edit_id is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from atlas.db.migrate import require_current
-from atlas.db.store import SchemaOutOfDate, Store, StoreError
+from atlas.db.store import Store
+from atlas.errors import InputError, SchemaOutOfDate
 
 db_option = click.option(
     "--db",
@@ -20,6 +21,9 @@ db_option = click.option(
     metavar="URL",
     help="Database URL: duckdb:///FILE (default ./atlas.duckdb) or postgresql+psycopg://USER@HOST/DB. Env: ATLAS_DB.",
 )
+
+model_option = click.option("--model", "model", metavar="NAME|DIR", default=None,
+                            help="Weights to use (default: the run's model); must hash to the run's model.")
 
 
 def open_store(db_url: str | None, *, check_schema: bool = True) -> Store:
@@ -38,17 +42,43 @@ def _refuse_missing_duckdb_file(store: Store) -> None:
         raise SchemaOutOfDate(f"{store!r}: the file does not exist, so it has no atlas schema: run `atlas db upgrade`")
 
 
-def user_errors(*kinds: type[BaseException]) -> Callable:
-    """Turn the library's expected errors (and ``kinds``) into one-line click errors."""
+def options_of(cls: type) -> Callable[[Callable], Callable]:
+    """Click options generated from a dataclass whose fields carry their command-line description
+    (`indexer.job.options.opt`): flag, help, metavar, bounds, choices, default, parser. The
+    dataclass is then the one place where an option, its default and its help are defined."""
+    decorators = [_option(f) for f in dataclasses.fields(cls) if f.metadata.get("cli", False)]
 
     def decorate(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except (StoreError, *kinds) as exc:
-                raise click.ClickException(str(exc)) from exc
-
-        return wrapper
+        for deco in reversed(decorators):
+            fn = deco(fn)
+        return fn
 
     return decorate
+
+
+def _option(f: dataclasses.Field) -> Callable:
+    meta = f.metadata
+    kind: Any = None
+    if meta["choices"]:
+        kind = click.Choice(meta["choices"])
+    elif meta["minimum"] is not None:
+        kind = click.IntRange(min=meta["minimum"])
+    elif meta["parse"] is not None:
+        kind = click.STRING  # the parser reads the text
+    default = None if meta["required"] or f.default is None else f.default
+    return click.option(meta["flag"] or "--" + f.name.replace("_", "-"), f.name, type=kind, default=default,
+                        required=meta["required"], multiple=meta["multiple"], metavar=meta["metavar"],
+                        show_default=default is not None, help=meta["help"], callback=_parser(meta["parse"]))
+
+
+def _parser(parse: Callable[[Any], Any] | None) -> Callable | None:
+    if parse is None:
+        return None
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        try:
+            return parse(value)
+        except InputError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback

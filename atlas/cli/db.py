@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from atlas.db import migrate
-from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.common import db_option, open_store
 
 
 @click.group()
@@ -22,7 +22,6 @@ def db() -> None:
 @db.command()
 @db_option
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
-@user_errors()
 def upgrade(db_url: str | None, revision: str) -> None:
     """Create the atlas schema or bring it up to date (alembic upgrade).
 
@@ -40,7 +39,6 @@ def upgrade(db_url: str | None, revision: str) -> None:
 @db.command()
 @db_option
 @click.argument("revision")
-@user_errors()
 def downgrade(db_url: str | None, revision: str) -> None:
     """Step the schema back to REVISION (``base`` removes every atlas table).
 
@@ -55,7 +53,6 @@ def downgrade(db_url: str | None, revision: str) -> None:
 
 @db.command()
 @db_option
-@user_errors()
 def info(db_url: str | None) -> None:
     """Backend, schema version and row counts per table.
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import click
 
-from atlas.db.datasets import DatasetError
 from atlas.jobs.demo import DEMO_FACTS_PER_RELATION, DEMO_RELATIONS, run_demo
-from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.common import db_option, open_store
 
 
 @click.command()
 @db_option
 @click.option("--relations", default=",".join(DEMO_RELATIONS), show_default=True, help="kn-paper relations to load.")
 @click.option("--facts-per-relation", type=int, default=DEMO_FACTS_PER_RELATION, show_default=True)
-@user_errors(DatasetError)
 def demo(db_url: str | None, relations: str, facts_per_relation: int) -> None:
     """Build a small atlas: create/upgrade the database, load a few bundled facts, show them.
 

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import click
 
-from atlas.jobs import edits as ed
-from atlas.db.workset import UnknownName
-from atlas.cli.common import db_option, open_store, user_errors
-from atlas.cli.probe import model_option
+from atlas.db.edits import EditRecord, list_edits
+from atlas.cli.common import db_option, model_option, open_store
 
-errors = user_errors(UnknownName, ed.EditError)
 
 
 @click.group()
@@ -20,7 +17,7 @@ def edit() -> None:
     """Change the model through its knowledge neurons; every edit is recorded and reversible."""
 
 
-def _show(e: ed.EditRecord) -> None:
+def _show(e: EditRecord) -> None:
     click.echo(f"edit {e.id}: {e.kind} {e.target} on run {e.run} [{e.status}], {e.n_slots} value slots, "
                f"sha256 {e.sha256_before[:12]} -> {e.sha256_after[:12]}")
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in e.metrics.items() if k != "audit"}
@@ -39,7 +36,6 @@ def _show(e: ed.EditRecord) -> None:
 @click.option("--eval-facts", type=click.IntRange(1), default=20, show_default=True,
               help="Facts of the same / other relations whose perplexity is measured.")
 @model_option
-@errors
 def update(db_url, fact_id, new_object, run, l1_scale, l2_scale, max_share, eval_facts, model) -> None:
     """Rewrite FACT_ID <h, r, t> to <h, r, t'> with the paper's value-slot update rule.
 
@@ -47,6 +43,8 @@ def update(db_url, fact_id, new_object, run, l1_scale, l2_scale, max_share, eval
     Example:
         atlas edit update 854bca58-ca82-54a2-8f1c-e0d0ecd707b6 --new-object Paris --run smollm2-kn5
     """
+    from atlas.jobs import edits as ed
+
     _show(ed.update_fact(open_store(db_url), model, run, fact_id, new_object, l1_scale=l1_scale,
                          l2_scale=l2_scale, max_share=max_share, eval_facts=eval_facts))
 
@@ -60,7 +58,6 @@ def update(db_url, fact_id, new_object, run, l1_scale, l2_scale, max_share, eval
 @click.option("--value", default="zero", show_default=True, metavar="zero|unk|token:T", help="What the slots become.")
 @click.option("--eval-facts", type=click.IntRange(1), default=50, show_default=True, help="Facts measured per side.")
 @model_option
-@errors
 def erase_relation(db_url, relation, run, top, min_facts, value, eval_facts, model) -> None:
     """Erase RELATION: overwrite the value slots of its most shared knowledge neurons.
 
@@ -70,6 +67,8 @@ def erase_relation(db_url, relation, run, top, min_facts, value, eval_facts, mod
     """
     if top is not None and min_facts is not None:
         raise click.UsageError("give --top or --min-facts, not both")
+    from atlas.jobs import edits as ed
+
     _show(ed.erase_relation(open_store(db_url), model, run, relation, top=top or 20, min_facts=min_facts,
                             value=value, eval_facts=eval_facts))
 
@@ -78,7 +77,6 @@ def erase_relation(db_url, relation, run, top, min_facts, value, eval_facts, mod
 @db_option
 @click.argument("edit_id", type=int)
 @model_option
-@errors
 def rollback(db_url, edit_id, model) -> None:
     """Undo EDIT_ID (newest first); the weights come back bit-exactly (checked by sha256).
 
@@ -86,6 +84,8 @@ def rollback(db_url, edit_id, model) -> None:
     Example:
         atlas edit rollback 3
     """
+    from atlas.jobs import edits as ed
+
     _show(ed.rollback(open_store(db_url), model, edit_id))
 
 
@@ -94,7 +94,6 @@ def rollback(db_url, edit_id, model) -> None:
 @click.argument("edit_id", type=int)
 @click.argument("directory", type=click.Path(path_type=Path))
 @model_option
-@errors
 def export(db_url, edit_id, directory, model) -> None:
     """Write the model as of EDIT_ID as a Hugging Face safetensors directory.
 
@@ -102,6 +101,8 @@ def export(db_url, edit_id, directory, model) -> None:
     Example:
         atlas edit export 3 ./smollm2-edited
     """
+    from atlas.jobs import edits as ed
+
     out = ed.export(open_store(db_url), model, edit_id, directory)
     click.echo(f"wrote {out} (load it with AutoModelForCausalLM.from_pretrained)")
 
@@ -109,7 +110,6 @@ def export(db_url, edit_id, directory, model) -> None:
 @edit.command("list")
 @db_option
 @click.option("--run", "run", default=None, metavar="RUN", help="Only edits of this run.")
-@errors
 def list_(db_url, run) -> None:
     """Edits, newest first: id, kind, target, status, slots, headline metric.
 
@@ -117,7 +117,7 @@ def list_(db_url, run) -> None:
     Example:
         atlas edit list --run smollm2-kn5
     """
-    rows = ed.list_edits(open_store(db_url), run)
+    rows = list_edits(open_store(db_url), run)
     for e in rows:
         head = {"update": "success_rate", "erase": "erased_ppl_change"}.get(e.kind, "")
         val = e.metrics.get(head)

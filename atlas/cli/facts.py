@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from atlas.db.datasets import DatasetError, causal_prefix, read_dataset, relation_count
-from atlas.db.facts import LOAD_STEPS, FactNotFound, list_facts, load_dataset, show_fact
-from atlas.cli.common import db_option, open_store, user_errors
+from atlas.db.datasets import causal_prefix, read_dataset, relation_count
+from atlas.db.facts import LOAD_STEPS, list_facts, load_dataset, show_fact
+from atlas.cli.common import db_option, open_store
 from atlas.cli.progress import progress_bar
 
 
@@ -36,7 +36,6 @@ def facts() -> None:
 @click.option("--relations", callback=_relation_ids, metavar="P19,P36", help="Only these relations (comma-separated).")
 @click.option("--limit-per-relation", type=int, metavar="N", help="Only the first N facts of each relation.")
 @click.option("--dataset", "name", metavar="NAME", help="Dataset name for a JSONL file (default: the file's stem).")
-@user_errors(DatasetError)
 def load(db_url: str | None, source: str, relations: list[str] | None, limit_per_relation: int | None, name: str | None) -> None:
     """Load SOURCE: `pararel`, `kn-paper` or a JSONL fact file (format: README.md).
 
@@ -65,7 +64,6 @@ def load(db_url: str | None, source: str, relations: list[str] | None, limit_per
 @click.option("--relation", metavar="P", help="Only facts of this relation.")
 @click.option("--dataset", metavar="D", help="Only facts that belong to this dataset.")
 @click.option("--limit", type=int, default=20, show_default=True, help="At most this many facts (0: all).")
-@user_errors()
 def list_(db_url: str | None, relation: str | None, dataset: str | None, limit: int) -> None:
     """List facts: id, relation, subject -> object, prompts (of which causal).
 
@@ -84,7 +82,6 @@ def list_(db_url: str | None, relation: str | None, dataset: str | None, limit: 
 @facts.command()
 @db_option
 @click.argument("fact_id")
-@user_errors(FactNotFound)
 def show(db_url: str | None, fact_id: str) -> None:
     """Show one fact, the datasets it belongs to and its prompts (which suit causal / masked LMs).
 

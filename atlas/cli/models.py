@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from atlas.db.models import list_models, register_model
-from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.common import db_option, open_store
 
 
 @click.group()
@@ -16,7 +16,6 @@ def models() -> None:
 @models.command()
 @db_option
 @click.argument("spec", metavar="PATH|NAME")
-@user_errors()
 def add(db_url: str | None, spec: str) -> None:
     """Load a model (smollm2, a local HF directory or a hub id) and record it in the models table.
 
@@ -25,13 +24,10 @@ def add(db_url: str | None, spec: str) -> None:
         atlas models add smollm2
         atlas models add ./checkpoints/my-llama
     """
-    from indexer.job.run import IndexingError, load, model_info
+    from indexer.job.attributor import load_for_index, model_info
 
     store = open_store(db_url)
-    try:
-        info = model_info(load(spec, "cpu", "fp32"))
-    except IndexingError as exc:
-        raise click.ClickException(str(exc)) from exc
+    info = model_info(load_for_index(spec, "cpu"))
     row, created = register_model(store, info)
     click.echo(f"{'added' if created else 'already known'}: {row.name} (id {row.id}) {row.architecture} "
                f"{row.n_layers} layers x {row.n_neurons} neurons, sha256 {row.sha256[:16]}")
@@ -39,7 +35,6 @@ def add(db_url: str | None, spec: str) -> None:
 
 @models.command("list")
 @db_option
-@user_errors()
 def list_(db_url: str | None) -> None:
     """List the registered models.
 

@@ -18,12 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
+from atlas.errors import InputError
 
 FORMATS = ("table", "csv", "json", "parquet")
-
-
-class OutputError(ValueError):
-    """A format that cannot be written where asked (Parquet to a terminal)."""
 
 
 def render(table: pa.Table, fmt: str, output: Path | None = None, title: str | None = None) -> str | None:
@@ -33,7 +30,7 @@ def render(table: pa.Table, fmt: str, output: Path | None = None, title: str | N
     """
     if fmt == "parquet":
         if output is None:
-            raise OutputError("--format parquet needs --output FILE")
+            raise InputError("--format parquet needs --output FILE")
         pq.write_table(table, output)
         return None
     rows = list(zip(*(col.to_pylist() for col in table.columns)))

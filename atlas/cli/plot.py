@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from atlas.jobs import plots
-from atlas.db import queries
-from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.common import db_option, open_store
 
 run_option = click.option("--run", required=True, metavar="RUN", help="Run id or name.")
 output_option = click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
@@ -23,7 +21,6 @@ def plot() -> None:
 @run_option
 @output_option
 @db_option
-@user_errors(plots.PlotError, queries.QueryError)
 def layers(run: str, output: Path, db_url: str | None) -> None:
     """Knowledge neurons per layer per relation (relation x layer heatmap).
 
@@ -31,6 +28,8 @@ def layers(run: str, output: Path, db_url: str | None) -> None:
     Example:
         atlas plot layers --run 1 --output layers.png
     """
+    from atlas.jobs import plots
+
     click.echo(plots.plot_layers(open_store(db_url), run, output))
 
 
@@ -40,7 +39,6 @@ def layers(run: str, output: Path, db_url: str | None) -> None:
 @click.option("--min-facts", default=2, show_default=True, help="A relation's neuron must serve this many of its facts...")
 @click.option("--min-share", default=0.1, show_default=True, help="...and this share of them (0.1: the paper's relation-level neurons).")
 @db_option
-@user_errors(plots.PlotError, queries.QueryError)
 def overlap(run: str, output: Path, min_facts: int, min_share: float, db_url: str | None) -> None:
     """Relation x relation heatmap of shared relation-level neurons.
 
@@ -48,6 +46,8 @@ def overlap(run: str, output: Path, min_facts: int, min_share: float, db_url: st
     Example:
         atlas plot overlap --run 1 --output overlap.png
     """
+    from atlas.jobs import plots
+
     click.echo(plots.plot_overlap(open_store(db_url), run, output, min_facts=min_facts, min_share=min_share))
 
 
@@ -57,7 +57,6 @@ def overlap(run: str, output: Path, min_facts: int, min_share: float, db_url: st
 @output_option
 @click.option("--top", default=20, show_default=True, help="Neurons to show (knowledge neurons first).")
 @db_option
-@user_errors(plots.PlotError, queries.QueryError)
 def fact(fact_id: str, run: str, output: Path, top: int, db_url: str | None) -> None:
     """One fact's neurons across its prompts (prompts x top neurons heatmap).
 
@@ -65,4 +64,6 @@ def fact(fact_id: str, run: str, output: Path, top: int, db_url: str | None) -> 
     Example:
         atlas plot fact 0a1b2c3d-... --run 1 --output fact.png
     """
+    from atlas.jobs import plots
+
     click.echo(plots.plot_fact(open_store(db_url), run, fact_id, output, top=top))

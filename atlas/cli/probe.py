@@ -8,15 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from atlas.jobs.edits import EditError
-from atlas.jobs.probe import SummaryRow, count_facts, probe as run_probe
-from atlas.db.workset import UnknownName
-from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.common import db_option, model_option, open_store
 from atlas.cli.progress import progress_bar
-
-model_option = click.option("--model", "model", metavar="NAME|DIR", default=None,
-                            help="Weights to use (default: the run's model); must hash to the run's model.")
-
 
 @click.group()
 def probe() -> None:
@@ -25,6 +18,8 @@ def probe() -> None:
 
 def _probe(kind: str) -> click.Command:
     def command(db_url: str | None, run: str, relation: str | None, seed: int, model: str | None) -> None:
+        from atlas.jobs.probe import count_facts, probe as run_probe
+
         store = open_store(db_url)
         with progress_bar() as bar:
             task = bar.add_task(f"{kind} facts", total=count_facts(store, run, relation), unit="facts")
@@ -46,12 +41,12 @@ def _probe(kind: str) -> click.Command:
                           click.option("--run", "run", required=True, metavar="RUN", help="Run name or id."),
                           click.option("--relation", metavar="P", default=None, help="Only facts of this relation."),
                           click.option("--seed", type=int, default=0, show_default=True, help="Seed of the control neurons."),
-                          model_option, user_errors(UnknownName, EditError)]):
+                          model_option]):
         command = deco(command)
     return command
 
 
-def summary_table(rows: list[SummaryRow], title: str) -> str:
+def summary_table(rows: list, title: str) -> str:
     """The per-relation summary as a plain-text table (rich, no colours)."""
     table = Table(title=title)
     for col in ("relation", "neurons", "facts", "mean n", "mean p0", "mean p1", "rel. change"):

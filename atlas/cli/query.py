@@ -8,8 +8,9 @@ import click
 from rich.console import Console
 
 from atlas.db import queries
-from atlas.cli.output import FORMATS, OutputError, render
-from atlas.cli.common import db_option, open_store, user_errors
+from atlas.db.readonly import run_sql
+from atlas.cli.output import FORMATS, render
+from atlas.cli.common import db_option, open_store
 
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
 output_option = click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE (required for parquet).")
@@ -31,7 +32,6 @@ def _emit(result: queries.QueryResult, fmt: str, output: Path | None, title: str
 @format_option
 @output_option
 @db_option
-@user_errors(queries.QueryError, OutputError)
 def query(name: str | None, list_: bool, params: tuple[str, ...], via: str | None, fmt: str, output: Path | None, db_url: str | None) -> None:
     """Run a named query (queries/NAME.sql) with bound parameters.
 
@@ -58,7 +58,6 @@ def query(name: str | None, list_: bool, params: tuple[str, ...], via: str | Non
 @format_option
 @output_option
 @db_option
-@user_errors(queries.QueryError, OutputError)
 def sql(statement: str, fmt: str, output: Path | None, db_url: str | None) -> None:
     """Run one ad-hoc read-only SELECT; anything that could write is refused, not run.
 
@@ -67,5 +66,5 @@ def sql(statement: str, fmt: str, output: Path | None, db_url: str | None) -> No
         atlas sql "SELECT relation_id, COUNT(*) AS n FROM facts GROUP BY 1 ORDER BY 2 DESC"
     """
     store = open_store(db_url)
-    result = queries.run_sql(store, statement)
+    result = run_sql(store, statement)
     _emit(result, fmt, output, title=f"{store.backend}, {result.seconds * 1000:.0f} ms")

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-from atlas.jobs.report import write_report
-from atlas.db.workset import UnknownName
-from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.common import db_option, open_store
 
 
 @click.command()
@@ -17,7 +15,6 @@ from atlas.cli.common import db_option, open_store, user_errors
 @click.option("--run", "run", required=True, metavar="RUN", help="Run name or id.")
 @click.option("--output", "output", required=True, type=click.Path(path_type=Path), help="Folder for report.md and PNGs.")
 @click.option("--threshold", type=float, default=0.1, show_default=True, help="Audit: share of P(gold) change that counts.")
-@user_errors(UnknownName)
 def report(db_url: str | None, run: str, output: Path, threshold: float) -> None:
     """Write DIR/report.md: neurons per fact, sharing, suppress/amplify vs controls, edits, audits.
 
@@ -25,6 +22,8 @@ def report(db_url: str | None, run: str, output: Path, threshold: float) -> None
     Example:
         atlas report --run smollm2-kn5 --output reports/smollm2
     """
+    from atlas.jobs.report import write_report
+
     figures = write_report(open_store(db_url), run, output, threshold)
     click.echo(f"wrote {output / 'report.md'}")
     for key, value in asdict(figures).items():

@@ -7,7 +7,7 @@ import json
 import click
 
 from atlas.db.runs import get_run, list_runs, run_counts
-from atlas.cli.common import db_option, open_store, user_errors
+from atlas.cli.common import db_option, open_store
 
 
 @click.group()
@@ -17,7 +17,6 @@ def runs() -> None:
 
 @runs.command("list")
 @db_option
-@user_errors()
 def list_(db_url: str | None) -> None:
     """One line per run: id, name, status, dataset, prompts done.
 
@@ -38,7 +37,6 @@ def list_(db_url: str | None) -> None:
 @runs.command()
 @db_option
 @click.argument("run")
-@user_errors(LookupError)
 def show(db_url: str | None, run: str) -> None:
     """Parameters, status, counts and throughput of RUN (a name or an id).
 

@@ -1,7 +1,7 @@
 """Fact datasets: the bundled PARAREL and kn-paper sets and user JSONL files, read into records.
 
 Pure Python (no database, no torch): everything here turns files into :class:`Dataset` records
-and refuses bad input with a :class:`DatasetError` that names ``file:line``, so that the loader
+and refuses bad input with a :class:`InputError` that names ``file:line``, so that the loader
 never starts a transaction on data it would have to reject halfway.
 
 Prompts keep the object slot: ``Prompt.text`` is the template with the subject filled in and
@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from atlas.errors import InputError
 
 DATA_DIR = Path(__file__).parents[1] / "data"
 PARAREL_DIR = DATA_DIR / "pararel"
@@ -36,10 +37,6 @@ KN_PAPER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/Hunter-D
 
 # "[Y]" ends the sentence: nothing after it but an optional full stop, with or without a space.
 _CAUSAL = re.compile(r"\[Y\] ?\.?$")
-
-
-class DatasetError(ValueError):
-    """Input that cannot be loaded, explained in one line that names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +100,11 @@ def kn_paper_fact_id(relation_id: str, subject: str, obj: str, occurrence: int =
 
 
 def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(``file:line``, object) for every non-blank line; malformed JSON is a DatasetError."""
+    """(``file:line``, object) for every non-blank line; malformed JSON is a InputError."""
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     with handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -116,16 +113,16 @@ def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: malformed JSON: {exc.msg} (column {exc.colno})") from exc
+                raise InputError(f"{where}: malformed JSON: {exc.msg} (column {exc.colno})") from exc
             if not isinstance(obj, dict):
-                raise DatasetError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             yield where, obj
 
 
 def _text(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise DatasetError(f"{where}: missing field {key!r} (a non-empty string)" if value is None
+        raise InputError(f"{where}: missing field {key!r} (a non-empty string)" if value is None
                            else f"{where}: field {key!r} must be a non-empty string, got {value!r}")
     return value
 
@@ -133,13 +130,13 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
 def _check_template(template: str, where: str) -> str:
     for slot in (SUBJECT, OBJECT):
         if template.count(slot) != 1:
-            raise DatasetError(f"{where}: template {template!r} must contain {slot} exactly once")
+            raise InputError(f"{where}: template {template!r} must contain {slot} exactly once")
     return template
 
 
 def _check_relation_type(value: str, where: str) -> str:
     if value not in RELATION_TYPES:
-        raise DatasetError(f"{where}: relation type {value!r} is not one of {', '.join(RELATION_TYPES)}")
+        raise InputError(f"{where}: relation type {value!r} is not one of {', '.join(RELATION_TYPES)}")
     return value
 
 
@@ -184,13 +181,13 @@ def _kn_paper_pairs() -> dict[str, list[tuple[str, str]]]:
 
 
 def _select(available: list[str], wanted: Iterable[str] | None, dataset: str) -> list[str]:
-    """The requested relations in the given order; one not in ``available`` is a DatasetError."""
+    """The requested relations in the given order; one not in ``available`` is a InputError."""
     if wanted is None:
         return list(available)
     wanted = list(dict.fromkeys(wanted))
     missing = [r for r in wanted if r not in available]
     if missing:
-        raise DatasetError(f"{dataset} has no relation {', '.join(missing)} (it has {', '.join(available)})")
+        raise InputError(f"{dataset} has no relation {', '.join(missing)} (it has {', '.join(available)})")
     return wanted
 
 
@@ -267,7 +264,7 @@ def read_jsonl(path: str | Path, name: str | None = None, relations: Iterable[st
             rel = Relation(_text(obj, "relation", where), _text(obj, "label", where),
                            _check_relation_type(_text(obj, "type", where), where))
             if declared.get(rel.id, rel) != rel:
-                raise DatasetError(f"{where}: relation {rel.id} declared again with a different label or type")
+                raise InputError(f"{where}: relation {rel.id} declared again with a different label or type")
             declared[rel.id] = rel
             continue
         fact = _jsonl_fact(obj, where)
@@ -282,7 +279,7 @@ def read_jsonl(path: str | Path, name: str | None = None, relations: Iterable[st
     used = []
     for fact in facts.values():
         if fact.relation_id not in declared and fact.relation_id not in bundled:
-            raise DatasetError(f"{fact.where}: relation {fact.relation_id} is neither declared in the file nor bundled")
+            raise InputError(f"{fact.where}: relation {fact.relation_id} is neither declared in the file nor bundled")
         if fact.relation_id not in used:
             used.append(fact.relation_id)
     return Dataset(name or path.stem, [declared.get(r) or bundled[r] for r in used], list(facts.values()))
@@ -293,11 +290,11 @@ def _jsonl_fact(obj: dict[str, Any], where: str) -> Fact:
     subject, obj_label = _text(obj, "subject", where), _text(obj, "object", where)
     has_templates, has_prompts = "templates" in obj, "prompts" in obj
     if has_templates == has_prompts:
-        raise DatasetError(f"{where}: fact {fid} needs exactly one of 'templates' or 'prompts'")
+        raise InputError(f"{where}: fact {fid} needs exactly one of 'templates' or 'prompts'")
     key = "templates" if has_templates else "prompts"
     items = obj[key]
     if not isinstance(items, list) or not items or not all(isinstance(t, str) and t.strip() for t in items):
-        raise DatasetError(f"{where}: field {key!r} must be a non-empty list of non-empty strings")
+        raise InputError(f"{where}: field {key!r} must be a non-empty list of non-empty strings")
     if has_templates:
         prompts = [make_prompt(_check_template(t, where), subject) for t in items]
     else:
@@ -308,7 +305,7 @@ def _jsonl_fact(obj: dict[str, Any], where: str) -> Fact:
 def _ready_prompt(text: str, where: str) -> Prompt:
     """A prompt written out in full: the subject already in it, ``[Y]`` where the object goes."""
     if text.count(OBJECT) != 1 or SUBJECT in text:
-        raise DatasetError(f"{where}: prompt {text!r} must contain [Y] exactly once and no [X]")
+        raise InputError(f"{where}: prompt {text!r} must contain [Y] exactly once and no [X]")
     return Prompt(template=text, text=text, causal=is_causal(text), masked=True)
 
 
@@ -317,7 +314,7 @@ def _merge(old: Fact | None, new: Fact) -> Fact:
     if old is None:
         return new
     if (old.relation_id, old.subject, old.object) != (new.relation_id, new.subject, new.object):
-        raise DatasetError(f"{new.where}: fact {new.id} differs from its earlier line {old.where} "
+        raise InputError(f"{new.where}: fact {new.id} differs from its earlier line {old.where} "
                            f"({describe(old)} vs {describe(new)})")
     return Fact(old.id, old.relation_id, old.subject, old.object, tuple(dict.fromkeys(old.prompts + new.prompts)), old.where)
 
@@ -331,14 +328,14 @@ def read_dataset(source: str, relations: Iterable[str] | None = None, limit_per_
                  name: str | None = None, on_relation: Callable[[str], None] | None = None) -> Dataset:
     """``pararel``, ``kn-paper`` or the path of a JSONL fact file."""
     if limit_per_relation is not None and limit_per_relation < 1:
-        raise DatasetError(f"--limit-per-relation must be at least 1, got {limit_per_relation}")
+        raise InputError(f"--limit-per-relation must be at least 1, got {limit_per_relation}")
     if source == "pararel":
         return read_pararel(relations, limit_per_relation, on_relation)
     if source == "kn-paper":
         return read_kn_paper(relations, limit_per_relation, on_relation)
     path = Path(source)
     if not path.is_file():
-        raise DatasetError(f"{source}: not a bundled dataset ({', '.join(BUNDLED)}) nor a readable file")
+        raise InputError(f"{source}: not a bundled dataset ({', '.join(BUNDLED)}) nor a readable file")
     return read_jsonl(path, name, relations, limit_per_relation)
 
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from atlas.db.datasets import Dataset, DatasetError, Fact, Relation, describe
+from atlas.db.datasets import Dataset, Fact, Relation, describe
 from atlas.db.schema import dataset_facts, facts, prompts, relations
 from atlas.db.store import Store
+from atlas.errors import InputError, NotFound
 
 LOAD_STEPS = ("relations", "stage facts", "check facts", "insert facts", "stage prompts", "insert prompts")
 
@@ -34,10 +35,6 @@ stage_prompts = sa.Table(
     sa.Column("text", sa.Text), sa.Column("causal", sa.Boolean), sa.Column("masked", sa.Boolean),
     prefixes=["TEMPORARY"],
 )
-
-
-class FactNotFound(LookupError):
-    """No fact with that id."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,7 @@ def _add_relations(conn: Connection, wanted: list[Relation]) -> int:
     for rel in wanted:
         if rel.id in stored and stored[rel.id] != rel:
             old = stored[rel.id]
-            raise DatasetError(f"relation {rel.id} is {rel.label!r} ({rel.type}) here but {old.label!r} ({old.type}) in the database")
+            raise InputError(f"relation {rel.id} is {rel.label!r} ({rel.type}) here but {old.label!r} ({old.type}) in the database")
     missing = [{"id": r.id, "label": r.label, "type": r.type} for r in wanted if r.id not in stored]
     if missing:
         conn.execute(relations.insert(), missing)
@@ -145,7 +142,7 @@ def _refuse_conflicts(conn: Connection, items: list[Fact]) -> None:
     new = next(x for x in items if x.id == row.id)
     old = Fact(row.id, row.relation_id, row.subject, row.object, ())
     where = f"{new.where}: " if new.where else ""
-    raise DatasetError(f"{where}fact {new.id} is {describe(new)} but the database has {describe(old)}")
+    raise InputError(f"{where}fact {new.id} is {describe(new)} but the database has {describe(old)}")
 
 
 def _insert_new_facts(conn: Connection, dataset: str) -> int:
@@ -204,7 +201,7 @@ def show_fact(store: Store, fact_id: str) -> FactDetail:
     with store.begin() as conn:
         row = conn.execute(_fact_rows().where(facts.c.id == fact_id)).first()
         if row is None:
-            raise FactNotFound(f"no fact with id {fact_id!r}")
+            raise NotFound(f"no fact with id {fact_id!r}")
         fact = FactRow(*row)
         rel = conn.execute(sa.select(relations).where(relations.c.id == fact.relation_id)).first()
         member_of = conn.execute(sa.select(dataset_facts.c.dataset).where(dataset_facts.c.fact_id == fact_id)

@@ -18,7 +18,8 @@ from alembic.script import ScriptDirectory
 
 import migrations
 
-from atlas.db.store import SchemaOutOfDate, Store
+from atlas.db.store import Store
+from atlas.errors import SchemaOutOfDate
 
 SCRIPT_LOCATION = str(Path(migrations.__file__).parent)
 

@@ -28,7 +28,8 @@ import pyarrow as pa
 from sqlalchemy.engine import Connection
 
 from atlas.db.schema import metadata
-from atlas.db.store import Store, StoreError
+from atlas.db.store import Store
+from atlas.errors import StoreError
 
 EXTENSION = (
     Path(duckdb_extension_postgres_scanner.__file__).parent

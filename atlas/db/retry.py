@@ -13,17 +13,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import sqlalchemy as sa
+from atlas.errors import DatabaseUnavailable, StoreError
 
-from atlas.db.store import StoreError
 
 T = TypeVar("T")
 
 #: errors that mean "the connection or server went away", not "the statement is wrong".
 TRANSIENT = (StoreError, sa.exc.OperationalError, sa.exc.InterfaceError)
-
-
-class DatabaseUnavailable(StoreError):
-    """The database stayed unreachable through every retry."""
 
 
 def with_retries(fn: Callable[[], T], *, what: str, tries: int = 6, first_delay: float = 0.25,

@@ -116,7 +116,7 @@ prompt_outputs = sa.Table(
     sa.Column("status", sa.Text, nullable=False),  # ok | skipped
     sa.Column("skip_reason", sa.Text),
     sa.Column("p_gold", sa.REAL),  # P(gold answer) of the unedited model
-    sa.Column("gold_rank", sa.Integer),  # 0 = top-1
+    sa.Column("gold_rank", sa.Integer),  # 1 = top-1 (the model's own answer)
     sa.Column("max_score", sa.REAL),  # max attribution over all layers and neurons
     sa.Column("n_answer_tokens", sa.Integer),
 )

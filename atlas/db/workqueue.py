@@ -29,6 +29,10 @@ from atlas.db.store import Store
 DEFAULT_LEASE_S = 120  # a live worker renews its lease every third of this
 
 
+class LeaseLost(RuntimeError):
+    """Our lease on a work item expired and another worker took it over; our results are dropped."""
+
+
 @dataclass(frozen=True)
 class WorkItem:
     """One batch of facts of one relation."""

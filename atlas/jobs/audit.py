@@ -20,17 +20,21 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from atlas.jobs import metrics as m
-from atlas.jobs.edits import TRIAL, EditError, EvalSet, ModelArg, check_weights, resolve_model, slots_written, stored_edits, update_fact
-from atlas.model.loading import LoadedModel
-from atlas.db.queries import run_query
-from atlas.db.schema import audit_results, edits
-from atlas.model.scoring import score, single_token_id
-from atlas.db.store import Store
-from atlas.db.workset import Fact, UnknownName, get_run, run_facts, run_neurons
-
 import numpy as np
-import sqlalchemy as sa
+
+from atlas.db.audits import AuditRow, stored_rows, write_audit
+from atlas.db.edits import TRIAL, edit_row, model_edits
+from atlas.db.neurons import Fact, run_facts, run_neurons
+from atlas.db.queries import run_query
+from atlas.db.runs import resolve_run
+from atlas.db.store import Store
+from atlas.errors import EditError
+from atlas.jobs import metrics as m
+from atlas.jobs.edits import update_fact
+from atlas.jobs.evaluate import fact_p
+from atlas.jobs.weights import ModelArg, check_weights, resolve_model, slots_of, slots_written
+from atlas.model.loading import LoadedModel
+from atlas.model.scoring import single_token_id
 
 
 @dataclass(frozen=True)
@@ -65,51 +69,36 @@ def disturbed(p_before: float, p_after: float, threshold: float) -> bool:
     return p_before > 0 and abs(p_after - p_before) / p_before >= threshold
 
 
-def _fact_p(lm: LoadedModel, facts: Sequence[Fact]) -> list[float | None]:
-    out = []
-    for f in facts:
-        items = EvalSet.of(f.id, lm, [f]).items
-        out.append(sum(s.p_gold for s in score(lm.model, lm.adapter, items)) / len(items) if items else None)
-    return out
-
-
 def audit_edit(store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, threshold: float = 0.1,
                seed: int = 0) -> AuditSummary:
     """Predict, measure and store the interference of edit `edit_id` (see the module docstring)."""
-    lm = resolve_model(store, lm, edit_id=edit_id)
     predicted = run_query(store, "edit-interference", {"edit_id": edit_id, "limit": limit}, via="native")
     with store.begin() as conn:
-        row = conn.execute(sa.select(edits).where(edits.c.id == edit_id)).first()
-        if row is None:
-            raise UnknownName(f"unknown edit {edit_id}")
-        run = get_run(conn, row.run_id, store.backend)
+        row = edit_row(conn, edit_id)
+        run = resolve_run(conn, row.run_id)
         facts = run_facts(conn, run.id, store.backend)
-        slots = next(e.slots for e in stored_edits(conn, store.backend, run.model_id) if e.id == edit_id)
-        check_weights(lm, run)
-        cols = predicted.columns
-        pred = [(r[cols.index("fact_id")], float(r[cols.index("predicted_score")])) for r in predicted.rows
-                if r[cols.index("fact_id")] in facts]
-        targets = [row.target] if row.kind == "update" else sorted(f.id for f in facts.values() if f.relation_id == row.target)
-        taken = set(targets) | {f for f, _ in pred}
-        pool = sorted(f for f in facts if f not in taken)
-        rand = random.Random(f"{seed}:{edit_id}").sample(pool, min(len(pool), max(len(pred), 5)))
-        roles = [(f, "target", 0.0) for f in targets] + [(f, "predicted", s) for f, s in pred] + [(f, "random", 0.0) for f in rand]
-        chosen = [facts[f] for f, _, _ in roles]
-        before = _fact_p(lm, chosen)
-        with slots_written(lm, slots):
-            after = _fact_p(lm, chosen)
-        # rounded as the REAL columns store them, so the summary can be recomputed from the table
-        kept = [((f, role, _real(sc)), _real(b), _real(a)) for (f, role, sc), b, a in zip(roles, before, after)
-                if b is not None]
-        conn.execute(audit_results.delete().where(audit_results.c.edit_id == edit_id))
-        store.bulk_insert(conn, audit_results, {
-            "edit_id": [edit_id] * len(kept), "fact_id": [r[0] for r, _, _ in kept], "role": [r[1] for r, _, _ in kept],
-            "predicted_score": [r[2] for r, _, _ in kept], "p_before": [b for _, b, _ in kept],
-            "p_after": [a for _, _, a in kept]})
-        result = summarise(edit_id, [(r[1], r[2], b, a) for r, b, a in kept], threshold)
-        metrics = json.loads(row.metrics or "{}")
-        metrics["audit"] = asdict(result)
-        conn.execute(edits.update().where(edits.c.id == edit_id).values(metrics=json.dumps(metrics, sort_keys=True)))
+        edit = next(e for e in model_edits(conn, store.backend, run.model_id) if e.id == edit_id)
+    lm = resolve_model(store, lm, run)
+    check_weights(lm, run)
+    cols = predicted.columns
+    pred = [(r[cols.index("fact_id")], float(r[cols.index("predicted_score")])) for r in predicted.rows
+            if r[cols.index("fact_id")] in facts]
+    targets = [row.target] if row.kind == "update" else sorted(f.id for f in facts.values() if f.relation_id == row.target)
+    taken = set(targets) | {f for f, _ in pred}
+    pool = sorted(f for f in facts if f not in taken)
+    rand = random.Random(f"{seed}:{edit_id}").sample(pool, min(len(pool), max(len(pred), 5)))
+    roles = [(f, "target", 0.0) for f in targets] + [(f, "predicted", s) for f, s in pred] + [(f, "random", 0.0) for f in rand]
+    chosen = [facts[f] for f, _, _ in roles]
+    before = fact_p(lm, chosen)
+    with slots_written(lm, slots_of([edit])):
+        after = fact_p(lm, chosen)
+    # rounded as the REAL columns store them, so the summary can be recomputed from the table
+    kept = [AuditRow(f, role, _real(sc), _real(b), _real(a)) for (f, role, sc), b, a in zip(roles, before, after)
+            if b is not None]
+    result = summarise(edit_id, [(r.role, r.predicted_score, r.p_before, r.p_after) for r in kept], threshold)
+    metrics = json.loads(row.metrics or "{}")
+    metrics["audit"] = asdict(result)
+    write_audit(store, edit_id, kept, metrics)
     return result
 
 
@@ -126,14 +115,6 @@ def summarise(edit_id: int, rows: Sequence[tuple[str, float, float, float]], thr
     k = sum(1 for role, *_ in rows if role == "predicted")
     return AuditSummary(edit_id, len(tb), k, len(ranked) - k, sum(labels), m.relative_change(tb, ta),
                         m.roc_auc(scores, labels), m.precision_at_k(scores, labels, k), k, threshold)
-
-
-def stored_rows(store: Store, edit_id: int) -> list[tuple[str, float, float, float]]:
-    """(role, predicted_score, p_before, p_after) of an audited edit, for re-summarising."""
-    with store.begin() as conn:
-        rows = conn.execute(sa.select(audit_results).where(audit_results.c.edit_id == edit_id)
-                            .order_by(audit_results.c.fact_id)).all()
-    return [(r.role, float(r.predicted_score), float(r.p_before), float(r.p_after)) for r in rows]
 
 
 def new_object_for(lm: LoadedModel, fact: Fact, facts: dict[str, Fact], rng: random.Random) -> str | None:
@@ -153,11 +134,11 @@ def audit_sample(store: Store, lm: ModelArg, run_name: str | int, n: int, *, see
                  limit: int = 50, threshold: float = 0.1, eval_facts: int = 10,
                  on_edit: Callable[[], None] | None = None) -> SampleSummary:
     """Make `n` trial update edits on random facts of the run (never applied), audit each, pool."""
-    lm = resolve_model(store, lm, run_name)
     with store.begin() as conn:
-        run = get_run(conn, run_name, store.backend)
+        run = resolve_run(conn, run_name)
         facts = run_facts(conn, run.id, store.backend)
         neurons = run_neurons(conn, run.id, store.backend)
+    lm = resolve_model(store, lm, run)
     rng = random.Random(seed)
     order = sorted(f for f in facts if f in neurons)
     rng.shuffle(order)

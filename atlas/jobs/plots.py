@@ -13,29 +13,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
 
 from atlas.db import queries  # noqa: E402
-from atlas.db.schema import runs  # noqa: E402
+from atlas.db.runs import get_run  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
+from atlas.errors import NotFound
 
 PLOTS = ("layers", "overlap", "fact")
-
-
-class PlotError(ValueError):
-    """Nothing to draw (unknown run, a fact without scores, ...)."""
-
-
-def resolve_run(store: Store, run: str | int) -> int:
-    """The id of the run named or numbered ``run``."""
-    cond = runs.c.name == str(run)
-    if str(run).isdigit():
-        cond = sa.or_(cond, runs.c.id == int(run))
-    with store.begin() as conn:
-        found = conn.execute(sa.select(runs.c.id).where(cond).order_by(runs.c.id)).scalars().first()
-    if found is None:
-        raise PlotError(f"no run {run!r} in {store!r}")
-    return found
 
 
 def _heatmap(ax: plt.Axes, matrix: np.ndarray, rows: list[str], cols: list[str], label: str, cmap: str = "viridis") -> None:
@@ -54,10 +38,10 @@ def _save(fig: plt.Figure, output: Path) -> Path:
 
 def plot_layers(store: Store, run: str | int, output: Path) -> Path:
     """Knowledge neurons per layer and relation: a relation x layer heatmap of each relation's share."""
-    run_id = resolve_run(store, run)
+    run_id = get_run(store, run).id
     result = queries.run_query(store, "layer-distribution", {"run_id": run_id})
     if not result.rows:
-        raise PlotError(f"run {run} has no knowledge neurons")
+        raise NotFound(f"run {run} has no knowledge neurons")
     col = {c: i for i, c in enumerate(result.columns)}
     relations = sorted({r[col["relation_id"]] for r in result.rows})
     n_layers = max(r[col["layer"]] for r in result.rows) + 1
@@ -85,10 +69,10 @@ def plot_overlap(store: Store, run: str | int, output: Path, min_facts: int = 2,
     By default a relation's neurons are those in >= 10% of its facts (the paper's relation-level
     neurons): with every neuron of >= 2 facts, chance collisions fill the whole matrix.
     """
-    run_id = resolve_run(store, run)
+    run_id = get_run(store, run).id
     result = queries.run_query(store, "relation-overlap", {"run_id": run_id, "min_facts": min_facts, "min_share": min_share})
     if not result.rows:
-        raise PlotError(f"run {run} has no knowledge neurons")
+        raise NotFound(f"run {run} has no knowledge neurons")
     col = {c: i for i, c in enumerate(result.columns)}
     relations = sorted({r[col["relation_a"]] for r in result.rows})
     matrix = np.zeros((len(relations), len(relations)))
@@ -112,10 +96,10 @@ def plot_overlap(store: Store, run: str | int, output: Path, min_facts: int = 2,
 
 def plot_fact(store: Store, run: str | int, fact_id: str, output: Path, top: int = 20) -> Path:
     """A fact's attribution across its prompts: prompts x top neurons (knowledge neurons marked *)."""
-    run_id = resolve_run(store, run)
+    run_id = get_run(store, run).id
     result = queries.run_query(store, "fact-prompt-scores", {"run_id": run_id, "fact_id": fact_id, "top": top})
     if not result.rows:
-        raise PlotError(f"fact {fact_id!r} has no prompt scores in run {run_id}")
+        raise NotFound(f"fact {fact_id!r} has no prompt scores in run {run_id}")
     col = {c: i for i, c in enumerate(result.columns)}
     prompts = list(dict.fromkeys((r[col["prompt_id"]], r[col["template"]]) for r in result.rows))
     neurons = list(dict.fromkeys((r[col["neuron_rank"]], r[col["layer"]], r[col["neuron"]], r[col["is_knowledge_neuron"]]) for r in result.rows))

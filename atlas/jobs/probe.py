@@ -22,17 +22,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
-from atlas.jobs import metrics as m
-from atlas.jobs.edits import EvalSet, ModelArg, check_weights, resolve_model
-from atlas.model.interventions import ScaleNeurons
-from atlas.model.loading import LoadedModel
-from atlas.db.schema import probe_results
-from atlas.model.scoring import score
-from atlas.db.sqlfile import sql_text
+from atlas.db.neurons import Fact, run_facts, run_neurons
+from atlas.db.probes import probe_summary, write_probe
+from atlas.db.runs import Run, resolve_run
 from atlas.db.store import Store
-from atlas.db.workset import Fact, UnknownName, get_run, run_facts, run_neurons
+from atlas.errors import InputError, NotFound
+from atlas.jobs import metrics as m
+from atlas.jobs.evaluate import EvalSet
+from atlas.jobs.weights import ModelArg, check_weights, resolve_model
+from atlas.model.interventions import ScaleNeurons
+from atlas.model.scoring import score
 
 KINDS = {"suppress": 0.0, "amplify": 2.0}
 NEURON_SETS = ("knowledge", "other_fact", "random")
@@ -74,62 +73,61 @@ def control_neurons(fact_id: str, own: list[tuple[int, int, float]], facts: dict
     return {"knowledge": [(l, n) for l, n, _ in own], "other_fact": chosen, "random": matched}
 
 
+def _read(store: Store, run_name: str | int) -> tuple[Run, dict[str, Fact], dict[str, list[tuple[int, int, float]]]]:
+    with store.begin() as conn:
+        run = resolve_run(conn, run_name)
+        return run, run_facts(conn, run.id, store.backend), run_neurons(conn, run.id, store.backend)
+
+
 def probe(store: Store, lm: ModelArg, run_name: str | int, kind: str, relation: str | None = None,
           seed: int = 0, on_fact: Callable[[], None] | None = None) -> list[SummaryRow]:
     """Run the probe `kind` (suppress|amplify) over the run's facts; store and summarise it."""
     if kind not in KINDS:
-        raise ValueError(f"unknown probe {kind!r}: use suppress or amplify")
-    lm = resolve_model(store, lm, run_name)
-    with store.begin() as conn:
-        run = get_run(conn, run_name, store.backend)
-        facts = run_facts(conn, run.id, store.backend)
-        neurons = run_neurons(conn, run.id, store.backend)
+        raise InputError(f"unknown probe {kind!r}: use suppress or amplify")
+    run, facts, neurons = _read(store, run_name)
     if relation is not None and not any(f.relation_id == relation for f in facts.values()):
-        raise UnknownName(f"unknown relation {relation!r} in run {run.name!r}")
+        raise NotFound(f"unknown relation {relation!r} in run {run.name!r}")
+    lm = resolve_model(store, lm, run)
     check_weights(lm, run)
     rng = random.Random(seed)
-    todo = [f for f in facts.values() if f.id in neurons and (relation is None or f.relation_id == relation)]
     rows: dict[str, list] = defaultdict(list)
-    for fact in todo:
-        items = EvalSet.of(fact.id, lm, [fact]).items
-        if items:
-            base = score(lm.model, lm.adapter, items)
-            p0 = sum(s.p_gold for s in base) / len(base)
-            sets = control_neurons(fact.id, neurons[fact.id], facts, neurons, lm.adapter.n_neurons, rng)
-            for name in NEURON_SETS:
-                if not sets[name]:
-                    continue
-                after = score(lm.model, lm.adapter, items, ScaleNeurons(tuple(sets[name]), KINDS[kind]))
-                for col, val in (("run_id", run.id), ("fact_id", fact.id), ("kind", kind), ("neurons", name),
-                                 ("n_neurons", len(sets[name])), ("p_before", p0),
-                                 ("p_after", sum(s.p_gold for s in after) / len(after))):
-                    rows[col].append(val)
-        if on_fact:
-            on_fact()
-    with store.begin() as conn:
-        done = sorted(set(rows["fact_id"]))
-        if done:
-            conn.execute(probe_results.delete().where(probe_results.c.run_id == run.id, probe_results.c.kind == kind,
-                                                      probe_results.c.fact_id.in_(done)))
-        store.bulk_insert(conn, probe_results, rows)
+    for fact in facts.values():
+        if fact.id in neurons and (relation is None or fact.relation_id == relation):
+            _probe_fact(lm, run, fact, facts, neurons, kind, rng, rows)
+            if on_fact:
+                on_fact()
+    write_probe(store, run.id, kind, rows)
     return summary(store, run.name, kind, relation)
+
+
+def _probe_fact(lm, run: Run, fact: Fact, facts: dict[str, Fact], neurons: dict, kind: str, rng: random.Random,
+                rows: dict[str, list]) -> None:
+    """Score one fact's prompts unchanged and with each neuron set scaled; append its rows."""
+    items = EvalSet.of(fact.id, lm, [fact]).items
+    if not items:
+        return
+    base = score(lm.model, lm.adapter, items)
+    p0 = sum(s.p_gold for s in base) / len(base)
+    sets = control_neurons(fact.id, neurons[fact.id], facts, neurons, lm.adapter.n_neurons, rng)
+    for name in NEURON_SETS:
+        if not sets[name]:
+            continue
+        after = score(lm.model, lm.adapter, items, ScaleNeurons(tuple(sets[name]), KINDS[kind]))
+        for col, val in (("run_id", run.id), ("fact_id", fact.id), ("kind", kind), ("neurons", name),
+                         ("n_neurons", len(sets[name])), ("p_before", p0),
+                         ("p_after", sum(s.p_gold for s in after) / len(after))):
+            rows[col].append(val)
 
 
 def count_facts(store: Store, run_name: str | int, relation: str | None = None) -> int:
     """How many facts a probe would visit (for progress bars)."""
-    with store.begin() as conn:
-        run = get_run(conn, run_name, store.backend)
-        facts = run_facts(conn, run.id, store.backend)
-        neurons = run_neurons(conn, run.id, store.backend)
+    _, facts, neurons = _read(store, run_name)
     return sum(1 for f in facts.values() if f.id in neurons and (relation is None or f.relation_id == relation))
 
 
 def summary(store: Store, run_name: str | int, kind: str, relation: str | None = None) -> list[SummaryRow]:
     """The per-relation and overall table of the stored probe results of `kind`."""
-    with store.begin() as conn:
-        run = get_run(conn, run_name, store.backend)
-        rows = conn.execute(sql_text("probe_summary", store.backend), {"run_id": run.id, "kind": kind}).all()
-    rows = [r for r in rows if relation is None or r.relation_id == relation]
+    rows = [r for r in probe_summary(store, run_name, kind) if relation is None or r.relation_id == relation]
     out = [_row(r.relation_id, r.neurons, [(r.n_facts, r.mean_p_before, r.mean_p_after, r.mean_neurons)]) for r in rows]
     for name in NEURON_SETS:
         parts = [(r.n_facts, r.mean_p_before, r.mean_p_after, r.mean_neurons) for r in rows if r.neurons == name]

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, median
 
-import sqlalchemy as sa
 
 from atlas.jobs import metrics as m
 from atlas.jobs.audit import disturbed
-from atlas.jobs.edits import list_edits
+from atlas.db.edits import list_edits
 from atlas.jobs.probe import SummaryRow, summary
-from atlas.db.schema import audit_results
+from atlas.db.audits import stored_rows
 from atlas.db.store import Store
-from atlas.db.workset import get_run, run_facts, run_neurons
+from atlas.db.neurons import run_facts, run_neurons
+from atlas.db.runs import resolve_run
 
 PAPER = {
     "neurons_per_fact": 4.13, "shared_same": 1.23, "shared_other": 0.09,
@@ -75,7 +75,7 @@ def write_report(store: Store, run_name: str | int, out_dir: Path, threshold: fl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with store.begin() as conn:
-        run = get_run(conn, run_name, store.backend)
+        run = resolve_run(conn, run_name)
         facts = run_facts(conn, run.id, store.backend)
         neurons = run_neurons(conn, run.id, store.backend)
     fig = Figures(n_facts=len(facts), n_facts_with_neurons=sum(1 for f in facts if f in neurons))
@@ -220,10 +220,8 @@ def _audit_section(plt, out_dir: Path, store: Store, edits, threshold: float, fi
     audited = [e for e in edits if "audit" in e.metrics]
     if not audited:
         return md + ["No audits yet: `atlas audit --sample N --run RUN`.", ""]
-    with store.begin() as conn:
-        rows = conn.execute(sa.select(audit_results).where(audit_results.c.edit_id.in_([e.id for e in audited]))).all()
-    pairs = [(float(r.predicted_score), disturbed(float(r.p_before), float(r.p_after), threshold),
-              (float(r.p_after) - float(r.p_before)) / float(r.p_before) if r.p_before else 0.0, r.role) for r in rows]
+    rows = [r for e in audited for r in stored_rows(store, e.id)]  # (role, predicted score, p before, p after)
+    pairs = [(score, disturbed(pb, pa, threshold), (pa - pb) / pb if pb else 0.0, role) for role, score, pb, pa in rows]
     ranked = [p for p in pairs if p[3] != "target"]
     fig.n_audited = len(audited)
     fig.audit_pooled_auc = m.roc_auc([p[0] for p in ranked], [p[1] for p in ranked]) if ranked else None

@@ -22,8 +22,12 @@ SLOT = "[Y]"
 
 
 @dataclass(frozen=True)
-class Encoded:
-    """Token ids of one prompt and its gold answer (masked LMs: prompt ids hold the masks)."""
+class PromptItem:
+    """Token ids of one prompt and its gold answer: what attribution and scoring take.
+
+    Decoders: the prompt (cut before [Y]) and the answer the model must produce next. Masked LMs:
+    the whole prompt with one mask token per answer token (the first mask is the scaled position).
+    """
 
     prompt_ids: list[int]
     answer_ids: list[int]
@@ -59,7 +63,7 @@ def _check_length(n: int, max_len: int | None) -> str | None:
     return None
 
 
-def encode_causal(tok: Any, prefix: str, obj: str, max_len: int | None = None) -> Encoded | str:
+def encode_causal(tok: Any, prefix: str, obj: str, max_len: int | None = None) -> PromptItem | str:
     """Ids for a left-to-right LM: ``prefix`` (the prompt cut before [Y]) then the answer."""
     if not prefix.strip():
         return "empty prompt before the answer slot"
@@ -69,10 +73,10 @@ def encode_causal(tok: Any, prefix: str, obj: str, max_len: int | None = None) -
         return reason
     prompt = _ids(tok, prefix, True)
     # the answer's last token is never fed to the model (teacher forcing stops before it)
-    return _check_length(len(prompt) + len(answer) - 1, max_len) or Encoded(prompt, answer)
+    return _check_length(len(prompt) + len(answer) - 1, max_len) or PromptItem(prompt, answer)
 
 
-def encode_masked(tok: Any, text: str, obj: str, max_len: int | None = None) -> Encoded | str:
+def encode_masked(tok: Any, text: str, obj: str, max_len: int | None = None) -> PromptItem | str:
     """Ids for a masked LM: ``text`` with its [Y] slot replaced by one mask per answer token."""
     mask = getattr(tok, "mask_token_id", None)
     if mask is None:
@@ -86,4 +90,4 @@ def encode_masked(tok: Any, text: str, obj: str, max_len: int | None = None) -> 
         return reason
     body = _ids(tok, left.rstrip(), False) + [mask] * len(answer) + _ids(tok, right, False)
     ids = list(tok.build_inputs_with_special_tokens(body))
-    return _check_length(len(ids), max_len) or Encoded(ids, answer)
+    return _check_length(len(ids), max_len) or PromptItem(ids, answer)

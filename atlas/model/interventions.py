@@ -1,17 +1,10 @@
-"""Interventions on knowledge neurons: activation hooks and value-slot edits (pure torch).
+"""Activation interventions on knowledge neurons (suppress = x0, amplify = x2): what a neuron
+*emits* for one forward pass, the paper's probe experiment.
 
-Two ways to act on a neuron, matching the paper's two experiments:
-
-* Activation interventions (suppress = x0, amplify = x2) change what a neuron *emits* for one
-  forward pass. They are frozen dataclasses (stored as JSON next to their results) applied by the
-  :func:`applied` context manager, which installs forward-pre-hooks on the FFN output projection
-  (whose INPUT is the neuron vector) and always removes them on exit, even on errors.
-* Value-slot edits change what a neuron *writes* permanently: the slot is one column (one row for
-  GPT-2's Conv1D) of the output projection. :func:`update_slots` is the paper's update rule;
-  :func:`slots_bytes` / :func:`slots_from_bytes` give the exact bytes the database keeps so
-  that a rollback restores the weights bit for bit.
-
-The module reaches the model only through an adapter and never imports the store.
+They are frozen dataclasses (stored as JSON next to their results) applied by `applied`, which
+scales the chosen neurons at each row's answer position through the one hook mechanism
+(`atlas.model.hooks`), so nothing stays installed after the body. What a neuron *writes*
+permanently (its value slot) is `atlas.model.slots`. Reaches the model only through an adapter.
 """
 
 from __future__ import annotations
@@ -19,10 +12,13 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, ExitStack
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
+
+from atlas.model.adapters import Adapter
+from atlas.model.hooks import NeuronHook, hooks
 
 Neuron = tuple[int, int]  # (layer, neuron)
 
@@ -66,11 +62,10 @@ class ScaleNeurons:
         return dict(out)
 
 
-def _scale_hook(neurons: list[int], factor: float, positions: torch.Tensor | None):
-    """A forward-pre-hook scaling `neurons` of the projection input at `positions` ([B] indices)."""
+def _scaler(neurons: list[int], factor: float, positions: torch.Tensor | None) -> NeuronHook:
+    """Scales `neurons` at `positions` ([B] indices; None: the last position of every row)."""
 
-    def hook(module: torch.nn.Module, args: tuple) -> tuple:
-        x = args[0]
+    def scale(x: torch.Tensor) -> torch.Tensor:
         idx = torch.as_tensor(neurons, dtype=torch.long, device=x.device)
         x = x.clone()
         if positions is None:
@@ -79,68 +74,19 @@ def _scale_hook(neurons: list[int], factor: float, positions: torch.Tensor | Non
             rows = torch.arange(x.shape[0], device=x.device)[:, None]
             pos = positions.to(x.device)[:, None]
             x[rows, pos, idx[None, :]] = x[rows, pos, idx[None, :]] * factor
-        return (x, *args[1:])
+        return x
 
-    return hook
+    return scale
 
 
 @contextmanager
-def applied(adapter, intervention: ScaleNeurons | None, positions: torch.Tensor | None = None) -> Iterator[None]:
+def applied(adapter: Adapter, intervention: ScaleNeurons | None, positions: torch.Tensor | None = None) -> Iterator[None]:
     """Run the body with `intervention` active; `positions[b]` = answer position of batch row b.
 
     positions None means the last position of every row. A None intervention is a no-op, so that
     callers can run baseline and intervened passes through the same code.
     """
-    with ExitStack() as stack:
-        if intervention is not None:
-            for layer, neurons in intervention.by_layer().items():
-                handle = adapter.ffn_out(layer).register_forward_pre_hook(
-                    _scale_hook(neurons, float(intervention.factor), positions))
-                stack.callback(handle.remove)
+    layers = intervention.by_layer() if intervention is not None else {}
+    factor = float(intervention.factor) if intervention is not None else 1.0
+    with hooks(adapter, {layer: _scaler(neurons, factor, positions) for layer, neurons in layers.items()}):
         yield
-
-
-# --- value slots -------------------------------------------------------------------------------
-
-
-def read_slots(adapter, layer: int, neurons: Sequence[int]) -> torch.Tensor:
-    """Copies of the value slots `neurons` of `layer`, `[k, hidden]`."""
-    return adapter.value_slots(layer)[torch.as_tensor(list(neurons), dtype=torch.long)].clone()
-
-
-def write_slots(adapter, layer: int, neurons: Sequence[int], values: torch.Tensor) -> None:
-    """Overwrite value slots in place (the adapter knows whether slots are rows or columns)."""
-    adapter.set_value_slots(layer, list(neurons), values)
-
-
-def update_slots(v: torch.Tensor, e_old: torch.Tensor, e_new: torch.Tensor,
-                 l1_scale: float = 1.0, l2_scale: float = 8.0) -> torch.Tensor:
-    """The paper's update rule for value slots `v` `[k, hidden]`:
-
-    v <- v - l1 * e_old + l2 * e_new,  l1 = |v| / |e_old| * l1_scale,  l2 = |v| / |e_new| * l2_scale
-
-    with |.| the L2 norm of each slot, so every slot moves by amounts proportional to its own size.
-    Computed in float64 and cast back, so the result does not depend on the slot dtype's rounding
-    of intermediate terms.
-    """
-    v64 = v.double()
-    norm = v64.norm(dim=-1, keepdim=True)
-    eo, en = e_old.double(), e_new.double()
-    l1 = norm / eo.norm() * l1_scale
-    l2 = norm / en.norm() * l2_scale
-    return (v64 - l1 * eo + l2 * en).to(v.dtype)
-
-
-def slots_bytes(t: torch.Tensor) -> bytes:
-    """Exact bytes of one slot vector (what edit_slots stores)."""
-    return t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
-
-
-def slots_from_bytes(data: bytes, dtype: str) -> torch.Tensor:
-    """Inverse of :func:`slots_bytes`; `dtype` is the torch dtype's name, e.g. ``float32``."""
-    dt = getattr(torch, dtype)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dt).clone()
-
-
-def dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from atlas.model.interventions import ScaleNeurons, applied
-from atlas.model.encode import encode_causal
-from indexer.attribution.ig import PromptItem
+from atlas.model.encode import PromptItem, encode_causal
 
 Y_SLOT = "[Y]"
 
@@ -40,7 +39,7 @@ def encode(tokenizer, text: str, answer: str) -> PromptItem | str:
     if Y_SLOT not in text:
         return f"prompt {text!r} has no {Y_SLOT} slot"
     enc = encode_causal(tokenizer, text.split(Y_SLOT, 1)[0].rstrip(), answer)
-    return enc if isinstance(enc, str) else PromptItem(prompt_ids=enc.prompt_ids, answer_ids=enc.answer_ids)
+    return enc
 
 
 def single_token_id(tokenizer, text: str) -> int:

@@ -3,8 +3,8 @@
 -- FOR UPDATE SKIP LOCKED makes concurrent claimers pass over each other's rows: no double claims.
 -- DuckDB has no row locks (and needs none: one process writes a DuckDB file), so that line is
 -- marked for PostgreSQL only.
--- params: run_id (int), owner (text), lease_s (int)
--- returns: item_id, relation_id, fact_ids (JSON list), attempts
+-- params: :run_id (int), :owner (text), :lease_s (int)
+-- columns: item_id, relation_id, fact_ids, attempts
 UPDATE work_items
 SET status = 'claimed',
     lease_owner = :owner,

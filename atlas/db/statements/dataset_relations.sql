@@ -1,6 +1,6 @@
 -- The relations that have facts in a dataset.
--- params: dataset (text)
--- returns: relation_id
+-- params: :dataset (text)
+-- columns: relation_id
 SELECT DISTINCT f.relation_id
 FROM dataset_facts d
 JOIN facts f ON f.id = d.fact_id

@@ -1,7 +1,7 @@
 -- The prompts of a batch of facts that a model of the given kind can use (prompts.causal for
 -- left-to-right LMs, prompts.masked for masked LMs), with the answer each needs.
--- params: fact_ids (list of text, expanding), causal (bool)
--- returns: prompt_id, fact_id, text, object
+-- params: :fact_ids (text[]), :causal (bool)
+-- columns: prompt_id, fact_id, text, object
 SELECT p.id AS prompt_id, p.fact_id, p.text, f.object
 FROM prompts p
 JOIN facts f ON f.id = p.fact_id

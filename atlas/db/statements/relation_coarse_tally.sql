@@ -2,8 +2,8 @@
 -- (score >= t x the prompt's max score, max > 0), and the sum of those scores - all that refining
 -- needs (indexer.refine.FactTally), aggregated here instead of shipping every coarse score.
 -- The test is made in double precision on both backends, as indexer.refine makes it in Python.
--- params: run_id (int), relation_id (text), t (float)
--- returns: fact_id, layer, neuron, n_prompts, score_sum
+-- params: :run_id (int), :relation_id (text), :t (float)
+-- columns: fact_id, layer, neuron, n_prompts, score_sum
 SELECT p.fact_id, s.layer, s.neuron, COUNT(*) AS n_prompts, SUM(CAST(s.score AS DOUBLE PRECISION)) AS score_sum
 FROM prompt_outputs o
 JOIN prompts p ON p.id = o.prompt_id

@@ -1,6 +1,6 @@
 -- Ok prompts per fact of a relation in a run (the n of refining's max(n x p, 3)).
--- params: run_id (int), relation_id (text)
--- returns: fact_id, n
+-- params: :run_id (int), :relation_id (text)
+-- columns: fact_id, n
 SELECT p.fact_id, COUNT(*) AS n
 FROM prompt_outputs o
 JOIN prompts p ON p.id = o.prompt_id

@@ -1,7 +1,7 @@
 -- Per relation of a run: how many work items there are and how many are done, and whether the
 -- relation has been finalised (its relation_thresholds row exists).
--- params: run_id (int)
--- returns: relation_id, n_items, n_done, finalized
+-- params: :run_id (int)
+-- columns: relation_id, n_items, n_done, finalized
 SELECT w.relation_id,
        COUNT(*) AS n_items,
        SUM(CASE WHEN w.status = 'done' THEN 1 ELSE 0 END) AS n_done,

@@ -1,4 +1,6 @@
 -- Facts of run :run_id that have at least one scored causal prompt, with those prompts' texts.
+-- params: :run_id (int)
+-- columns: fact_id, relation_id, subject, object, prompt_id, text
 SELECT f.id AS fact_id, f.relation_id, f.subject, f.object, p.id AS prompt_id, p.text
 FROM prompt_outputs po
 JOIN prompts p ON p.id = po.prompt_id

@@ -1,8 +1,8 @@
 -- The facts a run indexes: members of a dataset, in the chosen relations, at most N per relation
 -- (the first N by fact id, so a selection is reproducible), that have at least one prompt usable
 -- by the model kind.
--- params: dataset (text), relations (list of text, expanding), limit_per_relation (int), causal (bool)
--- returns: relation_id, fact_id
+-- params: :dataset (text), :relations (text[]), :limit_per_relation (int), :causal (bool)
+-- columns: relation_id, fact_id
 SELECT relation_id, fact_id
 FROM (
     SELECT f.relation_id, f.id AS fact_id,

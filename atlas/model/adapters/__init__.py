@@ -18,6 +18,7 @@ from atlas.model.adapters.bert import BertAdapter, RobertaAdapter
 from atlas.model.adapters.gpt2 import GPT2Adapter
 from atlas.model.adapters.llama import GemmaAdapter, LlamaAdapter, MistralAdapter, Qwen2Adapter
 from atlas.model.adapters.neox import NeoXAdapter
+from atlas.errors import ModelError
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "LlamaForCausalLM": LlamaAdapter,
@@ -31,10 +32,6 @@ ADAPTERS: dict[str, type[Adapter]] = {
 }
 
 
-class UnsupportedModelError(ValueError):
-    """Raised for a model class no adapter handles; the message lists the supported ones."""
-
-
 def model_class_name(model: nn.Module) -> str:
     """`config.architectures[0]` when set (what the checkpoint says it is), else the Python class."""
     archs = getattr(getattr(model, "config", None), "architectures", None)
@@ -42,13 +39,13 @@ def model_class_name(model: nn.Module) -> str:
 
 
 def adapter_for(model: nn.Module) -> Adapter:
-    """Build the adapter of `model`, or raise `UnsupportedModelError`."""
+    """Build the adapter of `model`, or raise `ModelError`."""
     name = model_class_name(model)
     cls = ADAPTERS.get(name) or ADAPTERS.get(type(model).__name__)
     if cls is None:
         supported = ", ".join(sorted(ADAPTERS))
-        raise UnsupportedModelError(f"unsupported model class {name!r}; supported: {supported}")
+        raise ModelError(f"unsupported model class {name!r}; supported: {supported}")
     return cls(model)
 
 
-__all__ = ["ADAPTERS", "Adapter", "DecoderAdapter", "Site", "UnsupportedModelError", "adapter_for", "model_class_name"]
+__all__ = ["ADAPTERS", "Adapter", "DecoderAdapter", "Site", "ModelError", "adapter_for", "model_class_name"]

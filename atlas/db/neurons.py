@@ -1,0 +1,67 @@
+"""What the jobs work on, read from the atlas: a run's facts with their prompts, and their knowledge
+neurons, per fact and per relation.
+
+Torch-free (storage layer): the probe, edits and audit turn these plain records into token ids
+and forward passes. Every reader takes an open connection, so that a job reads everything it
+needs in one transaction before its model runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Connection
+
+from atlas.db.queries import load_query
+from atlas.db.sqlfile import sql_text
+
+Neuron = tuple[int, int]
+
+
+@dataclass
+class Fact:
+    id: str
+    relation_id: str
+    subject: str
+    object: str
+    prompts: list[str] = field(default_factory=list)  # causal prompt texts scored in the run
+
+
+@dataclass(frozen=True)
+class SlotStat:
+    """A knowledge neuron of a relation: how many of its facts have it, their share, its mean score."""
+
+    layer: int
+    neuron: int
+    n_facts: int
+    share: float
+    mean_score: float
+
+
+def run_facts(conn: Connection, run_id: int, backend: str) -> dict[str, Fact]:
+    """Facts of the run with their scored causal prompts, ordered by relation then id."""
+    out: dict[str, Fact] = {}
+    for r in conn.execute(sql_text("run_facts", backend), {"run_id": run_id}):
+        fact = out.get(r.fact_id)
+        if fact is None:
+            fact = out[r.fact_id] = Fact(r.fact_id, r.relation_id, r.subject, r.object)
+        fact.prompts.append(r.text)
+    return out
+
+
+def run_neurons(conn: Connection, run_id: int, backend: str) -> dict[str, list[tuple[int, int, float]]]:
+    """Knowledge neurons per fact, best score first: {fact_id: [(layer, neuron, score), ...]}."""
+    out: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    for r in conn.execute(sql_text("run_neurons", backend), {"run_id": run_id}):
+        out[r.fact_id].append((int(r.layer), int(r.neuron), float(r.score)))
+    return dict(out)
+
+
+def relation_neurons(conn: Connection, run_id: int, relation: str, backend: str) -> list[SlotStat]:
+    """Every knowledge neuron of `relation`, most frequent first (ties: larger mean score first):
+    the named query `relation-neurons` with no thresholds."""
+    query = load_query("relation-neurons")
+    rows = conn.execute(query.text(backend), query.bind({"run_id": run_id, "relation_id": relation,
+                                                          "min_facts": 1, "min_share": 0.0}))
+    return [SlotStat(int(r.layer), int(r.neuron), int(r.n_facts), float(r.share), float(r.mean_score)) for r in rows]

@@ -1,0 +1,123 @@
+"""The weights an edit works on: the run's base model, checked by hash, with the applied edits replayed.
+
+Design of the edited weights (the "working copy"): the database is the only state. Each edit
+records the exact bytes of every value slot it changed, before and after (`atlas.db.edits`), and
+the SHA-256 of the whole weights before and after. The working copy of a model is re-derived on
+demand by loading the run's base weights and replaying the still-applied edits oldest first; the
+replay is checked against the newest edit's `sha256_after`, so a copy that does not reproduce what
+was recorded is refused instead of silently used. Consequences:
+
+* nothing to keep in sync on disk: a rollback is one UPDATE, exact by construction (the original
+  bytes go back; the result is checked against `sha256_before`);
+* applied edits form a stack (each starts from the previous one's hash), rolled back newest first;
+  an edit reads its slots' `original` bytes from the working copy, so overlapping edits roll back
+  to exactly the state each started from;
+* "trial" edits (made by `atlas audit --sample`) are measured against the base weights and never
+  join the stack.
+
+Every function takes a LoadedModel holding the run's BASE weights (checked by hash) and leaves it
+holding them again when it returns or fails: edits live in the database, not in the caller's model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from atlas.db.edits import EditRows, SlotBytes, applied_stack
+from atlas.db.runs import Run, get_run, resolve_run
+from atlas.db.store import Store
+from atlas.errors import EditError, WeightsMismatch
+from atlas.model.loading import LoadedModel, load_model, weights_sha256
+from atlas.model.slots import dtype_name, read_slots, slots_bytes, slots_from_bytes, write_slots
+
+ModelArg = LoadedModel | str | None  # a loaded model, a load_model spec, or None: the run's own model
+
+
+@dataclass
+class Slot:
+    """One value slot an edit changes: its exact values before and after."""
+
+    layer: int
+    neuron: int
+    original: torch.Tensor
+    edited: torch.Tensor
+
+    def to_bytes(self) -> SlotBytes:
+        return SlotBytes(self.layer, self.neuron, slots_bytes(self.original), slots_bytes(self.edited),
+                         dtype_name(self.original))
+
+    @classmethod
+    def from_bytes(cls, s: SlotBytes) -> Slot:
+        return cls(s.layer, s.neuron, slots_from_bytes(s.original, s.dtype), slots_from_bytes(s.edited, s.dtype))
+
+
+def slots_of(edits: Sequence[EditRows]) -> list[Slot]:
+    """Every slot of `edits`, in order (replaying them in this order gives the edits' state)."""
+    return [Slot.from_bytes(s) for e in edits for s in e.slots]
+
+
+def resolve_model(store: Store, lm: ModelArg, run: Run | str | int) -> LoadedModel:
+    """`lm` itself, or the model `lm` names, or (None) the model the run was indexed with.
+
+    Loading is only a convenience: every operation still checks the weights' hash against the run.
+    """
+    if isinstance(lm, LoadedModel):
+        return lm
+    if lm is None:
+        lm = (run if isinstance(run, Run) else get_run(store, run)).model_spec()
+    return load_model(lm)
+
+
+def check_weights(lm: LoadedModel, run: Run) -> None:
+    """Refuse weights other than the run's: attributions only describe the model they came from."""
+    sha = weights_sha256(lm.model)
+    if sha != run.model_sha256:
+        raise WeightsMismatch(
+            f"run {run.name!r} was indexed with model {run.model_name!r} (weights sha256 {run.model_sha256[:12]}…), "
+            f"but the loaded weights of {lm.name!r} have sha256 {sha[:12]}…")
+
+
+@contextmanager
+def slots_written(lm: LoadedModel, slots: Sequence[Slot], which: str = "edited") -> Iterator[None]:
+    """Write `which` (edited|original) values of `slots`, restoring what was there on exit."""
+    saved: list[tuple[int, int, torch.Tensor]] = []
+    try:
+        for s in slots:
+            saved.append((s.layer, s.neuron, read_slots(lm.adapter, s.layer, [s.neuron])))
+            write_slots(lm.adapter, s.layer, [s.neuron], getattr(s, which)[None, :])
+        yield
+    finally:
+        for layer, neuron, value in reversed(saved):
+            write_slots(lm.adapter, layer, [neuron], value)
+
+
+@contextmanager
+def working_copy(lm: LoadedModel, run: Run, stack: Sequence[EditRows]) -> Iterator[str]:
+    """The base model with the edits of `stack` replayed, oldest first; yields the weights' hash.
+
+    The base weights are checked against the run's model, the replay against the newest replayed
+    edit's recorded hash. Everything is undone on exit.
+    """
+    check_weights(lm, run)
+    with slots_written(lm, slots_of(stack)):
+        sha = run.model_sha256
+        if stack:
+            sha = weights_sha256(lm.model)
+            if sha != stack[-1].sha256_after:
+                raise EditError(f"replaying the applied edits {[e.id for e in stack]} gives weights sha256 {sha[:12]}…, "
+                                f"not the {stack[-1].sha256_after[:12]}… recorded by edit {stack[-1].id}")
+        yield sha
+
+
+@contextmanager
+def current_weights(store: Store, lm: LoadedModel, run: str | int) -> Iterator[str]:
+    """The run's model as its applied edits leave it (read first, then replayed); yields the hash."""
+    with store.begin() as conn:
+        found = resolve_run(conn, run)
+        stack = applied_stack(conn, store.backend, found.model_id)
+    with working_copy(lm, found, stack) as sha:
+        yield sha

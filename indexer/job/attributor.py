@@ -1,0 +1,128 @@
+"""The model side of indexing: a work item's prompt rows in, its outputs and kept scores out.
+
+No database here: the loop (`indexer.job.loop`) reads the rows and writes the `BatchResult`; this
+module encodes the prompts, runs the attribution engine and keeps, per prompt, its outputs and
+the few scores worth storing, selected on the model's device (`indexer.attribution.sparse`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from atlas.db.datasets import causal_prefix
+from atlas.db.models import ModelInfo
+from atlas.db.results import BatchResult, PromptOutput
+from atlas.db.workqueue import WorkItem
+from atlas.errors import ModelError
+from atlas.model.adapters import model_class_name
+from atlas.model.encode import PromptItem, encode_causal, encode_masked
+from atlas.model.loading import LoadedModel, load_model
+from indexer.attribution import refine
+from indexer.attribution.ig import IGConfig, attribute_stacked, default_batch_size
+from indexer.attribution.sparse import sparse_rows
+from indexer.job.options import IndexOptions
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CODE_VERSION = "ig-1"
+
+Rows = list[tuple[int, str, str]]  # (prompt_id, text, object) of an item's prompts
+
+
+def load_for_index(spec: str, device: str) -> LoadedModel:
+    """The model `spec` on `device`, or a `ModelError` saying in one line why it cannot be loaded."""
+    if spec.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(spec)):
+        raise ModelError(f"cannot load model {spec!r}: no such directory")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the indexer draws its own bar; a second one garbles it
+    try:
+        return load_model(spec, device=device)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/... with long texts
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load model {spec!r}: {reason}") from exc
+
+
+def model_info(lm: LoadedModel) -> ModelInfo:
+    """What the models table records of a loaded model."""
+    return ModelInfo(lm.name, lm.source, model_class_name(lm.model), lm.adapter.n_layers, lm.adapter.n_neurons, lm.sha256)
+
+
+def ig_config(opts: IndexOptions, adapter: Any = None) -> IGConfig:
+    """The attribution settings of a run (pass size from the device's memory unless given)."""
+    dtype = DTYPES[opts.precision]
+    batch = opts.batch_size or default_batch_size(opts.device, adapter, opts.steps, dtype)
+    return IGConfig(steps=opts.steps, batch_size=batch, dtype=dtype)
+
+
+def result_params(opts: IndexOptions) -> dict[str, Any]:
+    """Every parameter that changes a run's results (they enter its params_key)."""
+    cfg = IGConfig(steps=opts.steps)
+    return {"method": "ig", "steps": cfg.steps, "rule": cfg.rule, "answer": cfg.answer, "precision": opts.precision,
+            "coarse_t": refine.COARSE_T, "score_ratio": refine.SPARSE_RATIO, "score_cap": opts.score_cap,
+            "min_prompts": refine.MIN_PROMPTS, "p_start": refine.P_START, "p_step": refine.P_STEP}
+
+
+def _max_len(lm: LoadedModel) -> int | None:
+    cfg = lm.model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+class Attributor:
+    """Turns a work item's prompt rows into a `BatchResult`."""
+
+    def __init__(self, lm: LoadedModel, opts: IndexOptions) -> None:
+        self.lm = lm
+        self.opts = opts
+        self.cfg = ig_config(opts, lm.adapter)
+        self.causal = not lm.adapter.is_masked_lm
+        self.max_len = _max_len(lm)
+
+    def encode(self, text: str, obj: str) -> PromptItem | str:
+        tok = self.lm.tokenizer
+        if self.causal:
+            return encode_causal(tok, causal_prefix(text), obj, self.max_len)
+        return encode_masked(tok, text, obj, self.max_len)
+
+    def compute(self, item: WorkItem, rows: Rows) -> BatchResult:
+        """Attribute the item's usable prompts; a prompt that cannot be encoded is recorded as skipped."""
+        t0 = time.perf_counter()
+        outputs: dict[int, PromptOutput] = {}
+        todo: list[tuple[int, PromptItem]] = []
+        for prompt_id, text, obj in rows:
+            enc = self.encode(text, obj)
+            if isinstance(enc, str):
+                outputs[prompt_id] = PromptOutput(prompt_id, "skipped", enc)
+            else:
+                todo.append((prompt_id, enc))
+        result = BatchResult(item=item, outputs=[])
+        if todo:
+            self._attribute(todo, outputs, result)
+        result.outputs = [outputs[r[0]] for r in rows]
+        result.model_s = time.perf_counter() - t0
+        return result
+
+    def _attribute(self, todo: list[tuple[int, PromptItem]], outputs: dict[int, PromptOutput],
+                   result: BatchResult) -> None:
+        """Reduced on the model's device: per prompt only its outputs and kept scores come back."""
+        res = attribute_stacked(self.lm.model, self.lm.adapter, [p for _, p in todo], self.cfg)
+        finite = torch.isfinite(res.scores).flatten(1).all(1) & torch.isfinite(res.p_gold)
+        pi, result.score_layer, result.score_neuron, result.score_value = sparse_rows(res.scores[finite],
+                                                                                      self.opts.score_cap)
+        top = res.scores.flatten(1).amax(1).tolist()
+        ok_ids: list[int] = []
+        for (prompt_id, pitem), fin, p_gold, rank, mx in zip(todo, finite.tolist(), res.p_gold.tolist(),
+                                                              res.gold_rank.tolist(), top):
+            if fin:
+                ok_ids.append(prompt_id)
+                outputs[prompt_id] = PromptOutput(prompt_id, "ok", None, p_gold, int(rank), mx, len(pitem.answer_ids))
+            else:
+                outputs[prompt_id] = PromptOutput(prompt_id, "skipped", "attribution is not finite (overflow)",
+                                                  n_answer_tokens=len(pitem.answer_ids))
+        result.score_prompt = np.array(ok_ids, np.int64)[pi]
