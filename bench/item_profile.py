@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from atlas.db.datasets import read_dataset  # noqa: E402
-from atlas.model.loading import load_model  # noqa: E402
 from atlas.db.workqueue import WorkItem  # noqa: E402
+from atlas.model.loading import load_model  # noqa: E402
 from indexer.attribution.ig import attribute_stacked  # noqa: E402
 from indexer.job.run import Attributor, IndexOptions  # noqa: E402
 
@@ -88,7 +88,9 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--batch-sizes", default="128")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--busy-thread", type=float, default=0.0, help="share of time a pure-Python thread spins beside the model")
+    ap.add_argument(
+        "--busy-thread", type=float, default=0.0, help="share of time a pure-Python thread spins beside the model"
+    )
     ap.add_argument("--trace", action="store_true", help="also measure the GPU-busy share of one item (profiler)")
     args = ap.parse_args()
 
@@ -104,18 +106,26 @@ def main() -> None:
             try:
                 profile_item(lm, spec, relation, bs, args)
             except torch.cuda.OutOfMemoryError:
-                print(json.dumps({"bench": "item_profile", "relation": relation, "batch_size": bs, "out_of_memory": True}), flush=True)
+                print(
+                    json.dumps(
+                        {"bench": "item_profile", "relation": relation, "batch_size": bs, "out_of_memory": True}
+                    ),
+                    flush=True,
+                )
                 torch.cuda.empty_cache()
 
 
 def profile_item(lm, spec: str, relation: str, bs: int, args: argparse.Namespace) -> None:
     facts = read_dataset("pararel", [relation], args.facts).facts
-    rows = [(k, text, obj) for k, (text, obj) in enumerate((p.text, f.object) for f in facts for p in f.prompts if p.causal)]
+    rows = [
+        (k, text, obj) for k, (text, obj) in enumerate((p.text, f.object) for f in facts for p in f.prompts if p.causal)
+    ]
     item = WorkItem(0, 0, relation, tuple(f.id for f in facts), 0)
     cuda = args.device.startswith("cuda")
     with busy_thread(args.busy_thread):
-        att = Attributor(lm, IndexOptions(model=spec, dataset="pararel", device=args.device, precision=args.precision,
-                                          batch_size=bs))
+        att = Attributor(
+            lm, IndexOptions(model=spec, dataset="pararel", device=args.device, precision=args.precision, batch_size=bs)
+        )
         t = time.perf_counter()
         encoded = [att.encode(text, obj) for _, text, obj in rows]
         encode_s = time.perf_counter() - t
@@ -136,15 +146,27 @@ def profile_item(lm, spec: str, relation: str, bs: int, args: argparse.Namespace
             sync(args.device)
             attr_s += time.perf_counter() - t
         compute_s, attr_s = compute_s / args.repeat, attr_s / args.repeat
-        rec = {"bench": "item_profile", "device": args.device, "precision": args.precision, "batch_size": bs,
-               "relation": relation, "prompts": len(rows), "busy_thread": args.busy_thread,
-               "encode_s": round(encode_s, 4), "attribute_s": round(attr_s, 4),
-               "rest_s": round(compute_s - attr_s - encode_s, 4), "compute_s": round(compute_s, 4),
-               "prompts_per_s": round(len(rows) / compute_s, 1), "attribute_prompts_per_s": round(len(rows) / attr_s, 1)}
+        rec = {
+            "bench": "item_profile",
+            "device": args.device,
+            "precision": args.precision,
+            "batch_size": bs,
+            "relation": relation,
+            "prompts": len(rows),
+            "busy_thread": args.busy_thread,
+            "encode_s": round(encode_s, 4),
+            "attribute_s": round(attr_s, 4),
+            "rest_s": round(compute_s - attr_s - encode_s, 4),
+            "compute_s": round(compute_s, 4),
+            "prompts_per_s": round(len(rows) / compute_s, 1),
+            "attribute_prompts_per_s": round(len(rows) / attr_s, 1),
+        }
         if cuda:
-            rec.update(peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
-                       reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 1),
-                       alloc_retries=torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries0)
+            rec.update(
+                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
+                reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 1),
+                alloc_retries=torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries0,
+            )
             if args.trace:
                 rec["gpu_busy_share"] = round(gpu_busy_share(lambda: att.compute(item, rows), args.device), 3)
         print(json.dumps(rec), flush=True)

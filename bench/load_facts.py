@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
+from results import append_result
 
 from atlas.db import migrate
 from atlas.db.datasets import read_dataset
 from atlas.db.facts import LoadReport, load_dataset
 from atlas.db.store import Store
-
-from results import append_result
 
 DATASETS = ("pararel", "kn-paper")
 
@@ -35,8 +34,14 @@ def bench_backend(backend: str, url: str, source: str) -> None:
     migrate.upgrade(store)
     for attempt in ("first", "second"):
         report, wall = timed_load(store, source)
-        row = append_result("load_facts", {"dataset": source, "backend": backend, "load": attempt}, wall, report.n_prompts,
-                            new_facts=report.new_facts, new_prompts=report.new_prompts)
+        row = append_result(
+            "load_facts",
+            {"dataset": source, "backend": backend, "load": attempt},
+            wall,
+            report.n_prompts,
+            new_facts=report.new_facts,
+            new_prompts=report.new_prompts,
+        )
         print(f"{backend:10s} {attempt:6s} {report}  {wall:6.2f} s  ({row['items_per_s']:,.0f} prompts/s)")
     store.dispose()
 
@@ -52,7 +57,9 @@ def fresh_postgres(server: str, name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg", default="postgresql+psycopg:///postgres", help="PostgreSQL server URL (a database is created)")
+    parser.add_argument(
+        "--pg", default="postgresql+psycopg:///postgres", help="PostgreSQL server URL (a database is created)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for source in DATASETS:

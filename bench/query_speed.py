@@ -23,8 +23,7 @@ import time
 
 import sqlalchemy as sa
 
-from atlas.db import schema
-from atlas.db import queries
+from atlas.db import queries, schema
 from atlas.db.mirror import PostgresMirror
 from atlas.db.store import Store
 from bench.results import append_result
@@ -41,20 +40,45 @@ def sample_params(store: Store) -> dict[str, object]:
         run_id = conn.execute(sa.select(sa.func.min(schema.runs.c.id))).scalar_one()
         kn, facts = schema.knowledge_neurons, schema.facts
         relation = conn.execute(
-            sa.select(facts.c.relation_id).group_by(facts.c.relation_id).order_by(sa.func.count().desc(), facts.c.relation_id).limit(1)
+            sa.select(facts.c.relation_id)
+            .group_by(facts.c.relation_id)
+            .order_by(sa.func.count().desc(), facts.c.relation_id)
+            .limit(1)
         ).scalar_one()
         fact = conn.execute(  # the relation's fact with the most knowledge neurons: a heavy case
-            sa.select(kn.c.fact_id).join(facts, facts.c.id == kn.c.fact_id).where(kn.c.run_id == run_id, facts.c.relation_id == relation)
-            .group_by(kn.c.fact_id).order_by(sa.func.count().desc(), kn.c.fact_id).limit(1)
+            sa.select(kn.c.fact_id)
+            .join(facts, facts.c.id == kn.c.fact_id)
+            .where(kn.c.run_id == run_id, facts.c.relation_id == relation)
+            .group_by(kn.c.fact_id)
+            .order_by(sa.func.count().desc(), kn.c.fact_id)
+            .limit(1)
         ).scalar_one()
         layer, neuron = conn.execute(
-            sa.select(kn.c.layer, kn.c.neuron).where(kn.c.run_id == run_id, kn.c.fact_id == fact).order_by(kn.c.score.desc()).limit(1)
+            sa.select(kn.c.layer, kn.c.neuron)
+            .where(kn.c.run_id == run_id, kn.c.fact_id == fact)
+            .order_by(kn.c.score.desc())
+            .limit(1)
         ).one()
-    return {"run_id": run_id, "run_a": run_id, "run_b": run_id, "relation_id": relation, "fact_id": fact, "layer": layer, "neuron": neuron}
+    return {
+        "run_id": run_id,
+        "run_a": run_id,
+        "run_b": run_id,
+        "relation_id": relation,
+        "fact_id": fact,
+        "layer": layer,
+        "neuron": neuron,
+    }
 
 
-def time_query(store: Store, name: str, params: dict, via: str, repeat: int, mirror: PostgresMirror | None,
-               conn: sa.Connection | None) -> tuple[list[float], int]:
+def time_query(
+    store: Store,
+    name: str,
+    params: dict,
+    via: str,
+    repeat: int,
+    mirror: PostgresMirror | None,
+    conn: sa.Connection | None,
+) -> tuple[list[float], int]:
     """Seconds of ``repeat`` runs after one warm-up (results fetched as Arrow), and the row count."""
     wanted = {p.name for p in queries.load_query(name).params}
     args = {k: v for k, v in {**params, **OVERRIDES.get(name, {})}.items() if k in wanted}
@@ -85,7 +109,13 @@ def bench_backend(url: str, names: list[str], repeat: int) -> None:
         mirrors["snapshot"].snapshot(["knowledge_neurons", "facts", "relations", "prompts", "prompt_scores"])
         copied = {k: round(v, 2) for k, v in mirrors["snapshot"].copied.items()}
         print(f"snapshot of the PostgreSQL tables into DuckDB: {time.perf_counter() - started:.2f} s {copied}")
-        append_result("query_speed", {"backend": "postgresql", "step": "snapshot"}, time.perf_counter() - started, 0, tables_s=copied)
+        append_result(
+            "query_speed",
+            {"backend": "postgresql", "step": "snapshot"},
+            time.perf_counter() - started,
+            0,
+            tables_s=copied,
+        )
     with store.begin() as conn:
         for name in names:
             for label, mirror in mirrors.items():
@@ -93,13 +123,30 @@ def bench_backend(url: str, names: list[str], repeat: int) -> None:
                 times, rows = time_query(store, name, params, via, repeat, mirror, None if mirror else conn)
                 median = statistics.median(times)
                 target = TARGETS_MS.get(name)
-                append_result("query_speed", {"backend": store.backend, "path": label, "query": name, "repeat": repeat},
-                              median, rows, median_ms=round(median * 1000, 2), min_ms=round(min(times) * 1000, 2),
-                              rows=rows, target_ms=target, machine="2-core python-svc", runs=len(times),
-                              load_avg_1min=round(os.getloadavg()[0], 1))
-                flag = "" if target is None else ("  target met" if median * 1000 <= target else f"  target {target} ms MISSED")
-                print(f"{store.backend:10s} {label:8s} {name:20s} median {median * 1000:9.1f} ms  min {min(times) * 1000:9.1f} ms "
-                      f"{rows:>9,d} rows  n={len(times)} load {os.getloadavg()[0]:.1f}{flag}", flush=True)
+                append_result(
+                    "query_speed",
+                    {"backend": store.backend, "path": label, "query": name, "repeat": repeat},
+                    median,
+                    rows,
+                    median_ms=round(median * 1000, 2),
+                    min_ms=round(min(times) * 1000, 2),
+                    rows=rows,
+                    target_ms=target,
+                    machine="2-core python-svc",
+                    runs=len(times),
+                    load_avg_1min=round(os.getloadavg()[0], 1),
+                )
+                flag = (
+                    ""
+                    if target is None
+                    else ("  target met" if median * 1000 <= target else f"  target {target} ms MISSED")
+                )
+                print(
+                    f"{store.backend:10s} {label:8s} {name:20s} median {median * 1000:9.1f} ms  "
+                    f"min {min(times) * 1000:9.1f} ms "
+                    f"{rows:>9,d} rows  n={len(times)} load {os.getloadavg()[0]:.1f}{flag}",
+                    flush=True,
+                )
     for mirror in mirrors.values():
         if mirror is not None:
             mirror.close()
@@ -108,11 +155,15 @@ def bench_backend(url: str, names: list[str], repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duckdb", default="duckdb:////tmp/bench.duckdb", help="DuckDB atlas URL ('' to skip)")
-    parser.add_argument("--postgresql", default="postgresql+psycopg:///atlas_bench", help="PostgreSQL atlas URL ('' to skip)")
+    parser.add_argument(
+        "--postgresql", default="postgresql+psycopg:///atlas_bench", help="PostgreSQL atlas URL ('' to skip)"
+    )
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--query", action="append", help="only these queries (repeatable)")
     args = parser.parse_args()
-    names = args.query or [q.name for q in queries.list_queries() if {p.name for p in q.params if p.required} <= SAMPLE_KEYS]
+    names = args.query or [
+        q.name for q in queries.list_queries() if {p.name for p in q.params if p.required} <= SAMPLE_KEYS
+    ]
     for url in (args.duckdb, args.postgresql):
         if url:
             bench_backend(url, names, args.repeat)

@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fact_prompts(data: Path, rel: str, n_facts: int) -> list[tuple[dict, list[str]]]:
-    pats = [json.loads(l)["pattern"] for l in (data / "patterns" / f"{rel}.jsonl").read_text().splitlines() if l.strip()]
+    pats = [
+        json.loads(l)["pattern"] for l in (data / "patterns" / f"{rel}.jsonl").read_text().splitlines() if l.strip()
+    ]
     pats = [p.rstrip(" .").removesuffix("[Y]").rstrip() for p in pats if p.rstrip(" .").endswith("[Y]")]
     facts = [json.loads(l) for l in (data / "trex_lms_vocab" / f"{rel}.jsonl").read_text().splitlines() if l.strip()]
     return [(f, [p.replace("[X]", f["sub_label"]) for p in pats]) for f in facts[:n_facts]]
@@ -42,10 +44,12 @@ def prob_with_zeroed(lm, item: PromptItem, neurons: list[tuple[int, int]]) -> fl
         by_layer.setdefault(l, []).append(n)
     hooks = []
     for l, ns in by_layer.items():
+
         def zero(m, args, ns=ns):
             x = args[0].clone()
             x[:, pos, ns] = 0
             return (x,)
+
         hooks.append(lm.adapter.ffn_out(l).register_forward_pre_hook(zero))
     ids = torch.tensor([item.prompt_ids + item.answer_ids[:-1]])
     try:
@@ -81,11 +85,14 @@ def main() -> None:
         k += len(its)
     ref = refine_relation(coarse)
     rng = random.Random(args.seed)
-    print(f"relation {args.relation}: p = {ref.p:.2f}, mean neurons/fact {ref.mean_neurons:.2f}, IG {t_ig:.0f} s for {len(flat)} prompts")
+    print(
+        f"relation {args.relation}: p = {ref.p:.2f}, mean neurons/fact {ref.mean_neurons:.2f}, "
+        f"IG {t_ig:.0f} s for {len(flat)} prompts"
+    )
     print("| fact | prompts | neurons | P before | P after KN zeroed | P after random zeroed |")
     print("|---|---|---|---|---|---|")
     changes: list[tuple[float, float]] = []  # per fact: relative change of P(gold), KN vs random
-    for (f, ps), its, kns in zip(facts, items, ref.facts):
+    for (f, _), its, kns in zip(facts, items, ref.facts):
         neurons = [(n.layer, n.neuron) for n in kns]
         rand = [(l, rng.randrange(lm.adapter.n_neurons)) for l, _ in neurons]
         before = sum(prob_with_zeroed(lm, it, []) for it in its) / len(its)
@@ -93,10 +100,15 @@ def main() -> None:
         ctrl = sum(prob_with_zeroed(lm, it, rand) for it in its) / len(its)
         changes.append(((after - before) / before, (ctrl - before) / before))
         shown = ", ".join(f"L{l}.{n}" for l, n in neurons[:6]) + (" ..." if len(neurons) > 6 else "")
-        print(f"| {f['sub_label']} -> {f['obj_label']} | {len(its)} | {shown or '-'} | {before:.4f} | {after:.4f} | {ctrl:.4f} |")
+        print(
+            f"| {f['sub_label']} -> {f['obj_label']} | {len(its)} | {shown or '-'} | "
+            f"{before:.4f} | {after:.4f} | {ctrl:.4f} |"
+        )
     kn, rnd = (100 * sum(c[i] for c in changes) / len(changes) for i in (0, 1))
-    print(f"mean over facts of the relative change of P(gold): knowledge neurons zeroed {kn:+.1f}%, "
-          f"as many random neurons of the same layers zeroed {rnd:+.1f}%")
+    print(
+        f"mean over facts of the relative change of P(gold): knowledge neurons zeroed {kn:+.1f}%, "
+        f"as many random neurons of the same layers zeroed {rnd:+.1f}%"
+    )
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 

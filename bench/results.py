@@ -15,17 +15,29 @@ RESULTS = Path(__file__).with_name("results.jsonl")
 
 def git_sha() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def append_result(bench: str, params: dict[str, Any], wall_s: float, items: int, **extra: Any) -> dict[str, Any]:
     """Record one measurement (with device, git sha and items/s) and return it."""
-    row = {"bench": bench, "date": time.strftime("%Y-%m-%d"), "params": params,
-           "device": f"{platform.machine()} {os.cpu_count()} cpus", "git": git_sha(),
-           "wall_s": round(wall_s, 3), "items_per_s": round(items / wall_s, 1) if wall_s else None, **extra}
+    row = {
+        "bench": bench,
+        "date": time.strftime("%Y-%m-%d"),
+        "params": params,
+        "device": f"{platform.machine()} {os.cpu_count()} cpus",
+        "git": git_sha(),
+        "wall_s": round(wall_s, 3),
+        "items_per_s": round(items / wall_s, 1) if wall_s else None,
+        **extra,
+    }
     with RESULTS.open("a", encoding="utf-8") as out:
         out.write(json.dumps(row) + "\n")
     return row

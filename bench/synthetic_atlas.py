@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from atlas.db import schema
 from atlas.cli.progress import progress_bar
+from atlas.db import schema
 from atlas.db.store import Store
 
 N_LAYERS = 12  # BERT-base shape
@@ -82,28 +82,42 @@ def build_synthetic_atlas(
     name = run_name or f"synthetic-{seed}-{n_facts}"
     with store.begin() as conn:
         model_id, run_id = _model_and_run(store, conn, name, seed, n_facts, neurons_per_fact)
-        store.bulk_insert(conn, schema.relations, {
-            "id": rel_ids,
-            "label": [f"synthetic relation {i}" for i in range(n_relations)],
-            "type": [("1-1", "N-1", "N-M")[i % 3] for i in range(n_relations)],
-        })
-        store.bulk_insert(conn, schema.facts, {
-            "id": fact_ids,
-            "relation_id": [rel_ids[r] for r in fact_rel],
-            "subject": [f"subject {i}" for i in range(n_facts)],
-            "object": [f"object {i % 997}" for i in range(n_facts)],
-            "dataset": ["synthetic"] * n_facts,
-        })
-        store.bulk_insert(conn, schema.knowledge_neurons, {
-            "run_id": np.full(len(kn_fact), run_id, dtype=np.int64),
-            "fact_id": [fact_ids[f] for f in kn_fact],
-            "layer": (kn_neuron // N_NEURONS).astype(np.int16),
-            "neuron": (kn_neuron % N_NEURONS).astype(np.int32),
-            "score": kn_score,
-            "n_prompts": rng.integers(3, 10, len(kn_fact)).astype(np.int32),
-        })
+        store.bulk_insert(
+            conn,
+            schema.relations,
+            {
+                "id": rel_ids,
+                "label": [f"synthetic relation {i}" for i in range(n_relations)],
+                "type": [("1-1", "N-1", "N-M")[i % 3] for i in range(n_relations)],
+            },
+        )
+        store.bulk_insert(
+            conn,
+            schema.facts,
+            {
+                "id": fact_ids,
+                "relation_id": [rel_ids[r] for r in fact_rel],
+                "subject": [f"subject {i}" for i in range(n_facts)],
+                "object": [f"object {i % 997}" for i in range(n_facts)],
+                "dataset": ["synthetic"] * n_facts,
+            },
+        )
+        store.bulk_insert(
+            conn,
+            schema.knowledge_neurons,
+            {
+                "run_id": np.full(len(kn_fact), run_id, dtype=np.int64),
+                "fact_id": [fact_ids[f] for f in kn_fact],
+                "layer": (kn_neuron // N_NEURONS).astype(np.int16),
+                "neuron": (kn_neuron % N_NEURONS).astype(np.int32),
+                "score": kn_score,
+                "n_prompts": rng.integers(3, 10, len(kn_fact)).astype(np.int32),
+            },
+        )
         prompt_ids = _insert_prompts(store, conn, prompt_fact, fact_ids, fact_rel)
-        n_scores = _insert_prompt_scores(store, conn, rng, run_id, prompt_ids, prompt_fact, kn_fact, kn_neuron, scores_per_prompt, progress)
+        n_scores = _insert_prompt_scores(
+            store, conn, rng, run_id, prompt_ids, prompt_fact, kn_fact, kn_neuron, scores_per_prompt, progress
+        )
     return SyntheticAtlas(model_id, run_id, fact_ids, rel_ids, len(kn_fact), len(prompt_fact), n_scores)
 
 
@@ -164,35 +178,63 @@ def _prompt_facts(rng: np.random.Generator, n_facts: int, n_prompts: int) -> np.
     return np.sort(np.concatenate([base, np.asarray(extra, dtype=np.int64)])).astype(np.int64)
 
 
-def _model_and_run(store: Store, conn: sa.Connection, name: str, seed: int, n_facts: int, per_fact: int) -> tuple[int, int]:
-    params = json.dumps({"synthetic": True, "seed": seed, "n_facts": n_facts, "neurons_per_fact": per_fact}, sort_keys=True)
+def _model_and_run(
+    store: Store, conn: sa.Connection, name: str, seed: int, n_facts: int, per_fact: int
+) -> tuple[int, int]:
+    params = json.dumps(
+        {"synthetic": True, "seed": seed, "n_facts": n_facts, "neurons_per_fact": per_fact}, sort_keys=True
+    )
     sha = hashlib.sha256(name.encode()).hexdigest()
-    store.bulk_insert(conn, schema.models, {
-        "name": [f"synthetic-bert-{name}"], "source": ["bench/synthetic_atlas.py"], "architecture": ["BertForMaskedLM"],
-        "n_layers": [N_LAYERS], "n_neurons": [N_NEURONS], "sha256": [sha],
-    })
+    store.bulk_insert(
+        conn,
+        schema.models,
+        {
+            "name": [f"synthetic-bert-{name}"],
+            "source": ["bench/synthetic_atlas.py"],
+            "architecture": ["BertForMaskedLM"],
+            "n_layers": [N_LAYERS],
+            "n_neurons": [N_NEURONS],
+            "sha256": [sha],
+        },
+    )
     model_id = conn.execute(sa.select(schema.models.c.id).where(schema.models.c.sha256 == sha)).scalar_one()
-    store.bulk_insert(conn, schema.runs, {
-        "name": [name], "model_id": [model_id], "dataset": ["synthetic"], "method": ["ig"], "params": [params],
-        "params_key": [hashlib.sha256(f"{sha}{params}".encode()).hexdigest()], "code_version": ["synthetic"], "status": ["done"],
-    })
+    store.bulk_insert(
+        conn,
+        schema.runs,
+        {
+            "name": [name],
+            "model_id": [model_id],
+            "dataset": ["synthetic"],
+            "method": ["ig"],
+            "params": [params],
+            "params_key": [hashlib.sha256(f"{sha}{params}".encode()).hexdigest()],
+            "code_version": ["synthetic"],
+            "status": ["done"],
+        },
+    )
     run_id = conn.execute(sa.select(schema.runs.c.id).where(schema.runs.c.name == name)).scalar_one()
     return model_id, run_id
 
 
-def _insert_prompts(store: Store, conn: sa.Connection, prompt_fact: np.ndarray, fact_ids: list[str], fact_rel: np.ndarray) -> np.ndarray:
+def _insert_prompts(
+    store: Store, conn: sa.Connection, prompt_fact: np.ndarray, fact_ids: list[str], fact_rel: np.ndarray
+) -> np.ndarray:
     """Insert the prompts (ids from the sequence) and return the id of each, in ``prompt_fact`` order."""
     first = np.searchsorted(prompt_fact, prompt_fact, side="left")
     k = np.arange(len(prompt_fact)) - first  # paraphrase number within the fact
     templates = [f"[X] paraphrase {j} of relation {fact_rel[f]} is [Y]." for f, j in zip(prompt_fact, k)]
     fids = [fact_ids[f] for f in prompt_fact]
-    store.bulk_insert(conn, schema.prompts, {
-        "fact_id": fids,
-        "template": templates,
-        "text": [t.replace("[X]", f"subject {f}") for t, f in zip(templates, prompt_fact)],
-        "causal": np.ones(len(fids), dtype=bool),
-        "masked": np.ones(len(fids), dtype=bool),
-    })
+    store.bulk_insert(
+        conn,
+        schema.prompts,
+        {
+            "fact_id": fids,
+            "template": templates,
+            "text": [t.replace("[X]", f"subject {f}") for t, f in zip(templates, prompt_fact)],
+            "causal": np.ones(len(fids), dtype=bool),
+            "masked": np.ones(len(fids), dtype=bool),
+        },
+    )
     wanted = set(fact_ids)
     rows = conn.execute(sa.select(schema.prompts.c.id, schema.prompts.c.fact_id, schema.prompts.c.template)).all()
     by_key = {(f, t): i for i, f, t in rows if f in wanted}
@@ -200,9 +242,17 @@ def _insert_prompts(store: Store, conn: sa.Connection, prompt_fact: np.ndarray, 
 
 
 def _insert_prompt_scores(
-    store: Store, conn: sa.Connection, rng: np.random.Generator, run_id: int, prompt_ids: np.ndarray,
-    prompt_fact: np.ndarray, kn_fact: np.ndarray, kn_neuron: np.ndarray, per_prompt: int,
-    progress: Callable[[int, int], None] | None = None, chunk: int = 20_000,
+    store: Store,
+    conn: sa.Connection,
+    rng: np.random.Generator,
+    run_id: int,
+    prompt_ids: np.ndarray,
+    prompt_fact: np.ndarray,
+    kn_fact: np.ndarray,
+    kn_neuron: np.ndarray,
+    per_prompt: int,
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = 20_000,
 ) -> int:
     """Sparse scores: each prompt keeps ~80% of its fact's knowledge neurons (strong) plus weaker others."""
     order = np.argsort(kn_fact, kind="stable")
@@ -226,13 +276,17 @@ def _insert_prompt_scores(
         rows, cols = np.nonzero(keep)
         flat = cand[rows, cols]
         score = np.where(strong[rows, cols], rng.uniform(0.2, 1.0, len(rows)), rng.uniform(0.1, 0.3, len(rows)))
-        written += store.bulk_insert(conn, schema.prompt_scores, {
-            "run_id": np.full(len(rows), run_id, dtype=np.int64),
-            "prompt_id": prompt_ids[lo + rows],
-            "layer": (flat // N_NEURONS).astype(np.int16),
-            "neuron": (flat % N_NEURONS).astype(np.int32),
-            "score": score.astype(np.float32),
-        })
+        written += store.bulk_insert(
+            conn,
+            schema.prompt_scores,
+            {
+                "run_id": np.full(len(rows), run_id, dtype=np.int64),
+                "prompt_id": prompt_ids[lo + rows],
+                "layer": (flat // N_NEURONS).astype(np.int16),
+                "neuron": (flat % N_NEURONS).astype(np.int32),
+                "score": score.astype(np.float32),
+            },
+        )
         if progress is not None:
             progress(min(lo + chunk, len(prompt_ids)), len(prompt_ids))
     return written
@@ -259,10 +313,17 @@ def main() -> None:
     started = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task("prompt scores", total=args.prompts, unit="prompts")
-        atlas = build_synthetic_atlas(Store(args.db), n_facts=args.facts, prompts=args.prompts, seed=args.seed,
-                                      progress=lambda done, total: bar.update(task, completed=done, total=total))
-    print(f"run {atlas.run_id}: {len(atlas.fact_ids)} facts, {atlas.n_knowledge_neurons} knowledge neurons, "
-          f"{atlas.n_prompt_scores} prompt scores in {time.perf_counter() - started:.1f} s")
+        atlas = build_synthetic_atlas(
+            Store(args.db),
+            n_facts=args.facts,
+            prompts=args.prompts,
+            seed=args.seed,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    print(
+        f"run {atlas.run_id}: {len(atlas.fact_ids)} facts, {atlas.n_knowledge_neurons} knowledge neurons, "
+        f"{atlas.n_prompt_scores} prompt scores in {time.perf_counter() - started:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -111,13 +111,3 @@ def _reset_to_head(store: Store) -> None:
         conn.execute(sa.text("DROP SCHEMA public CASCADE"))
         conn.execute(sa.text("CREATE SCHEMA public"))
     migrate.upgrade(store)
-
-
-def snapshot(store: Store) -> dict[str, list[tuple]]:
-    """Every row of every table, sorted: equal snapshots mean an unchanged database."""
-    out = {}
-    with store.begin() as conn:
-        for table in metadata.sorted_tables:
-            rows = conn.execute(sa.select(table)).all()
-            out[table.name] = sorted((tuple(r) for r in rows), key=repr)
-    return out

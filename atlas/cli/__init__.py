@@ -20,17 +20,49 @@ from atlas.errors import AtlasError
 # name -> (module, attribute, one-line help), in the order `atlas --help` lists them.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "db": ("atlas.cli.db", "db", "Create, upgrade and inspect the database schema."),
-    "facts": ("atlas.cli.facts", "facts", "Load fact datasets (bundled PARAREL / kn-paper, or your JSONL) and inspect them."),
-    "demo": ("atlas.cli.demo", "demo", "Build a small atlas: create/upgrade the database, load a few bundled facts, show them."),
-    "index": ("atlas.cli.index", "index", "Index a dataset: integrated-gradients scores per prompt, knowledge neurons per fact."),
+    "facts": (
+        "atlas.cli.facts",
+        "facts",
+        "Load fact datasets (bundled PARAREL / kn-paper, or your JSONL) and inspect them.",
+    ),
+    "demo": (
+        "atlas.cli.demo",
+        "demo",
+        "Build a small atlas: create/upgrade the database, load a few bundled facts, show them.",
+    ),
+    "index": (
+        "atlas.cli.index",
+        "index",
+        "Index a dataset: integrated-gradients scores per prompt, knowledge neurons per fact.",
+    ),
     "models": ("atlas.cli.models", "models", "Register models (by weight hash) and list them."),
     "runs": ("atlas.cli.runs", "runs", "List indexing runs and show one in detail."),
-    "probe": ("atlas.cli.probe", "probe", "Intervene on knowledge neurons' activations (the paper's suppress / amplify experiments)."),
-    "edit": ("atlas.cli.edit", "edit", "Change the model through its knowledge neurons; every edit is recorded and reversible."),
-    "audit": ("atlas.cli.audit", "audit", "Predict which facts EDIT_ID disturbs (query edit-interference), measure, score the prediction."),
-    "report": ("atlas.cli.report", "report", "Write DIR/report.md: neurons per fact, sharing, suppress/amplify vs controls, edits, audits."),
+    "probe": (
+        "atlas.cli.probe",
+        "probe",
+        "Intervene on knowledge neurons' activations (the paper's suppress / amplify experiments).",
+    ),
+    "edit": (
+        "atlas.cli.edit",
+        "edit",
+        "Change the model through its knowledge neurons; every edit is recorded and reversible.",
+    ),
+    "audit": (
+        "atlas.cli.audit",
+        "audit",
+        "Predict which facts EDIT_ID disturbs (query edit-interference), measure, score the prediction.",
+    ),
+    "report": (
+        "atlas.cli.report",
+        "report",
+        "Write DIR/report.md: neurons per fact, sharing, suppress/amplify vs controls, edits, audits.",
+    ),
     "query": ("atlas.cli.query", "query", "Run a named query (queries/NAME.sql) with bound parameters."),
-    "sql": ("atlas.cli.query", "sql", "Run one ad-hoc read-only SELECT; anything that could write is refused, not run."),
+    "sql": (
+        "atlas.cli.query",
+        "sql",
+        "Run one ad-hoc read-only SELECT; anything that could write is refused, not run.",
+    ),
     "plot": ("atlas.cli.plot", "plot", "Draw an atlas: layers, relation overlap, one fact across its prompts."),
 }
 

@@ -13,8 +13,11 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 
 
 def _line(s) -> str:
-    return (f"edit {s.edit_id}: targets {s.n_targets} (P(gold) {_fmt(s.target_change, '+.1%')}), predicted {s.n_predicted}, "
-            f"random {s.n_random}, disturbed {s.n_disturbed}; AUC {_fmt(s.auc)}, precision@{s.k} {_fmt(s.precision_at_k)}")
+    return (
+        f"edit {s.edit_id}: targets {s.n_targets} (P(gold) {_fmt(s.target_change, '+.1%')}), "
+        f"predicted {s.n_predicted}, "
+        f"random {s.n_random}, disturbed {s.n_disturbed}; AUC {_fmt(s.auc)}, precision@{s.k} {_fmt(s.precision_at_k)}"
+    )
 
 
 @click.command()
@@ -23,8 +26,13 @@ def _line(s) -> str:
 @click.option("--sample", "sample", type=click.IntRange(1), default=None, help="Audit N trial edits of --run instead.")
 @click.option("--run", "run", default=None, metavar="RUN", help="Run to sample trial edits from (with --sample).")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="Predicted facts per edit.")
-@click.option("--threshold", type=float, default=0.1, show_default=True,
-              help="A fact is disturbed when P(gold) moves by at least this share.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="A fact is disturbed when P(gold) moves by at least this share.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @model_option
 def audit(db_url, edit_id, sample, run, limit, threshold, seed, model) -> None:
@@ -50,9 +58,12 @@ def audit(db_url, edit_id, sample, run, limit, threshold, seed, model) -> None:
         raise click.UsageError("--sample needs --run and no EDIT_ID")
     with progress_bar() as bar:
         task = bar.add_task("trial edits", total=sample, unit="edits")
-        res = audit_sample(store, model, run, sample, seed=seed, limit=limit, threshold=threshold,
-                           on_edit=lambda: bar.advance(task))
+        res = audit_sample(
+            store, model, run, sample, seed=seed, limit=limit, threshold=threshold, on_edit=lambda: bar.advance(task)
+        )
     for s in res.edits:
         click.echo(_line(s))
-    click.echo(f"overall: {len(res.edits)} edits, pooled AUC {_fmt(res.pooled_auc)} over {res.n_pairs} facts, "
-               f"mean AUC {_fmt(res.mean_auc)}, mean precision@k {_fmt(res.mean_precision_at_k)}")
+    click.echo(
+        f"overall: {len(res.edits)} edits, pooled AUC {_fmt(res.pooled_auc)} over {res.n_pairs} facts, "
+        f"mean AUC {_fmt(res.mean_auc)}, mean precision@k {_fmt(res.mean_precision_at_k)}"
+    )

@@ -22,8 +22,13 @@ db_option = click.option(
     help="Database URL: duckdb:///FILE (default ./atlas.duckdb) or postgresql+psycopg://USER@HOST/DB. Env: ATLAS_DB.",
 )
 
-model_option = click.option("--model", "model", metavar="NAME|DIR", default=None,
-                            help="Weights to use (default: the run's model); must hash to the run's model.")
+model_option = click.option(
+    "--model",
+    "model",
+    metavar="NAME|DIR",
+    default=None,
+    help="Weights to use (default: the run's model); must hash to the run's model.",
+)
 
 
 def open_store(db_url: str | None, *, check_schema: bool = True) -> Store:
@@ -66,9 +71,18 @@ def _option(f: dataclasses.Field) -> Callable:
     elif meta["parse"] is not None:
         kind = click.STRING  # the parser reads the text
     default = None if meta["required"] or f.default is None else f.default
-    return click.option(meta["flag"] or "--" + f.name.replace("_", "-"), f.name, type=kind, default=default,
-                        required=meta["required"], multiple=meta["multiple"], metavar=meta["metavar"],
-                        show_default=default is not None, help=meta["help"], callback=_parser(meta["parse"]))
+    return click.option(
+        meta["flag"] or "--" + f.name.replace("_", "-"),
+        f.name,
+        type=kind,
+        default=default,
+        required=meta["required"],
+        multiple=meta["multiple"],
+        metavar=meta["metavar"],
+        show_default=default is not None,
+        help=meta["help"],
+        callback=_parser(meta["parse"]),
+    )
 
 
 def _parser(parse: Callable[[Any], Any] | None) -> Callable | None:

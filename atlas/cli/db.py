@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from atlas.db import migrate
 from atlas.cli.common import db_option, open_store
+from atlas.db import migrate
 
 
 @click.group()
@@ -33,7 +33,11 @@ def upgrade(db_url: str | None, revision: str) -> None:
     before = migrate.current_revision(store)
     migrate.upgrade(store, revision)
     after = migrate.current_revision(store)
-    click.echo(f"{store.backend}: schema {before or 'none'} -> {after}" if before != after else f"{store.backend}: schema already at {after}")
+    click.echo(
+        f"{store.backend}: schema {before or 'none'} -> {after}"
+        if before != after
+        else f"{store.backend}: schema already at {after}"
+    )
 
 
 @db.command()

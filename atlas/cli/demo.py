@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from atlas.jobs.demo import DEMO_FACTS_PER_RELATION, DEMO_RELATIONS, run_demo
 from atlas.cli.common import db_option, open_store
+from atlas.jobs.demo import DEMO_FACTS_PER_RELATION, DEMO_RELATIONS, run_demo
 
 
 @click.command()

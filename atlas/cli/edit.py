@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from atlas.db.edits import EditRecord, list_edits
 from atlas.cli.common import db_option, model_option, open_store
-
+from atlas.db.edits import EditRecord, list_edits
 
 
 @click.group()
@@ -18,8 +17,10 @@ def edit() -> None:
 
 
 def _show(e: EditRecord) -> None:
-    click.echo(f"edit {e.id}: {e.kind} {e.target} on run {e.run} [{e.status}], {e.n_slots} value slots, "
-               f"sha256 {e.sha256_before[:12]} -> {e.sha256_after[:12]}")
+    click.echo(
+        f"edit {e.id}: {e.kind} {e.target} on run {e.run} [{e.status}], {e.n_slots} value slots, "
+        f"sha256 {e.sha256_before[:12]} -> {e.sha256_after[:12]}"
+    )
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in e.metrics.items() if k != "audit"}
     click.echo(f"metrics {json.dumps(shown, sort_keys=True)}")
 
@@ -31,10 +32,20 @@ def _show(e: EditRecord) -> None:
 @click.option("--run", "run", required=True, metavar="RUN", help="Run whose knowledge neurons are edited.")
 @click.option("--l1", "l1_scale", type=float, default=1.0, show_default=True, help="Scale of the e_t subtraction.")
 @click.option("--l2", "l2_scale", type=float, default=8.0, show_default=True, help="Scale of the e_t' addition.")
-@click.option("--max-share", type=float, default=0.1, show_default=True,
-              help="Leave neurons shared by more than this share of the relation's facts.")
-@click.option("--eval-facts", type=click.IntRange(1), default=20, show_default=True,
-              help="Facts of the same / other relations whose perplexity is measured.")
+@click.option(
+    "--max-share",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Leave neurons shared by more than this share of the relation's facts.",
+)
+@click.option(
+    "--eval-facts",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Facts of the same / other relations whose perplexity is measured.",
+)
 @model_option
 def update(db_url, fact_id, new_object, run, l1_scale, l2_scale, max_share, eval_facts, model) -> None:
     """Rewrite FACT_ID <h, r, t> to <h, r, t'> with the paper's value-slot update rule.
@@ -45,8 +56,19 @@ def update(db_url, fact_id, new_object, run, l1_scale, l2_scale, max_share, eval
     """
     from atlas.jobs import edits as ed
 
-    _show(ed.update_fact(open_store(db_url), model, run, fact_id, new_object, l1_scale=l1_scale,
-                         l2_scale=l2_scale, max_share=max_share, eval_facts=eval_facts))
+    _show(
+        ed.update_fact(
+            open_store(db_url),
+            model,
+            run,
+            fact_id,
+            new_object,
+            l1_scale=l1_scale,
+            l2_scale=l2_scale,
+            max_share=max_share,
+            eval_facts=eval_facts,
+        )
+    )
 
 
 @edit.command("erase-relation")
@@ -69,8 +91,18 @@ def erase_relation(db_url, relation, run, top, min_facts, value, eval_facts, mod
         raise click.UsageError("give --top or --min-facts, not both")
     from atlas.jobs import edits as ed
 
-    _show(ed.erase_relation(open_store(db_url), model, run, relation, top=top or 20, min_facts=min_facts,
-                            value=value, eval_facts=eval_facts))
+    _show(
+        ed.erase_relation(
+            open_store(db_url),
+            model,
+            run,
+            relation,
+            top=top or 20,
+            min_facts=min_facts,
+            value=value,
+            eval_facts=eval_facts,
+        )
+    )
 
 
 @edit.command()
@@ -84,9 +116,9 @@ def rollback(db_url, edit_id, model) -> None:
     Example:
         atlas edit rollback 3
     """
-    from atlas.jobs import edits as ed
+    from atlas.jobs.rollback import rollback as undo
 
-    _show(ed.rollback(open_store(db_url), model, edit_id))
+    _show(undo(open_store(db_url), model, edit_id))
 
 
 @edit.command()
@@ -101,9 +133,9 @@ def export(db_url, edit_id, directory, model) -> None:
     Example:
         atlas edit export 3 ./smollm2-edited
     """
-    from atlas.jobs import edits as ed
+    from atlas.jobs.rollback import export as write_model
 
-    out = ed.export(open_store(db_url), model, edit_id, directory)
+    out = write_model(open_store(db_url), model, edit_id, directory)
     click.echo(f"wrote {out} (load it with AutoModelForCausalLM.from_pretrained)")
 
 
@@ -121,7 +153,9 @@ def list_(db_url, run) -> None:
     for e in rows:
         head = {"update": "success_rate", "erase": "erased_ppl_change"}.get(e.kind, "")
         val = e.metrics.get(head)
-        click.echo(f"{e.id:4d}  {e.kind:7s} {e.target:40s} {e.status:12s} {e.n_slots:3d} slots  {e.run}  "
-                   f"{head}={'-' if val is None else round(val, 4)}")
+        click.echo(
+            f"{e.id:4d}  {e.kind:7s} {e.target:40s} {e.status:12s} {e.n_slots:3d} slots  {e.run}  "
+            f"{head}={'-' if val is None else round(val, 4)}"
+        )
     if not rows:
         click.echo("no edits yet (see `atlas edit update --help`)")

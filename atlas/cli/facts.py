@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from atlas.db.datasets import causal_prefix, read_dataset, relation_count
-from atlas.db.facts import LOAD_STEPS, list_facts, load_dataset, show_fact
 from atlas.cli.common import db_option, open_store
 from atlas.cli.progress import progress_bar
+from atlas.db.datasets import causal_prefix, read_dataset, relation_count
+from atlas.db.facts import LOAD_STEPS, list_facts, load_dataset, show_fact
 
 
 def _relation_ids(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
@@ -36,7 +36,9 @@ def facts() -> None:
 @click.option("--relations", callback=_relation_ids, metavar="P19,P36", help="Only these relations (comma-separated).")
 @click.option("--limit-per-relation", type=int, metavar="N", help="Only the first N facts of each relation.")
 @click.option("--dataset", "name", metavar="NAME", help="Dataset name for a JSONL file (default: the file's stem).")
-def load(db_url: str | None, source: str, relations: list[str] | None, limit_per_relation: int | None, name: str | None) -> None:
+def load(
+    db_url: str | None, source: str, relations: list[str] | None, limit_per_relation: int | None, name: str | None
+) -> None:
     """Load SOURCE: `pararel`, `kn-paper` or a JSONL fact file (format: README.md).
 
     Loading is idempotent (only missing facts and prompts are added) and one transaction: on any
@@ -51,8 +53,9 @@ def load(db_url: str | None, source: str, relations: list[str] | None, limit_per
     store = open_store(db_url)
     with progress_bar() as bar:
         reading = bar.add_task("reading", total=relation_count(source, relations), unit="relations")
-        dataset = read_dataset(source, relations, limit_per_relation, name,
-                               on_relation=lambda _rid: bar.advance(reading))
+        dataset = read_dataset(
+            source, relations, limit_per_relation, name, on_relation=lambda _rid: bar.advance(reading)
+        )
         bar.update(reading, total=bar.tasks[reading].completed)
         writing = bar.add_task("writing", total=len(LOAD_STEPS), unit="steps")
         report = load_dataset(store, dataset, on_step=lambda _step: bar.advance(writing))
@@ -74,7 +77,9 @@ def list_(db_url: str | None, relation: str | None, dataset: str | None, limit: 
     store = open_store(db_url)
     rows = list_facts(store, relation, dataset, limit or None)
     for f in rows:
-        click.echo(f"{f.id}  {f.relation_id:6s} {f.subject} -> {f.object}  ({f.n_prompts} prompts, {f.n_causal} causal)")
+        click.echo(
+            f"{f.id}  {f.relation_id:6s} {f.subject} -> {f.object}  ({f.n_prompts} prompts, {f.n_causal} causal)"
+        )
     if not rows:
         click.echo("no facts match")
 

@@ -46,19 +46,24 @@ def index(db_url: str | None, **options: object) -> None:
 def format_summary(s: object) -> str:
     """The closing report: what the run holds now and where this session's time went."""
     c, t, run = s.counts, s.timings, s.run  # type: ignore[attr-defined]
-    state = "created" if s.created else ("already complete" if s.timings.items == 0 and run.status == "done" else "resumed")  # type: ignore[attr-defined]
+    state = (
+        "created" if s.created else ("already complete" if s.timings.items == 0 and run.status == "done" else "resumed")
+    )  # type: ignore[attr-defined]
     lines = [
         f"run {run.name} (id {run.id}, {state}): {run.status}",
         f"  facts {c.facts:,}  prompts {c.prompts:,} (ok {c.ok:,}, skipped {c.skipped:,})  "
-        f"knowledge neurons {c.neurons:,} in {c.facts_with_neurons:,} facts  relations {c.relations_done}/{c.relations}",
+        f"knowledge neurons {c.neurons:,} in {c.facts_with_neurons:,} facts  "
+        f"relations {c.relations_done}/{c.relations}",
     ]
     for reason, n in sorted(c.skip_reasons.items(), key=lambda kv: -kv[1])[:5]:
         lines.append(f"  skipped {n:,}: {reason}")
     wall = s.wall_s  # type: ignore[attr-defined]
-    lines.append(f"  this session: {t.prompts:,} prompts in {wall:.1f} s ({s.prompts_per_s:.2f} prompts/s), "  # type: ignore[attr-defined]
-                 f"model {t.model_s:.1f} s, database {t.db_s:.1f} s ({100 * t.db_s / wall if wall else 0:.1f}% of wall), "
-                 f"model waiting for the database {t.wait_s:.1f} s"
-                 + (f"; {s.pass_size} prompts per pass, {s.workers} worker(s)" if s.pass_size else ""))  # type: ignore[attr-defined]
+    lines.append(
+        f"  this session: {t.prompts:,} prompts in {wall:.1f} s ({s.prompts_per_s:.2f} prompts/s), "  # type: ignore[attr-defined]
+        f"model {t.model_s:.1f} s, database {t.db_s:.1f} s ({100 * t.db_s / wall if wall else 0:.1f}% of wall), "
+        f"model waiting for the database {t.wait_s:.1f} s"
+        + (f"; {s.pass_size} prompts per pass, {s.workers} worker(s)" if s.pass_size else "")
+    )  # type: ignore[attr-defined]
     if s.pending_elsewhere:  # type: ignore[attr-defined]
         lines.append(f"  {s.pending_elsewhere} work item(s) are still held by other workers")  # type: ignore[attr-defined]
     return "\n".join(lines)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from atlas.db.models import list_models, register_model
 from atlas.cli.common import db_option, open_store
+from atlas.db.models import list_models, register_model
 
 
 @click.group()
@@ -29,8 +29,10 @@ def add(db_url: str | None, spec: str) -> None:
     store = open_store(db_url)
     info = model_info(load_for_index(spec, "cpu"))
     row, created = register_model(store, info)
-    click.echo(f"{'added' if created else 'already known'}: {row.name} (id {row.id}) {row.architecture} "
-               f"{row.n_layers} layers x {row.n_neurons} neurons, sha256 {row.sha256[:16]}")
+    click.echo(
+        f"{'added' if created else 'already known'}: {row.name} (id {row.id}) {row.architecture} "
+        f"{row.n_layers} layers x {row.n_neurons} neurons, sha256 {row.sha256[:16]}"
+    )
 
 
 @models.command("list")
@@ -44,6 +46,9 @@ def list_(db_url: str | None) -> None:
     """
     rows = list_models(open_store(db_url))
     for r in rows:
-        click.echo(f"{r.id:4d}  {r.name:24s} {r.architecture:22s} {r.n_layers:3d} x {r.n_neurons:<6d} {r.sha256[:16]}  {r.source}")
+        click.echo(
+            f"{r.id:4d}  {r.name:24s} {r.architecture:22s} {r.n_layers:3d} x {r.n_neurons:<6d} "
+            f"{r.sha256[:16]}  {r.source}"
+        )
     if not rows:
         click.echo("no models (index something, or `atlas models add smollm2`)")

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
+
 from atlas.errors import InputError
 
 FORMATS = ("table", "csv", "json", "parquet")

@@ -9,7 +9,9 @@ import click
 from atlas.cli.common import db_option, open_store
 
 run_option = click.option("--run", required=True, metavar="RUN", help="Run id or name.")
-output_option = click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
+output_option = click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write."
+)
 
 
 @click.group()
@@ -36,8 +38,15 @@ def layers(run: str, output: Path, db_url: str | None) -> None:
 @plot.command()
 @run_option
 @output_option
-@click.option("--min-facts", default=2, show_default=True, help="A relation's neuron must serve this many of its facts...")
-@click.option("--min-share", default=0.1, show_default=True, help="...and this share of them (0.1: the paper's relation-level neurons).")
+@click.option(
+    "--min-facts", default=2, show_default=True, help="A relation's neuron must serve this many of its facts..."
+)
+@click.option(
+    "--min-share",
+    default=0.1,
+    show_default=True,
+    help="...and this share of them (0.1: the paper's relation-level neurons).",
+)
 @db_option
 def overlap(run: str, output: Path, min_facts: int, min_share: float, db_url: str | None) -> None:
     """Relation x relation heatmap of shared relation-level neurons.

@@ -11,6 +11,7 @@ from rich.table import Table
 from atlas.cli.common import db_option, model_option, open_store
 from atlas.cli.progress import progress_bar
 
+
 @click.group()
 def probe() -> None:
     """Intervene on knowledge neurons' activations (the paper's suppress / amplify experiments)."""
@@ -18,7 +19,8 @@ def probe() -> None:
 
 def _probe(kind: str) -> click.Command:
     def command(db_url: str | None, run: str, relation: str | None, seed: int, model: str | None) -> None:
-        from atlas.jobs.probe import count_facts, probe as run_probe
+        from atlas.jobs.probe import count_facts
+        from atlas.jobs.probe import probe as run_probe
 
         store = open_store(db_url)
         with progress_bar() as bar:
@@ -37,11 +39,16 @@ def _probe(kind: str) -> click.Command:
     Example:
         atlas probe {kind} --run smollm2-kn5 --relation P36
     """
-    for deco in reversed([probe.command(kind), db_option,
-                          click.option("--run", "run", required=True, metavar="RUN", help="Run name or id."),
-                          click.option("--relation", metavar="P", default=None, help="Only facts of this relation."),
-                          click.option("--seed", type=int, default=0, show_default=True, help="Seed of the control neurons."),
-                          model_option]):
+    for deco in reversed(
+        [
+            probe.command(kind),
+            db_option,
+            click.option("--run", "run", required=True, metavar="RUN", help="Run name or id."),
+            click.option("--relation", metavar="P", default=None, help="Only facts of this relation."),
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed of the control neurons."),
+            model_option,
+        ]
+    ):
         command = deco(command)
     return command
 
@@ -52,8 +59,15 @@ def summary_table(rows: list, title: str) -> str:
     for col in ("relation", "neurons", "facts", "mean n", "mean p0", "mean p1", "rel. change"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.relation_id, r.neurons, str(r.n_facts), f"{r.mean_neurons:.1f}", f"{r.mean_p_before:.4f}",
-                      f"{r.mean_p_after:.4f}", "-" if r.relative_change is None else f"{r.relative_change:+.1%}")
+        table.add_row(
+            r.relation_id,
+            r.neurons,
+            str(r.n_facts),
+            f"{r.mean_neurons:.1f}",
+            f"{r.mean_p_before:.4f}",
+            f"{r.mean_p_after:.4f}",
+            "-" if r.relative_change is None else f"{r.relative_change:+.1%}",
+        )
     console = Console(file=io.StringIO(), width=120, force_terminal=False)
     console.print(table)
     return console.file.getvalue()

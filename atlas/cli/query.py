@@ -7,13 +7,17 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from atlas.cli.common import db_option, open_store
+from atlas.cli.output import FORMATS, render
 from atlas.db import queries
 from atlas.db.readonly import run_sql
-from atlas.cli.output import FORMATS, render
-from atlas.cli.common import db_option, open_store
 
-format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
-output_option = click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE (required for parquet).")
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+)
+output_option = click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE (required for parquet)."
+)
 
 
 def _emit(result: queries.QueryResult, fmt: str, output: Path | None, title: str) -> None:
@@ -28,11 +32,24 @@ def _emit(result: queries.QueryResult, fmt: str, output: Path | None, title: str
 @click.argument("name", required=False)
 @click.option("--list", "list_", is_flag=True, help="List the named queries and their parameters.")
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="A query parameter (repeatable).")
-@click.option("--via", type=click.Choice(queries.PATHS), default=None, help="Where the query runs (default: the faster path measured for the backend).")
+@click.option(
+    "--via",
+    type=click.Choice(queries.PATHS),
+    default=None,
+    help="Where the query runs (default: the faster path measured for the backend).",
+)
 @format_option
 @output_option
 @db_option
-def query(name: str | None, list_: bool, params: tuple[str, ...], via: str | None, fmt: str, output: Path | None, db_url: str | None) -> None:
+def query(
+    name: str | None,
+    list_: bool,
+    params: tuple[str, ...],
+    via: str | None,
+    fmt: str,
+    output: Path | None,
+    db_url: str | None,
+) -> None:
     """Run a named query (queries/NAME.sql) with bound parameters.
 
     \b
@@ -45,7 +62,9 @@ def query(name: str | None, list_: bool, params: tuple[str, ...], via: str | Non
         if name is None and not list_:
             raise click.UsageError("give a query NAME or --list")
         for q in queries.list_queries():
-            click.echo(f"{q.name}\n    {q.purpose}\n    params: {q.describe_params()}\n    columns: {', '.join(q.columns)}")
+            click.echo(
+                f"{q.name}\n    {q.purpose}\n    params: {q.describe_params()}\n    columns: {', '.join(q.columns)}"
+            )
         return
     store = open_store(db_url)
     with Console(stderr=True).status(f"running {name} ..."):  # all pairs can take seconds; a no-op off a terminal

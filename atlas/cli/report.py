@@ -13,8 +13,12 @@ from atlas.cli.common import db_option, open_store
 @click.command()
 @db_option
 @click.option("--run", "run", required=True, metavar="RUN", help="Run name or id.")
-@click.option("--output", "output", required=True, type=click.Path(path_type=Path), help="Folder for report.md and PNGs.")
-@click.option("--threshold", type=float, default=0.1, show_default=True, help="Audit: share of P(gold) change that counts.")
+@click.option(
+    "--output", "output", required=True, type=click.Path(path_type=Path), help="Folder for report.md and PNGs."
+)
+@click.option(
+    "--threshold", type=float, default=0.1, show_default=True, help="Audit: share of P(gold) change that counts."
+)
 def report(db_url: str | None, run: str, output: Path, threshold: float) -> None:
     """Write DIR/report.md: neurons per fact, sharing, suppress/amplify vs controls, edits, audits.
 

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from atlas.db.runs import get_run, list_runs, run_counts
 from atlas.cli.common import db_option, open_store
+from atlas.db.runs import get_run, list_runs, run_counts
 
 
 @click.group()
@@ -28,8 +28,10 @@ def list_(db_url: str | None) -> None:
     rows = list_runs(store)
     for r in rows:
         c = run_counts(store, r.id)
-        click.echo(f"{r.id:4d}  {r.name:40s} {r.status:8s} {r.dataset:12s} items {c.items_done}/{c.items}  "
-                   f"prompts {c.prompts:,}  neurons {c.neurons:,}")
+        click.echo(
+            f"{r.id:4d}  {r.name:40s} {r.status:8s} {r.dataset:12s} items {c.items_done}/{c.items}  "
+            f"prompts {c.prompts:,}  neurons {c.neurons:,}"
+        )
     if not rows:
         click.echo("no runs yet (see `atlas index --help`)")
 
@@ -49,8 +51,10 @@ def show(db_url: str | None, run: str) -> None:
     c = run_counts(store, r.id)
     st = r.stats
     click.echo(f"run {r.id}: {r.name}")
-    click.echo(f"status      {r.status} (created {r.created_at:%Y-%m-%d %H:%M:%S}"
-               + (f", finished {r.finished_at:%Y-%m-%d %H:%M:%S})" if r.finished_at else ")"))
+    click.echo(
+        f"status      {r.status} (created {r.created_at:%Y-%m-%d %H:%M:%S}"
+        + (f", finished {r.finished_at:%Y-%m-%d %H:%M:%S})" if r.finished_at else ")")
+    )
     click.echo(f"dataset     {r.dataset}   model id {r.model_id}   params key {r.params_key[:16]}")
     click.echo(f"parameters  {json.dumps(r.params, sort_keys=True)}")
     click.echo(f"work items  {c.items_done}/{c.items} done; relations finalised {c.relations_done}/{c.relations}")
@@ -60,6 +64,8 @@ def show(db_url: str | None, run: str) -> None:
         click.echo(f"  skipped {n:,}: {reason}")
     wall, model_s, db_s = st.get("wall_s", 0.0), st.get("model_s", 0.0), st.get("db_s", 0.0)
     if wall:
-        click.echo(f"time        {wall:.1f} s wall over {st.get('sessions', 0)} session(s); model {model_s:.1f} s, "
-                   f"database {db_s:.1f} s ({100 * db_s / wall:.1f}%)")
+        click.echo(
+            f"time        {wall:.1f} s wall over {st.get('sessions', 0)} session(s); model {model_s:.1f} s, "
+            f"database {db_s:.1f} s ({100 * db_s / wall:.1f}%)"
+        )
         click.echo(f"throughput  {st.get('prompts', 0) / wall:.2f} prompts/s (prompts attributed per wall second)")

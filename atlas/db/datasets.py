@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 from atlas.errors import InputError
 
 DATA_DIR = Path(__file__).parents[1] / "data"
@@ -122,8 +123,11 @@ def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _text(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{where}: missing field {key!r} (a non-empty string)" if value is None
-                           else f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+        raise InputError(
+            f"{where}: missing field {key!r} (a non-empty string)"
+            if value is None
+            else f"{where}: field {key!r} must be a non-empty string, got {value!r}"
+        )
     return value
 
 
@@ -191,8 +195,11 @@ def _select(available: list[str], wanted: Iterable[str] | None, dataset: str) ->
     return wanted
 
 
-def read_pararel(relations: Iterable[str] | None = None, limit_per_relation: int | None = None,
-                 on_relation: Callable[[str], None] | None = None) -> Dataset:
+def read_pararel(
+    relations: Iterable[str] | None = None,
+    limit_per_relation: int | None = None,
+    on_relation: Callable[[str], None] | None = None,
+) -> Dataset:
     """PARAREL facts with every template of their relation (39 relations, 27,610 facts, 224,674 prompts)."""
     known = bundled_relations()
     chosen = _select(pararel_relation_ids(), relations, "pararel")
@@ -206,8 +213,11 @@ def read_pararel(relations: Iterable[str] | None = None, limit_per_relation: int
     return Dataset("pararel", [known[r] for r in chosen], facts)
 
 
-def read_kn_paper(relations: Iterable[str] | None = None, limit_per_relation: int | None = None,
-                  on_relation: Callable[[str], None] | None = None) -> Dataset:
+def read_kn_paper(
+    relations: Iterable[str] | None = None,
+    limit_per_relation: int | None = None,
+    on_relation: Callable[[str], None] | None = None,
+) -> Dataset:
     """The facts of Dai et al. 2022 (34 relations, 27,738 facts, 253,448 prompts).
 
     Ids: the PARAREL uuid of the same (relation, subject, object) where there is one (23,749
@@ -230,7 +240,9 @@ def read_kn_paper(relations: Iterable[str] | None = None, limit_per_relation: in
             seen[(subject, obj)] += 1
             matches = uuids.get((subject, obj), [])
             fid = matches[k] if k < len(matches) else kn_paper_fact_id(rid, subject, obj, k)
-            facts.append(Fact(fid, rid, subject, obj, tuple(make_prompt(t, subject) for t in templates), f"{where} [{rid}]"))
+            facts.append(
+                Fact(fid, rid, subject, obj, tuple(make_prompt(t, subject) for t in templates), f"{where} [{rid}]")
+            )
         if on_relation:
             on_relation(rid)
     return Dataset("kn-paper", [known[r] for r in chosen], facts)
@@ -247,8 +259,12 @@ def _limit(rows: Iterator, n: int | None) -> Iterator:
 # user JSONL files
 
 
-def read_jsonl(path: str | Path, name: str | None = None, relations: Iterable[str] | None = None,
-               limit_per_relation: int | None = None) -> Dataset:
+def read_jsonl(
+    path: str | Path,
+    name: str | None = None,
+    relations: Iterable[str] | None = None,
+    limit_per_relation: int | None = None,
+) -> Dataset:
     """A user fact file (format in README.md, "JSONL fact files"); the dataset is named after the file.
 
     A line with any of ``FACT_KEYS`` is a fact; any other line declares a relation (``relation``,
@@ -261,8 +277,11 @@ def read_jsonl(path: str | Path, name: str | None = None, relations: Iterable[st
     per_relation: Counter[str] = Counter()
     for where, obj in _json_lines(path):
         if not FACT_KEYS & obj.keys():
-            rel = Relation(_text(obj, "relation", where), _text(obj, "label", where),
-                           _check_relation_type(_text(obj, "type", where), where))
+            rel = Relation(
+                _text(obj, "relation", where),
+                _text(obj, "label", where),
+                _check_relation_type(_text(obj, "type", where), where),
+            )
             if declared.get(rel.id, rel) != rel:
                 raise InputError(f"{where}: relation {rel.id} declared again with a different label or type")
             declared[rel.id] = rel
@@ -314,9 +333,12 @@ def _merge(old: Fact | None, new: Fact) -> Fact:
     if old is None:
         return new
     if (old.relation_id, old.subject, old.object) != (new.relation_id, new.subject, new.object):
-        raise InputError(f"{new.where}: fact {new.id} differs from its earlier line {old.where} "
-                           f"({describe(old)} vs {describe(new)})")
-    return Fact(old.id, old.relation_id, old.subject, old.object, tuple(dict.fromkeys(old.prompts + new.prompts)), old.where)
+        raise InputError(
+            f"{new.where}: fact {new.id} differs from its earlier line {old.where} ({describe(old)} vs {describe(new)})"
+        )
+    return Fact(
+        old.id, old.relation_id, old.subject, old.object, tuple(dict.fromkeys(old.prompts + new.prompts)), old.where
+    )
 
 
 def describe(fact: Fact) -> str:
@@ -324,8 +346,13 @@ def describe(fact: Fact) -> str:
     return f"{fact.relation_id}({fact.subject!r}, {fact.object!r})"
 
 
-def read_dataset(source: str, relations: Iterable[str] | None = None, limit_per_relation: int | None = None,
-                 name: str | None = None, on_relation: Callable[[str], None] | None = None) -> Dataset:
+def read_dataset(
+    source: str,
+    relations: Iterable[str] | None = None,
+    limit_per_relation: int | None = None,
+    name: str | None = None,
+    on_relation: Callable[[str], None] | None = None,
+) -> Dataset:
     """``pararel``, ``kn-paper`` or the path of a JSONL fact file."""
     if limit_per_relation is not None and limit_per_relation < 1:
         raise InputError(f"--limit-per-relation must be at least 1, got {limit_per_relation}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -100,20 +100,42 @@ def check_stack(conn: Connection, backend: str, model_id: int, expected: Sequenc
     the model while this one computed): the computed slots would start from stale weights."""
     now = [e.id for e in applied_stack(conn, backend, model_id)]
     if now != [e.id for e in expected]:
-        raise ConflictError(f"the applied edits of model {model_id} changed while this edit was computed "
-                            f"({[e.id for e in expected]} -> {now}); run the command again")
+        raise ConflictError(
+            f"the applied edits of model {model_id} changed while this edit was computed "
+            f"({[e.id for e in expected]} -> {now}); run the command again"
+        )
 
 
 def insert_edit(store: Store, conn: Connection, edit: NewEdit) -> int:
     """Record `edit` and its slots inside the caller's transaction; returns its id."""
-    edit_id = conn.execute(edits.insert().values(
-        run_id=edit.run_id, model_id=edit.model_id, kind=edit.kind, target=edit.target,
-        params=json.dumps(edit.params, sort_keys=True), status=edit.status, sha256_before=edit.sha256_before,
-        sha256_after=edit.sha256_after, metrics=json.dumps(edit.metrics, sort_keys=True)).returning(edits.c.id)).scalar_one()
+    edit_id = conn.execute(
+        edits.insert()
+        .values(
+            run_id=edit.run_id,
+            model_id=edit.model_id,
+            kind=edit.kind,
+            target=edit.target,
+            params=json.dumps(edit.params, sort_keys=True),
+            status=edit.status,
+            sha256_before=edit.sha256_before,
+            sha256_after=edit.sha256_after,
+            metrics=json.dumps(edit.metrics, sort_keys=True),
+        )
+        .returning(edits.c.id)
+    ).scalar_one()
     slots = edit.slots
-    store.bulk_insert(conn, edit_slots, {
-        "edit_id": [edit_id] * len(slots), "layer": [s.layer for s in slots], "neuron": [s.neuron for s in slots],
-        "original": [s.original for s in slots], "edited": [s.edited for s in slots], "dtype": [s.dtype for s in slots]})
+    store.bulk_insert(
+        conn,
+        edit_slots,
+        {
+            "edit_id": [edit_id] * len(slots),
+            "layer": [s.layer for s in slots],
+            "neuron": [s.neuron for s in slots],
+            "original": [s.original for s in slots],
+            "edited": [s.edited for s in slots],
+            "dtype": [s.dtype for s in slots],
+        },
+    )
     return int(edit_id)
 
 
@@ -126,8 +148,9 @@ def edit_row(conn: Connection, edit_id: int) -> sa.Row:
 
 
 def mark_rolled_back(conn: Connection, edit_id: int) -> None:
-    conn.execute(edits.update().where(edits.c.id == edit_id).values(status=ROLLED_BACK,
-                                                                     rolled_back_at=datetime.now(timezone.utc)))
+    conn.execute(
+        edits.update().where(edits.c.id == edit_id).values(status=ROLLED_BACK, rolled_back_at=datetime.now(UTC))
+    )
 
 
 def set_metrics(conn: Connection, edit_id: int, metrics: dict[str, Any]) -> None:
@@ -138,8 +161,23 @@ def list_edits(store: Store, run: str | None = None) -> list[EditRecord]:
     """Edits, newest first, optionally of one run (name or id)."""
     with store.begin() as conn:
         rows = conn.execute(sql_text("edit_list", store.backend), {"run": run or ""}).all()
-    return [EditRecord(int(r.id), r.run_name, r.kind, r.target, r.status, json.loads(r.params), json.loads(r.metrics),
-                       r.sha256_before, r.sha256_after, int(r.n_slots), r.created_at, r.rolled_back_at) for r in rows]
+    return [
+        EditRecord(
+            int(r.id),
+            r.run_name,
+            r.kind,
+            r.target,
+            r.status,
+            json.loads(r.params),
+            json.loads(r.metrics),
+            r.sha256_before,
+            r.sha256_after,
+            int(r.n_slots),
+            r.created_at,
+            r.rolled_back_at,
+        )
+        for r in rows
+    ]
 
 
 def get_edit(store: Store, edit_id: int) -> EditRecord:

@@ -17,7 +17,6 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import migrations
-
 from atlas.db.store import Store
 from atlas.errors import SchemaOutOfDate
 
@@ -80,4 +79,6 @@ def table_counts(store: Store) -> dict[str, int]:
     from atlas.db.schema import metadata
 
     with store.begin() as conn:
-        return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for t in metadata.sorted_tables}
+        return {
+            t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for t in metadata.sorted_tables
+        }

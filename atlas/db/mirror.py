@@ -78,7 +78,10 @@ class PostgresMirror:
         if mode not in MODES:
             raise ValueError(f"unknown mirror mode {mode!r}; use one of {MODES}")
         if not EXTENSION.is_file():
-            raise StoreError(f"DuckDB's PostgreSQL extension is missing at {EXTENSION} (pip install duckdb-extension-postgres-scanner=={duckdb.__version__})")
+            raise StoreError(
+                f"DuckDB's PostgreSQL extension is missing at {EXTENSION} "
+                f"(pip install duckdb-extension-postgres-scanner=={duckdb.__version__})"
+            )
         self.mode = mode
         self.con = duckdb.connect()
         self.con.execute(f"LOAD '{_sql_quote(str(EXTENSION))}'")

@@ -44,8 +44,16 @@ def register_model(store: Store, info: ModelInfo) -> tuple[ModelRow, bool]:
         name = info.name
         if conn.execute(sa.select(models.c.id).where(models.c.name == name)).first() is not None:
             name = f"{info.name}-{info.sha256[:8]}"
-        conn.execute(models.insert().values(name=name, source=info.source, architecture=info.architecture,
-                                            n_layers=info.n_layers, n_neurons=info.n_neurons, sha256=info.sha256))
+        conn.execute(
+            models.insert().values(
+                name=name,
+                source=info.source,
+                architecture=info.architecture,
+                n_layers=info.n_layers,
+                n_neurons=info.n_neurons,
+                sha256=info.sha256,
+            )
+        )
         row = conn.execute(sa.select(models).where(models.c.sha256 == info.sha256)).one()
     return _row(row), True
 
@@ -56,5 +64,12 @@ def list_models(store: Store) -> list[ModelRow]:
 
 
 def _row(r: sa.Row) -> ModelRow:
-    return ModelRow(name=r.name, source=r.source, architecture=r.architecture, n_layers=int(r.n_layers),
-                    n_neurons=int(r.n_neurons), sha256=r.sha256, id=int(r.id))
+    return ModelRow(
+        name=r.name,
+        source=r.source,
+        architecture=r.architecture,
+        n_layers=int(r.n_layers),
+        n_neurons=int(r.n_neurons),
+        sha256=r.sha256,
+        id=int(r.id),
+    )

@@ -62,6 +62,7 @@ def relation_neurons(conn: Connection, run_id: int, relation: str, backend: str)
     """Every knowledge neuron of `relation`, most frequent first (ties: larger mean score first):
     the named query `relation-neurons` with no thresholds."""
     query = load_query("relation-neurons")
-    rows = conn.execute(query.text(backend), query.bind({"run_id": run_id, "relation_id": relation,
-                                                          "min_facts": 1, "min_share": 0.0}))
+    rows = conn.execute(
+        query.text(backend), query.bind({"run_id": run_id, "relation_id": relation, "min_facts": 1, "min_share": 0.0})
+    )
     return [SlotStat(int(r.layer), int(r.neuron), int(r.n_facts), float(r.share), float(r.mean_score)) for r in rows]

@@ -19,8 +19,11 @@ def write_probe(store: Store, run_id: int, kind: str, rows: Mapping[str, Sequenc
     with store.begin() as conn:
         done = sorted(set(rows.get("fact_id", [])))
         if done:
-            conn.execute(probe_results.delete().where(probe_results.c.run_id == run_id, probe_results.c.kind == kind,
-                                                      probe_results.c.fact_id.in_(done)))
+            conn.execute(
+                probe_results.delete().where(
+                    probe_results.c.run_id == run_id, probe_results.c.kind == kind, probe_results.c.fact_id.in_(done)
+                )
+            )
         store.bulk_insert(conn, probe_results, rows)
 
 

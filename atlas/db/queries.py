@@ -31,10 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 import queries as _queries_package
-
 from atlas.db.mirror import PostgresMirror, raw_duckdb
-from atlas.db.store import Store
 from atlas.db.sqlfile import SqlFile, executable_sql, parse_sql_file
+from atlas.db.store import Store
 from atlas.errors import InputError, NotFound, StoreError
 
 QUERY_DIR = Path(list(_queries_package.__path__)[0])  # __path__: also right where queries/ resolves as a namespace

@@ -57,7 +57,9 @@ def run_sql(store: Store, sql: str) -> QueryResult:
             with store.begin() as conn:
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 cur = conn.connection.driver_connection.execute(statement)
-                table = arrow_from_rows([d.name for d in cur.description or []], cur.fetchall() if cur.description else [])
+                table = arrow_from_rows(
+                    [d.name for d in cur.description or []], cur.fetchall() if cur.description else []
+                )
         else:
             path = store.engine.url.database
             if not path or path == ":memory:":

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import sqlalchemy as sa
 
-from atlas.db.schema import facts, knowledge_neurons, prompt_outputs, prompt_scores, prompts, relation_thresholds, work_items
+from atlas.db.schema import (
+    facts,
+    knowledge_neurons,
+    prompt_outputs,
+    prompt_scores,
+    prompts,
+    relation_thresholds,
+    work_items,
+)
 from atlas.db.sqlfile import sql_text
 from atlas.db.store import Store
 from atlas.db.workqueue import LeaseLost, WorkItem, WorkQueue
@@ -32,6 +40,7 @@ class PromptOutput:
     max_score: float | None = None
     n_answer_tokens: int | None = None
 
+
 @dataclass
 class BatchResult:
     """The results of one work item, ready to be written in one transaction."""
@@ -45,6 +54,7 @@ class BatchResult:
     score_value: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     model_s: float = 0.0
 
+
 @dataclass
 class CoarseTally:
     """One fact's coarse neurons over its ok prompts: per neuron, in how many prompts it is coarse
@@ -56,11 +66,14 @@ class CoarseTally:
     counts: np.ndarray
     sums: np.ndarray
 
+
 def item_prompts(store: Store, fact_ids: tuple[str, ...], causal: bool) -> list[sa.Row]:
     """(prompt_id, fact_id, text, object) of the usable prompts of a batch of facts."""
     with store.begin() as conn:
-        return conn.execute(sql_text("item_prompts", store.backend),
-                            {"fact_ids": list(fact_ids), "causal": causal}).all()
+        return conn.execute(
+            sql_text("item_prompts", store.backend), {"fact_ids": list(fact_ids), "causal": causal}
+        ).all()
+
 
 def write_batch(store: Store, queue: WorkQueue, result: BatchResult) -> None:
     """Write the item's rows and mark it done, all in one transaction (`LeaseLost` rolls back).
@@ -72,32 +85,49 @@ def write_batch(store: Store, queue: WorkQueue, result: BatchResult) -> None:
     run_id = queue.run_id
     ids = [o.prompt_id for o in result.outputs]
     with store.begin() as conn:
-        store.bulk_insert(conn, prompt_outputs, {
-            "run_id": [run_id] * len(ids),
-            "prompt_id": ids,
-            "status": [o.status for o in result.outputs],
-            "skip_reason": [o.skip_reason for o in result.outputs],
-            "p_gold": [o.p_gold for o in result.outputs],
-            "gold_rank": [o.gold_rank for o in result.outputs],
-            "max_score": [o.max_score for o in result.outputs],
-            "n_answer_tokens": [o.n_answer_tokens for o in result.outputs],
-        })
-        store.bulk_insert(conn, prompt_scores, {
-            "run_id": np.full(len(result.score_prompt), run_id, np.int64),
-            "prompt_id": result.score_prompt,
-            "layer": result.score_layer,
-            "neuron": result.score_neuron,
-            "score": result.score_value,
-        })
+        store.bulk_insert(
+            conn,
+            prompt_outputs,
+            {
+                "run_id": [run_id] * len(ids),
+                "prompt_id": ids,
+                "status": [o.status for o in result.outputs],
+                "skip_reason": [o.skip_reason for o in result.outputs],
+                "p_gold": [o.p_gold for o in result.outputs],
+                "gold_rank": [o.gold_rank for o in result.outputs],
+                "max_score": [o.max_score for o in result.outputs],
+                "n_answer_tokens": [o.n_answer_tokens for o in result.outputs],
+            },
+        )
+        store.bulk_insert(
+            conn,
+            prompt_scores,
+            {
+                "run_id": np.full(len(result.score_prompt), run_id, np.int64),
+                "prompt_id": result.score_prompt,
+                "layer": result.score_layer,
+                "neuron": result.score_neuron,
+                "score": result.score_value,
+            },
+        )
         if not queue.complete(conn, result.item):
             raise LeaseLost(f"lease on item {result.item.item_id} of run {run_id} was lost; another worker redoes it")
+
 
 def relation_facts(store: Store, run_id: int, relation_id: str) -> list[str]:
     """The facts of a relation that the run indexes (from its work items), sorted."""
     with store.begin() as conn:
-        docs = conn.execute(sa.select(work_items.c.fact_ids).where(work_items.c.run_id == run_id,
-                                                                   work_items.c.relation_id == relation_id)).scalars().all()
+        docs = (
+            conn.execute(
+                sa.select(work_items.c.fact_ids).where(
+                    work_items.c.run_id == run_id, work_items.c.relation_id == relation_id
+                )
+            )
+            .scalars()
+            .all()
+        )
     return sorted(f for d in docs for f in json.loads(d))
+
 
 def relation_tallies(store: Store, run_id: int, relation_id: str, t: float) -> dict[str, CoarseTally]:
     """Per fact of the relation with ok prompts: its coarse tally at threshold ``t`` (see
@@ -112,12 +142,15 @@ def relation_tallies(store: Store, run_id: int, relation_id: str, t: float) -> d
     layer, neuron, count = (np.array(c, np.int64) for c in cols[1:4])
     total = np.array(cols[4], np.float64)
     starts = np.flatnonzero(np.r_[True, fact[1:] != fact[:-1]]) if len(fact) else np.zeros(0, np.int64)
-    bounds = dict(zip(fact[starts].tolist(), zip(starts.tolist(), np.r_[starts[1:], len(fact)].tolist())))  # rows come by fact
+    bounds = dict(
+        zip(fact[starts].tolist(), zip(starts.tolist(), np.r_[starts[1:], len(fact)].tolist()))
+    )  # rows come by fact
     out = {}
     for fact_id, n in ok:
         a, b = bounds.get(fact_id, (0, 0))
         out[fact_id] = CoarseTally(int(n), layer[a:b], neuron[a:b], count[a:b], total[a:b])
     return out
+
 
 @dataclass
 class RelationNeurons:
@@ -133,22 +166,44 @@ class RelationNeurons:
     mean_neurons: float
     n_facts: int
 
+
 def write_relation(store: Store, run_id: int, rel: RelationNeurons) -> None:
     """Replace the relation's knowledge neurons and threshold row in one transaction (idempotent)."""
     with store.begin() as conn:
         if store.backend == "postgresql":
-            conn.execute(sql_text("lock_relation_items", store.backend), {"run_id": run_id, "relation_id": rel.relation_id})
+            conn.execute(
+                sql_text("lock_relation_items", store.backend), {"run_id": run_id, "relation_id": rel.relation_id}
+            )
         rel_facts = sa.select(facts.c.id).where(facts.c.relation_id == rel.relation_id)
-        conn.execute(knowledge_neurons.delete().where(knowledge_neurons.c.run_id == run_id,
-                                                      knowledge_neurons.c.fact_id.in_(rel_facts)))
-        conn.execute(relation_thresholds.delete().where(relation_thresholds.c.run_id == run_id,
-                                                        relation_thresholds.c.relation_id == rel.relation_id))
+        conn.execute(
+            knowledge_neurons.delete().where(
+                knowledge_neurons.c.run_id == run_id, knowledge_neurons.c.fact_id.in_(rel_facts)
+            )
+        )
+        conn.execute(
+            relation_thresholds.delete().where(
+                relation_thresholds.c.run_id == run_id, relation_thresholds.c.relation_id == rel.relation_id
+            )
+        )
         n = len(rel.fact_id)
-        store.bulk_insert(conn, knowledge_neurons, {
-            "run_id": [run_id] * n, "fact_id": rel.fact_id, "layer": rel.layer, "neuron": rel.neuron,
-            "score": rel.score, "n_prompts": rel.n_prompts})
-        conn.execute(relation_thresholds.insert().values(run_id=run_id, relation_id=rel.relation_id, p=rel.p,
-                                                         mean_neurons=rel.mean_neurons, n_facts=rel.n_facts))
+        store.bulk_insert(
+            conn,
+            knowledge_neurons,
+            {
+                "run_id": [run_id] * n,
+                "fact_id": rel.fact_id,
+                "layer": rel.layer,
+                "neuron": rel.neuron,
+                "score": rel.score,
+                "n_prompts": rel.n_prompts,
+            },
+        )
+        conn.execute(
+            relation_thresholds.insert().values(
+                run_id=run_id, relation_id=rel.relation_id, p=rel.p, mean_neurons=rel.mean_neurons, n_facts=rel.n_facts
+            )
+        )
+
 
 def run_prompt_total(store: Store, run_id: int, causal: bool) -> int:
     """How many prompts the run attributes in all (for the progress bar's total)."""
@@ -158,11 +213,18 @@ def run_prompt_total(store: Store, run_id: int, causal: bool) -> int:
         usable = prompts.c.causal if causal else prompts.c.masked
         total = 0
         for i in range(0, len(ids), 10_000):
-            total += conn.execute(sa.select(sa.func.count()).select_from(prompts)
-                                  .where(prompts.c.fact_id.in_(ids[i:i + 10_000]), usable)).scalar_one()
+            total += conn.execute(
+                sa.select(sa.func.count())
+                .select_from(prompts)
+                .where(prompts.c.fact_id.in_(ids[i : i + 10_000]), usable)
+            ).scalar_one()
     return int(total)
+
 
 def run_prompts_done(store: Store, run_id: int) -> int:
     with store.begin() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(prompt_outputs)
-                                .where(prompt_outputs.c.run_id == run_id)).scalar_one())
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(prompt_outputs).where(prompt_outputs.c.run_id == run_id)
+            ).scalar_one()
+        )

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import sqlalchemy as sa
-from atlas.errors import DatabaseUnavailable, StoreError
 
+from atlas.errors import DatabaseUnavailable, StoreError
 
 T = TypeVar("T")
 
@@ -22,8 +22,14 @@ T = TypeVar("T")
 TRANSIENT = (StoreError, sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
-def with_retries(fn: Callable[[], T], *, what: str, tries: int = 6, first_delay: float = 0.25,
-                 on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+def with_retries(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    tries: int = 6,
+    first_delay: float = 0.25,
+    on_retry: Callable[[int, BaseException], None] | None = None,
+) -> T:
     """Run ``fn`` (one transaction); on a transient error wait (doubling delays) and run it again."""
     delay = first_delay
     for attempt in range(1, tries + 1):

@@ -16,11 +16,18 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-
 from sqlalchemy.engine import Connection
 
 from atlas.db.models import ModelInfo, register_model
-from atlas.db.schema import dataset_facts, knowledge_neurons, models, prompt_outputs, relation_thresholds, runs, work_items
+from atlas.db.schema import (
+    dataset_facts,
+    knowledge_neurons,
+    models,
+    prompt_outputs,
+    relation_thresholds,
+    runs,
+    work_items,
+)
 from atlas.db.sqlfile import sql_text
 from atlas.db.store import Store
 from atlas.db.workqueue import batches, create_items
@@ -46,8 +53,11 @@ class RunSpec:
         return {
             "model_sha256": self.model.sha256,
             "dataset": self.dataset,
-            "selection": {"relations": sorted(self.relations) if self.relations else None,
-                          "limit_per_relation": self.limit_per_relation, "causal": self.causal},
+            "selection": {
+                "relations": sorted(self.relations) if self.relations else None,
+                "limit_per_relation": self.limit_per_relation,
+                "causal": self.causal,
+            },
             "params": self.params,
         }
 
@@ -87,13 +97,18 @@ def _canonical(doc: Any) -> str:
 
 # --- creating and resuming ---------------------------------------------------------------------
 
+
 def check_selection(store: Store, dataset: str, relations: tuple[str, ...] | None) -> list[str]:
     """The relations to index; a `InputError` for an unknown dataset or a relation it lacks.
     Cheap, so the indexer calls it before spending seconds on loading a model."""
     with store.begin() as conn:
         in_dataset = conn.execute(sql_text("dataset_relations", store.backend), {"dataset": dataset}).scalars().all()
         if not in_dataset:
-            loaded = conn.execute(sa.select(dataset_facts.c.dataset).distinct().order_by(dataset_facts.c.dataset)).scalars().all()
+            loaded = (
+                conn.execute(sa.select(dataset_facts.c.dataset).distinct().order_by(dataset_facts.c.dataset))
+                .scalars()
+                .all()
+            )
             hint = f"loaded datasets: {', '.join(loaded)}" if loaded else "no dataset is loaded"
             raise InputError(f"unknown dataset {dataset!r}: {hint} (load one with `atlas facts load`)")
     wanted = list(relations) if relations else list(in_dataset)
@@ -103,18 +118,27 @@ def check_selection(store: Store, dataset: str, relations: tuple[str, ...] | Non
     return wanted
 
 
-def select_facts(store: Store, dataset: str, relations: tuple[str, ...] | None, limit: int | None,
-                 causal: bool) -> list[tuple[str, str]]:
+def select_facts(
+    store: Store, dataset: str, relations: tuple[str, ...] | None, limit: int | None, causal: bool
+) -> list[tuple[str, str]]:
     """(relation_id, fact_id) pairs a run would index; a `InputError` when that is nothing."""
     wanted = check_selection(store, dataset, relations)
     with store.begin() as conn:
-        rows = conn.execute(sql_text("select_facts", store.backend), {
-            "dataset": dataset, "relations": wanted, "causal": causal,
-            "limit_per_relation": NO_LIMIT if limit is None else limit}).all()
+        rows = conn.execute(
+            sql_text("select_facts", store.backend),
+            {
+                "dataset": dataset,
+                "relations": wanted,
+                "causal": causal,
+                "limit_per_relation": NO_LIMIT if limit is None else limit,
+            },
+        ).all()
     if not rows:
         kind = "left-to-right" if causal else "masked-LM"
-        raise InputError(f"empty selection: no fact of dataset {dataset!r} in {', '.join(wanted)} has a {kind} prompt"
-                             + (f" (limit {limit} per relation)" if limit is not None else ""))
+        raise InputError(
+            f"empty selection: no fact of dataset {dataset!r} in {', '.join(wanted)} has a {kind} prompt"
+            + (f" (limit {limit} per relation)" if limit is not None else "")
+        )
     return [(r.relation_id, r.fact_id) for r in rows]
 
 
@@ -127,16 +151,29 @@ def open_run(store: Store, spec: RunSpec, name: str | None = None, facts_per_ite
         if existing.params_key != key:
             raise ConflictError(f"run {existing.name!r} exists with other parameters; choose another --run name")
         return existing, False
-    selected = select_facts(store, spec.dataset, spec.relations, spec.limit_per_relation, spec.causal)  # may refuse: nothing written yet
+    selected = select_facts(
+        store, spec.dataset, spec.relations, spec.limit_per_relation, spec.causal
+    )  # may refuse: nothing written yet
     model, _ = register_model(store, spec.model)
     items = batches(selected, facts_per_item)
     name = name or f"{model.name}-{spec.dataset}-{key[:8]}"
     try:
         with store.begin() as conn:
-            run_id = conn.execute(runs.insert().values(
-                name=name, model_id=model.id, dataset=spec.dataset, method="ig",
-                params=_canonical(spec.document()), params_key=key, code_version=spec.code_version,
-                status="running", stats="{}").returning(runs.c.id)).scalar_one()
+            run_id = conn.execute(
+                runs.insert()
+                .values(
+                    name=name,
+                    model_id=model.id,
+                    dataset=spec.dataset,
+                    method="ig",
+                    params=_canonical(spec.document()),
+                    params_key=key,
+                    code_version=spec.code_version,
+                    status="running",
+                    stats="{}",
+                )
+                .returning(runs.c.id)
+            ).scalar_one()
             create_items(store, conn, run_id, items)
     except sa.exc.IntegrityError:  # another process created it a moment ago
         existing = find_run(store, name=name)
@@ -147,8 +184,12 @@ def open_run(store: Store, spec: RunSpec, name: str | None = None, facts_per_ite
 
 
 def _runs() -> sa.Select:
-    return sa.select(runs, models.c.name.label("model_name"), models.c.source.label("model_source"),
-                     models.c.sha256.label("model_sha256")).join_from(runs, models, models.c.id == runs.c.model_id)
+    return sa.select(
+        runs,
+        models.c.name.label("model_name"),
+        models.c.source.label("model_source"),
+        models.c.sha256.label("model_sha256"),
+    ).join_from(runs, models, models.c.id == runs.c.model_id)
 
 
 def find_run(store: Store, *, name: str | None = None, params_key: str | None = None) -> Run | None:
@@ -182,11 +223,25 @@ def list_runs(store: Store) -> list[Run]:
 
 
 def _run(r: sa.Row) -> Run:
-    return Run(int(r.id), r.name, int(r.model_id), r.dataset, json.loads(r.params), r.params_key, r.status,
-               json.loads(r.stats or "{}"), r.created_at, r.finished_at, r.model_name, r.model_source, r.model_sha256)
+    return Run(
+        int(r.id),
+        r.name,
+        int(r.model_id),
+        r.dataset,
+        json.loads(r.params),
+        r.params_key,
+        r.status,
+        json.loads(r.stats or "{}"),
+        r.created_at,
+        r.finished_at,
+        r.model_name,
+        r.model_source,
+        r.model_sha256,
+    )
 
 
 # --- status and stats --------------------------------------------------------------------------
+
 
 def add_stats(store: Store, run_id: int, delta: dict[str, float]) -> None:
     """Add timing/count figures to ``runs.stats`` (row-locked on PostgreSQL: workers add concurrently)."""
@@ -202,8 +257,11 @@ def add_stats(store: Store, run_id: int, delta: dict[str, float]) -> None:
 
 def mark_done(store: Store, run_id: int) -> None:
     with store.begin() as conn:
-        conn.execute(runs.update().where(runs.c.id == run_id, runs.c.status != "done")
-                     .values(status="done", finished_at=sa.func.now()))
+        conn.execute(
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.status != "done")
+            .values(status="done", finished_at=sa.func.now())
+        )
 
 
 @dataclass
@@ -224,16 +282,25 @@ class RunCounts:
 def run_counts(store: Store, run_id: int) -> RunCounts:
     """Counts for summaries and `atlas runs show`, computed from the rows themselves."""
     with store.begin() as conn:
-        docs = conn.execute(sa.select(work_items.c.fact_ids, work_items.c.status).where(work_items.c.run_id == run_id)).all()
-        statuses = conn.execute(sa.select(prompt_outputs.c.status, prompt_outputs.c.skip_reason, sa.func.count())
-                                .where(prompt_outputs.c.run_id == run_id)
-                                .group_by(prompt_outputs.c.status, prompt_outputs.c.skip_reason)).all()
-        kn = conn.execute(sa.select(sa.func.count(), sa.func.count(sa.distinct(knowledge_neurons.c.fact_id)))
-                          .where(knowledge_neurons.c.run_id == run_id)).one()
-        rels = conn.execute(sa.select(sa.func.count()).select_from(relation_thresholds)
-                            .where(relation_thresholds.c.run_id == run_id)).scalar_one()
-        n_rel = conn.execute(sa.select(sa.func.count(sa.distinct(work_items.c.relation_id)))
-                             .where(work_items.c.run_id == run_id)).scalar_one()
+        docs = conn.execute(
+            sa.select(work_items.c.fact_ids, work_items.c.status).where(work_items.c.run_id == run_id)
+        ).all()
+        statuses = conn.execute(
+            sa.select(prompt_outputs.c.status, prompt_outputs.c.skip_reason, sa.func.count())
+            .where(prompt_outputs.c.run_id == run_id)
+            .group_by(prompt_outputs.c.status, prompt_outputs.c.skip_reason)
+        ).all()
+        kn = conn.execute(
+            sa.select(sa.func.count(), sa.func.count(sa.distinct(knowledge_neurons.c.fact_id))).where(
+                knowledge_neurons.c.run_id == run_id
+            )
+        ).one()
+        rels = conn.execute(
+            sa.select(sa.func.count()).select_from(relation_thresholds).where(relation_thresholds.c.run_id == run_id)
+        ).scalar_one()
+        n_rel = conn.execute(
+            sa.select(sa.func.count(sa.distinct(work_items.c.relation_id))).where(work_items.c.run_id == run_id)
+        ).scalar_one()
     reasons: dict[str, int] = {}
     ok = skipped = 0
     for status, reason, n in statuses:
@@ -243,8 +310,15 @@ def run_counts(store: Store, run_id: int) -> RunCounts:
             skipped += int(n)
             reasons[reason or "?"] = reasons.get(reason or "?", 0) + int(n)
     return RunCounts(
-        facts=sum(len(json.loads(d.fact_ids)) for d in docs), prompts=ok + skipped, ok=ok, skipped=skipped,
-        skip_reasons=reasons, neurons=int(kn[0]), facts_with_neurons=int(kn[1]), relations=int(n_rel),
-        relations_done=int(rels), items=len(docs), items_done=sum(d.status == "done" for d in docs))
-
-
+        facts=sum(len(json.loads(d.fact_ids)) for d in docs),
+        prompts=ok + skipped,
+        ok=ok,
+        skipped=skipped,
+        skip_reasons=reasons,
+        neurons=int(kn[0]),
+        facts_with_neurons=int(kn[1]),
+        relations=int(n_rel),
+        relations_done=int(rels),
+        items=len(docs),
+        items_done=sum(d.status == "done" for d in docs),
+    )

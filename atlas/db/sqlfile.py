@@ -75,8 +75,9 @@ class SqlFile:
     def for_backend(self, backend: str) -> str:
         """The text with the other backends' ``-- <backend> only`` lines dropped."""
         others = [b for b in BACKENDS if b != backend]
-        return "\n".join(line for line in self.sql.splitlines()
-                         if not any(line.rstrip().endswith(f"-- {o} only") for o in others))
+        return "\n".join(
+            line for line in self.sql.splitlines() if not any(line.rstrip().endswith(f"-- {o} only") for o in others)
+        )
 
     @functools.cache  # noqa: B019 - SqlFile is frozen and lives as long as the process anyway
     def text(self, backend: str) -> sa.TextClause:
@@ -192,8 +193,9 @@ def convert(query: str, param: Param, value: Any, expected: str) -> Any:
             pass
     elif isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise InputError(f"query {query}: parameter {param.name}={value!r} is not {param.type}"
-                     + (f"; {expected}" if expected else ""))
+    raise InputError(
+        f"query {query}: parameter {param.name}={value!r} is not {param.type}" + (f"; {expected}" if expected else "")
+    )
 
 
 @functools.cache

@@ -25,6 +25,7 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
+
 from atlas.errors import StoreError
 
 DEFAULT_URL = "duckdb:///atlas.duckdb"

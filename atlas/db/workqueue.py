@@ -76,14 +76,18 @@ def batches(facts: list[tuple[str, str]], per_item: int) -> list[tuple[str, list
 
 def create_items(store: Store, conn: Connection, run_id: int, items: list[tuple[str, list[str]]]) -> int:
     """Insert the run's work items (all pending) inside the caller's transaction."""
-    return store.bulk_insert(conn, work_items, {
-        "run_id": [run_id] * len(items),
-        "item_id": list(range(len(items))),
-        "relation_id": [r for r, _ in items],
-        "fact_ids": [json.dumps(f) for _, f in items],
-        "status": ["pending"] * len(items),
-        "attempts": [0] * len(items),
-    })
+    return store.bulk_insert(
+        conn,
+        work_items,
+        {
+            "run_id": [run_id] * len(items),
+            "item_id": list(range(len(items))),
+            "relation_id": [r for r, _ in items],
+            "fact_ids": [json.dumps(f) for _, f in items],
+            "status": ["pending"] * len(items),
+            "attempts": [0] * len(items),
+        },
+    )
 
 
 class WorkQueue:
@@ -98,28 +102,38 @@ class WorkQueue:
     def claim(self) -> WorkItem | None:
         """The next pending (or lease-expired) item, now leased to this owner; None when none is left."""
         with self.store.begin() as conn:
-            row = conn.execute(sql_text("claim_work_item", self.store.backend),
-                               {"run_id": self.run_id, "owner": self.owner, "lease_s": self.lease_s}).first()
+            row = conn.execute(
+                sql_text("claim_work_item", self.store.backend),
+                {"run_id": self.run_id, "owner": self.owner, "lease_s": self.lease_s},
+            ).first()
         if row is None:
             return None
-        return WorkItem(self.run_id, int(row.item_id), row.relation_id, tuple(json.loads(row.fact_ids)), int(row.attempts))
+        return WorkItem(
+            self.run_id, int(row.item_id), row.relation_id, tuple(json.loads(row.fact_ids)), int(row.attempts)
+        )
 
     def complete(self, conn: Connection, item: WorkItem) -> bool:
         """Mark ``item`` done inside ``conn``'s transaction; False when the lease is no longer ours."""
-        res = conn.execute(sql_text("complete_work_item", self.store.backend),
-                           {"run_id": self.run_id, "item_id": item.item_id, "owner": self.owner})
+        res = conn.execute(
+            sql_text("complete_work_item", self.store.backend),
+            {"run_id": self.run_id, "item_id": item.item_id, "owner": self.owner},
+        )
         return res.first() is not None  # RETURNING, not rowcount: DuckDB reports no rowcount
 
     def renew(self, item: WorkItem) -> bool:
         with self.store.begin() as conn:
-            res = conn.execute(sql_text("renew_lease", self.store.backend),
-                               {"run_id": self.run_id, "item_id": item.item_id, "owner": self.owner, "lease_s": self.lease_s})
+            res = conn.execute(
+                sql_text("renew_lease", self.store.backend),
+                {"run_id": self.run_id, "item_id": item.item_id, "owner": self.owner, "lease_s": self.lease_s},
+            )
             return res.first() is not None
 
     def release(self, item: WorkItem) -> None:
         with self.store.begin() as conn:
-            conn.execute(sql_text("release_work_item", self.store.backend),
-                         {"run_id": self.run_id, "item_id": item.item_id, "owner": self.owner})
+            conn.execute(
+                sql_text("release_work_item", self.store.backend),
+                {"run_id": self.run_id, "item_id": item.item_id, "owner": self.owner},
+            )
 
     def reset_claims(self) -> None:
         """DuckDB only: claims left by a dead writer process become pending (see reset_claims.sql)."""
@@ -131,8 +145,13 @@ class WorkQueue:
     def remaining(self) -> int:
         """Items not yet done (pending, or claimed by someone)."""
         with self.store.begin() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(work_items)
-                                    .where(work_items.c.run_id == self.run_id, work_items.c.status != "done")).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(work_items)
+                    .where(work_items.c.run_id == self.run_id, work_items.c.status != "done")
+                ).scalar_one()
+            )
 
     def progress(self) -> list[RelationProgress]:
         """Items done per relation, and which relations are finalised."""
@@ -143,6 +162,9 @@ class WorkQueue:
     def counts(self) -> dict[str, int]:
         """Items per status (pending, claimed, done)."""
         with self.store.begin() as conn:
-            rows = conn.execute(sa.select(work_items.c.status, sa.func.count()).where(work_items.c.run_id == self.run_id)
-                                .group_by(work_items.c.status)).all()
+            rows = conn.execute(
+                sa.select(work_items.c.status, sa.func.count())
+                .where(work_items.c.run_id == self.run_id)
+                .group_by(work_items.c.status)
+            ).all()
         return {status: int(n) for status, n in rows}

@@ -69,8 +69,9 @@ def disturbed(p_before: float, p_after: float, threshold: float) -> bool:
     return p_before > 0 and abs(p_after - p_before) / p_before >= threshold
 
 
-def audit_edit(store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, threshold: float = 0.1,
-               seed: int = 0) -> AuditSummary:
+def audit_edit(
+    store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, threshold: float = 0.1, seed: int = 0
+) -> AuditSummary:
     """Predict, measure and store the interference of edit `edit_id` (see the module docstring)."""
     predicted = run_query(store, "edit-interference", {"edit_id": edit_id, "limit": limit}, via="native")
     with store.begin() as conn:
@@ -81,20 +82,32 @@ def audit_edit(store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, thr
     lm = resolve_model(store, lm, run)
     check_weights(lm, run)
     cols = predicted.columns
-    pred = [(r[cols.index("fact_id")], float(r[cols.index("predicted_score")])) for r in predicted.rows
-            if r[cols.index("fact_id")] in facts]
-    targets = [row.target] if row.kind == "update" else sorted(f.id for f in facts.values() if f.relation_id == row.target)
+    pred = [
+        (r[cols.index("fact_id")], float(r[cols.index("predicted_score")]))
+        for r in predicted.rows
+        if r[cols.index("fact_id")] in facts
+    ]
+    targets = (
+        [row.target] if row.kind == "update" else sorted(f.id for f in facts.values() if f.relation_id == row.target)
+    )
     taken = set(targets) | {f for f, _ in pred}
     pool = sorted(f for f in facts if f not in taken)
     rand = random.Random(f"{seed}:{edit_id}").sample(pool, min(len(pool), max(len(pred), 5)))
-    roles = [(f, "target", 0.0) for f in targets] + [(f, "predicted", s) for f, s in pred] + [(f, "random", 0.0) for f in rand]
+    roles = (
+        [(f, "target", 0.0) for f in targets]
+        + [(f, "predicted", s) for f, s in pred]
+        + [(f, "random", 0.0) for f in rand]
+    )
     chosen = [facts[f] for f, _, _ in roles]
     before = fact_p(lm, chosen)
     with slots_written(lm, slots_of([edit])):
         after = fact_p(lm, chosen)
     # rounded as the REAL columns store them, so the summary can be recomputed from the table
-    kept = [AuditRow(f, role, _real(sc), _real(b), _real(a)) for (f, role, sc), b, a in zip(roles, before, after)
-            if b is not None]
+    kept = [
+        AuditRow(f, role, _real(sc), _real(b), _real(a))
+        for (f, role, sc), b, a in zip(roles, before, after)
+        if b is not None
+    ]
     result = summarise(edit_id, [(r.role, r.predicted_score, r.p_before, r.p_after) for r in kept], threshold)
     metrics = json.loads(row.metrics or "{}")
     metrics["audit"] = asdict(result)
@@ -113,8 +126,18 @@ def summarise(edit_id: int, rows: Sequence[tuple[str, float, float, float]], thr
     ranked = [(s, disturbed(b, a, threshold)) for role, s, b, a in rows if role != "target"]
     scores, labels = [s for s, _ in ranked], [y for _, y in ranked]
     k = sum(1 for role, *_ in rows if role == "predicted")
-    return AuditSummary(edit_id, len(tb), k, len(ranked) - k, sum(labels), m.relative_change(tb, ta),
-                        m.roc_auc(scores, labels), m.precision_at_k(scores, labels, k), k, threshold)
+    return AuditSummary(
+        edit_id,
+        len(tb),
+        k,
+        len(ranked) - k,
+        sum(labels),
+        m.relative_change(tb, ta),
+        m.roc_auc(scores, labels),
+        m.precision_at_k(scores, labels, k),
+        k,
+        threshold,
+    )
 
 
 def new_object_for(lm: LoadedModel, fact: Fact, facts: dict[str, Fact], rng: random.Random) -> str | None:
@@ -130,9 +153,18 @@ def new_object_for(lm: LoadedModel, fact: Fact, facts: dict[str, Fact], rng: ran
     return None
 
 
-def audit_sample(store: Store, lm: ModelArg, run_name: str | int, n: int, *, seed: int = 0,
-                 limit: int = 50, threshold: float = 0.1, eval_facts: int = 10,
-                 on_edit: Callable[[], None] | None = None) -> SampleSummary:
+def audit_sample(
+    store: Store,
+    lm: ModelArg,
+    run_name: str | int,
+    n: int,
+    *,
+    seed: int = 0,
+    limit: int = 50,
+    threshold: float = 0.1,
+    eval_facts: int = 10,
+    on_edit: Callable[[], None] | None = None,
+) -> SampleSummary:
     """Make `n` trial update edits on random facts of the run (never applied), audit each, pool."""
     with store.begin() as conn:
         run = resolve_run(conn, run_name)
@@ -160,9 +192,18 @@ def audit_sample(store: Store, lm: ModelArg, run_name: str | int, n: int, *, see
 
 
 def pool(store: Store, summaries: list[AuditSummary], threshold: float) -> SampleSummary:
-    pairs = [(s, disturbed(b, a, threshold)) for e in summaries for role, s, b, a in stored_rows(store, e.edit_id)
-             if role != "target"]
+    pairs = [
+        (s, disturbed(b, a, threshold))
+        for e in summaries
+        for role, s, b, a in stored_rows(store, e.edit_id)
+        if role != "target"
+    ]
     aucs = [e.auc for e in summaries if e.auc is not None]
     pks = [e.precision_at_k for e in summaries if e.precision_at_k is not None]
-    return SampleSummary(summaries, m.roc_auc([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None,
-                         sum(aucs) / len(aucs) if aucs else None, sum(pks) / len(pks) if pks else None, len(pairs))
+    return SampleSummary(
+        summaries,
+        m.roc_auc([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None,
+        sum(aucs) / len(aucs) if aucs else None,
+        sum(pks) / len(pks) if pks else None,
+        len(pairs),
+    )

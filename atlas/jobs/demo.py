@@ -37,7 +37,11 @@ def prepare_schema(store: Store, state: DemoState, echo: Echo) -> None:
     before = migrate.current_revision(store)
     migrate.upgrade(store)
     after = migrate.current_revision(store)
-    echo(f"database {store!r}: schema {before or 'none'} -> {after}" if before != after else f"database {store!r}: schema {after}")
+    echo(
+        f"database {store!r}: schema {before or 'none'} -> {after}"
+        if before != after
+        else f"database {store!r}: schema {after}"
+    )
 
 
 def load_facts(store: Store, state: DemoState, echo: Echo) -> None:
@@ -54,8 +58,10 @@ def show_facts(store: Store, state: DemoState, echo: Echo) -> None:
         detail = show_fact(store, fact_id)
         state.facts.append(detail)
         row, causal = detail.fact, [p for p in detail.prompts if p.causal]
-        echo(f"{detail.relation.id} {detail.relation.label}: {row.subject} -> {row.object}  "
-             f"({row.n_prompts} prompts, {len(causal)} for left-to-right models)")
+        echo(
+            f"{detail.relation.id} {detail.relation.label}: {row.subject} -> {row.object}  "
+            f"({row.n_prompts} prompts, {len(causal)} for left-to-right models)"
+        )
         for p in causal[:2]:
             echo(f"    {causal_prefix(p.text)} ...")
 
@@ -71,12 +77,17 @@ def index_facts(store: Store, state: DemoState, echo: Echo) -> None:
             last[0] = relation
             echo(f"  indexing: {done}/{total} prompts" + (f" ({relation} done)" if relation else ""))
 
-    opts = IndexOptions(model="smollm2", dataset="kn-paper", relations=state.relations, limit_per_relation=state.per_relation)
+    opts = IndexOptions(
+        model="smollm2", dataset="kn-paper", relations=state.relations, limit_per_relation=state.per_relation
+    )
     summary = index(store, opts, report)
     state.run_id = summary.run.id
     c, t = summary.counts, summary.timings
-    echo(f"indexed run {summary.run.name}: {c.prompts} prompts ({c.skipped} skipped), {c.neurons} knowledge neurons "
-         f"in {c.facts_with_neurons}/{c.facts} facts; {summary.wall_s:.0f} s (model {t.model_s:.0f} s, database {t.db_s:.1f} s)")
+    echo(
+        f"indexed run {summary.run.name}: {c.prompts} prompts ({c.skipped} skipped), {c.neurons} knowledge neurons "
+        f"in {c.facts_with_neurons}/{c.facts} facts; {summary.wall_s:.0f} s "
+        f"(model {t.model_s:.0f} s, database {t.db_s:.1f} s)"
+    )
 
 
 def show_neurons(store: Store, state: DemoState, echo: Echo) -> None:
@@ -85,11 +96,17 @@ def show_neurons(store: Store, state: DemoState, echo: Echo) -> None:
 
     for detail in state.facts[:4]:
         rows = run_query(store, "fact-neurons", {"run_id": state.run_id, "fact_id": detail.fact.id}).rows
-        shown = ", ".join(f"L{layer}.{neuron} ({score:.2g}, {n_prompts} prompts)" for layer, neuron, score, n_prompts, _ in rows[:5])
+        shown = ", ".join(
+            f"L{layer}.{neuron} ({score:.2g}, {n_prompts} prompts)" for layer, neuron, score, n_prompts, _ in rows[:5]
+        )
         echo(f"{detail.fact.subject} -> {detail.fact.object}: {len(rows)} knowledge neurons {shown}")
     for relation in state.relations:
-        rows = run_query(store, "relation-neurons", {"run_id": state.run_id, "relation_id": relation, "min_facts": 2}).rows
-        shown = ", ".join(f"L{layer}.{neuron} ({n_facts}/{rel_facts} facts)" for layer, neuron, n_facts, rel_facts, _, _ in rows[:5])
+        rows = run_query(
+            store, "relation-neurons", {"run_id": state.run_id, "relation_id": relation, "min_facts": 2}
+        ).rows
+        shown = ", ".join(
+            f"L{layer}.{neuron} ({n_facts}/{rel_facts} facts)" for layer, neuron, n_facts, rel_facts, _, _ in rows[:5]
+        )
         echo(f"{relation}: {len(rows)} neurons shared by >= 2 facts {shown}")
 
 
@@ -97,8 +114,13 @@ Stage = Callable[[Store, DemoState, Echo], None]
 STAGES: list[Stage] = [prepare_schema, load_facts, show_facts, index_facts, show_neurons]
 
 
-def run_demo(store: Store, relations: tuple[str, ...] = DEMO_RELATIONS, per_relation: int = DEMO_FACTS_PER_RELATION,
-             echo: Echo = print, stages: list[Stage] | None = None) -> DemoState:
+def run_demo(
+    store: Store,
+    relations: tuple[str, ...] = DEMO_RELATIONS,
+    per_relation: int = DEMO_FACTS_PER_RELATION,
+    echo: Echo = print,
+    stages: list[Stage] | None = None,
+) -> DemoState:
     """Create or upgrade the schema, load a few bundled kn-paper facts, print them with their prompts,
     index them with the bundled SmolLM2 on the CPU and print their knowledge neurons."""
     state = DemoState(tuple(relations), per_relation)

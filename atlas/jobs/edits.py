@@ -8,28 +8,35 @@ change meanwhile. How the edited weights are derived and checked is `atlas.jobs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from atlas.db.edits import (APPLIED, ROLLED_BACK, TRIAL, EditRecord, EditRows, NewEdit, applied_stack, check_stack,
-                            edit_row, get_edit, insert_edit, mark_rolled_back, model_edits)
+from atlas.db.edits import (
+    APPLIED,
+    TRIAL,
+    EditRecord,
+    EditRows,
+    NewEdit,
+    applied_stack,
+    check_stack,
+    get_edit,
+    insert_edit,
+)
 from atlas.db.neurons import Fact, SlotStat, relation_neurons, run_facts, run_neurons
 from atlas.db.runs import Run, resolve_run
 from atlas.db.store import Store
 from atlas.errors import EditError, NotFound
 from atlas.jobs import metrics as m
 from atlas.jobs.evaluate import EvalSet, measure, sample, summary
-from atlas.jobs.weights import ModelArg, Slot, resolve_model, slots_of, slots_written, working_copy
+from atlas.jobs.weights import ModelArg, Slot, resolve_model, slots_written, working_copy
 from atlas.model.loading import LoadedModel, weights_sha256
 from atlas.model.scoring import Scored, single_token_id
 from atlas.model.slots import read_slots, update_slots
 
-__all__ = ["APPLIED", "ROLLED_BACK", "TRIAL", "erase_relation", "export", "rollback", "update_fact", "update_metrics"]
+__all__ = ["APPLIED", "TRIAL", "erase_relation", "update_fact", "update_metrics"]
 
 
 @dataclass
@@ -44,8 +51,9 @@ class Workset:
     relation: list[SlotStat]
 
 
-def read_workset(store: Store, run_name: str | int,
-                 relation_of: Callable[[Run, dict[str, Fact], dict], str]) -> Workset:
+def read_workset(
+    store: Store, run_name: str | int, relation_of: Callable[[Run, dict[str, Fact], dict], str]
+) -> Workset:
     """`relation_of(facts)` names the relation whose neuron statistics are read (or raises)."""
     with store.begin() as conn:
         run = resolve_run(conn, run_name)
@@ -68,12 +76,14 @@ class Outcome:
     after: dict[str, list[Scored]]
 
 
-def apply_and_measure(lm: LoadedModel, ws: Workset, make_slots: Any, sets: Any, status: str) -> Outcome:
+def apply_and_measure(
+    lm: LoadedModel, ws: Workset, make_slots: Callable[[LoadedModel], list[Slot]], sets: list[EvalSet], status: str
+) -> Outcome:
     """On the working copy (the base weights for a trial edit): `make_slots(lm)` reads the current
-    slots and returns the edited ones, `sets(lm)` the evaluation sets, measured before and after."""
+    slots and returns the edited ones; `sets` are measured before and after."""
     with working_copy(lm, ws.run, [] if status == TRIAL else ws.stack) as sha_before:
         slots = make_slots(lm)
-        evals = sets(lm)
+        evals = sets
         before = measure(lm, evals)
         with slots_written(lm, slots):
             sha_after = weights_sha256(lm.model)
@@ -81,15 +91,29 @@ def apply_and_measure(lm: LoadedModel, ws: Workset, make_slots: Any, sets: Any, 
     return Outcome(slots, sha_before, sha_after, before, after)
 
 
-def record(store: Store, ws: Workset, kind: str, target: str, params: dict, out: Outcome, metrics: dict,
-           status: str) -> EditRecord:
+def record(
+    store: Store, ws: Workset, kind: str, target: str, params: dict, out: Outcome, metrics: dict, status: str
+) -> EditRecord:
     """Write the edit (an applied one only if the applied edits are still those it started from)."""
     with store.begin() as conn:
         if status == APPLIED:
             check_stack(conn, store.backend, ws.run.model_id, ws.stack)
-        edit_id = insert_edit(store, conn, NewEdit(ws.run.id, ws.run.model_id, kind, target, params, status,
-                                                   out.sha_before, out.sha_after, [s.to_bytes() for s in out.slots],
-                                                   metrics))
+        edit_id = insert_edit(
+            store,
+            conn,
+            NewEdit(
+                ws.run.id,
+                ws.run.model_id,
+                kind,
+                target,
+                params,
+                status,
+                out.sha_before,
+                out.sha_after,
+                [s.to_bytes() for s in out.slots],
+                metrics,
+            ),
+        )
     return get_edit(store, edit_id)
 
 
@@ -103,9 +127,19 @@ def _token(lm: LoadedModel, text: str, what: str) -> int:
 # --- update --------------------------------------------------------------------------------------
 
 
-def update_fact(store: Store, lm: ModelArg, run_name: str | int, fact_id: str, new_object: str, *,
-                l1_scale: float = 1.0, l2_scale: float = 8.0, max_share: float = 0.1, eval_facts: int = 20,
-                status: str = APPLIED) -> EditRecord:
+def update_fact(
+    store: Store,
+    lm: ModelArg,
+    run_name: str | int,
+    fact_id: str,
+    new_object: str,
+    *,
+    l1_scale: float = 1.0,
+    l2_scale: float = 8.0,
+    max_share: float = 0.1,
+    eval_facts: int = 20,
+    status: str = APPLIED,
+) -> EditRecord:
     """Rewrite fact <h, r, t> to <h, r, t'> with the paper's rule on its knowledge neurons.
 
     Neurons present in more than `max_share` of the relation's facts are left alone (they carry the
@@ -118,28 +152,12 @@ def update_fact(store: Store, lm: ModelArg, run_name: str | int, fact_id: str, n
     relations, before and after.
     """
 
-    def relation_of(run: Run, facts: dict[str, Fact], neurons: dict) -> str:
-        if fact_id not in facts:
-            raise NotFound(f"unknown fact {fact_id!r} in run {run.name!r}")
-        if fact_id not in neurons:
-            raise EditError(f"fact {fact_id!r} has no knowledge neurons in run {run.name!r}")
-        return facts[fact_id].relation_id
-
-    ws = read_workset(store, run_name, relation_of)
+    ws = read_workset(store, run_name, _relation_of_fact(fact_id))
     lm = resolve_model(store, lm, ws.run)
     fact = ws.facts[fact_id]
-    new_tok = _token(lm, new_object, "object")
     target = EvalSet.of("target", lm, [fact])
-    if not target.items:
-        raise EditError(f"no prompt of fact {fact_id!r} can be encoded for {lm.name!r}")
-    old_tok = target.items[0].answer_ids[0]
-    if new_tok == old_tok:
-        raise EditError(f"new object {new_object!r} starts with the same token as the gold object {fact.object!r}")
-    hubs = {(s.layer, s.neuron) for s in ws.relation if s.share > max_share and s.n_facts >= 2}
-    chosen = [(layer, n) for layer, n, _ in ws.neurons[fact_id] if (layer, n) not in hubs]
-    if not chosen:
-        raise EditError(f"all {len(ws.neurons[fact_id])} knowledge neurons of fact {fact_id!r} are shared by more "
-                        f"than {max_share:.0%} of relation {fact.relation_id}'s facts; nothing fact-specific to edit")
+    old_tok, new_tok = _update_tokens(lm, fact, target, new_object)
+    chosen = _fact_specific_neurons(ws, fact, max_share)
 
     def make_slots(lm: LoadedModel) -> list[Slot]:
         emb = lm.adapter.unembedding().detach()
@@ -149,15 +167,84 @@ def update_fact(store: Store, lm: ModelArg, run_name: str | int, fact_id: str, n
             out.append(Slot(layer, neuron, v[0], update_slots(v, emb[old_tok], emb[new_tok], l1_scale, l2_scale)[0]))
         return out
 
-    same = [f for f in ws.facts.values() if f.relation_id == fact.relation_id and f.id != fact_id]
-    other = [f for f in ws.facts.values() if f.relation_id != fact.relation_id]
-    sets = [target, EvalSet.of("new", lm, [fact], new_object), EvalSet.of("intra", lm, sample(same, eval_facts, fact_id)),
-            EvalSet.of("inter", lm, sample(other, eval_facts, fact_id))]
-    out = apply_and_measure(lm, ws, make_slots, lambda _lm: sets, status)
-    params = {"new_object": new_object, "new_token": new_tok, "old_token": old_tok, "l1_scale": l1_scale,
-              "l2_scale": l2_scale, "max_share": max_share, "eval_facts": eval_facts,
-              "dropped_hub_neurons": len(ws.neurons[fact_id]) - len(chosen), "relation": fact.relation_id}
+    sets = _update_sets(lm, ws, fact, target, new_object, eval_facts)
+    out = apply_and_measure(lm, ws, make_slots, sets, status)
+    params = {
+        "new_object": new_object,
+        "new_token": new_tok,
+        "old_token": old_tok,
+        "l1_scale": l1_scale,
+        "l2_scale": l2_scale,
+        "max_share": max_share,
+        "eval_facts": eval_facts,
+        "dropped_hub_neurons": len(ws.neurons[fact_id]) - len(chosen),
+        "relation": fact.relation_id,
+    }
     return record(store, ws, "update", fact_id, params, out, update_metrics(out.before, out.after), status)
+
+
+def _relation_of_fact(fact_id: str) -> Callable[[Run, dict[str, Fact], dict], str]:
+    """The fact's relation, once the fact is known to be in the run and to have knowledge neurons."""
+
+    def relation_of(run: Run, facts: dict[str, Fact], neurons: dict) -> str:
+        if fact_id not in facts:
+            raise NotFound(f"unknown fact {fact_id!r} in run {run.name!r}")
+        if fact_id not in neurons:
+            raise EditError(f"fact {fact_id!r} has no knowledge neurons in run {run.name!r}")
+        return facts[fact_id].relation_id
+
+    return relation_of
+
+
+def _update_sets(
+    lm: LoadedModel, ws: Workset, fact: Fact, target: EvalSet, new_object: str, eval_facts: int
+) -> list[EvalSet]:
+    """The target's prompts (gold and new object) and samples of its relation's and other relations' facts."""
+    same = [f for f in ws.facts.values() if f.relation_id == fact.relation_id and f.id != fact.id]
+    other = [f for f in ws.facts.values() if f.relation_id != fact.relation_id]
+    return [
+        target,
+        EvalSet.of("new", lm, [fact], new_object),
+        EvalSet.of("intra", lm, sample(same, eval_facts, fact.id)),
+        EvalSet.of("inter", lm, sample(other, eval_facts, fact.id)),
+    ]
+
+
+def _update_tokens(lm: LoadedModel, fact: Fact, target: EvalSet, new_object: str) -> tuple[int, int]:
+    """The first tokens of the gold and the new object; refused when the new one is not a single
+    token, a prompt cannot be encoded, or both start alike."""
+    new_tok = _token(lm, new_object, "object")
+    if not target.items:
+        raise EditError(f"no prompt of fact {fact.id!r} can be encoded for {lm.name!r}")
+    old_tok = target.items[0].answer_ids[0]
+    if new_tok == old_tok:
+        raise EditError(f"new object {new_object!r} starts with the same token as the gold object {fact.object!r}")
+    return old_tok, new_tok
+
+
+def _fact_specific_neurons(ws: Workset, fact: Fact, max_share: float) -> list[tuple[int, int]]:
+    """The fact's knowledge neurons minus those in more than `max_share` of its relation's facts."""
+    hubs = {(s.layer, s.neuron) for s in ws.relation if s.share > max_share and s.n_facts >= 2}
+    chosen = [(layer, n) for layer, n, _ in ws.neurons[fact.id] if (layer, n) not in hubs]
+    if not chosen:
+        raise EditError(
+            f"all {len(ws.neurons[fact.id])} knowledge neurons of fact {fact.id!r} are shared by more "
+            f"than {max_share:.0%} of relation {fact.relation_id}'s facts; nothing fact-specific to edit"
+        )
+    return chosen
+
+
+def _before_after(out: Outcome, names: Sequence[str], with_accuracy: bool) -> dict[str, Any]:
+    """Perplexity (and greedy accuracy) of each evaluation set before and after, and the change."""
+    metrics: dict[str, Any] = {}
+    for name in names:
+        b, a = summary(out.before[name]), summary(out.after[name])
+        if with_accuracy:
+            metrics[f"{name}_accuracy_before"], metrics[f"{name}_accuracy_after"] = b["accuracy"], a["accuracy"]
+        metrics[f"{name}_ppl_before"], metrics[f"{name}_ppl_after"] = b["perplexity"], a["perplexity"]
+        metrics[f"{name}_ppl_change"] = m.ratio_change(b["perplexity"], a["perplexity"])
+        metrics[f"{name}_prompts"] = b["n_prompts"]
+    return metrics
 
 
 def update_metrics(before: dict[str, list[Scored]], after: dict[str, list[Scored]]) -> dict[str, Any]:
@@ -167,23 +254,31 @@ def update_metrics(before: dict[str, list[Scored]], after: dict[str, list[Scored
         "change_rate": (sum(not ok for ok in was_right) / len(was_right)) if was_right else None,
         "success_rate": sum(s.greedy for s in after["new"]) / len(after["new"]),
         "success_rate_before": sum(s.greedy for s in before["new"]) / len(before["new"]),
-        "n_target_prompts": len(before["target"]), "n_target_correct_before": len(was_right),
-        "p_gold_before": summary(before["target"])["p_gold"], "p_gold_after": summary(after["target"])["p_gold"],
-        "p_new_before": summary(before["new"])["p_gold"], "p_new_after": summary(after["new"])["p_gold"],
+        "n_target_prompts": len(before["target"]),
+        "n_target_correct_before": len(was_right),
+        "p_gold_before": summary(before["target"])["p_gold"],
+        "p_gold_after": summary(after["target"])["p_gold"],
+        "p_new_before": summary(before["new"])["p_gold"],
+        "p_new_after": summary(after["new"])["p_gold"],
     }
-    for name in ("intra", "inter"):
-        b, a = summary(before[name]), summary(after[name])
-        out.update({f"{name}_ppl_before": b["perplexity"], f"{name}_ppl_after": a["perplexity"],
-                    f"{name}_ppl_change": m.ratio_change(b["perplexity"], a["perplexity"]),
-                    f"{name}_prompts": b["n_prompts"]})
+    out.update(_before_after(Outcome([], "", "", before, after), ("intra", "inter"), with_accuracy=False))
     return out
 
 
 # --- erase ---------------------------------------------------------------------------------------
 
 
-def erase_relation(store: Store, lm: ModelArg, run_name: str | int, relation: str, *, top: int | None = 20,
-                   min_facts: int | None = None, value: str = "zero", eval_facts: int = 50) -> EditRecord:
+def erase_relation(
+    store: Store,
+    lm: ModelArg,
+    run_name: str | int,
+    relation: str,
+    *,
+    top: int | None = 20,
+    min_facts: int | None = None,
+    value: str = "zero",
+    eval_facts: int = 50,
+) -> EditRecord:
     """Erase relation `relation`: overwrite the value slots of its most frequent knowledge neurons.
 
     `top` takes the N neurons present in the most facts (the ACL paper: 20); `min_facts` instead
@@ -198,29 +293,35 @@ def erase_relation(store: Store, lm: ModelArg, run_name: str | int, relation: st
     stats = ws.relation
     chosen = [s for s in stats if s.n_facts >= min_facts] if min_facts is not None else stats[: top or 20]
     if not chosen:
-        raise EditError(f"no knowledge neuron of {relation} is shared by {min_facts} or more facts "
-                        f"(the most shared is in {stats[0].n_facts})")
+        raise EditError(
+            f"no knowledge neuron of {relation} is shared by {min_facts} or more facts "
+            f"(the most shared is in {stats[0].n_facts})"
+        )
     lm = resolve_model(store, lm, ws.run)
     fill = fill_vector(lm, value)
 
     def make_slots(lm: LoadedModel) -> list[Slot]:
-        return [Slot(s.layer, s.neuron, v, fill.to(v.dtype).clone())
-                for s in chosen for v in [read_slots(lm.adapter, s.layer, [s.neuron])[0]]]
+        return [
+            Slot(s.layer, s.neuron, v, fill.to(v.dtype).clone())
+            for s in chosen
+            for v in [read_slots(lm.adapter, s.layer, [s.neuron])[0]]
+        ]
 
     erased = [f for f in ws.facts.values() if f.relation_id == relation]
     other = [f for f in ws.facts.values() if f.relation_id != relation]
-    sets = [EvalSet.of("erased", lm, sample(erased, eval_facts, relation)),
-            EvalSet.of("other", lm, sample(other, eval_facts, relation))]
-    out = apply_and_measure(lm, ws, make_slots, lambda _lm: sets, APPLIED)
-    metrics = {}
-    for name in ("erased", "other"):
-        b, a = summary(out.before[name]), summary(out.after[name])
-        metrics.update({f"{name}_accuracy_before": b["accuracy"], f"{name}_accuracy_after": a["accuracy"],
-                        f"{name}_ppl_before": b["perplexity"], f"{name}_ppl_after": a["perplexity"],
-                        f"{name}_ppl_change": m.ratio_change(b["perplexity"], a["perplexity"]),
-                        f"{name}_prompts": b["n_prompts"]})
-    params = {"top": top if min_facts is None else None, "min_facts": min_facts, "value": value,
-              "eval_facts": eval_facts, "n_neurons": len(chosen)}
+    sets = [
+        EvalSet.of("erased", lm, sample(erased, eval_facts, relation)),
+        EvalSet.of("other", lm, sample(other, eval_facts, relation)),
+    ]
+    out = apply_and_measure(lm, ws, make_slots, sets, APPLIED)
+    metrics = _before_after(out, ("erased", "other"), with_accuracy=True)
+    params = {
+        "top": top if min_facts is None else None,
+        "min_facts": min_facts,
+        "value": value,
+        "eval_facts": eval_facts,
+        "n_neurons": len(chosen),
+    }
     return record(store, ws, "erase", relation, params, out, metrics, APPLIED)
 
 
@@ -237,61 +338,3 @@ def fill_vector(lm: LoadedModel, value: str) -> torch.Tensor:
     if value.startswith("token:") and value[6:]:
         return emb[_token(lm, value[6:], "value")].clone()
     raise EditError(f"unknown --value {value!r}: use zero, unk or token:T")
-
-
-# --- rollback, export ----------------------------------------------------------------------------
-
-
-def _read_edit(store: Store, edit_id: int) -> tuple[Any, Run, list[EditRows]]:
-    """The edit's row, its run and every edit of its model (one transaction)."""
-    with store.begin() as conn:
-        row = edit_row(conn, edit_id)
-        run = resolve_run(conn, row.run_id)
-        return row, run, model_edits(conn, store.backend, run.model_id)
-
-
-def rollback(store: Store, lm: ModelArg, edit_id: int) -> EditRecord:
-    """Undo edit `edit_id` (the newest applied edit of its model) and check the weights come back exactly."""
-    row, run, edits = _read_edit(store, edit_id)
-    if row.status == ROLLED_BACK:
-        raise EditError(f"edit {edit_id} was already rolled back (at {row.rolled_back_at})")
-    if row.status == TRIAL:
-        raise EditError(f"edit {edit_id} is a trial edit (made by an audit sample); it was never applied")
-    stack = [e for e in edits if e.status == APPLIED]
-    if stack[-1].id != edit_id:
-        raise EditError(f"edit {edit_id} cannot be rolled back before edit {stack[-1].id}: edits of model "
-                        f"{run.model_name!r} are rolled back newest first")
-    lm = resolve_model(store, lm, run)
-    with working_copy(lm, run, stack), slots_written(lm, slots_of(stack[-1:]), "original"):
-        sha = weights_sha256(lm.model)
-    if sha != row.sha256_before:
-        raise EditError(f"restoring edit {edit_id}'s original slots gives sha256 {sha[:12]}…, "
-                        f"not the {row.sha256_before[:12]}… it started from")
-    with store.begin() as conn:
-        check_stack(conn, store.backend, run.model_id, stack)
-        mark_rolled_back(conn, edit_id)
-    return get_edit(store, edit_id)
-
-
-def export(store: Store, lm: ModelArg, edit_id: int, out_dir: Path) -> Path:
-    """Write the weights as of edit `edit_id` (its stack, or base + itself for a trial) as safetensors."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise EditError(f"output folder {str(out_dir)!r} exists and is not empty")
-    row, run, edits = _read_edit(store, edit_id)
-    if row.status == ROLLED_BACK:
-        raise EditError(f"edit {edit_id} was rolled back; there is no such model to export")
-    lm = resolve_model(store, lm, run)
-    trial = row.status == TRIAL
-    stack = [] if trial else [e for e in edits if e.status == APPLIED and e.id <= edit_id]
-    own: Sequence[EditRows] = [e for e in edits if e.id == edit_id] if trial else []
-    with working_copy(lm, run, stack), slots_written(lm, slots_of(own)):
-        sha = weights_sha256(lm.model)
-        if sha != row.sha256_after:
-            raise EditError(f"the weights of edit {edit_id} hash to {sha[:12]}…, not the recorded {row.sha256_after[:12]}…")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lm.model.save_pretrained(out_dir, safe_serialization=True)
-        lm.tokenizer.save_pretrained(out_dir)
-        (out_dir / "kn_atlas_edit.json").write_text(json.dumps(
-            {"edit_id": edit_id, "run": run.name, "base_sha256": run.model_sha256, "sha256": sha}, indent=1))
-    return out_dir

@@ -39,10 +39,12 @@ def summary(scored: Sequence[Scored]) -> dict[str, float | None]:
     """Prompt count, greedy accuracy, perplexity of the gold tokens and mean P(gold)."""
     if not scored:
         return {"n_prompts": 0, "accuracy": None, "perplexity": None, "p_gold": None}
-    return {"n_prompts": len(scored),
-            "accuracy": sum(s.greedy for s in scored) / len(scored),
-            "perplexity": m.perplexity([lp for s in scored for lp in s.logprobs]),
-            "p_gold": sum(s.p_gold for s in scored) / len(scored)}
+    return {
+        "n_prompts": len(scored),
+        "accuracy": sum(s.greedy for s in scored) / len(scored),
+        "perplexity": m.perplexity([lp for s in scored for lp in s.logprobs]),
+        "p_gold": sum(s.p_gold for s in scored) / len(scored),
+    }
 
 
 def sample(facts: Sequence[Fact], k: int, seed: str) -> list[Fact]:

@@ -22,7 +22,9 @@ from atlas.errors import NotFound
 PLOTS = ("layers", "overlap", "fact")
 
 
-def _heatmap(ax: plt.Axes, matrix: np.ndarray, rows: list[str], cols: list[str], label: str, cmap: str = "viridis") -> None:
+def _heatmap(
+    ax: plt.Axes, matrix: np.ndarray, rows: list[str], cols: list[str], label: str, cmap: str = "viridis"
+) -> None:
     image = ax.imshow(matrix, aspect="auto", cmap=cmap, interpolation="nearest")
     ax.set_yticks(range(len(rows)), rows, fontsize=max(5, min(9, 300 // max(1, len(rows)))))
     ax.set_xticks(range(len(cols)), cols, fontsize=max(5, min(9, 300 // max(1, len(cols)))), rotation=90)
@@ -49,7 +51,9 @@ def plot_layers(store: Store, run: str | int, output: Path) -> Path:
     for r in result.rows:
         matrix[relations.index(r[col["relation_id"]]), r[col["layer"]]] = r[col["share"]]
     fig, (ax, ax_total) = plt.subplots(1, 2, figsize=(11, 2 + 0.22 * len(relations)), width_ratios=[3, 1])
-    _heatmap(ax, matrix, relations, [str(layer) for layer in range(n_layers)], "share of the relation's knowledge neurons")
+    _heatmap(
+        ax, matrix, relations, [str(layer) for layer in range(n_layers)], "share of the relation's knowledge neurons"
+    )
     ax.set_xlabel("layer")
     ax.set_ylabel("relation")
     ax.set_title(f"Where knowledge neurons live (run {run_id})")
@@ -70,7 +74,9 @@ def plot_overlap(store: Store, run: str | int, output: Path, min_facts: int = 2,
     neurons): with every neuron of >= 2 facts, chance collisions fill the whole matrix.
     """
     run_id = get_run(store, run).id
-    result = queries.run_query(store, "relation-overlap", {"run_id": run_id, "min_facts": min_facts, "min_share": min_share})
+    result = queries.run_query(
+        store, "relation-overlap", {"run_id": run_id, "min_facts": min_facts, "min_share": min_share}
+    )
     if not result.rows:
         raise NotFound(f"run {run} has no knowledge neurons")
     col = {c: i for i, c in enumerate(result.columns)}
@@ -90,7 +96,10 @@ def plot_overlap(store: Store, run: str | int, output: Path, min_facts: int = 2,
     for i in range(len(relations)):  # the diagonal (each relation's own neuron count) as text
         ax.text(i, i, f"{int(matrix[i, i])}", ha="center", va="center", fontsize=max(4, fontsize - 2), color="tab:blue")
     fig.colorbar(image, ax=ax, label="shared relation-level neurons", fraction=0.04, pad=0.02)
-    ax.set_title(f"Relations sharing neurons (run {run_id}; a relation's neurons: in >= {min_facts} and >= {min_share:.0%}\nof its facts; diagonal: the relation's own count)")
+    ax.set_title(
+        f"Relations sharing neurons (run {run_id}; a relation's neurons: in >= {min_facts} and >= {min_share:.0%}\n"
+        "of its facts; diagonal: the relation's own count)"
+    )
     return _save(fig, output)
 
 
@@ -102,7 +111,12 @@ def plot_fact(store: Store, run: str | int, fact_id: str, output: Path, top: int
         raise NotFound(f"fact {fact_id!r} has no prompt scores in run {run_id}")
     col = {c: i for i, c in enumerate(result.columns)}
     prompts = list(dict.fromkeys((r[col["prompt_id"]], r[col["template"]]) for r in result.rows))
-    neurons = list(dict.fromkeys((r[col["neuron_rank"]], r[col["layer"]], r[col["neuron"]], r[col["is_knowledge_neuron"]]) for r in result.rows))
+    neurons = list(
+        dict.fromkeys(
+            (r[col["neuron_rank"]], r[col["layer"]], r[col["neuron"]], r[col["is_knowledge_neuron"]])
+            for r in result.rows
+        )
+    )
     neurons.sort()
     matrix = np.full((len(prompts), len(neurons)), np.nan)
     for r in result.rows:

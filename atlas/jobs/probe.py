@@ -50,9 +50,14 @@ class SummaryRow:
     relative_change: float | None
 
 
-def control_neurons(fact_id: str, own: list[tuple[int, int, float]], facts: dict[str, Fact],
-                    neurons: dict[str, list[tuple[int, int, float]]], n_neurons: int,
-                    rng: random.Random) -> dict[str, list[tuple[int, int]]]:
+def control_neurons(
+    fact_id: str,
+    own: list[tuple[int, int, float]],
+    facts: dict[str, Fact],
+    neurons: dict[str, list[tuple[int, int, float]]],
+    n_neurons: int,
+    rng: random.Random,
+) -> dict[str, list[tuple[int, int]]]:
     """The three neuron sets of one fact (see the module docstring)."""
     relation = facts[fact_id].relation_id
     others = sorted(f for f in neurons if f in facts and facts[f].relation_id != relation)
@@ -79,8 +84,15 @@ def _read(store: Store, run_name: str | int) -> tuple[Run, dict[str, Fact], dict
         return run, run_facts(conn, run.id, store.backend), run_neurons(conn, run.id, store.backend)
 
 
-def probe(store: Store, lm: ModelArg, run_name: str | int, kind: str, relation: str | None = None,
-          seed: int = 0, on_fact: Callable[[], None] | None = None) -> list[SummaryRow]:
+def probe(
+    store: Store,
+    lm: ModelArg,
+    run_name: str | int,
+    kind: str,
+    relation: str | None = None,
+    seed: int = 0,
+    on_fact: Callable[[], None] | None = None,
+) -> list[SummaryRow]:
     """Run the probe `kind` (suppress|amplify) over the run's facts; store and summarise it."""
     if kind not in KINDS:
         raise InputError(f"unknown probe {kind!r}: use suppress or amplify")
@@ -100,8 +112,16 @@ def probe(store: Store, lm: ModelArg, run_name: str | int, kind: str, relation: 
     return summary(store, run.name, kind, relation)
 
 
-def _probe_fact(lm, run: Run, fact: Fact, facts: dict[str, Fact], neurons: dict, kind: str, rng: random.Random,
-                rows: dict[str, list]) -> None:
+def _probe_fact(
+    lm,
+    run: Run,
+    fact: Fact,
+    facts: dict[str, Fact],
+    neurons: dict,
+    kind: str,
+    rng: random.Random,
+    rows: dict[str, list],
+) -> None:
     """Score one fact's prompts unchanged and with each neuron set scaled; append its rows."""
     items = EvalSet.of(fact.id, lm, [fact]).items
     if not items:
@@ -113,9 +133,15 @@ def _probe_fact(lm, run: Run, fact: Fact, facts: dict[str, Fact], neurons: dict,
         if not sets[name]:
             continue
         after = score(lm.model, lm.adapter, items, ScaleNeurons(tuple(sets[name]), KINDS[kind]))
-        for col, val in (("run_id", run.id), ("fact_id", fact.id), ("kind", kind), ("neurons", name),
-                         ("n_neurons", len(sets[name])), ("p_before", p0),
-                         ("p_after", sum(s.p_gold for s in after) / len(after))):
+        for col, val in (
+            ("run_id", run.id),
+            ("fact_id", fact.id),
+            ("kind", kind),
+            ("neurons", name),
+            ("n_neurons", len(sets[name])),
+            ("p_before", p0),
+            ("p_after", sum(s.p_gold for s in after) / len(after)),
+        ):
             rows[col].append(val)
 
 

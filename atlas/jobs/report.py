@@ -15,20 +15,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, median
 
-
-from atlas.jobs import metrics as m
-from atlas.jobs.audit import disturbed
-from atlas.db.edits import list_edits
-from atlas.jobs.probe import SummaryRow, summary
 from atlas.db.audits import stored_rows
-from atlas.db.store import Store
+from atlas.db.edits import list_edits
 from atlas.db.neurons import run_facts, run_neurons
 from atlas.db.runs import resolve_run
+from atlas.db.store import Store
+from atlas.jobs import metrics as m
+from atlas.jobs.audit import disturbed
+from atlas.jobs.probe import SummaryRow, summary
 
 PAPER = {
-    "neurons_per_fact": 4.13, "shared_same": 1.23, "shared_other": 0.09,
-    "suppress": -0.2903, "amplify": 0.3117, "update_success": 0.344, "update_change": 0.485,
-    "erase_erased_ppl": "+36.7 % .. +141.2 %", "erase_other_ppl": "+1.1 % .. +10.1 %",
+    "neurons_per_fact": 4.13,
+    "shared_same": 1.23,
+    "shared_other": 0.09,
+    "suppress": -0.2903,
+    "amplify": 0.3117,
+    "update_success": 0.344,
+    "update_change": 0.485,
+    "erase_erased_ppl": "+36.7 % .. +141.2 %",
+    "erase_other_ppl": "+1.1 % .. +10.1 %",
 }
 
 
@@ -79,12 +84,18 @@ def write_report(store: Store, run_name: str | int, out_dir: Path, threshold: fl
         facts = run_facts(conn, run.id, store.backend)
         neurons = run_neurons(conn, run.id, store.backend)
     fig = Figures(n_facts=len(facts), n_facts_with_neurons=sum(1 for f in facts if f in neurons))
-    md = [f"# Knowledge neurons of `{run.model_name}`: run `{run.name}`", "",
-          f"Model weights sha256 `{run.model_sha256[:16]}…`; {len(facts)} facts in "
-          f"{len({f.relation_id for f in facts.values()})} relations ({', '.join(sorted({f.relation_id for f in facts.values()}))}); "
-          f"run parameters `{json.dumps(run.params, sort_keys=True)}`.", "",
-          "Paper figures are for BERT-base-cased on PARAREL (Dai et al., ACL 2022); here a left-to-right model, "
-          "whose answer position is the last prompt token.", ""]
+    relations = sorted({f.relation_id for f in facts.values()})
+    md = [
+        f"# Knowledge neurons of `{run.model_name}`: run `{run.name}`",
+        "",
+        f"Model weights sha256 `{run.model_sha256[:16]}…`; {len(facts)} facts in "
+        f"{len(relations)} relations ({', '.join(relations)}); "
+        f"run parameters `{json.dumps(run.params, sort_keys=True)}`.",
+        "",
+        "Paper figures are for BERT-base-cased on PARAREL (Dai et al., ACL 2022); here a left-to-right model, "
+        "whose answer position is the last prompt token.",
+        "",
+    ]
     md += _neuron_section(plt, out_dir, facts, neurons, fig)
     md += _probe_section(plt, out_dir, store, run.name, fig)
     edits = list_edits(store, run.name)
@@ -119,18 +130,29 @@ def _neuron_section(plt, out_dir: Path, facts, neurons, fig: Figures) -> list[st
     f1.tight_layout()
     f1.savefig(out_dir / "neurons.png", dpi=90)
     plt.close(f1)
-    md = ["## Knowledge neurons per fact", "",
-          f"{fig.n_facts_with_neurons} of {fig.n_facts} facts have knowledge neurons; mean "
-          f"{_num(fig.neurons_per_fact)} per fact (paper: {PAPER['neurons_per_fact']}).", "",
-          "| relation | facts | mean neurons | facts without |", "|---|---|---|---|"]
+    md = [
+        "## Knowledge neurons per fact",
+        "",
+        f"{fig.n_facts_with_neurons} of {fig.n_facts} facts have knowledge neurons; mean "
+        f"{_num(fig.neurons_per_fact)} per fact (paper: {PAPER['neurons_per_fact']}).",
+        "",
+        "| relation | facts | mean neurons | facts without |",
+        "|---|---|---|---|",
+    ]
     for rel in sorted(by_rel):
         v = by_rel[rel]
         md.append(f"| {rel} | {len(v)} | {mean(v):.2f} | {sum(1 for x in v if x == 0)} |")
-    md += ["", "![neurons per fact and layer](neurons.png)", "",
-           "## Shared neurons within and across relations", "",
-           f"Mean number of knowledge neurons shared by two facts: same relation {_num(fig.shared_same)} "
-           f"({len(same)} pairs), different relations {_num(fig.shared_other)} ({len(other)} pairs). "
-           f"Paper: {PAPER['shared_same']} and {PAPER['shared_other']}.", ""]
+    md += [
+        "",
+        "![neurons per fact and layer](neurons.png)",
+        "",
+        "## Shared neurons within and across relations",
+        "",
+        f"Mean number of knowledge neurons shared by two facts: same relation {_num(fig.shared_same)} "
+        f"({len(same)} pairs), different relations {_num(fig.shared_other)} ({len(other)} pairs). "
+        f"Paper: {PAPER['shared_same']} and {PAPER['shared_other']}.",
+        "",
+    ]
     return md
 
 
@@ -138,22 +160,32 @@ def _probe_section(plt, out_dir: Path, store: Store, run: str, fig: Figures) -> 
     md = ["## Suppressing and amplifying knowledge neurons", ""]
     tables = {k: summary(store, run, k) for k in ("suppress", "amplify")}
     if not any(tables.values()):
-        return md + ["No probe results yet: run `atlas probe suppress --run RUN` and `atlas probe amplify --run RUN`.", ""]
+        return md + [
+            "No probe results yet: run `atlas probe suppress --run RUN` and `atlas probe amplify --run RUN`.",
+            "",
+        ]
     f2, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, (kind, rows) in zip(axes, tables.items()):
         overall = {r.neurons: r.relative_change for r in rows if r.relation_id == "ALL"}
         setattr(fig, kind, overall.get("knowledge"))
         setattr(fig, f"{kind}_other_fact", overall.get("other_fact"))
         setattr(fig, f"{kind}_random", overall.get("random"))
-        md += [f"**{kind}** (x{'0' if kind == 'suppress' else '2'} at the answer position): relative change of "
-               f"P(gold), mean delta p / mean p0 (paper, knowledge neurons: {_pct(PAPER[kind])})", "",
-               "| relation | facts | knowledge neurons | other relation's fact | random, same layers |", "|---|---|---|---|---|"]
+        md += [
+            f"**{kind}** (x{'0' if kind == 'suppress' else '2'} at the answer position): relative change of "
+            f"P(gold), mean delta p / mean p0 (paper, knowledge neurons: {_pct(PAPER[kind])})",
+            "",
+            "| relation | facts | knowledge neurons | other relation's fact | random, same layers |",
+            "|---|---|---|---|---|",
+        ]
         rels = sorted({r.relation_id for r in rows}, key=lambda x: (x == "ALL", x))
         cell = {(r.relation_id, r.neurons): r for r in rows}
         for rel in rels:
             vals = [cell.get((rel, n)) for n in ("knowledge", "other_fact", "random")]
-            md.append(f"| {rel} | {vals[0].n_facts if vals[0] else 0} | "
-                      + " | ".join(_pct(v.relative_change if v else None) for v in vals) + " |")
+            md.append(
+                f"| {rel} | {vals[0].n_facts if vals[0] else 0} | "
+                + " | ".join(_pct(v.relative_change if v else None) for v in vals)
+                + " |"
+            )
         md.append("")
         _bars(ax, rels, cell, kind)
     f2.tight_layout()
@@ -177,24 +209,37 @@ def _update_section(edits, fig: Figures) -> list[str]:
     ups = [e for e in edits if e.kind == "update" and e.status in ("applied", "trial", "rolled_back")]
     md = ["## Updating facts", ""]
     if not ups:
-        return md + ["No update edits yet: `atlas edit update FACT --new-object X --run RUN` or `atlas audit --sample N --run RUN`.", ""]
+        return md + [
+            "No update edits yet: `atlas edit update FACT --new-object X --run RUN` or "
+            "`atlas audit --sample N --run RUN`.",
+            "",
+        ]
+
     def avg(key: str, how=mean) -> float | None:
         vals = [e.metrics.get(key) for e in ups if e.metrics.get(key) is not None]
         return how(vals) if vals else None
+
     fig.n_updates = len(ups)
     fig.update_success, fig.update_change = avg("success_rate"), avg("change_rate")
     # perplexity changes are heavy-tailed (one destructive update can multiply them by 1e6): medians
     fig.update_intra_ppl_change = avg("intra_ppl_change", median)
     fig.update_inter_ppl_change = avg("inter_ppl_change", median)
-    md += [f"{len(ups)} updates (each: the fact's own neurons minus those in > 10 % of its relation's facts; "
-           "v <- v - |v|/|e_t| e_t + 8 |v|/|e_t'| e_t'; t' = another object of the same relation).", "",
-           "| metric | mean | paper |", "|---|---|---|",
-           f"| success rate (greedy answer becomes t') | {_num(fig.update_success, '.1%')} | {PAPER['update_success']:.1%} |",
-           f"| change rate (greedy answer no longer t, of prompts answered t before) | {_num(fig.update_change, '.1%')} | {PAPER['update_change']:.1%} |",
-           f"| P(t) before -> after | {_num(avg('p_gold_before'), '.4f')} -> {_num(avg('p_gold_after'), '.4f')} | |",
-           f"| P(t') before -> after | {_num(avg('p_new_before'), '.4f')} -> {_num(avg('p_new_after'), '.4f')} | |",
-           f"| intra-relation perplexity change (median) | {_pct(fig.update_intra_ppl_change)} | |",
-           f"| inter-relation perplexity change (median) | {_pct(fig.update_inter_ppl_change)} | rise of 7.2 (absolute) |", ""]
+    md += [
+        f"{len(ups)} updates (each: the fact's own neurons minus those in > 10 % of its relation's facts; "
+        "v <- v - |v|/|e_t| e_t + 8 |v|/|e_t'| e_t'; t' = another object of the same relation).",
+        "",
+        "| metric | mean | paper |",
+        "|---|---|---|",
+        f"| success rate (greedy answer becomes t') | {_num(fig.update_success, '.1%')} | "
+        f"{PAPER['update_success']:.1%} |",
+        f"| change rate (greedy answer no longer t, of prompts answered t before) | {_num(fig.update_change, '.1%')} | "
+        f"{PAPER['update_change']:.1%} |",
+        f"| P(t) before -> after | {_num(avg('p_gold_before'), '.4f')} -> {_num(avg('p_gold_after'), '.4f')} | |",
+        f"| P(t') before -> after | {_num(avg('p_new_before'), '.4f')} -> {_num(avg('p_new_after'), '.4f')} | |",
+        f"| intra-relation perplexity change (median) | {_pct(fig.update_intra_ppl_change)} | |",
+        f"| inter-relation perplexity change (median) | {_pct(fig.update_inter_ppl_change)} | rise of 7.2 (absolute) |",
+        "",
+    ]
     return md
 
 
@@ -203,16 +248,28 @@ def _erase_section(edits) -> list[str]:
     md = ["## Erasing relations", ""]
     if not ers:
         return md + ["No erase edits yet: `atlas edit erase-relation P --top 20 --run RUN`.", ""]
-    md += ["| edit | relation | slots | value | accuracy erased (before -> after) | perplexity erased | "
-           "accuracy others | perplexity others | status |", "|---|---|---|---|---|---|---|---|---|"]
+    md += [
+        "| edit | relation | slots | value | accuracy erased (before -> after) | perplexity erased | "
+        "accuracy others | perplexity others | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in sorted(ers, key=lambda x: x.id):
         g = e.metrics.get
-        md.append(f"| {e.id} | {e.target} | {e.n_slots} | {e.params.get('value')} | "
-                  f"{_num(g('erased_accuracy_before'), '.1%')} -> {_num(g('erased_accuracy_after'), '.1%')} | "
-                  f"{_num(g('erased_ppl_before'), '.1f')} -> {_num(g('erased_ppl_after'), '.1f')} ({_pct(g('erased_ppl_change'))}) | "
-                  f"{_num(g('other_accuracy_before'), '.1%')} -> {_num(g('other_accuracy_after'), '.1%')} | "
-                  f"{_num(g('other_ppl_before'), '.1f')} -> {_num(g('other_ppl_after'), '.1f')} ({_pct(g('other_ppl_change'))}) | {e.status} |")
-    return md + ["", f"Paper (perplexity change, erased / other relations): {PAPER['erase_erased_ppl']} / {PAPER['erase_other_ppl']}.", ""]
+        md.append(
+            f"| {e.id} | {e.target} | {e.n_slots} | {e.params.get('value')} | "
+            f"{_num(g('erased_accuracy_before'), '.1%')} -> {_num(g('erased_accuracy_after'), '.1%')} | "
+            f"{_num(g('erased_ppl_before'), '.1f')} -> {_num(g('erased_ppl_after'), '.1f')} "
+            f"({_pct(g('erased_ppl_change'))}) | "
+            f"{_num(g('other_accuracy_before'), '.1%')} -> {_num(g('other_accuracy_after'), '.1%')} | "
+            f"{_num(g('other_ppl_before'), '.1f')} -> {_num(g('other_ppl_after'), '.1f')} "
+            f"({_pct(g('other_ppl_change'))}) | {e.status} |"
+        )
+    return md + [
+        "",
+        f"Paper (perplexity change, erased / other relations): {PAPER['erase_erased_ppl']} / "
+        f"{PAPER['erase_other_ppl']}.",
+        "",
+    ]
 
 
 def _audit_section(plt, out_dir: Path, store: Store, edits, threshold: float, fig: Figures) -> list[str]:
@@ -230,27 +287,41 @@ def _audit_section(plt, out_dir: Path, store: Store, edits, threshold: float, fi
     by_role = defaultdict(list)
     for p in pairs:
         by_role[p[3]].append(p)
-    md += [f"{len(audited)} audited edits. Before an edit, the query `edit-interference` predicts the facts it "
-           "disturbs (share of a fact's attribution mass on rewritten slots); afterwards P(gold) is measured on "
-           "the targets, the predicted facts and as many random facts. A fact counts as disturbed when P(gold) "
-           f"moves by >= {threshold:.0%}.", "",
-           "| facts | n | disturbed | median relative change of P(gold) |", "|---|---|---|---|"]
+    md += [
+        f"{len(audited)} audited edits. Before an edit, the query `edit-interference` predicts the facts it "
+        "disturbs (share of a fact's attribution mass on rewritten slots); afterwards P(gold) is measured on "
+        "the targets, the predicted facts and as many random facts. A fact counts as disturbed when P(gold) "
+        f"moves by >= {threshold:.0%}.",
+        "",
+        "| facts | n | disturbed | median relative change of P(gold) |",
+        "|---|---|---|---|",
+    ]
     for role in ("target", "predicted", "random"):
         ps = by_role.get(role, [])
-        md.append(f"| {role} | {len(ps)} | {_num(mean([p[1] for p in ps]) if ps else None, '.0%')} | "
-                  f"{_pct(median([p[2] for p in ps]) if ps else None)} |")
+        md.append(
+            f"| {role} | {len(ps)} | {_num(mean([p[1] for p in ps]) if ps else None, '.0%')} | "
+            f"{_pct(median([p[2] for p in ps]) if ps else None)} |"
+        )
     strict = [(p[0], abs(p[2]) >= 0.5) for p in ranked]
-    md += ["", f"Ranking quality over predicted + random facts: pooled ROC AUC {_num(fig.audit_pooled_auc, '.3f')}, "
-           f"mean precision@k {_num(fig.audit_mean_precision_at_k, '.3f')} (k = number of predicted facts per edit). "
-           f"With a 50 % threshold instead: pooled ROC AUC "
-           f"{_num(m.roc_auc([s for s, _ in strict], [y for _, y in strict]) if strict else None, '.3f')}.", ""]
+    md += [
+        "",
+        f"Ranking quality over predicted + random facts: pooled ROC AUC {_num(fig.audit_pooled_auc, '.3f')}, "
+        f"mean precision@k {_num(fig.audit_mean_precision_at_k, '.3f')} (k = number of predicted facts per edit). "
+        f"With a 50 % threshold instead: pooled ROC AUC "
+        f"{_num(m.roc_auc([s for s, _ in strict], [y for _, y in strict]) if strict else None, '.3f')}.",
+        "",
+    ]
     f3, ax = plt.subplots(figsize=(5.5, 3.6))
     for role, colour in (("predicted", "#c44e52"), ("random", "#999999")):
         ps = by_role.get(role, [])
         ax.scatter([p[0] for p in ps], [abs(p[2]) * 100 for p in ps], s=12, alpha=0.7, label=role, color=colour)
     ax.axhline(threshold * 100, color="black", lw=0.6, ls="--")
-    ax.set(xlabel="predicted score (share of attribution on edited slots)", ylabel="|change of P(gold)|, %",
-           title="Predicted vs measured interference", yscale="symlog")
+    ax.set(
+        xlabel="predicted score (share of attribution on edited slots)",
+        ylabel="|change of P(gold)|, %",
+        title="Predicted vs measured interference",
+        yscale="symlog",
+    )
     ax.legend(fontsize=8)
     f3.tight_layout()
     f3.savefig(out_dir / "audit.png", dpi=90)
@@ -260,32 +331,41 @@ def _audit_section(plt, out_dir: Path, store: Store, edits, threshold: float, fi
 
 def _differences(fig: Figures) -> list[str]:
     """One generated sentence per figure that can be compared with the paper's."""
+
     def cmp(name: str, ours: float | None, paper: float) -> str | None:
         if ours is None:
             return None
-        word = "close to" if abs(ours - paper) <= 0.15 * abs(paper) else ("above" if abs(ours) > abs(paper) else "below")
+        word = (
+            "close to" if abs(ours - paper) <= 0.15 * abs(paper) else ("above" if abs(ours) > abs(paper) else "below")
+        )
         return f"- {name}: {ours:.3g} here, {word} the paper's {paper:.3g}."
-    lines = [cmp("knowledge neurons per fact", fig.neurons_per_fact, PAPER["neurons_per_fact"]),
-             cmp("neurons shared within a relation", fig.shared_same, PAPER["shared_same"]),
-             cmp("neurons shared across relations", fig.shared_other, PAPER["shared_other"]),
-             cmp("suppression effect", fig.suppress, PAPER["suppress"]),
-             cmp("amplification effect", fig.amplify, PAPER["amplify"]),
-             cmp("update success rate", fig.update_success, PAPER["update_success"]),
-             cmp("update change rate", fig.update_change, PAPER["update_change"])]
+
+    lines = [
+        cmp("knowledge neurons per fact", fig.neurons_per_fact, PAPER["neurons_per_fact"]),
+        cmp("neurons shared within a relation", fig.shared_same, PAPER["shared_same"]),
+        cmp("neurons shared across relations", fig.shared_other, PAPER["shared_other"]),
+        cmp("suppression effect", fig.suppress, PAPER["suppress"]),
+        cmp("amplification effect", fig.amplify, PAPER["amplify"]),
+        cmp("update success rate", fig.update_success, PAPER["update_success"]),
+        cmp("update change rate", fig.update_change, PAPER["update_change"]),
+    ]
     return ["Where the numbers differ (magnitudes; 'close' = within 15 %):", ""] + [x for x in lines if x] + [""]
 
 
 def _comparison(fig: Figures) -> list[str]:
     return _differences(fig) + [
-            "| figure | this run | paper (BERT-base, PARAREL) |", "|---|---|---|",
-            f"| knowledge neurons per fact | {_num(fig.neurons_per_fact)} | {PAPER['neurons_per_fact']} |",
-            f"| shared neurons, same / different relation | {_num(fig.shared_same)} / {_num(fig.shared_other)} | "
-            f"{PAPER['shared_same']} / {PAPER['shared_other']} |",
-            f"| suppress: knowledge / other fact / random | {_pct(fig.suppress)} / {_pct(fig.suppress_other_fact)} / "
-            f"{_pct(fig.suppress_random)} | {_pct(PAPER['suppress'])} / baseline -1.47 % / - |",
-            f"| amplify: knowledge / other fact / random | {_pct(fig.amplify)} / {_pct(fig.amplify_other_fact)} / "
-            f"{_pct(fig.amplify_random)} | {_pct(PAPER['amplify'])} / baseline -1.27 % / - |",
-            f"| update success / change rate | {_num(fig.update_success, '.1%')} / {_num(fig.update_change, '.1%')} | "
-            f"{PAPER['update_success']:.1%} / {PAPER['update_change']:.1%} |",
-            f"| audit pooled ROC AUC / mean precision@k | {_num(fig.audit_pooled_auc, '.3f')} / "
-            f"{_num(fig.audit_mean_precision_at_k, '.3f')} | (no counterpart) |", ""]
+        "| figure | this run | paper (BERT-base, PARAREL) |",
+        "|---|---|---|",
+        f"| knowledge neurons per fact | {_num(fig.neurons_per_fact)} | {PAPER['neurons_per_fact']} |",
+        f"| shared neurons, same / different relation | {_num(fig.shared_same)} / {_num(fig.shared_other)} | "
+        f"{PAPER['shared_same']} / {PAPER['shared_other']} |",
+        f"| suppress: knowledge / other fact / random | {_pct(fig.suppress)} / {_pct(fig.suppress_other_fact)} / "
+        f"{_pct(fig.suppress_random)} | {_pct(PAPER['suppress'])} / baseline -1.47 % / - |",
+        f"| amplify: knowledge / other fact / random | {_pct(fig.amplify)} / {_pct(fig.amplify_other_fact)} / "
+        f"{_pct(fig.amplify_random)} | {_pct(PAPER['amplify'])} / baseline -1.27 % / - |",
+        f"| update success / change rate | {_num(fig.update_success, '.1%')} / {_num(fig.update_change, '.1%')} | "
+        f"{PAPER['update_success']:.1%} / {PAPER['update_change']:.1%} |",
+        f"| audit pooled ROC AUC / mean precision@k | {_num(fig.audit_pooled_auc, '.3f')} / "
+        f"{_num(fig.audit_mean_precision_at_k, '.3f')} | (no counterpart) |",
+        "",
+    ]

@@ -47,8 +47,9 @@ class Slot:
     edited: torch.Tensor
 
     def to_bytes(self) -> SlotBytes:
-        return SlotBytes(self.layer, self.neuron, slots_bytes(self.original), slots_bytes(self.edited),
-                         dtype_name(self.original))
+        return SlotBytes(
+            self.layer, self.neuron, slots_bytes(self.original), slots_bytes(self.edited), dtype_name(self.original)
+        )
 
     @classmethod
     def from_bytes(cls, s: SlotBytes) -> Slot:
@@ -78,7 +79,8 @@ def check_weights(lm: LoadedModel, run: Run) -> None:
     if sha != run.model_sha256:
         raise WeightsMismatch(
             f"run {run.name!r} was indexed with model {run.model_name!r} (weights sha256 {run.model_sha256[:12]}…), "
-            f"but the loaded weights of {lm.name!r} have sha256 {sha[:12]}…")
+            f"but the loaded weights of {lm.name!r} have sha256 {sha[:12]}…"
+        )
 
 
 @contextmanager
@@ -108,8 +110,10 @@ def working_copy(lm: LoadedModel, run: Run, stack: Sequence[EditRows]) -> Iterat
         if stack:
             sha = weights_sha256(lm.model)
             if sha != stack[-1].sha256_after:
-                raise EditError(f"replaying the applied edits {[e.id for e in stack]} gives weights sha256 {sha[:12]}…, "
-                                f"not the {stack[-1].sha256_after[:12]}… recorded by edit {stack[-1].id}")
+                raise EditError(
+                    f"replaying the applied edits {[e.id for e in stack]} gives weights sha256 {sha[:12]}…, "
+                    f"not the {stack[-1].sha256_after[:12]}… recorded by edit {stack[-1].id}"
+                )
         yield sha
 
 

@@ -42,7 +42,7 @@ def _answer_in_context(tok: Any, prefix: str, obj: str) -> list[int]:
     pre = _ids(tok, prefix, False)
     joint = _ids(tok, prefix + sep + obj, False)
     if joint[: len(pre)] == pre and len(joint) > len(pre):
-        return joint[len(pre):]
+        return joint[len(pre) :]
     return _ids(tok, sep + obj, False)
 
 

@@ -38,18 +38,18 @@ class ScaleNeurons:
         object.__setattr__(self, "neurons", tuple(sorted((int(l), int(n)) for l, n in self.neurons)))
 
     @classmethod
-    def suppress(cls, neurons: Sequence[Neuron]) -> "ScaleNeurons":
+    def suppress(cls, neurons: Sequence[Neuron]) -> ScaleNeurons:
         return cls(tuple(neurons), 0.0)
 
     @classmethod
-    def amplify(cls, neurons: Sequence[Neuron]) -> "ScaleNeurons":
+    def amplify(cls, neurons: Sequence[Neuron]) -> ScaleNeurons:
         return cls(tuple(neurons), 2.0)
 
     def to_json(self) -> str:
         return json.dumps({"type": "scale_neurons", **asdict(self)}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ScaleNeurons":
+    def from_json(cls, text: str) -> ScaleNeurons:
         doc = json.loads(text)
         if doc.pop("type", None) != "scale_neurons":
             raise ValueError(f"not a scale_neurons intervention: {text[:80]!r}")
@@ -80,7 +80,9 @@ def _scaler(neurons: list[int], factor: float, positions: torch.Tensor | None) -
 
 
 @contextmanager
-def applied(adapter: Adapter, intervention: ScaleNeurons | None, positions: torch.Tensor | None = None) -> Iterator[None]:
+def applied(
+    adapter: Adapter, intervention: ScaleNeurons | None, positions: torch.Tensor | None = None
+) -> Iterator[None]:
     """Run the body with `intervention` active; `positions[b]` = answer position of batch row b.
 
     positions None means the last position of every row. A None intervention is a no-op, so that

@@ -144,6 +144,7 @@ def load_model(spec: str = SMOLLM2_SPEC, device: str = "cpu", dtype: torch.dtype
 
 # --- random models ----------------------------------------------------------------------------
 
+
 def config_model(config: Any, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A randomly initialised model of `config` (architecture taken from `config.architectures`)."""
     import transformers as tf

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from atlas.model.interventions import ScaleNeurons, applied
 from atlas.model.encode import PromptItem, encode_causal
+from atlas.model.interventions import ScaleNeurons, applied
 
 Y_SLOT = "[Y]"
 
@@ -53,8 +53,9 @@ def single_token_id(tokenizer, text: str) -> int:
 
 
 @torch.no_grad()
-def score(model, adapter, items: Sequence[PromptItem], intervention: ScaleNeurons | None = None,
-          batch_size: int = 32) -> list[Scored]:
+def score(
+    model, adapter, items: Sequence[PromptItem], intervention: ScaleNeurons | None = None, batch_size: int = 32
+) -> list[Scored]:
     """Score `items` (decoder models), optionally with `intervention` at each answer position."""
     if getattr(adapter, "is_masked_lm", False):
         raise NotImplementedError("interventions are implemented for left-to-right models only")
@@ -62,7 +63,7 @@ def score(model, adapter, items: Sequence[PromptItem], intervention: ScaleNeuron
     out: list[Scored | None] = [None] * len(items)
     order = sorted(range(len(items)), key=lambda i: len(items[i].prompt_ids) + len(items[i].answer_ids))
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         seqs = [list(items[i].prompt_ids) + list(items[i].answer_ids[:-1]) for i in chunk]
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -77,9 +78,13 @@ def score(model, adapter, items: Sequence[PromptItem], intervention: ScaleNeuron
         for r, i in enumerate(chunk):
             p0 = int(answer_pos[r])
             ans = list(items[i].answer_ids)
-            rows = logp[r, p0: p0 + len(ans)]
+            rows = logp[r, p0 : p0 + len(ans)]
             lps = rows[torch.arange(len(ans)), torch.tensor(ans)]
             greedy = bool((rows.argmax(-1) == torch.tensor(ans)).all())
-            out[i] = Scored(p_gold=float(lps.sum().exp()), logprobs=tuple(float(x) for x in lps),
-                            greedy=greedy, top1=int(rows[0].argmax()))
+            out[i] = Scored(
+                p_gold=float(lps.sum().exp()),
+                logprobs=tuple(float(x) for x in lps),
+                greedy=greedy,
+                top1=int(rows[0].argmax()),
+            )
     return out  # type: ignore[return-value]

@@ -25,8 +25,9 @@ def write_slots(adapter: Adapter, layer: int, neurons: Sequence[int], values: to
     adapter.set_value_slots(layer, list(neurons), values)
 
 
-def update_slots(v: torch.Tensor, e_old: torch.Tensor, e_new: torch.Tensor,
-                 l1_scale: float = 1.0, l2_scale: float = 8.0) -> torch.Tensor:
+def update_slots(
+    v: torch.Tensor, e_old: torch.Tensor, e_new: torch.Tensor, l1_scale: float = 1.0, l2_scale: float = 8.0
+) -> torch.Tensor:
     """The paper's update rule for value slots `v` `[k, hidden]`:
 
     v <- v - l1 * e_old + l2 * e_new,  l1 = |v| / |e_old| * l1_scale,  l2 = |v| / |e_new| * l2_scale

@@ -24,7 +24,8 @@ class IGConfig:
     the full-precision activations; softmaxes and sums are always at least fp32. Masked LMs run
     the scaled pass under autocast instead. `head_chunk` bounds the full-vocabulary logits held
     at once (elements; default 2**28 on a GPU, where each slice is a few kernel launches that
-    the host must issue, 2**23 on a CPU, where cache-sized slices are faster); `mask_token_id` is needed for masked LMs when the adapter does not carry one.
+    the host must issue, 2**23 on a CPU, where cache-sized slices are faster); `mask_token_id` is
+    needed for masked LMs when the adapter does not carry one.
     """
 
     steps: int = 20

@@ -22,8 +22,9 @@ from indexer.attribution.head import head
 from indexer.attribution.tensors import answer, device, head_chunk, low_precision, pad, put, up
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, k_pre: Tensor | None, v_pre: Tensor | None,
-            pre_valid: Tensor | None, scale: float) -> Tensor:
+def _attend(
+    q: Tensor, k: Tensor, v: Tensor, k_pre: Tensor | None, v_pre: Tensor | None, pre_valid: Tensor | None, scale: float
+) -> Tensor:
     """Causal attention of T new positions per row over a shared per-prompt prefix plus themselves.
 
     q `[G,R,T,H,D]`, k/v `[G,R,T,Hk,D]` (new positions), k_pre/v_pre `[G,P,Hk,D]` (the prompt's
@@ -47,8 +48,15 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, k_pre: Tensor | None, v_pre: Tensor
     return ctx.reshape(G, R, T, H * D)
 
 
-def _block(ad: DecoderAdapter, layer: int, h: Tensor, pos: Any, k_pre: Tensor | None, v_pre: Tensor | None,
-           pre_valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _block(
+    ad: DecoderAdapter,
+    layer: int,
+    h: Tensor,
+    pos: Any,
+    k_pre: Tensor | None,
+    v_pre: Tensor | None,
+    pre_valid: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One decoder block on `h [G,R,T,d]`; returns (out, base, act, k, v)."""
     q, k, v = ad.attention_inputs(layer, h, pos)
     ctx = _attend(q, k, v, k_pre, v_pre, pre_valid, ad.attention_scale(layer))
@@ -61,21 +69,31 @@ def _block(ad: DecoderAdapter, layer: int, h: Tensor, pos: Any, k_pre: Tensor | 
 class _CleanCache:
     """What the sweep needs from the unscaled run, per layer (lists indexed by layer)."""
 
-    k_pre: list[Tensor]      # [G,P,Hk,D] keys of positions < answer position
+    k_pre: list[Tensor]  # [G,P,Hk,D] keys of positions < answer position
     v_pre: list[Tensor]
-    pre_valid: Tensor        # [G,P]
-    base: list[Tensor]       # [G,d]  h_in + attention at the answer position
-    act: list[Tensor]        # [G,N]  neuron activations at the answer position
-    after: list[Tensor]      # [G,T-1,d] clean block outputs at the answer-token positions
-    final: Tensor            # [G,T,d] final hidden (normed) at answer positions, for P/rank
+    pre_valid: Tensor  # [G,P]
+    base: list[Tensor]  # [G,d]  h_in + attention at the answer position
+    act: list[Tensor]  # [G,N]  neuron activations at the answer position
+    after: list[Tensor]  # [G,T-1,d] clean block outputs at the answer-token positions
+    final: Tensor  # [G,T,d] final hidden (normed) at answer positions, for P/rank
 
-    def to(self, dtype: torch.dtype | None) -> "_CleanCache":
+    def to(self, dtype: torch.dtype | None) -> _CleanCache:
         """The cache cast for a scaled pass in `dtype` (itself when no cast is needed)."""
         if dtype is None or dtype == self.act[0].dtype:
             return self
-        cast = lambda ts: [t.to(dtype) for t in ts]
-        return _CleanCache(cast(self.k_pre), cast(self.v_pre), self.pre_valid, cast(self.base),
-                           cast(self.act), cast(self.after), self.final.to(dtype))
+
+        def cast(ts: list[Tensor]) -> list[Tensor]:
+            return [t.to(dtype) for t in ts]
+
+        return _CleanCache(
+            cast(self.k_pre),
+            cast(self.v_pre),
+            self.pre_valid,
+            cast(self.base),
+            cast(self.act),
+            cast(self.after),
+            self.final.to(dtype),
+        )
 
 
 def _gather_pos(x: Tensor, idx: Tensor) -> Tensor:
@@ -129,7 +147,9 @@ def decoder_group(model: nn.Module, ad: DecoderAdapter, items: list[PromptItem],
     return Attributions(acts * grad_sums / cfg.steps, logp0.sum(-1).exp(), rank0)
 
 
-def _sweep(ad: DecoderAdapter, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: Tensor, cfg: IGConfig) -> Tensor:
+def _sweep(
+    ad: DecoderAdapter, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: Tensor, cfg: IGConfig
+) -> Tensor:
     """The scaled pass: all layers x steps x prompts at once; returns the gradients of P(gold)
     summed over the steps, `[G,L,N]` fp32."""
     G, m, dev = p.shape[0], cfg.steps, p.device

@@ -8,8 +8,9 @@ from torch import Tensor
 from indexer.attribution.tensors import up
 
 
-def head(hf: Tensor, W: Tensor, b: Tensor | None, gold: Tensor, valid: Tensor, chunk: int,
-          want_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+def head(
+    hf: Tensor, W: Tensor, b: Tensor | None, gold: Tensor, valid: Tensor, chunk: int, want_grad: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """log P(gold) per position `[...,T]`, rank of position 0, and d log P / d hf (optional).
 
     hf `[..., T, d]`, gold/valid broadcastable to `[..., T]`. The vocabulary is swept in slices
@@ -30,7 +31,7 @@ def head(hf: Tensor, W: Tensor, b: Tensor | None, gold: Tensor, valid: Tensor, c
     g = gold.expand(lead).reshape(-1)
     fp = up(r[:1]).dtype
     z_g = (up(r) * up(W[g])).sum(-1) + (0 if b is None else up(b[g]))  # [R]
-    m = z_g.clone()                                   # running max, seeded by the gold logit
+    m = z_g.clone()  # running max, seeded by the gold logit
     s_other = torch.zeros(R, device=r.device, dtype=fp)
     above = torch.zeros(R, device=r.device, dtype=torch.long)
     acc = torch.zeros(R, d, device=r.device, dtype=fp) if want_grad else None
@@ -45,11 +46,11 @@ def head(hf: Tensor, W: Tensor, b: Tensor | None, gold: Tensor, valid: Tensor, c
         col = (g - v0).clamp(0, Wc.shape[0] - 1)[:, None]
         own = ((g >= v0) & (g < v0 + Wc.shape[0]))[:, None]
         z.scatter_(1, col, z.gather(1, col).masked_fill(own, float("-inf")))
-        if not want_grad:                             # ranks are only wanted from the clean run
+        if not want_grad:  # ranks are only wanted from the clean run
             above += (z > z_g[:, None]).sum(-1)
         # the running max, made representable in z's dtype so that `z - m` below is the m used
         m_new = torch.maximum(m, up(z.amax(-1))).to(z.dtype)
-        p = z.sub_(m_new[:, None]).exp_()             # exp(z - m_new), in place
+        p = z.sub_(m_new[:, None]).exp_()  # exp(z - m_new), in place
         m_new = up(m_new)
         rescale = torch.exp(m - m_new)
         s_other = s_other * rescale + p.sum(-1, dtype=fp)

@@ -51,12 +51,23 @@ from indexer.attribution.decoder import decoder_group
 from indexer.attribution.masked import masked_group
 from indexer.attribution.tensors import answer, device, frozen, put
 
-__all__ = ["Attributions", "IGConfig", "PromptAttribution", "PromptItem", "alphas", "attribute", "attribute_stacked",
-           "default_batch_size"]
+DEFAULT = IGConfig()
+
+__all__ = [
+    "Attributions",
+    "IGConfig",
+    "PromptAttribution",
+    "PromptItem",
+    "alphas",
+    "attribute",
+    "attribute_stacked",
+    "default_batch_size",
+]
 
 
-def default_batch_size(device: str | torch.device, adapter: Adapter = None, steps: int = 20,
-                       dtype: torch.dtype | None = None) -> int:
+def default_batch_size(
+    device: str | torch.device, adapter: Adapter = None, steps: int = 20, dtype: torch.dtype | None = None
+) -> int:
     """Prompts per pass.
 
     CPU: 4. A SmolLM2-sized pass (30 layers x 1536, m = 20) keeps ~0.35 GB of autograd state per
@@ -79,7 +90,9 @@ def default_batch_size(device: str | torch.device, adapter: Adapter = None, step
     return int(max(1, min(512, 0.5 * free // per_prompt)))
 
 
-def attribute(model: nn.Module, adapter: Adapter, items: Sequence[PromptItem], cfg: IGConfig = IGConfig()) -> list[PromptAttribution]:
+def attribute(
+    model: nn.Module, adapter: Adapter, items: Sequence[PromptItem], cfg: IGConfig = DEFAULT
+) -> list[PromptAttribution]:
     """Attribution scores of every FFN neuron of every layer for each item, in input order.
 
     Example:
@@ -90,7 +103,9 @@ def attribute(model: nn.Module, adapter: Adapter, items: Sequence[PromptItem], c
     return attribute_stacked(model, adapter, items, cfg).to_prompts() if items else []
 
 
-def attribute_stacked(model: nn.Module, adapter: Adapter, items: Sequence[PromptItem], cfg: IGConfig = IGConfig()) -> Attributions:
+def attribute_stacked(
+    model: nn.Module, adapter: Adapter, items: Sequence[PromptItem], cfg: IGConfig = DEFAULT
+) -> Attributions:
     """`attribute`, with the results stacked on the model's device (see `Attributions`)."""
     if not items:
         raise ValueError("no prompts to attribute")

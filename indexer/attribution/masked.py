@@ -42,9 +42,13 @@ def masked_group(model: nn.Module, ad: Adapter, items: list[PromptItem], cfg: IG
         pos_lists = [pl[:1] for pl in pos_lists]
     answers = [answer(it, cfg) for it in items]
     K = max(len(a) for a in answers)
-    batch = _Batch(put(pad([it.prompt_ids for it in items]), dev), put(pad([[1] * len(it.prompt_ids) for it in items]), dev),
-                   put(pad(pos_lists), dev),  # padding points at position 0, masked out by `valid`
-                   put(pad(answers), dev), put(torch.tensor([[1.0] * len(a) + [0.0] * (K - len(a)) for a in answers]), dev))
+    batch = _Batch(
+        put(pad([it.prompt_ids for it in items]), dev),
+        put(pad([[1] * len(it.prompt_ids) for it in items]), dev),
+        put(pad(pos_lists), dev),  # padding points at position 0, masked out by `valid`
+        put(pad(answers), dev),
+        put(torch.tensor([[1.0] * len(a) + [0.0] * (K - len(a)) for a in answers]), dev),
+    )
     rows = torch.arange(len(items), device=dev)
     acts: dict[int, Tensor] = {}  # layer -> [G, N] activations at the first mask
 
@@ -69,7 +73,9 @@ class _Batch:
 
     def repeated(self, m: int) -> _Batch:
         """Each input `m` times (row = step * B + b), one copy per IG step."""
-        return _Batch(*(t.repeat(m, *([1] * (t.dim() - 1))) for t in (self.ids, self.attn, self.mpos, self.gold, self.valid)))
+        return _Batch(
+            *(t.repeat(m, *([1] * (t.dim() - 1))) for t in (self.ids, self.attn, self.mpos, self.gold, self.valid))
+        )
 
 
 def _layer_scores(model: nn.Module, ad: Adapter, batch: _Batch, act: Tensor, layer: int, cfg: IGConfig) -> Tensor:

@@ -19,7 +19,7 @@ Follows the official protocol of Dai et al. (their analysis script), including i
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,24 +56,6 @@ class RelationRefinement:
     evaluations: int
 
 
-def sparse_scores(scores: np.ndarray, ratio: float = SPARSE_RATIO, cap: int | None = 512) -> list[tuple[int, int, float]]:
-    """Scores worth storing: >= ratio * prompt max (official: 0.1), at most `cap`, best first.
-
-    Storing these instead of all n_layers * n_neurons scores keeps the database ~1000x smaller
-    while still containing every coarse neuron (t = 0.2 > 0.1) unless the cap bites.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    top = float(s.max()) if s.size else 0.0
-    if top <= 0:
-        return []
-    layers, neurons = np.nonzero(s >= ratio * top)
-    vals = s[layers, neurons]
-    order = np.argsort(-vals, kind="stable")
-    if cap is not None:
-        order = order[:cap]
-    return [(int(layers[i]), int(neurons[i]), float(vals[i])) for i in order]
-
-
 def coarse_neurons(scores: np.ndarray, t: float = COARSE_T) -> dict[Neuron, float]:
     """Coarse neurons of one prompt from its dense `[n_layers, n_neurons]` scores."""
     s = np.asarray(scores, dtype=np.float64)
@@ -82,22 +64,6 @@ def coarse_neurons(scores: np.ndarray, t: float = COARSE_T) -> dict[Neuron, floa
         return {}
     layers, neurons = np.nonzero(s >= t * top)
     return {(int(l), int(n)): float(s[l, n]) for l, n in zip(layers, neurons)}
-
-
-def coarse_from_triplets(triplets: Iterable[tuple[int, int, float]], t: float = COARSE_T) -> dict[Neuron, float]:
-    """Coarse neurons from stored sparse scores; the max must be among them (it always is)."""
-    trip = list(triplets)
-    if not trip:
-        return {}
-    top = max(sc for _, _, sc in trip)
-    if top <= 0:
-        return {}
-    return {(int(l), int(n)): float(sc) for l, n, sc in trip if sc >= t * top}
-
-
-def refine_threshold(n_prompts: int, p: float, min_prompts: int = MIN_PROMPTS) -> float:
-    """Prompts a neuron must be coarse in: max(n * p, min_prompts), float as in the official code."""
-    return max(n_prompts * p, min_prompts)
 
 
 @dataclass(frozen=True)
@@ -121,27 +87,34 @@ def tally(prompts: Sequence[Mapping[Neuron, float]]) -> FactTally:
             counts[key] += 1
             sums[key] = sums.get(key, 0.0) + sc
     keys = list(counts)
-    return FactTally(len(prompts), np.array([k[0] for k in keys], np.int64), np.array([k[1] for k in keys], np.int64),
-                     np.array([counts[k] for k in keys], np.int64), np.array([sums[k] for k in keys], np.float64))
+    return FactTally(
+        len(prompts),
+        np.array([k[0] for k in keys], np.int64),
+        np.array([k[1] for k in keys], np.int64),
+        np.array([counts[k] for k in keys], np.int64),
+        np.array([sums[k] for k in keys], np.float64),
+    )
 
 
 def select(t: FactTally, p: float, min_prompts: int = MIN_PROMPTS) -> list[RefinedNeuron]:
     """The fact's knowledge neurons at share p, sorted by (-n_prompts, -mean_score, layer, neuron)
     so that output order is deterministic."""
-    need = refine_threshold(t.n_prompts, p, min_prompts)
-    out = [RefinedNeuron(int(t.layers[i]), int(t.neurons[i]), float(t.sums[i]) / int(t.counts[i]), int(t.counts[i]))
-           for i in np.flatnonzero(t.counts >= need)]
+    need = max(t.n_prompts * p, min_prompts)  # float, as in the official code
+    out = [
+        RefinedNeuron(int(t.layers[i]), int(t.neurons[i]), float(t.sums[i]) / int(t.counts[i]), int(t.counts[i]))
+        for i in np.flatnonzero(t.counts >= need)
+    ]
     return sorted(out, key=lambda r: (-r.n_prompts, -r.mean_score, r.layer, r.neuron))
 
 
-def refine_fact(prompts: Sequence[Mapping[Neuron, float]], p: float, min_prompts: int = MIN_PROMPTS) -> list[RefinedNeuron]:
-    """Knowledge neurons of one fact from the coarse neurons of each of its prompts."""
-    return select(tally(prompts), p, min_prompts)
-
-
-def refine_relation(facts: Sequence[Sequence[Mapping[Neuron, float]]], p0: float = P_START, step: float = P_STEP,
-                    max_evals: int = P_MAX_EVALS, target: tuple[float, float] = TARGET,
-                    min_prompts: int = MIN_PROMPTS) -> RelationRefinement:
+def refine_relation(
+    facts: Sequence[Sequence[Mapping[Neuron, float]]],
+    p0: float = P_START,
+    step: float = P_STEP,
+    max_evals: int = P_MAX_EVALS,
+    target: tuple[float, float] = TARGET,
+    min_prompts: int = MIN_PROMPTS,
+) -> RelationRefinement:
     """Relation-adaptive refining: adjust p until the mean neurons per fact lies in `target`.
 
     Example:
@@ -153,8 +126,14 @@ def refine_relation(facts: Sequence[Sequence[Mapping[Neuron, float]]], p0: float
     return refine_tallies([tally(f) for f in facts], p0, step, max_evals, target, min_prompts)
 
 
-def refine_tallies(tallies: Sequence[FactTally], p0: float = P_START, step: float = P_STEP, max_evals: int = P_MAX_EVALS,
-                   target: tuple[float, float] = TARGET, min_prompts: int = MIN_PROMPTS) -> RelationRefinement:
+def refine_tallies(
+    tallies: Sequence[FactTally],
+    p0: float = P_START,
+    step: float = P_STEP,
+    max_evals: int = P_MAX_EVALS,
+    target: tuple[float, float] = TARGET,
+    min_prompts: int = MIN_PROMPTS,
+) -> RelationRefinement:
     """`refine_relation` from the facts' tallies (one per fact, in order)."""
     if not tallies:
         return RelationRefinement(p0, [], 0.0, 0)
@@ -167,12 +146,3 @@ def refine_tallies(tallies: Sequence[FactTally], p0: float = P_START, step: floa
             return RelationRefinement(p, refined, mean, evals)
         p = p - step if mean < lo else p + step
     raise AssertionError("unreachable")
-
-
-def relation_neurons(fact_neurons: Sequence[Iterable[Neuron]], ratio: float = RELATION_RATIO) -> list[tuple[Neuron, int]]:
-    """Neurons present in >= ratio of the facts (official: 10%), with their fact counts, most common first."""
-    counts: Counter[Neuron] = Counter()
-    for neurons in fact_neurons:
-        counts.update(set(neurons))
-    need = len(fact_neurons) * ratio
-    return sorted(((k, c) for k, c in counts.items() if c >= need), key=lambda kc: (-kc[1], kc[0]))

@@ -28,8 +28,9 @@ def _at_least(ratio: float, top: Tensor) -> Tensor:
     return torch.where(t.double() < exact, torch.nextafter(t, torch.full_like(t, float("inf"))), t)
 
 
-def sparse_rows(scores: Tensor, cap: int, ratio: float = SPARSE_RATIO,
-                coarse_t: float = COARSE_T) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sparse_rows(
+    scores: Tensor, cap: int, ratio: float = SPARSE_RATIO, coarse_t: float = COARSE_T
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``scores`` [P, L, N] float32 (any device) -> (prompt index, layer, neuron, score) of the rows
     to store, as host arrays ordered by prompt, then score (descending), then position."""
     P, L, N = scores.shape
@@ -42,7 +43,7 @@ def sparse_rows(scores: Tensor, cap: int, ratio: float = SPARSE_RATIO,
     p_idx, i_idx = keep.nonzero(as_tuple=True)  # prompt-major, index order within a prompt
     vals = flat[p_idx, i_idx]
     order = torch.sort(vals, descending=True, stable=True).indices  # best first, ties in index order
-    order = order[torch.sort(p_idx[order], stable=True).indices]    # ... within each prompt
+    order = order[torch.sort(p_idx[order], stable=True).indices]  # ... within each prompt
     p_idx, i_idx, vals = p_idx[order], i_idx[order], vals[order]
     start = n_keep.cumsum(0) - n_keep
     rank = torch.arange(len(p_idx), device=flat.device) - start[p_idx]

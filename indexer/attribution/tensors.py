@@ -48,7 +48,7 @@ def frozen(model: nn.Module) -> Iterator[None]:
         model.train(training)
 
 
-LOW_COPIES: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.dtype, Adapter]]" = weakref.WeakKeyDictionary()
+LOW_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.dtype, Adapter]] = weakref.WeakKeyDictionary()
 
 
 def low_precision(ad: Adapter, dtype: torch.dtype | None) -> Adapter:

@@ -51,7 +51,9 @@ def load_for_index(spec: str, device: str) -> LoadedModel:
 
 def model_info(lm: LoadedModel) -> ModelInfo:
     """What the models table records of a loaded model."""
-    return ModelInfo(lm.name, lm.source, model_class_name(lm.model), lm.adapter.n_layers, lm.adapter.n_neurons, lm.sha256)
+    return ModelInfo(
+        lm.name, lm.source, model_class_name(lm.model), lm.adapter.n_layers, lm.adapter.n_neurons, lm.sha256
+    )
 
 
 def ig_config(opts: IndexOptions, adapter: Any = None) -> IGConfig:
@@ -64,9 +66,19 @@ def ig_config(opts: IndexOptions, adapter: Any = None) -> IGConfig:
 def result_params(opts: IndexOptions) -> dict[str, Any]:
     """Every parameter that changes a run's results (they enter its params_key)."""
     cfg = IGConfig(steps=opts.steps)
-    return {"method": "ig", "steps": cfg.steps, "rule": cfg.rule, "answer": cfg.answer, "precision": opts.precision,
-            "coarse_t": refine.COARSE_T, "score_ratio": refine.SPARSE_RATIO, "score_cap": opts.score_cap,
-            "min_prompts": refine.MIN_PROMPTS, "p_start": refine.P_START, "p_step": refine.P_STEP}
+    return {
+        "method": "ig",
+        "steps": cfg.steps,
+        "rule": cfg.rule,
+        "answer": cfg.answer,
+        "precision": opts.precision,
+        "coarse_t": refine.COARSE_T,
+        "score_ratio": refine.SPARSE_RATIO,
+        "score_cap": opts.score_cap,
+        "min_prompts": refine.MIN_PROMPTS,
+        "p_start": refine.P_START,
+        "p_step": refine.P_STEP,
+    }
 
 
 def _max_len(lm: LoadedModel) -> int | None:
@@ -108,21 +120,25 @@ class Attributor:
         result.model_s = time.perf_counter() - t0
         return result
 
-    def _attribute(self, todo: list[tuple[int, PromptItem]], outputs: dict[int, PromptOutput],
-                   result: BatchResult) -> None:
+    def _attribute(
+        self, todo: list[tuple[int, PromptItem]], outputs: dict[int, PromptOutput], result: BatchResult
+    ) -> None:
         """Reduced on the model's device: per prompt only its outputs and kept scores come back."""
         res = attribute_stacked(self.lm.model, self.lm.adapter, [p for _, p in todo], self.cfg)
         finite = torch.isfinite(res.scores).flatten(1).all(1) & torch.isfinite(res.p_gold)
-        pi, result.score_layer, result.score_neuron, result.score_value = sparse_rows(res.scores[finite],
-                                                                                      self.opts.score_cap)
+        pi, result.score_layer, result.score_neuron, result.score_value = sparse_rows(
+            res.scores[finite], self.opts.score_cap
+        )
         top = res.scores.flatten(1).amax(1).tolist()
         ok_ids: list[int] = []
-        for (prompt_id, pitem), fin, p_gold, rank, mx in zip(todo, finite.tolist(), res.p_gold.tolist(),
-                                                              res.gold_rank.tolist(), top):
+        for (prompt_id, pitem), fin, p_gold, rank, mx in zip(
+            todo, finite.tolist(), res.p_gold.tolist(), res.gold_rank.tolist(), top
+        ):
             if fin:
                 ok_ids.append(prompt_id)
                 outputs[prompt_id] = PromptOutput(prompt_id, "ok", None, p_gold, int(rank), mx, len(pitem.answer_ids))
             else:
-                outputs[prompt_id] = PromptOutput(prompt_id, "skipped", "attribution is not finite (overflow)",
-                                                  n_answer_tokens=len(pitem.answer_ids))
+                outputs[prompt_id] = PromptOutput(
+                    prompt_id, "skipped", "attribution is not finite (overflow)", n_answer_tokens=len(pitem.answer_ids)
+                )
         result.score_prompt = np.array(ok_ids, np.int64)[pi]

@@ -53,8 +53,10 @@ def finish(store: Store, queue: WorkQueue) -> int:
     progress = with_retries(queue.progress, what="reading run progress")
     for prog in progress:
         if prog.complete and not prog.finalized:
-            with_retries(lambda p=prog: finalize_relation(store, queue.run_id, p.relation_id),
-                         what=f"finalising {prog.relation_id}")
+            with_retries(
+                lambda p=prog: finalize_relation(store, queue.run_id, p.relation_id),
+                what=f"finalising {prog.relation_id}",
+            )
     left = sum(p.n_items - p.n_done for p in progress)
     if left == 0:
         with_retries(lambda: mark_done(store, queue.run_id), what="marking the run done")

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from atlas.db.retry import with_retries
 from atlas.db.results import BatchResult, item_prompts, write_batch
+from atlas.db.retry import with_retries
 from atlas.db.store import Store
 from atlas.db.workqueue import LeaseLost, WorkItem, WorkQueue
 from indexer.job.attributor import Rows
@@ -54,8 +54,13 @@ class Timings:
             self.db_s += time.perf_counter() - t0
 
     def as_stats(self) -> dict[str, float]:
-        return {"model_s": self.model_s, "db_s": self.db_s, "db_wait_s": self.wait_s, "prompts": self.prompts,
-                "items": self.items}
+        return {
+            "model_s": self.model_s,
+            "db_s": self.db_s,
+            "db_wait_s": self.wait_s,
+            "prompts": self.prompts,
+            "items": self.items,
+        }
 
 
 def retry(fn: Callable[[], T], what: str) -> T:
@@ -137,8 +142,14 @@ class _Finalizer:
         self.executor.shutdown(wait=True)
 
 
-def run_loop(store: Store, queue: WorkQueue, pool: Pool, causal: bool, timings: Timings,
-             on_item: Callable[[BatchResult], None] = lambda r: None) -> None:
+def run_loop(
+    store: Store,
+    queue: WorkQueue,
+    pool: Pool,
+    causal: bool,
+    timings: Timings,
+    on_item: Callable[[BatchResult], None] = lambda r: None,
+) -> None:
     """Index every item of the queue that is left, through `pool` (see the module docstring)."""
     opts = pool.opts
     in_flight: dict[int, WorkItem] = {}

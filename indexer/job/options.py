@@ -20,13 +20,33 @@ from atlas.errors import InputError
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def opt(default: Any = None, *, help: str, flag: str | None = None, metavar: str | None = None,  # noqa: A002
-        minimum: int | None = None, choices: tuple[str, ...] | None = None, required: bool = False,
-        multiple: bool = False, parse: Callable[[Any], Any] | None = None, result: bool = False,
-        cli: bool = True) -> Any:
+def opt(
+    default: Any = None,
+    *,
+    help: str,
+    flag: str | None = None,
+    metavar: str | None = None,  # noqa: A002
+    minimum: int | None = None,
+    choices: tuple[str, ...] | None = None,
+    required: bool = False,
+    multiple: bool = False,
+    parse: Callable[[Any], Any] | None = None,
+    result: bool = False,
+    cli: bool = True,
+) -> Any:
     """A dataclass field carrying its command-line description."""
-    meta = dict(help=help, flag=flag, metavar=metavar, minimum=minimum, choices=choices, required=required,
-                multiple=multiple, parse=parse, result=result, cli=cli)
+    meta = dict(
+        help=help,
+        flag=flag,
+        metavar=metavar,
+        minimum=minimum,
+        choices=choices,
+        required=required,
+        multiple=multiple,
+        parse=parse,
+        result=result,
+        cli=cli,
+    )
     return field(default=default, metadata=meta)
 
 
@@ -49,33 +69,61 @@ def parse_workers(value: str | int) -> int | str:
 class IndexOptions:
     """One `atlas index` invocation."""
 
-    model: str = opt(required=True, metavar="NAME|DIR",
-                     help="smollm2 (bundled), a local HF model directory, or a hub id.")
+    model: str = opt(
+        required=True, metavar="NAME|DIR", help="smollm2 (bundled), a local HF model directory, or a hub id."
+    )
     dataset: str = opt(required=True, metavar="pararel|kn-paper|NAME", help="A dataset loaded with `atlas facts load`.")
-    relations: tuple[str, ...] | None = opt(multiple=True, parse=parse_relations, metavar="P19,P36", result=True,
-                                            help="Only these relations (comma-separated or repeated).")
-    limit_per_relation: int | None = opt(minimum=1, metavar="N", result=True,
-                                         help="Only the first N facts (by id) of each relation.")
+    relations: tuple[str, ...] | None = opt(
+        multiple=True,
+        parse=parse_relations,
+        metavar="P19,P36",
+        result=True,
+        help="Only these relations (comma-separated or repeated).",
+    )
+    limit_per_relation: int | None = opt(
+        minimum=1, metavar="N", result=True, help="Only the first N facts (by id) of each relation."
+    )
     device: str = opt("cpu", metavar="cpu|cuda", help="Where the model runs.")
-    workers: int | str = opt(1, parse=parse_workers, metavar="N|auto",
-                             help="Model worker processes fed by this one (auto: one per visible GPU). "
-                                  "A GPU always gets a worker process.")
+    workers: int | str = opt(
+        1,
+        parse=parse_workers,
+        metavar="N|auto",
+        help="Model worker processes fed by this one (auto: one per visible GPU). A GPU always gets a worker process.",
+    )
     steps: int = opt(20, minimum=1, result=True, help="Integrated-gradients steps.")
-    precision: str = opt("fp32", choices=PRECISIONS, result=True,
-                         help="Precision of the scaled IG pass (a weight copy; P(gold) and activations stay fp32). "
-                              "bf16 is ~2x faster on AMX CPUs and 1.5x on GPUs; top-20 neurons agree ~98-99% with "
-                              "fp32 (BENCHMARKS.md).")
-    run_name: str | None = opt(flag="--run", metavar="NAME",
-                               help="Run name (default: model-dataset-<key>); the same name resumes it.")
-    batch_size: int | None = opt(minimum=1, help="Prompts per attribution pass [default: 4 on a CPU; on a GPU as many "
-                                 "as half its free memory holds, at most 512]. Larger passes are faster on a GPU "
-                                 "(SmolLM2-135M: ~0.13 GiB each).")
-    facts_per_item: int | None = opt(minimum=1, help="Facts per work item, the unit of claiming and redoing "
-                                     "[default: 8 on a CPU, 96 on a GPU, enough to fill large passes].")
+    precision: str = opt(
+        "fp32",
+        choices=PRECISIONS,
+        result=True,
+        help="Precision of the scaled IG pass (a weight copy; P(gold) and activations stay fp32). "
+        "bf16 is ~2x faster on AMX CPUs and 1.5x on GPUs; top-20 neurons agree ~98-99% with "
+        "fp32 (BENCHMARKS.md).",
+    )
+    run_name: str | None = opt(
+        flag="--run", metavar="NAME", help="Run name (default: model-dataset-<key>); the same name resumes it."
+    )
+    batch_size: int | None = opt(
+        minimum=1,
+        help="Prompts per attribution pass [default: 4 on a CPU; on a GPU as many "
+        "as half its free memory holds, at most 512]. Larger passes are faster on a GPU "
+        "(SmolLM2-135M: ~0.13 GiB each).",
+    )
+    facts_per_item: int | None = opt(
+        minimum=1,
+        help="Facts per work item, the unit of claiming and redoing "
+        "[default: 8 on a CPU, 96 on a GPU, enough to fill large passes].",
+    )
     score_cap: int = opt(50, minimum=1, result=True, help="Stored scores per prompt (coarse ones always kept).")
-    lease_s: int = opt(DEFAULT_LEASE_S, flag="--lease", minimum=2, metavar="SECONDS",
-                       help="Work-item lease: a crashed worker's items are redone by others after this long.")
-    stop_at: float | None = opt(cli=False, help="time.time() after which no new item is claimed (time-boxed benchmarks).")
+    lease_s: int = opt(
+        DEFAULT_LEASE_S,
+        flag="--lease",
+        minimum=2,
+        metavar="SECONDS",
+        help="Work-item lease: a crashed worker's items are redone by others after this long.",
+    )
+    stop_at: float | None = opt(
+        cli=False, help="time.time() after which no new item is claimed (time-boxed benchmarks)."
+    )
 
     def stopped(self) -> bool:
         return self.stop_at is not None and time.time() >= self.stop_at

@@ -79,8 +79,9 @@ class _Queues:
                 kind, payload, extra = self.results.get(timeout=timeout)
             except queue_mod.Empty:
                 if not self.alive():
-                    raise AtlasError("every model worker died; committed batches are kept, "
-                                     "run the same command again to resume") from None
+                    raise AtlasError(
+                        "every model worker died; committed batches are kept, run the same command again to resume"
+                    ) from None
                 return None
             if kind == ERROR:
                 raise AtlasError(f"model worker {payload} failed:\n{extra}")
@@ -98,8 +99,9 @@ class LocalPool(_Queues):
     def __init__(self, attributor: Attributor) -> None:
         super().__init__(1, attributor.opts, queue_mod.Queue(), queue_mod.Queue())
         self.pass_size = attributor.cfg.batch_size
-        self.thread = threading.Thread(target=_serve, args=(lambda: attributor, self.tasks, self.results, 0),
-                                       daemon=True, name="atlas-model")
+        self.thread = threading.Thread(
+            target=_serve, args=(lambda: attributor, self.tasks, self.results, 0), daemon=True, name="atlas-model"
+        )
         self.thread.start()
 
     def alive(self) -> bool:
@@ -118,8 +120,9 @@ class WorkerPool(_Queues):
     def __init__(self, opts: IndexOptions, n: int) -> None:
         ctx = mp.get_context("spawn")
         super().__init__(n, opts, ctx.Queue(), ctx.Queue())
-        self.procs = [ctx.Process(target=_worker_main, args=(i, n, opts, self.tasks, self.results), daemon=True)
-                      for i in range(n)]
+        self.procs = [
+            ctx.Process(target=_worker_main, args=(i, n, opts, self.tasks, self.results), daemon=True) for i in range(n)
+        ]
         _start_pinned(self.procs, opts)
 
     def alive(self) -> bool:

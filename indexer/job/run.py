@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+from atlas.db.results import run_prompt_total, run_prompts_done
 from atlas.db.retry import with_retries
 from atlas.db.runs import Run, RunCounts, RunSpec, add_stats, check_selection, get_run, open_run, run_counts
-from atlas.db.results import run_prompt_total, run_prompts_done
 from atlas.db.store import Store
 from atlas.db.workqueue import WorkQueue
 from atlas.errors import InputError
@@ -88,8 +88,15 @@ def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done,
 
 
 def _open(store: Store, opts: IndexOptions, lm: LoadedModel, causal: bool) -> tuple[Run, bool, WorkQueue]:
-    spec = RunSpec(model_info(lm), opts.dataset, tuple(opts.relations) if opts.relations else None,
-                   opts.limit_per_relation, causal, result_params(opts), CODE_VERSION)
+    spec = RunSpec(
+        model_info(lm),
+        opts.dataset,
+        tuple(opts.relations) if opts.relations else None,
+        opts.limit_per_relation,
+        causal,
+        result_params(opts),
+        CODE_VERSION,
+    )
     run, created = with_retries(lambda: open_run(store, spec, opts.run_name, opts.item_facts()), what="opening the run")
     queue = WorkQueue(store, run.id, lease_s=opts.lease_s)
     if store.backend == "duckdb":  # one process writes a DuckDB file: a claim found now belongs to a dead one
@@ -97,8 +104,9 @@ def _open(store: Store, opts: IndexOptions, lm: LoadedModel, causal: bool) -> tu
     return run, created, queue
 
 
-def _index(store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedModel, pool: Pool,
-           t_start: float) -> IndexSummary:
+def _index(
+    store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedModel, pool: Pool, t_start: float
+) -> IndexSummary:
     causal = not lm.adapter.is_masked_lm
     timings = Timings()
     with timings.db():

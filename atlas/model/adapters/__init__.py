@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from atlas.errors import ModelError
 from atlas.model.adapters.base import Adapter, DecoderAdapter, Site
 from atlas.model.adapters.bert import BertAdapter, RobertaAdapter
 from atlas.model.adapters.gpt2 import GPT2Adapter
 from atlas.model.adapters.llama import GemmaAdapter, LlamaAdapter, MistralAdapter, Qwen2Adapter
 from atlas.model.adapters.neox import NeoXAdapter
-from atlas.errors import ModelError
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "LlamaForCausalLM": LlamaAdapter,

@@ -161,7 +161,9 @@ class DecoderAdapter(Adapter):
         """Per-pass positional state (rotary cos/sin) for positions `[G, T]`; None if unused."""
         return None
 
-    def attention_inputs(self, layer: int, h: torch.Tensor, pos: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_inputs(
+        self, layer: int, h: torch.Tensor, pos: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def attention_scale(self, layer: int) -> float:

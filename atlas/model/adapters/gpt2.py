@@ -52,7 +52,9 @@ class GPT2Adapter(DecoderAdapter):
         tr = self.model.transformer
         return tr.wte(ids) + tr.wpe(positions)
 
-    def attention_inputs(self, layer: int, h: torch.Tensor, pos: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_inputs(
+        self, layer: int, h: torch.Tensor, pos: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         blk = self.layer(layer)
         qkv = blk.attn.c_attn(blk.ln_1(h))
         q, k, v = qkv.split(self.hidden_size, dim=-1)

@@ -31,7 +31,9 @@ class LlamaAdapter(DecoderAdapter):
         cos, sin = self.model.model.rotary_emb(like, positions)
         return cos[:, None, :, None, :], sin[:, None, :, None, :]
 
-    def attention_inputs(self, layer: int, h: torch.Tensor, pos: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_inputs(
+        self, layer: int, h: torch.Tensor, pos: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         blk = self.layer(layer)
         attn = blk.self_attn
         x = blk.input_layernorm(h)

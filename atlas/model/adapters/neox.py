@@ -30,7 +30,9 @@ class NeoXAdapter(DecoderAdapter):
         cos, sin = self.model.gpt_neox.rotary_emb(like, positions)
         return cos[:, None, :, None, :], sin[:, None, :, None, :]
 
-    def attention_inputs(self, layer: int, h: torch.Tensor, pos: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_inputs(
+        self, layer: int, h: torch.Tensor, pos: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         blk = self.layer(layer)
         qkv = blk.attention.query_key_value(blk.input_layernorm(h))
         q, k, v = qkv.unflatten(-1, (self.n_heads, 3 * self.head_dim)).chunk(3, dim=-1)

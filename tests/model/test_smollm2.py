@@ -1,0 +1,83 @@
+"""The real SmolLM2 (marked `model`): the fast IG path against the reference, what it knows, and the
+README's main job end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from atlas.model.loading import load_model
+from indexer.attribution.ig import IGConfig, PromptItem, attribute
+from tests.support.cli import atlas
+from tests.support.ig_reference import reference_attribute
+from tests.unit.test_ig import frozen, rel_err
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+
+    return load_model("smollm2")
+
+
+@pytest.fixture(scope="module")
+def smollm2_f64():
+    """fp64 copy: fast vs reference then differ by rounding only (~1e-12), proving exactness.
+    In fp32 the two (different summation orders through 30 layers) differ by ~1e-4 relative."""
+
+    lm = load_model("smollm2", dtype=torch.float64)
+    return lm
+
+
+@pytest.mark.model
+def test_smollm2_matches_reference(smollm2_f64) -> None:
+    """A two-token answer (teacher forcing, joint P) on the first and last layer, fp64."""
+    tok, model, ad = smollm2_f64.tokenizer, smollm2_f64.model, smollm2_f64.adapter
+    item = PromptItem(tok("The capital city of Japan is").input_ids, tok(" Tokyo Tower").input_ids)
+    assert len(item.answer_ids) == 2
+    layers = [0, 29]
+    fast = attribute(model, ad, [item], IGConfig(steps=2))[0]
+    with frozen(model):
+        ref, p0, rank = reference_attribute(model, ad, item, steps=2, layers=layers)
+    assert rel_err(fast.scores[layers].double(), ref[layers]) < 1e-4
+    assert fast.p_gold == pytest.approx(p0, rel=1e-4) and fast.gold_rank == rank
+
+
+@pytest.mark.model
+def test_smollm2_knows_paris(smollm2) -> None:
+    tok = smollm2.tokenizer
+    res = attribute(
+        smollm2.model,
+        smollm2.adapter,
+        [PromptItem(tok("The capital of France is").input_ids, tok(" Paris").input_ids)],
+        IGConfig(),
+    )[0]
+    assert res.gold_rank == 1 and res.p_gold > 0.5
+    assert res.scores.shape == (30, 1536) and float(res.scores.max()) > 0
+    bf16 = attribute(
+        smollm2.model,
+        smollm2.adapter,
+        [PromptItem(tok("The capital of France is").input_ids, tok(" Paris").input_ids)],
+        IGConfig(dtype=torch.bfloat16),
+    )[0]
+    top = lambda s: set(s.flatten().topk(20).indices.tolist())  # noqa: E731
+    assert bf16.p_gold == res.p_gold and len(top(bf16.scores) & top(res.scores)) >= 16
+
+
+@pytest.mark.model
+def test_demo_builds_a_small_atlas_and_is_rerunnable(tmp_path: Path) -> None:
+    """The README's main job end to end on the embedded default (a DuckDB file), on one fact so the
+    real SmolLM2 indexes it in seconds; the rerun adds nothing and resumes the finished run."""
+    url = f"duckdb:///{tmp_path / 'atlas.duckdb'}"
+    args = ("demo", "--db", url, "--relations", "P36", "--facts-per-relation", "1")
+    first = atlas(*args)
+    assert first.exit_code == 0, first.output
+    assert "schema none -> " in first.output
+    assert "(1 new facts" in first.output and "atlas now holds 1 relations, 1 facts" in first.output
+    assert "indexed run" in first.output and "knowledge neurons" in first.output
+    again = atlas(*args)
+    assert again.exit_code == 0, again.output
+    assert "(0 new facts, 0 new prompts)" in again.output
+    neuron_lines = [line for line in first.output.splitlines() if "knowledge neurons" in line and "->" in line]
+    assert neuron_lines and all(line in again.output for line in neuron_lines)
