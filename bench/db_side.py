@@ -1,6 +1,6 @@
 """The indexer's database side alone: how many prompts/s one writer process can take.
 
-Runs the real claim -> read -> write -> refine-the-finished-relation sequence of `indexer.run`
+Runs the real claim -> read -> write -> refine-the-finished-relation sequence of `indexer.job`
 over PARAREL on a fresh DuckDB file or PostgreSQL database, with synthetic item results in place
 of the model: every ok prompt stores ``--scores-per-prompt`` scores (a random model stores ~250,
 the real SmolLM2 far fewer), drawn from a pool of neurons per fact so that a fact's prompts share
@@ -38,7 +38,9 @@ from atlas.db.models import ModelInfo  # noqa: E402
 from atlas.db.results import BatchResult, PromptOutput, item_prompts, write_batch  # noqa: E402
 from atlas.db.runs import RunSpec, open_run  # noqa: E402
 from atlas.db.workqueue import WorkQueue  # noqa: E402
-from indexer.job.run import IndexOptions, finalize_relation  # noqa: E402
+from indexer.job.attributor import result_params  # noqa: E402
+from indexer.job.finalize import finalize_relation  # noqa: E402
+from indexer.job.options import IndexOptions  # noqa: E402
 
 N_LAYERS, N_NEURONS = 30, 1536  # SmolLM2-135M
 
@@ -81,10 +83,10 @@ def main() -> None:
         None,
         args.limit_per_relation,
         True,
-        opts.result_params(),
+        result_params(opts),
         "bench",
     )
-    keep = store.engine.connect() if store.backend == "duckdb" else None  # as the indexer does (_keep_open)
+    keep = store.engine.connect() if store.backend == "duckdb" else None  # as the indexer does (Store.kept_open)
     run, _ = open_run(store, spec, None, args.facts_per_item)
     queue = WorkQueue(store, run.id)
     rng = np.random.default_rng(0)

@@ -104,7 +104,8 @@ def _steady_rate(samples: list[tuple[float, int]]) -> float:
 
 
 def measure(store: Store, args: argparse.Namespace, model: str, workers: int) -> dict:
-    from indexer.job.run import IndexOptions, index
+    from indexer.job.options import IndexOptions
+    from indexer.job.run import index
 
     relations = tuple(args.relations.split(",")) if args.relations else None
     t0 = time.perf_counter()

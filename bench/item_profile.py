@@ -1,5 +1,5 @@
 """Where one indexing work item's model-side time goes: encoding, attribution, and the rest of
-`indexer.job.run.Attributor.compute` (moving scores to the host, stacking, sparse selection).
+`indexer.job.attributor.Attributor.compute` (moving scores to the host, stacking, sparse selection).
 
 No database: the item's rows are read from the bundled PARAREL files. The attribution time is
 measured on the same encoded prompts with `indexer.attribution.ig.attribute_stacked` alone, so "rest" =
@@ -36,7 +36,8 @@ from atlas.db.datasets import read_dataset  # noqa: E402
 from atlas.db.workqueue import WorkItem  # noqa: E402
 from atlas.model.loading import load_model  # noqa: E402
 from indexer.attribution.ig import attribute_stacked  # noqa: E402
-from indexer.job.run import Attributor, IndexOptions  # noqa: E402
+from indexer.job.attributor import Attributor  # noqa: E402
+from indexer.job.options import IndexOptions  # noqa: E402
 
 
 def sync(device: str) -> None:
