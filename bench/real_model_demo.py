@@ -22,7 +22,7 @@ import torch
 
 from atlas.model.loading import load_model
 from indexer.attribution.ig import IGConfig, PromptItem, attribute
-from indexer.attribution.refine import coarse_neurons, refine_relation
+from indexer.attribution.refine import coarse_neurons, refine_tallies, tally
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def main() -> None:
     for its in items:
         coarse.append([coarse_neurons(r.scores.numpy()) for r in res[k : k + len(its)]])
         k += len(its)
-    ref = refine_relation(coarse)
+    ref = refine_tallies([tally(f) for f in coarse])
     rng = random.Random(args.seed)
     print(
         f"relation {args.relation}: p = {ref.p:.2f}, mean neurons/fact {ref.mean_neurons:.2f}, "

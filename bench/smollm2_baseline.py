@@ -51,18 +51,20 @@ def main() -> None:
             ids.append(int(r.prompt_id))
             items.append(enc)
     scored = score(lm.model, lm.adapter, items, batch_size=args.batch_size)
-    table = pa.table({
-        "prompt_id": pa.array(ids, pa.int64()),
-        "p_gold": pa.array([s.p_gold for s in scored], pa.float64()),
-        "greedy": pa.array([s.greedy for s in scored], pa.bool_()),
-        "top1": pa.array([s.top1 for s in scored], pa.int64()),
-        "answer_first": pa.array([it.answer_ids[0] for it in items], pa.int64()),
-        "n_answer_tokens": pa.array([len(it.answer_ids) for it in items], pa.int32()),
-    })
+    table = pa.table(
+        {
+            "prompt_id": pa.array(ids, pa.int64()),
+            "p_gold": pa.array([s.p_gold for s in scored], pa.float64()),
+            "greedy": pa.array([s.greedy for s in scored], pa.bool_()),
+            "top1": pa.array([s.top1 for s in scored], pa.int64()),
+            "answer_first": pa.array([it.answer_ids[0] for it in items], pa.int64()),
+            "n_answer_tokens": pa.array([len(it.answer_ids) for it in items], pa.int32()),
+        }
+    )
     pq.write_table(table, args.out)
     wall = time.perf_counter() - t0
-    print(f"scored {len(items)} prompts of {len(facts)} facts in {wall:.1f} s; greedy right {sum(table['greedy'].to_pylist())}"
-          f"; weights sha256 {lm.sha256}")
+    right = sum(table["greedy"].to_pylist())
+    print(f"scored {len(items)} prompts of {len(facts)} facts in {wall:.1f} s; {right} greedy right; {lm.sha256}")
 
 
 if __name__ == "__main__":

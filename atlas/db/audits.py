@@ -31,18 +31,7 @@ def write_audit(store: Store, edit_id: int, rows: list[AuditRow], metrics: dict[
     """Replace the edit's audit rows and store `metrics` (with the audit summary) on the edit."""
     with store.begin() as conn:
         conn.execute(audit_results.delete().where(audit_results.c.edit_id == edit_id))
-        store.bulk_insert(
-            conn,
-            audit_results,
-            {
-                "edit_id": [edit_id] * len(rows),
-                "fact_id": [r.fact_id for r in rows],
-                "role": [r.role for r in rows],
-                "predicted_score": [r.predicted_score for r in rows],
-                "p_before": [r.p_before for r in rows],
-                "p_after": [r.p_after for r in rows],
-            },
-        )
+        store.insert_records(conn, audit_results, rows, edit_id=edit_id)
         set_metrics(conn, edit_id, metrics)
 
 

@@ -123,19 +123,7 @@ def insert_edit(store: Store, conn: Connection, edit: NewEdit) -> int:
         )
         .returning(edits.c.id)
     ).scalar_one()
-    slots = edit.slots
-    store.bulk_insert(
-        conn,
-        edit_slots,
-        {
-            "edit_id": [edit_id] * len(slots),
-            "layer": [s.layer for s in slots],
-            "neuron": [s.neuron for s in slots],
-            "original": [s.original for s in slots],
-            "edited": [s.edited for s in slots],
-            "dtype": [s.dtype for s in slots],
-        },
-    )
+    store.insert_records(conn, edit_slots, edit.slots, edit_id=edit_id)
     return int(edit_id)
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Connection
 
 from atlas.db.queries import load_query
+from atlas.db.runs import Run, resolve_run
 from atlas.db.sqlfile import sql_text
+from atlas.db.store import Store
 
 Neuron = tuple[int, int]
 
@@ -66,3 +68,19 @@ def relation_neurons(conn: Connection, run_id: int, relation: str, backend: str)
         query.text(backend), query.bind({"run_id": run_id, "relation_id": relation, "min_facts": 1, "min_share": 0.0})
     )
     return [SlotStat(int(r.layer), int(r.neuron), int(r.n_facts), float(r.share), float(r.mean_score)) for r in rows]
+
+
+def run_atlas(
+    conn: Connection, backend: str, run: str | int
+) -> tuple[Run, dict[str, Fact], dict[str, list[tuple[int, int, float]]]]:
+    """The run named or numbered `run`, its facts with their prompts, and their knowledge neurons."""
+    found = resolve_run(conn, run)
+    return found, run_facts(conn, found.id, backend), run_neurons(conn, found.id, backend)
+
+
+def read_run_atlas(
+    store: Store, run: str | int
+) -> tuple[Run, dict[str, Fact], dict[str, list[tuple[int, int, float]]]]:
+    """`run_atlas` in a transaction of its own."""
+    with store.begin() as conn:
+        return run_atlas(conn, store.backend, run)

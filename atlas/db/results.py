@@ -83,22 +83,8 @@ def write_batch(store: Store, queue: WorkQueue, result: BatchResult) -> None:
     (and the primary key of `prompt_outputs` would refuse a second copy). Deleting by prompt id
     anyway cost a scan of the growing score table per item."""
     run_id = queue.run_id
-    ids = [o.prompt_id for o in result.outputs]
     with store.begin() as conn:
-        store.bulk_insert(
-            conn,
-            prompt_outputs,
-            {
-                "run_id": [run_id] * len(ids),
-                "prompt_id": ids,
-                "status": [o.status for o in result.outputs],
-                "skip_reason": [o.skip_reason for o in result.outputs],
-                "p_gold": [o.p_gold for o in result.outputs],
-                "gold_rank": [o.gold_rank for o in result.outputs],
-                "max_score": [o.max_score for o in result.outputs],
-                "n_answer_tokens": [o.n_answer_tokens for o in result.outputs],
-            },
-        )
+        store.insert_records(conn, prompt_outputs, result.outputs, run_id=run_id)
         store.bulk_insert(
             conn,
             prompt_scores,

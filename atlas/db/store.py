@@ -117,6 +117,14 @@ class Store:
             _postgres_copy(conn, table.name, arrow)
         return arrow.num_rows
 
+    def insert_records(self, conn: Connection, table: sa.Table, records: Sequence[Any], **constants: Any) -> int:
+        """`bulk_insert` of dataclass records (one per row; their fields named as the table's columns,
+        extra fields ignored), with `constants` filling the columns every row shares."""
+        names = [c.name for c in table.columns if records and hasattr(records[0], c.name)]
+        columns: dict[str, Sequence[Any]] = {n: [getattr(r, n) for r in records] for n in names}
+        columns.update({k: [v] * len(records) for k, v in constants.items()})
+        return self.bulk_insert(conn, table, columns)
+
     @contextmanager
     def kept_open(self) -> Iterator[None]:
         """Hold one idle connection for the body on DuckDB: connections are opened per transaction,

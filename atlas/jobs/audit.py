@@ -24,7 +24,7 @@ import numpy as np
 
 from atlas.db.audits import AuditRow, stored_rows, write_audit
 from atlas.db.edits import TRIAL, edit_row, model_edits
-from atlas.db.neurons import Fact, run_facts, run_neurons
+from atlas.db.neurons import Fact, read_run_atlas, run_facts
 from atlas.db.queries import run_query
 from atlas.db.runs import resolve_run
 from atlas.db.store import Store
@@ -166,10 +166,7 @@ def audit_sample(
     on_edit: Callable[[], None] | None = None,
 ) -> SampleSummary:
     """Make `n` trial update edits on random facts of the run (never applied), audit each, pool."""
-    with store.begin() as conn:
-        run = resolve_run(conn, run_name)
-        facts = run_facts(conn, run.id, store.backend)
-        neurons = run_neurons(conn, run.id, store.backend)
+    run, facts, neurons = read_run_atlas(store, run_name)
     lm = resolve_model(store, lm, run)
     rng = random.Random(seed)
     order = sorted(f for f in facts if f in neurons)

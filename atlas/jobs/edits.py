@@ -25,8 +25,8 @@ from atlas.db.edits import (
     get_edit,
     insert_edit,
 )
-from atlas.db.neurons import Fact, SlotStat, relation_neurons, run_facts, run_neurons
-from atlas.db.runs import Run, resolve_run
+from atlas.db.neurons import Fact, SlotStat, relation_neurons, run_atlas
+from atlas.db.runs import Run
 from atlas.db.store import Store
 from atlas.errors import EditError, NotFound
 from atlas.jobs import metrics as m
@@ -56,9 +56,7 @@ def read_workset(
 ) -> Workset:
     """`relation_of(facts)` names the relation whose neuron statistics are read (or raises)."""
     with store.begin() as conn:
-        run = resolve_run(conn, run_name)
-        facts = run_facts(conn, run.id, store.backend)
-        neurons = run_neurons(conn, run.id, store.backend)
+        run, facts, neurons = run_atlas(conn, store.backend, run_name)
         relation = relation_of(run, facts, neurons)
         stats = relation_neurons(conn, run.id, relation, store.backend)
         stack = applied_stack(conn, store.backend, run.model_id)

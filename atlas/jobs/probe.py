@@ -22,9 +22,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from atlas.db.neurons import Fact, run_facts, run_neurons
+from atlas.db.neurons import Fact, read_run_atlas
 from atlas.db.probes import probe_summary, write_probe
-from atlas.db.runs import Run, resolve_run
+from atlas.db.runs import Run
 from atlas.db.store import Store
 from atlas.errors import InputError, NotFound
 from atlas.jobs import metrics as m
@@ -78,12 +78,6 @@ def control_neurons(
     return {"knowledge": [(l, n) for l, n, _ in own], "other_fact": chosen, "random": matched}
 
 
-def _read(store: Store, run_name: str | int) -> tuple[Run, dict[str, Fact], dict[str, list[tuple[int, int, float]]]]:
-    with store.begin() as conn:
-        run = resolve_run(conn, run_name)
-        return run, run_facts(conn, run.id, store.backend), run_neurons(conn, run.id, store.backend)
-
-
 def probe(
     store: Store,
     lm: ModelArg,
@@ -96,7 +90,7 @@ def probe(
     """Run the probe `kind` (suppress|amplify) over the run's facts; store and summarise it."""
     if kind not in KINDS:
         raise InputError(f"unknown probe {kind!r}: use suppress or amplify")
-    run, facts, neurons = _read(store, run_name)
+    run, facts, neurons = read_run_atlas(store, run_name)
     if relation is not None and not any(f.relation_id == relation for f in facts.values()):
         raise NotFound(f"unknown relation {relation!r} in run {run.name!r}")
     lm = resolve_model(store, lm, run)
@@ -147,7 +141,7 @@ def _probe_fact(
 
 def count_facts(store: Store, run_name: str | int, relation: str | None = None) -> int:
     """How many facts a probe would visit (for progress bars)."""
-    _, facts, neurons = _read(store, run_name)
+    _, facts, neurons = read_run_atlas(store, run_name)
     return sum(1 for f in facts.values() if f.id in neurons and (relation is None or f.relation_id == relation))
 
 

@@ -17,8 +17,7 @@ from statistics import mean, median
 
 from atlas.db.audits import stored_rows
 from atlas.db.edits import list_edits
-from atlas.db.neurons import run_facts, run_neurons
-from atlas.db.runs import resolve_run
+from atlas.db.neurons import read_run_atlas
 from atlas.db.store import Store
 from atlas.jobs import metrics as m
 from atlas.jobs.audit import disturbed
@@ -79,10 +78,7 @@ def write_report(store: Store, run_name: str | int, out_dir: Path, threshold: fl
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with store.begin() as conn:
-        run = resolve_run(conn, run_name)
-        facts = run_facts(conn, run.id, store.backend)
-        neurons = run_neurons(conn, run.id, store.backend)
+    run, facts, neurons = read_run_atlas(store, run_name)
     fig = Figures(n_facts=len(facts), n_facts_with_neurons=sum(1 for f in facts if f in neurons))
     relations = sorted({f.relation_id for f in facts.values()})
     md = [

@@ -107,25 +107,6 @@ def select(t: FactTally, p: float, min_prompts: int = MIN_PROMPTS) -> list[Refin
     return sorted(out, key=lambda r: (-r.n_prompts, -r.mean_score, r.layer, r.neuron))
 
 
-def refine_relation(
-    facts: Sequence[Sequence[Mapping[Neuron, float]]],
-    p0: float = P_START,
-    step: float = P_STEP,
-    max_evals: int = P_MAX_EVALS,
-    target: tuple[float, float] = TARGET,
-    min_prompts: int = MIN_PROMPTS,
-) -> RelationRefinement:
-    """Relation-adaptive refining: adjust p until the mean neurons per fact lies in `target`.
-
-    Example:
-        >>> three = {(0, 1): 1.0, (1, 7): 0.6, (2, 5): 0.5}
-        >>> r = refine_relation([[three] * 3, [{(0, 1): 1.0, (2, 5): 0.5}] * 4])
-        >>> r.p, [len(f) for f in r.facts], r.mean_neurons
-        (0.7, [3, 2], 2.5)
-    """
-    return refine_tallies([tally(f) for f in facts], p0, step, max_evals, target, min_prompts)
-
-
 def refine_tallies(
     tallies: Sequence[FactTally],
     p0: float = P_START,
@@ -134,7 +115,15 @@ def refine_tallies(
     target: tuple[float, float] = TARGET,
     min_prompts: int = MIN_PROMPTS,
 ) -> RelationRefinement:
-    """`refine_relation` from the facts' tallies (one per fact, in order)."""
+    """Relation-adaptive refining: adjust p until the mean neurons per fact lies in `target`, from
+    the facts' tallies (one per fact, in order).
+
+    Example:
+        >>> three = {(0, 1): 1.0, (1, 7): 0.6, (2, 5): 0.5}
+        >>> r = refine_tallies([tally([three] * 3), tally([{(0, 1): 1.0, (2, 5): 0.5}] * 4)])
+        >>> r.p, [len(f) for f in r.facts], r.mean_neurons
+        (0.7, [3, 2], 2.5)
+    """
     if not tallies:
         return RelationRefinement(p0, [], 0.0, 0)
     p = p0

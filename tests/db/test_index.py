@@ -117,7 +117,7 @@ def test_knowledge_neurons_are_refine_of_stored_coarse_sets(indexed) -> None:
     expected, thresholds = set(), {}
     for rel, facts in _stored_coarse(store, rid).items():
         ids = sorted(facts)
-        res = refine.refine_relation([facts[f] for f in ids])
+        res = refine.refine_tallies([refine.tally(facts[f]) for f in ids])
         thresholds[rel] = (pytest.approx(res.p), pytest.approx(res.mean_neurons), len(ids))
         expected |= {(f, n.layer, n.neuron, n.n_prompts) for f, ns in zip(ids, res.facts) for n in ns}
     with store.begin() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.attribution.refine import RefinedNeuron, coarse_neurons, refine_relation, refine_tallies, select, tally
+from indexer.attribution.refine import RefinedNeuron, coarse_neurons, refine_tallies, select, tally
 from tests.support.refine_reference import (
     coarse_from_triplets,
     refine_fact,
@@ -65,18 +65,20 @@ def _fact(n_neurons: int, n_prompts: int, in_prompts: int) -> list[dict]:
 def test_adaptive_p_lowers_until_in_range() -> None:
     # every neuron is coarse in 6 of 10 prompts: p=0.7 -> 0, 0.65 -> 0 (6.5), 0.6 -> 3 neurons? 6 >= 6.0 -> yes
     facts = [_fact(3, 10, 6)] * 4
-    r = refine_relation(facts)
+    r = refine_tallies([tally(f) for f in facts])
     assert r.evaluations == 3 and abs(r.p - 0.6) < 1e-9 and r.mean_neurons == 3.0
 
 
 def test_adaptive_p_raises_when_too_many() -> None:
     facts = [_fact(8, 10, 8)] * 2 + [_fact(8, 10, 10)] * 2
-    r = refine_relation(facts)  # 8 per fact at p <= 0.8; from p = 0.85 only the last two facts keep 8
+    r = refine_tallies(
+        [tally(f) for f in facts]
+    )  # 8 per fact at p <= 0.8; from p = 0.85 only the last two facts keep 8
     assert r.mean_neurons == 4.0 and r.p == pytest.approx(0.85) and r.evaluations == 4
 
 
 def test_adaptive_p_gives_up_after_six_evaluations() -> None:
-    r = refine_relation([_fact(1, 3, 3)] * 5)  # always 1 neuron per fact: never reaches [2, 5]
+    r = refine_tallies([tally(_fact(1, 3, 3))] * 5)  # always 1 neuron per fact: never reaches [2, 5]
     assert r.evaluations == 6 and r.mean_neurons == 1.0
     assert r.p == pytest.approx(0.7 - 5 * 0.05)
 
