@@ -28,25 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shapes import SMOLLM2_ARCH  # noqa: E402
+
 from atlas.db import migrate  # noqa: E402
 from atlas.db.datasets import read_dataset  # noqa: E402
 from atlas.db.facts import load_dataset  # noqa: E402
 from atlas.db.results import run_prompt_total  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
-
-SMOLLM2_ARCH = dict(
-    hidden_size=576,
-    num_hidden_layers=30,
-    intermediate_size=1536,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    vocab_size=49152,
-    tie_word_embeddings=True,
-    max_position_embeddings=8192,
-    rms_norm_eps=1e-5,
-    rope_theta=100000.0,
-    hidden_act="silu",
-)
 
 
 def random_smollm2(tokenizer_dir: str, dest: Path) -> Path:
