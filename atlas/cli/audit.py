@@ -12,11 +12,15 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _aucs(auc: dict) -> str:
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in auc.items())
+
+
 def _line(s) -> str:
     return (
         f"edit {s.edit_id}: targets {s.n_targets} (P(gold) {_fmt(s.target_change, '+.1%')}), "
-        f"predicted {s.n_predicted}, "
-        f"random {s.n_random}, disturbed {s.n_disturbed}; AUC {_fmt(s.auc)}, precision@{s.k} {_fmt(s.precision_at_k)}"
+        f"predicted {s.n_predicted}, random {s.n_random}, disturbed {s.n_disturbed}; "
+        f"Spearman rho {_fmt(s.spearman)}; ROC AUC {_aucs(s.auc)}"
     )
 
 
@@ -26,20 +30,15 @@ def _line(s) -> str:
 @click.option("--sample", "sample", type=click.IntRange(1), default=None, help="Audit N trial edits of --run instead.")
 @click.option("--run", "run", default=None, metavar="RUN", help="Run to sample trial edits from (with --sample).")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="Predicted facts per edit.")
-@click.option(
-    "--threshold",
-    type=float,
-    default=0.1,
-    show_default=True,
-    help="A fact is disturbed when P(gold) moves by at least this share.",
-)
 @click.option("--seed", type=int, default=0, show_default=True)
 @model_option
-def audit(db_url, edit_id, sample, run, limit, threshold, seed, model) -> None:
-    """Predict which facts EDIT_ID disturbs (query edit-interference), measure, score the prediction.
+def audit(db_url, edit_id, sample, run, limit, seed, model) -> None:
+    """Predict which facts EDIT_ID disturbs (query edit-impact), measure, score the prediction.
 
+    Reports Spearman's rho between predicted and measured change of P(gold), and the ROC AUC of
+    edit-impact and of the earlier edit-interference for facts moved by >= 10 % and >= 50 %.
     With --sample N --run RUN: make N trial updates of random facts (never applied), audit each,
-    and report the pooled ROC AUC and mean precision@k.
+    and pool.
 
     \b
     Example:
@@ -52,18 +51,16 @@ def audit(db_url, edit_id, sample, run, limit, threshold, seed, model) -> None:
     if sample is None:
         if edit_id is None:
             raise click.UsageError("give EDIT_ID, or --sample N --run RUN")
-        click.echo(_line(audit_edit(store, model, edit_id, limit=limit, threshold=threshold, seed=seed)))
+        click.echo(_line(audit_edit(store, model, edit_id, limit=limit, seed=seed)))
         return
     if run is None or edit_id is not None:
         raise click.UsageError("--sample needs --run and no EDIT_ID")
     with progress_bar() as bar:
         task = bar.add_task("trial edits", total=sample, unit="edits")
-        res = audit_sample(
-            store, model, run, sample, seed=seed, limit=limit, threshold=threshold, on_edit=lambda: bar.advance(task)
-        )
+        res = audit_sample(store, model, run, sample, seed=seed, limit=limit, on_edit=lambda: bar.advance(task))
     for s in res.edits:
         click.echo(_line(s))
     click.echo(
-        f"overall: {len(res.edits)} edits, pooled AUC {_fmt(res.pooled_auc)} over {res.n_pairs} facts, "
-        f"mean AUC {_fmt(res.mean_auc)}, mean precision@k {_fmt(res.mean_precision_at_k)}"
+        f"overall: {len(res.edits)} edits, {res.n_facts} audited facts: Spearman rho {_fmt(res.spearman)} "
+        f"(mean per edit {_fmt(res.mean_spearman)}); ROC AUC {_aucs(res.auc)}"
     )

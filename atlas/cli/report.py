@@ -16,10 +16,7 @@ from atlas.cli.common import db_option, open_store
 @click.option(
     "--output", "output", required=True, type=click.Path(path_type=Path), help="Folder for report.md and PNGs."
 )
-@click.option(
-    "--threshold", type=float, default=0.1, show_default=True, help="Audit: share of P(gold) change that counts."
-)
-def report(db_url: str | None, run: str, output: Path, threshold: float) -> None:
+def report(db_url: str | None, run: str, output: Path) -> None:
     """Write DIR/report.md: neurons per fact, sharing, suppress/amplify vs controls, edits, audits.
 
     \b
@@ -28,7 +25,7 @@ def report(db_url: str | None, run: str, output: Path, threshold: float) -> None
     """
     from atlas.jobs.report import write_report
 
-    figures = write_report(open_store(db_url), run, output, threshold)
+    figures = write_report(open_store(db_url), run, output)
     click.echo(f"wrote {output / 'report.md'}")
     for key, value in asdict(figures).items():
         click.echo(f"  {key:28s} {value if not isinstance(value, float) else round(value, 4)}")

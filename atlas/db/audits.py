@@ -22,9 +22,10 @@ class AuditRow:
 
     fact_id: str
     role: str
-    predicted_score: float
+    predicted_score: float  # edit-interference: share of the fact's attribution mass on changed slots
     p_before: float
     p_after: float
+    predicted_dp: float | None = None  # edit-impact: first-order estimate of the change of P(gold)
 
 
 def write_audit(store: Store, edit_id: int, rows: list[AuditRow], metrics: dict[str, Any]) -> None:
@@ -35,10 +36,13 @@ def write_audit(store: Store, edit_id: int, rows: list[AuditRow], metrics: dict[
         set_metrics(conn, edit_id, metrics)
 
 
-def stored_rows(store: Store, edit_id: int) -> list[tuple[str, float, float, float]]:
-    """(role, predicted_score, p_before, p_after) of an audited edit, for re-summarising."""
+def stored_rows(store: Store, edit_id: int) -> list[tuple[str, float, float, float, float]]:
+    """(role, predicted_score, p_before, p_after, predicted_dp) of an audited edit, for re-summarising."""
     with store.begin() as conn:
         rows = conn.execute(
             sa.select(audit_results).where(audit_results.c.edit_id == edit_id).order_by(audit_results.c.fact_id)
         ).all()
-    return [(r.role, float(r.predicted_score), float(r.p_before), float(r.p_after)) for r in rows]
+    return [
+        (r.role, float(r.predicted_score), float(r.p_before), float(r.p_after), float(r.predicted_dp or 0.0))
+        for r in rows
+    ]

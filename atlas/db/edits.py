@@ -34,6 +34,7 @@ class SlotBytes:
     original: bytes
     edited: bytes
     dtype: str
+    factor: float | None = None  # (v . dv) / |v|^2, the first-order share of the slot written away
 
 
 @dataclass

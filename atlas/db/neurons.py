@@ -9,16 +9,19 @@ needs in one transaction before its model runs.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection
 
+from atlas.db.edits import EditRows, applied_stack
 from atlas.db.queries import load_query
 from atlas.db.runs import Run, resolve_run
 from atlas.db.sqlfile import sql_text
 from atlas.db.store import Store
 
 Neuron = tuple[int, int]
+FactNeurons = dict[str, list[tuple[int, int, float]]]  # fact id -> [(layer, neuron, score)], best first
 
 
 @dataclass
@@ -70,17 +73,42 @@ def relation_neurons(conn: Connection, run_id: int, relation: str, backend: str)
     return [SlotStat(int(r.layer), int(r.neuron), int(r.n_facts), float(r.share), float(r.mean_score)) for r in rows]
 
 
-def run_atlas(
-    conn: Connection, backend: str, run: str | int
-) -> tuple[Run, dict[str, Fact], dict[str, list[tuple[int, int, float]]]]:
+def run_atlas(conn: Connection, backend: str, run: str | int) -> tuple[Run, dict[str, Fact], FactNeurons]:
     """The run named or numbered `run`, its facts with their prompts, and their knowledge neurons."""
     found = resolve_run(conn, run)
     return found, run_facts(conn, found.id, backend), run_neurons(conn, found.id, backend)
 
 
-def read_run_atlas(
-    store: Store, run: str | int
-) -> tuple[Run, dict[str, Fact], dict[str, list[tuple[int, int, float]]]]:
+def read_run_atlas(store: Store, run: str | int) -> tuple[Run, dict[str, Fact], FactNeurons]:
     """`run_atlas` in a transaction of its own."""
     with store.begin() as conn:
         return run_atlas(conn, store.backend, run)
+
+
+@dataclass
+class Workset:
+    """What an edit reads, in one transaction: the run, its facts and neurons, the applied edits,
+    and the neuron statistics of the relation concerned."""
+
+    run: Run
+    facts: dict[str, Fact]
+    neurons: FactNeurons
+    stack: list[EditRows]
+    relation: list[SlotStat]
+
+
+def read_workset(
+    store: Store,
+    run_name: str | int,
+    relation_of: Callable[[Run, dict[str, Fact], dict], str],
+    conn: Connection | None = None,
+) -> Workset:
+    """`relation_of(run, facts, neurons)` names the relation whose neuron statistics are read (or
+    raises). In a transaction of its own, or in the caller's `conn` (to read more in the same one)."""
+    if conn is None:
+        with store.begin() as own:
+            return read_workset(store, run_name, relation_of, own)
+    run, facts, neurons = run_atlas(conn, store.backend, run_name)
+    relation = relation_of(run, facts, neurons)
+    stats = relation_neurons(conn, run.id, relation, store.backend)
+    return Workset(run, facts, neurons, applied_stack(conn, store.backend, run.model_id), stats)

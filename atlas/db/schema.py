@@ -194,6 +194,7 @@ edit_slots = sa.Table(
     sa.Column("original", sa.LargeBinary, nullable=False),  # the value slot before the edit (raw bytes)
     sa.Column("edited", sa.LargeBinary, nullable=False),
     sa.Column("dtype", sa.Text, nullable=False),
+    sa.Column("factor", sa.REAL),  # (v . dv) / |v|^2: -1 zeroed, -(1 - F) damped by F (edit-impact reads it)
 )
 
 probe_results = sa.Table(
@@ -214,7 +215,8 @@ audit_results = sa.Table(
     sa.Column("edit_id", sa.BigInteger, primary_key=True),
     sa.Column("fact_id", sa.Text, primary_key=True),
     sa.Column("role", sa.Text, primary_key=True),  # target | predicted | random
-    sa.Column("predicted_score", sa.REAL, nullable=False),
+    sa.Column("predicted_score", sa.REAL, nullable=False),  # edit-interference: share of attribution mass hit
+    sa.Column("predicted_dp", sa.REAL),  # edit-impact: first-order estimate of the change of P(gold)
     sa.Column("p_before", sa.REAL, nullable=False),
     sa.Column("p_after", sa.REAL, nullable=False),
 )

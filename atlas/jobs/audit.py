@@ -1,16 +1,21 @@
-"""Interference audits: predict from SQL which facts an edit disturbs, then measure it.
+"""Interference audits: predict from the atlas which facts an edit disturbs and by how much, then measure.
 
-The prediction is the named query ``edit-interference`` (``queries/edit-interference.sql``): facts
-whose knowledge neurons include value slots the edit rewrites, scored by the share of their
-attribution mass on those slots. It needs nothing but the atlas and the edit's recorded slots,
-so it can run before any weight is touched.
+Two predictors, both named queries that read only the atlas and the edit's recorded slots (so
+they can run before any weight is touched):
+
+* `edit-impact` (the audit's predictor): each fact's change of P(gold), to first order, from its
+  stored prompt-level IG scores on the changed slots times each slot's factor (the share of its own
+  direction the edit writes away); IG's completeness per layer makes minus the score of a zeroed
+  slot an estimate of the change of P(gold);
+* `edit-interference` (the earlier one, kept for comparison): the share of a fact's knowledge-neuron
+  attribution mass that lies on changed slots.
 
 The measurement isolates the edit: P(gold) (mean over a fact's prompts) on the run's base weights
-and on the base weights with only this edit's slots written. It covers the edit's targets (the
-updated fact, or the erased relation's facts), the predicted facts, and as many random other facts
-(predicted score 0). A fact counts as *disturbed* when |p_after - p_before| / p_before reaches
-`threshold`; ROC AUC and precision@k (k = number of predicted facts) say how well the predicted
-score ranks the disturbed facts above the others, among predicted + random facts.
+and on the base weights with only this edit's slots written, for the edit's targets (the updated
+fact, or the erased relation's facts), the facts `edit-impact` lists first and as many random
+other facts. Reported: Spearman's rho between predicted and measured change of P(gold) over all
+of them, and the ROC AUC of each predictor for "disturbed" (|dP| / P >= threshold) at 10% and 50%,
+over the predicted and random facts (targets excluded: they are meant to move).
 """
 
 from __future__ import annotations
@@ -30,38 +35,39 @@ from atlas.db.runs import resolve_run
 from atlas.db.store import Store
 from atlas.errors import EditError
 from atlas.jobs import metrics as m
-from atlas.jobs.edits import update_fact
 from atlas.jobs.evaluate import fact_p
+from atlas.jobs.specs import UpdateSpec
+from atlas.jobs.update import update_fact
 from atlas.jobs.weights import ModelArg, check_weights, resolve_model, slots_of, slots_written
 from atlas.model.loading import LoadedModel
 from atlas.model.scoring import single_token_id
 
+THRESHOLDS = (0.1, 0.5)
+
 
 @dataclass(frozen=True)
 class AuditSummary:
-    """How one edit's measured damage compares with its predicted interference."""
+    """How one edit's measured damage compares with the predictions."""
 
     edit_id: int
     n_targets: int
     n_predicted: int
     n_random: int
-    n_disturbed: int
+    n_disturbed: int  # at the first threshold, predicted + random facts
     target_change: float | None  # relative change of mean P(gold) over the targets
-    auc: float | None
-    precision_at_k: float | None
-    k: int
-    threshold: float
+    spearman: float | None  # predicted vs measured dP, every audited fact
+    auc: dict[str, float | None]  # "impact@0.1", "impact@0.5", "interference@0.1", ...
 
 
 @dataclass(frozen=True)
 class SampleSummary:
-    """The overall figure over many (trial) edits: pooled and per-edit-mean ranking quality."""
+    """Many edits pooled: rho and AUCs over all their audited facts, and per-edit means."""
 
     edits: list[AuditSummary]
-    pooled_auc: float | None
-    mean_auc: float | None
-    mean_precision_at_k: float | None
-    n_pairs: int
+    spearman: float | None
+    auc: dict[str, float | None]
+    mean_spearman: float | None
+    n_facts: int
 
 
 def disturbed(p_before: float, p_after: float, threshold: float) -> bool:
@@ -69,11 +75,19 @@ def disturbed(p_before: float, p_after: float, threshold: float) -> bool:
     return p_before > 0 and abs(p_after - p_before) / p_before >= threshold
 
 
-def audit_edit(
-    store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, threshold: float = 0.1, seed: int = 0
-) -> AuditSummary:
+def _column(result, name: str) -> dict[str, float]:
+    cols = result.columns
+    return {r[cols.index("fact_id")]: float(r[cols.index(name)] or 0.0) for r in result.rows}
+
+
+def audit_edit(store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, seed: int = 0) -> AuditSummary:
     """Predict, measure and store the interference of edit `edit_id` (see the module docstring)."""
-    predicted = run_query(store, "edit-interference", {"edit_id": edit_id, "limit": limit}, via="native")
+    impact = _column(
+        run_query(store, "edit-impact", {"edit_id": edit_id, "limit": 100_000}, via="native"), "predicted_dp"
+    )
+    share = _column(
+        run_query(store, "edit-interference", {"edit_id": edit_id, "limit": 100_000}, via="native"), "predicted_score"
+    )
     with store.begin() as conn:
         row = edit_row(conn, edit_id)
         run = resolve_run(conn, row.run_id)
@@ -81,63 +95,67 @@ def audit_edit(
         edit = next(e for e in model_edits(conn, store.backend, run.model_id) if e.id == edit_id)
     lm = resolve_model(store, lm, run)
     check_weights(lm, run)
-    cols = predicted.columns
-    pred = [
-        (r[cols.index("fact_id")], float(r[cols.index("predicted_score")]))
-        for r in predicted.rows
-        if r[cols.index("fact_id")] in facts
-    ]
-    targets = (
-        [row.target] if row.kind == "update" else sorted(f.id for f in facts.values() if f.relation_id == row.target)
-    )
-    taken = set(targets) | {f for f, _ in pred}
-    pool = sorted(f for f in facts if f not in taken)
-    rand = random.Random(f"{seed}:{edit_id}").sample(pool, min(len(pool), max(len(pred), 5)))
-    roles = (
-        [(f, "target", 0.0) for f in targets]
-        + [(f, "predicted", s) for f, s in pred]
-        + [(f, "random", 0.0) for f in rand]
-    )
-    chosen = [facts[f] for f, _, _ in roles]
+    roles = _roles(row, facts, impact, limit, seed)
+    chosen = [facts[f] for f, _ in roles]
     before = fact_p(lm, chosen)
     with slots_written(lm, slots_of([edit])):
         after = fact_p(lm, chosen)
     # rounded as the REAL columns store them, so the summary can be recomputed from the table
     kept = [
-        AuditRow(f, role, _real(sc), _real(b), _real(a))
-        for (f, role, sc), b, a in zip(roles, before, after)
+        AuditRow(f, role, _real(share.get(f, 0.0)), _real(b), _real(a), _real(impact.get(f, 0.0)))
+        for (f, role), b, a in zip(roles, before, after)
         if b is not None
     ]
-    result = summarise(edit_id, [(r.role, r.predicted_score, r.p_before, r.p_after) for r in kept], threshold)
+    result = summarise(edit_id, [_tuple(r) for r in kept])
     metrics = json.loads(row.metrics or "{}")
     metrics["audit"] = asdict(result)
     write_audit(store, edit_id, kept, metrics)
     return result
 
 
+def _roles(row, facts: dict[str, Fact], impact: dict[str, float], limit: int, seed: int) -> list[tuple[str, str]]:
+    """(fact, role): the edit's targets, the facts predicted to move most, as many random ones."""
+    targets = (
+        [row.target] if row.kind == "update" else sorted(f.id for f in facts.values() if f.relation_id == row.target)
+    )
+    ranked = sorted((f for f in impact if f in facts and f not in set(targets)), key=lambda f: (-abs(impact[f]), f))
+    predicted = ranked[:limit]
+    taken = set(targets) | set(predicted)
+    pool = sorted(f for f in facts if f not in taken)
+    rand = random.Random(f"{seed}:{row.id}").sample(pool, min(len(pool), max(len(predicted), 5)))
+    return [(f, "target") for f in targets] + [(f, "predicted") for f in predicted] + [(f, "random") for f in rand]
+
+
 def _real(x: float) -> float:
     return float(np.float32(x))
 
 
-def summarise(edit_id: int, rows: Sequence[tuple[str, float, float, float]], threshold: float) -> AuditSummary:
-    """AuditSummary from (role, predicted_score, p_before, p_after) rows."""
-    tb = [b for role, _, b, _ in rows if role == "target"]
-    ta = [a for role, _, _, a in rows if role == "target"]
-    ranked = [(s, disturbed(b, a, threshold)) for role, s, b, a in rows if role != "target"]
-    scores, labels = [s for s, _ in ranked], [y for _, y in ranked]
-    k = sum(1 for role, *_ in rows if role == "predicted")
-    return AuditSummary(
-        edit_id,
-        len(tb),
-        k,
-        len(ranked) - k,
-        sum(labels),
-        m.relative_change(tb, ta),
-        m.roc_auc(scores, labels),
-        m.precision_at_k(scores, labels, k),
-        k,
-        threshold,
-    )
+def _tuple(r: AuditRow) -> tuple[str, float, float, float, float]:
+    return (r.role, r.predicted_score, r.p_before, r.p_after, r.predicted_dp)
+
+
+Row = tuple[str, float, float, float, float]  # role, interference score, p_before, p_after, predicted dP
+
+
+def _aucs(rows: Sequence[Row]) -> dict[str, float | None]:
+    ranked = [r for r in rows if r[0] != "target"]
+    out: dict[str, float | None] = {}
+    for t in THRESHOLDS:
+        labels = [disturbed(b, a, t) for _, _, b, a, _ in ranked]
+        out[f"impact@{t}"] = m.roc_auc([abs(dp) / b if b > 0 else 0.0 for _, _, b, _, dp in ranked], labels)
+        out[f"interference@{t}"] = m.roc_auc([s for _, s, _, _, _ in ranked], labels)
+    return out
+
+
+def summarise(edit_id: int, rows: Sequence[Row]) -> AuditSummary:
+    """AuditSummary from (role, interference score, p_before, p_after, predicted dP) rows."""
+    tb = [b for role, _, b, _, _ in rows if role == "target"]
+    ta = [a for role, _, _, a, _ in rows if role == "target"]
+    k = sum(1 for r in rows if r[0] == "predicted")
+    n_random = sum(1 for r in rows if r[0] == "random")
+    hit = sum(disturbed(b, a, THRESHOLDS[0]) for role, _, b, a, _ in rows if role != "target")
+    rho = m.spearman([dp for *_, dp in rows], [a - b for _, _, b, a, _ in rows])
+    return AuditSummary(edit_id, len(tb), k, n_random, hit, m.relative_change(tb, ta), rho, _aucs(rows))
 
 
 def new_object_for(lm: LoadedModel, fact: Fact, facts: dict[str, Fact], rng: random.Random) -> str | None:
@@ -161,13 +179,13 @@ def audit_sample(
     *,
     seed: int = 0,
     limit: int = 50,
-    threshold: float = 0.1,
-    eval_facts: int = 10,
+    spec: UpdateSpec | None = None,
     on_edit: Callable[[], None] | None = None,
 ) -> SampleSummary:
     """Make `n` trial update edits on random facts of the run (never applied), audit each, pool."""
     run, facts, neurons = read_run_atlas(store, run_name)
     lm = resolve_model(store, lm, run)
+    spec = spec or UpdateSpec(other_facts=1)
     rng = random.Random(seed)
     order = sorted(f for f in facts if f in neurons)
     rng.shuffle(order)
@@ -179,28 +197,18 @@ def audit_sample(
         if obj is None:
             continue
         try:
-            edit = update_fact(store, lm, run.name, fact_id, obj, eval_facts=eval_facts, status=TRIAL)
+            edit = update_fact(store, lm, run.name, fact_id, obj, spec, status=TRIAL)
         except EditError:
             continue  # e.g. every neuron of the fact is relation-shared: nothing to edit
-        summaries.append(audit_edit(store, lm, edit.id, limit=limit, threshold=threshold, seed=seed))
+        summaries.append(audit_edit(store, lm, edit.id, limit=limit, seed=seed))
         if on_edit:
             on_edit()
-    return pool(store, summaries, threshold)
+    return pool(store, summaries)
 
 
-def pool(store: Store, summaries: list[AuditSummary], threshold: float) -> SampleSummary:
-    pairs = [
-        (s, disturbed(b, a, threshold))
-        for e in summaries
-        for role, s, b, a in stored_rows(store, e.edit_id)
-        if role != "target"
-    ]
-    aucs = [e.auc for e in summaries if e.auc is not None]
-    pks = [e.precision_at_k for e in summaries if e.precision_at_k is not None]
-    return SampleSummary(
-        summaries,
-        m.roc_auc([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None,
-        sum(aucs) / len(aucs) if aucs else None,
-        sum(pks) / len(pks) if pks else None,
-        len(pairs),
-    )
+def pool(store: Store, summaries: list[AuditSummary]) -> SampleSummary:
+    """Every audited fact of `summaries`, pooled (from the stored rows)."""
+    rows = [r for e in summaries for r in stored_rows(store, e.edit_id)]
+    rhos = [e.spearman for e in summaries if e.spearman is not None]
+    rho = m.spearman([dp for *_, dp in rows], [a - b for _, _, b, a, _ in rows]) if rows else None
+    return SampleSummary(summaries, rho, _aucs(rows), sum(rhos) / len(rhos) if rhos else None, len(rows))

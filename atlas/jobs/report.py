@@ -13,15 +13,13 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean, median
+from statistics import mean
 
-from atlas.db.audits import stored_rows
 from atlas.db.edits import list_edits
 from atlas.db.neurons import read_run_atlas
 from atlas.db.store import Store
-from atlas.jobs import metrics as m
-from atlas.jobs.audit import disturbed
 from atlas.jobs.probe import SummaryRow, summary
+from atlas.jobs.report_edits import audit_section, erase_section, num, pct, update_section
 
 PAPER = {
     "neurons_per_fact": 4.13,
@@ -51,25 +49,22 @@ class Figures:
     amplify: float | None = None
     amplify_other_fact: float | None = None
     amplify_random: float | None = None
+    update_form: str | None = None
     update_success: float | None = None
     update_change: float | None = None
     update_intra_ppl_change: float | None = None
     update_inter_ppl_change: float | None = None
     n_updates: int = 0
-    audit_pooled_auc: float | None = None
-    audit_mean_precision_at_k: float | None = None
+    audit_spearman: float | None = None
+    audit_auc_impact: float | None = None
+    audit_auc_interference: float | None = None
     n_audited: int = 0
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:+.1%}"
+_pct, _num = pct, num
 
 
-def _num(x: float | None, spec: str = ".2f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-def write_report(store: Store, run_name: str | int, out_dir: Path, threshold: float = 0.1) -> Figures:
+def write_report(store: Store, run_name: str | int, out_dir: Path) -> Figures:
     """Write `out_dir/report.md` and its PNG figures; returns the headline numbers."""
     import matplotlib
 
@@ -95,9 +90,9 @@ def write_report(store: Store, run_name: str | int, out_dir: Path, threshold: fl
     md += _neuron_section(plt, out_dir, facts, neurons, fig)
     md += _probe_section(plt, out_dir, store, run.name, fig)
     edits = list_edits(store, run.name)
-    md += _update_section(edits, fig)
-    md += _erase_section(edits)
-    md += _audit_section(plt, out_dir, store, edits, threshold, fig)
+    md += update_section(edits, fig, PAPER)
+    md += erase_section(edits, PAPER)
+    md += audit_section(plt, out_dir, store, edits, fig)
     md += ["## Against the paper", ""] + _comparison(fig)
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
     return fig
@@ -201,130 +196,6 @@ def _bars(ax, rels: list[str], cell: dict[tuple[str, str], SummaryRow], kind: st
     ax.legend(fontsize=8)
 
 
-def _update_section(edits, fig: Figures) -> list[str]:
-    ups = [e for e in edits if e.kind == "update" and e.status in ("applied", "trial", "rolled_back")]
-    md = ["## Updating facts", ""]
-    if not ups:
-        return md + [
-            "No update edits yet: `atlas edit update FACT --new-object X --run RUN` or "
-            "`atlas audit --sample N --run RUN`.",
-            "",
-        ]
-
-    def avg(key: str, how=mean) -> float | None:
-        vals = [e.metrics.get(key) for e in ups if e.metrics.get(key) is not None]
-        return how(vals) if vals else None
-
-    fig.n_updates = len(ups)
-    fig.update_success, fig.update_change = avg("success_rate"), avg("change_rate")
-    # perplexity changes are heavy-tailed (one destructive update can multiply them by 1e6): medians
-    fig.update_intra_ppl_change = avg("intra_ppl_change", median)
-    fig.update_inter_ppl_change = avg("inter_ppl_change", median)
-    md += [
-        f"{len(ups)} updates (each: the fact's own neurons minus those in > 10 % of its relation's facts; "
-        "v <- v - |v|/|e_t| e_t + 8 |v|/|e_t'| e_t'; t' = another object of the same relation).",
-        "",
-        "| metric | mean | paper |",
-        "|---|---|---|",
-        f"| success rate (greedy answer becomes t') | {_num(fig.update_success, '.1%')} | "
-        f"{PAPER['update_success']:.1%} |",
-        f"| change rate (greedy answer no longer t, of prompts answered t before) | {_num(fig.update_change, '.1%')} | "
-        f"{PAPER['update_change']:.1%} |",
-        f"| P(t) before -> after | {_num(avg('p_gold_before'), '.4f')} -> {_num(avg('p_gold_after'), '.4f')} | |",
-        f"| P(t') before -> after | {_num(avg('p_new_before'), '.4f')} -> {_num(avg('p_new_after'), '.4f')} | |",
-        f"| intra-relation perplexity change (median) | {_pct(fig.update_intra_ppl_change)} | |",
-        f"| inter-relation perplexity change (median) | {_pct(fig.update_inter_ppl_change)} | rise of 7.2 (absolute) |",
-        "",
-    ]
-    return md
-
-
-def _erase_section(edits) -> list[str]:
-    ers = [e for e in edits if e.kind == "erase"]
-    md = ["## Erasing relations", ""]
-    if not ers:
-        return md + ["No erase edits yet: `atlas edit erase-relation P --top 20 --run RUN`.", ""]
-    md += [
-        "| edit | relation | slots | value | accuracy erased (before -> after) | perplexity erased | "
-        "accuracy others | perplexity others | status |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for e in sorted(ers, key=lambda x: x.id):
-        g = e.metrics.get
-        md.append(
-            f"| {e.id} | {e.target} | {e.n_slots} | {e.params.get('value')} | "
-            f"{_num(g('erased_accuracy_before'), '.1%')} -> {_num(g('erased_accuracy_after'), '.1%')} | "
-            f"{_num(g('erased_ppl_before'), '.1f')} -> {_num(g('erased_ppl_after'), '.1f')} "
-            f"({_pct(g('erased_ppl_change'))}) | "
-            f"{_num(g('other_accuracy_before'), '.1%')} -> {_num(g('other_accuracy_after'), '.1%')} | "
-            f"{_num(g('other_ppl_before'), '.1f')} -> {_num(g('other_ppl_after'), '.1f')} "
-            f"({_pct(g('other_ppl_change'))}) | {e.status} |"
-        )
-    return md + [
-        "",
-        f"Paper (perplexity change, erased / other relations): {PAPER['erase_erased_ppl']} / "
-        f"{PAPER['erase_other_ppl']}.",
-        "",
-    ]
-
-
-def _audit_section(plt, out_dir: Path, store: Store, edits, threshold: float, fig: Figures) -> list[str]:
-    md = ["## Interference audit", ""]
-    audited = [e for e in edits if "audit" in e.metrics]
-    if not audited:
-        return md + ["No audits yet: `atlas audit --sample N --run RUN`.", ""]
-    rows = [r for e in audited for r in stored_rows(store, e.id)]  # (role, predicted score, p before, p after)
-    pairs = [(score, disturbed(pb, pa, threshold), (pa - pb) / pb if pb else 0.0, role) for role, score, pb, pa in rows]
-    ranked = [p for p in pairs if p[3] != "target"]
-    fig.n_audited = len(audited)
-    fig.audit_pooled_auc = m.roc_auc([p[0] for p in ranked], [p[1] for p in ranked]) if ranked else None
-    pk = [e.metrics["audit"]["precision_at_k"] for e in audited if e.metrics["audit"].get("precision_at_k") is not None]
-    fig.audit_mean_precision_at_k = mean(pk) if pk else None
-    by_role = defaultdict(list)
-    for p in pairs:
-        by_role[p[3]].append(p)
-    md += [
-        f"{len(audited)} audited edits. Before an edit, the query `edit-interference` predicts the facts it "
-        "disturbs (share of a fact's attribution mass on rewritten slots); afterwards P(gold) is measured on "
-        "the targets, the predicted facts and as many random facts. A fact counts as disturbed when P(gold) "
-        f"moves by >= {threshold:.0%}.",
-        "",
-        "| facts | n | disturbed | median relative change of P(gold) |",
-        "|---|---|---|---|",
-    ]
-    for role in ("target", "predicted", "random"):
-        ps = by_role.get(role, [])
-        md.append(
-            f"| {role} | {len(ps)} | {_num(mean([p[1] for p in ps]) if ps else None, '.0%')} | "
-            f"{_pct(median([p[2] for p in ps]) if ps else None)} |"
-        )
-    strict = [(p[0], abs(p[2]) >= 0.5) for p in ranked]
-    md += [
-        "",
-        f"Ranking quality over predicted + random facts: pooled ROC AUC {_num(fig.audit_pooled_auc, '.3f')}, "
-        f"mean precision@k {_num(fig.audit_mean_precision_at_k, '.3f')} (k = number of predicted facts per edit). "
-        f"With a 50 % threshold instead: pooled ROC AUC "
-        f"{_num(m.roc_auc([s for s, _ in strict], [y for _, y in strict]) if strict else None, '.3f')}.",
-        "",
-    ]
-    f3, ax = plt.subplots(figsize=(5.5, 3.6))
-    for role, colour in (("predicted", "#c44e52"), ("random", "#999999")):
-        ps = by_role.get(role, [])
-        ax.scatter([p[0] for p in ps], [abs(p[2]) * 100 for p in ps], s=12, alpha=0.7, label=role, color=colour)
-    ax.axhline(threshold * 100, color="black", lw=0.6, ls="--")
-    ax.set(
-        xlabel="predicted score (share of attribution on edited slots)",
-        ylabel="|change of P(gold)|, %",
-        title="Predicted vs measured interference",
-        yscale="symlog",
-    )
-    ax.legend(fontsize=8)
-    f3.tight_layout()
-    f3.savefig(out_dir / "audit.png", dpi=90)
-    plt.close(f3)
-    return md + ["![audit](audit.png)", ""]
-
-
 def _differences(fig: Figures) -> list[str]:
     """One generated sentence per figure that can be compared with the paper's."""
 
@@ -361,7 +232,8 @@ def _comparison(fig: Figures) -> list[str]:
         f"{_pct(fig.amplify_random)} | {_pct(PAPER['amplify'])} / baseline -1.27 % / - |",
         f"| update success / change rate | {_num(fig.update_success, '.1%')} / {_num(fig.update_change, '.1%')} | "
         f"{PAPER['update_success']:.1%} / {PAPER['update_change']:.1%} |",
-        f"| audit pooled ROC AUC / mean precision@k | {_num(fig.audit_pooled_auc, '.3f')} / "
-        f"{_num(fig.audit_mean_precision_at_k, '.3f')} | (no counterpart) |",
+        f"| audit: Spearman rho / ROC AUC at 10 % (edit-impact; edit-interference) | "
+        f"{_num(fig.audit_spearman, '.3f')} / {_num(fig.audit_auc_impact, '.3f')}; "
+        f"{_num(fig.audit_auc_interference, '.3f')} | (no counterpart) |",
         "",
     ]

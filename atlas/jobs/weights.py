@@ -48,8 +48,19 @@ class Slot:
 
     def to_bytes(self) -> SlotBytes:
         return SlotBytes(
-            self.layer, self.neuron, slots_bytes(self.original), slots_bytes(self.edited), dtype_name(self.original)
+            self.layer,
+            self.neuron,
+            slots_bytes(self.original),
+            slots_bytes(self.edited),
+            dtype_name(self.original),
+            self.factor(),
         )
+
+    def factor(self) -> float:
+        """(v . dv) / |v|^2: how much of the slot's own direction the edit writes away (first order)."""
+        v, dv = self.original.double(), self.edited.double() - self.original.double()
+        norm = float(v @ v)
+        return float(v @ dv) / norm if norm > 0 else 0.0
 
     @classmethod
     def from_bytes(cls, s: SlotBytes) -> Slot:
@@ -125,3 +136,19 @@ def current_weights(store: Store, lm: LoadedModel, run: str | int) -> Iterator[s
         stack = applied_stack(conn, store.backend, found.model_id)
     with working_copy(lm, found, stack) as sha:
         yield sha
+
+
+def layer_change(
+    lm: LoadedModel, layer: int, delta: dict[int, torch.Tensor], projector: torch.Tensor | None
+) -> list[Slot]:
+    """The slots of `layer` after adding `delta[neuron]` (`[hidden]`) to the chosen slots, the
+    whole change first restricted by `projector` (`[N, N]`, a null-space projection) when given;
+    only slots whose bytes change are returned (and recorded)."""
+    whole = lm.adapter.value_slots(layer)  # [N, hidden]
+    change = torch.zeros(whole.shape, dtype=torch.float64)
+    for neuron, d in delta.items():
+        change[neuron] += d.double()
+    if projector is not None:
+        change = projector @ change
+    new = (whole.double() + change).to(whole.dtype)
+    return [Slot(layer, n, whole[n], new[n]) for n in range(whole.shape[0]) if not torch.equal(whole[n], new[n])]

@@ -89,5 +89,18 @@ def encode_masked(tok: Any, text: str, obj: str, max_len: int | None = None) -> 
     if reason:
         return reason
     body = _ids(tok, left.rstrip(), False) + [mask] * len(answer) + _ids(tok, right, False)
-    ids = list(tok.build_inputs_with_special_tokens(body))
+    prefix, suffix = _special_frame(tok)
+    ids = prefix + body + suffix
     return _check_length(len(ids), max_len) or PromptItem(ids, answer)
+
+
+def _special_frame(tok: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a single sequence ([CLS] ... [SEP] for
+    BERT, <s> ... </s> for RoBERTa, none for a bare word-level tokenizer), found by tokenising a
+    word with and without them (every tokenizer can do that; not all have a helper for it)."""
+    word = _ids(tok, "a", False)
+    full = _ids(tok, "a", True)
+    for i in range(len(full) - len(word) + 1):
+        if full[i : i + len(word)] == word:
+            return full[:i], full[i + len(word) :]
+    return [], []

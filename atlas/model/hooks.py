@@ -23,8 +23,9 @@ NeuronHook = Callable[[Activations], Activations | None]
 
 
 @contextmanager
-def hooks(adapter: Any, fns: Mapping[int, NeuronHook]) -> Iterator[None]:
-    """Run the body with `fns[layer]` applied to each listed layer's neuron activations.
+def hooks(adapter: Any, fns: Mapping[int, NeuronHook], site: str = "neurons") -> Iterator[None]:
+    """Run the body with `fns[layer]` applied to each listed layer's neuron activations (or, with
+    `site="output"`, to what the layer's FFN adds to the residual stream).
 
     Example:
         >>> seen = []
@@ -34,7 +35,11 @@ def hooks(adapter: Any, fns: Mapping[int, NeuronHook]) -> Iterator[None]:
     handles = []
     try:
         for layer, fn in fns.items():
-            handles.append(adapter.ffn_out(layer).register_forward_pre_hook(_pre_hook(fn)))
+            module = adapter.ffn_out(layer)
+            if site == "neurons":
+                handles.append(module.register_forward_pre_hook(_pre_hook(fn)))
+            else:  # "output": what the FFN adds to the residual stream, `[batch, pos, hidden]`
+                handles.append(module.register_forward_hook(lambda _m, _args, out, fn=fn: fn(out)))
         yield
     finally:
         for handle in handles:

@@ -1,7 +1,7 @@
 """`atlas index` options, defined once: name, type, default, help and whether they change results.
 
 `IndexOptions` is both the job's input and the source of the command's flags: each field's
-metadata (`opt(...)`) holds what the CLI needs (flag, help, metavar, bounds, choices, a parser
+metadata (`atlas.options.opt`) holds what the CLI needs (flag, help, metavar, bounds, choices, a parser
 for text values), and `atlas.cli.common.options_of` turns the fields into click options, the way
 datasette builds its settings from one `SETTINGS` table. Fields marked `result=True` enter the
 run's params_key (changing them makes another run). Imports no torch: `atlas index --help` stays fast.
@@ -10,44 +10,13 @@ run's params_key (changing them makes another run). Imports no torch: `atlas ind
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, fields
 
 from atlas.db.workqueue import DEFAULT_LEASE_S
 from atlas.errors import InputError
+from atlas.options import opt
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def opt(
-    default: Any = None,
-    *,
-    help: str,
-    flag: str | None = None,
-    metavar: str | None = None,  # noqa: A002
-    minimum: int | None = None,
-    choices: tuple[str, ...] | None = None,
-    required: bool = False,
-    multiple: bool = False,
-    parse: Callable[[Any], Any] | None = None,
-    result: bool = False,
-    cli: bool = True,
-) -> Any:
-    """A dataclass field carrying its command-line description."""
-    meta = dict(
-        help=help,
-        flag=flag,
-        metavar=metavar,
-        minimum=minimum,
-        choices=choices,
-        required=required,
-        multiple=multiple,
-        parse=parse,
-        result=result,
-        cli=cli,
-    )
-    return field(default=default, metadata=meta)
 
 
 def parse_relations(value: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -10,11 +10,13 @@ import random
 import pytest
 import sqlalchemy as sa
 
+from atlas.db.audits import stored_rows
 from atlas.db.queries import run_query
-from atlas.db.schema import audit_results, knowledge_neurons, prompt_outputs, prompts
+from atlas.db.schema import audit_results, knowledge_neurons, prompt_outputs, prompt_scores, prompts
 from atlas.jobs import metrics as m
-from atlas.jobs.audit import audit_edit, audit_sample, disturbed, stored_rows, summarise
-from atlas.jobs.edits import erase_relation
+from atlas.jobs.audit import audit_edit, audit_sample, disturbed, summarise
+from atlas.jobs.erase import erase_relation
+from atlas.jobs.specs import EraseSpec
 from tests.support.kn_world import build_world, index_world
 
 
@@ -49,24 +51,51 @@ def test_auc_edges_precision_and_perplexity() -> None:
     assert disturbed(0.5, 0.44, 0.1) and not disturbed(0.5, 0.46, 0.1)
 
 
+def brute_spearman(x, y):
+    """Pearson's correlation of average ranks, ranks counted pair by pair."""
+
+    def ranks(v):
+        return [sum(1.0 for w in v if w < a) + (sum(1.0 for w in v if w == a) + 1) / 2 for a in v]
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_spearman_equals_the_rank_reference_with_ties(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(3, 40)
+    x = [rng.choice([0.0, 0.5, rng.random()]) for _ in range(n)]
+    y = [a + rng.gauss(0, 0.3) if rng.random() < 0.7 else rng.choice([0.0, 1.0]) for a in x]
+    if len(set(x)) > 1 and len(set(y)) > 1:
+        assert m.spearman(x, y) == pytest.approx(brute_spearman(x, y), abs=1e-12)
+    assert m.spearman([1, 2], [2, 1]) is None and m.spearman([1, 1, 1], [1, 2, 3]) is None
+
+
 def test_summary_from_rows() -> None:
-    rows = [
-        ("target", 0.0, 0.5, 0.1),
-        ("predicted", 0.9, 0.4, 0.1),
-        ("predicted", 0.5, 0.4, 0.39),
-        ("random", 0.0, 0.3, 0.3),
-        ("random", 0.0, 0.2, 0.1),
+    rows = [  # role, interference score, p before, p after, predicted dP
+        ("target", 0.0, 0.5, 0.1, -0.45),
+        ("predicted", 0.9, 0.4, 0.1, -0.2),
+        ("predicted", 0.5, 0.4, 0.39, -0.05),
+        ("random", 0.0, 0.3, 0.3, 0.0),
+        ("random", 0.0, 0.2, 0.1, 0.0),
     ]
-    s = summarise(7, rows, 0.1)
-    assert (s.n_targets, s.n_predicted, s.n_random, s.n_disturbed, s.k) == (1, 2, 2, 2, 2)
+    s = summarise(7, rows)
+    assert (s.n_targets, s.n_predicted, s.n_random, s.n_disturbed) == (1, 2, 2, 2)
     assert s.target_change == pytest.approx(-0.8)
-    assert s.auc == pytest.approx(brute_auc([0.9, 0.5, 0.0, 0.0], [True, False, False, True]))
-    assert s.precision_at_k == 0.5
+    assert s.spearman == pytest.approx(brute_spearman([-0.45, -0.2, -0.05, 0.0, 0.0], [-0.4, -0.3, -0.01, 0.0, -0.1]))
+    labels10 = [True, False, False, True]
+    assert s.auc["interference@0.1"] == pytest.approx(brute_auc([0.9, 0.5, 0.0, 0.0], labels10))
+    assert s.auc["impact@0.1"] == pytest.approx(brute_auc([0.5, 0.125, 0.0, 0.0], labels10))
+    assert s.auc["impact@0.5"] == pytest.approx(brute_auc([0.5, 0.125, 0.0, 0.0], labels10))  # 75 % and 50 % drops
 
 
 def test_interference_query_matches_planted_neurons(store, tmp_path) -> None:
     w = build_world(store, tmp_path)
-    e = erase_relation(store, w.lm, w.run, "P37", top=2, eval_facts=2)  # slots (0, 41) and (2, 7)
+    spec = EraseSpec(select="frequent", top=2, form="zero", eval_facts=2, other_facts=2, control=False)
+    e = erase_relation(store, w.lm, w.run, "P37", spec)  # zeroes slots (0, 41) and (2, 7)
     res = run_query(store, "edit-interference", {"edit_id": e.id}, via="native")
     got = {r[0]: r[res.columns.index("predicted_score")] for r in res.rows}
     with store.begin() as conn:
@@ -80,23 +109,42 @@ def test_interference_query_matches_planted_neurons(store, tmp_path) -> None:
     assert set(got) == set(expected) == {"P36-0", "P36-1", "P30-0", "P30-1"}
     for fact, value in expected.items():
         assert got[fact] == pytest.approx(value, rel=1e-5)
+    impact = run_query(store, "edit-impact", {"edit_id": e.id}, via="native")
+    got_dp = {r[0]: r[impact.columns.index("predicted_dp")] for r in impact.rows}
+    with store.begin() as conn:  # the reference: mean over a fact's prompts of -(its scores on the zeroed slots)
+        scores = conn.execute(
+            sa.select(
+                prompts.c.fact_id,
+                prompt_scores.c.prompt_id,
+                prompt_scores.c.layer,
+                prompt_scores.c.neuron,
+                prompt_scores.c.score,
+            ).join(prompts, prompts.c.id == prompt_scores.c.prompt_id)
+        ).all()
+        n_prompts = dict(conn.execute(sa.select(prompts.c.fact_id, sa.func.count()).group_by(prompts.c.fact_id)).all())
+    want: dict[str, float] = {}
+    for fact, _, layer, neuron, score in scores:
+        if (layer, neuron) in {(0, 41), (2, 7)}:
+            want[fact] = want.get(fact, 0.0) - score / n_prompts[fact]
+    assert set(got_dp) == set(want) and all(got_dp[f] == pytest.approx(v, rel=1e-5) for f, v in want.items())
     summary = audit_edit(store, w.lm, e.id, limit=10)
-    assert (summary.n_targets, summary.n_predicted) == (5, 4)
+    assert (summary.n_targets, summary.n_predicted) == (5, 4)  # P37's facts; the four others the cross neuron holds
     assert summary.n_random == 5  # at least five random facts, even when few are predicted
+    assert set(summary.auc) == {"impact@0.1", "impact@0.5", "interference@0.1", "interference@0.5"}
 
 
 def test_audit_on_a_small_indexed_run(store, tmp_path) -> None:
     w = index_world(store, tmp_path)
-    res = audit_sample(store, w.lm, w.run, 3, limit=20, threshold=0.05)
+    res = audit_sample(store, w.lm, w.run, 3, limit=20)
     assert 1 <= len(res.edits) <= 3
     for s in res.edits:
         rows = stored_rows(store, s.edit_id)
-        again = summarise(s.edit_id, rows, 0.05)  # REAL columns: equal to float32 precision
-        assert again.__dict__ == pytest.approx(s.__dict__, rel=1e-6)
-        ranked = [(sc, disturbed(b, a, 0.05)) for role, sc, b, a in rows if role != "target"]
+        again = summarise(s.edit_id, rows)  # REAL columns: equal to float32 precision
+        assert again.spearman == pytest.approx(s.spearman, rel=1e-6) and again.auc == pytest.approx(s.auc, rel=1e-6)
+        ranked = [(abs(dp) / b, disturbed(b, a, 0.1)) for role, _, b, a, dp in rows if role != "target"]
         labels = [y for _, y in ranked]
         if any(labels) and not all(labels):
-            assert s.auc == pytest.approx(brute_auc([x for x, _ in ranked], labels))
+            assert s.auc["impact@0.1"] == pytest.approx(brute_auc([x for x, _ in ranked], labels))
         target = [r for r in rows if r[0] == "target"]
         assert len(target) == 1 and target[0][3] != target[0][2]  # the edit moved its own fact
     # the audit's unedited P(gold) is the indexer's p_gold (an independent computation: the IG engine)
@@ -117,4 +165,4 @@ def test_audit_on_a_small_indexed_run(store, tmp_path) -> None:
             .all()
         )
     assert fact.p_before == pytest.approx(sum(p) / len(p), rel=1e-4)
-    assert res.n_pairs == sum(s.n_predicted + s.n_random for s in res.edits)
+    assert res.n_facts == sum(s.n_targets + s.n_predicted + s.n_random for s in res.edits)

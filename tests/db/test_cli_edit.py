@@ -35,10 +35,12 @@ def _run(store, *args: str, ok: bool = True):
 def test_update_list_export_rollback(store, world, tmp_path) -> None:
     model = ["--model", str(world.model_dir)]
     out = _run(
-        store, "edit", "update", "P36-1", "--new-object", "Berlin", "--run", world.run, "--eval-facts", "2", *model
+        store, "edit", "update", "P36-1", "--new-object", "Berlin", "--run", world.run, "--other-facts", "2", *model
     )
     edit_id = int(re.search(r"edit (\d+): update P36-1", out).group(1))
-    assert "success_rate" in out
+    assert re.search(r"success \d+%, others ppl [+-]", out), out
+    shown = _run(store, "edit", "show", str(edit_id))
+    assert "form=ls" in shown and "measured on top of applied edits: none" in shown and "others, pooled" in shown
     listed = _run(store, "edit", "list")
     assert re.search(rf"^\s*{edit_id}\s+update\s+P36-1\s+applied", listed, re.M)
     exported = tmp_path / "exported"
@@ -62,13 +64,19 @@ def test_bad_input_gives_one_line_errors(store, world) -> None:
             "unknown object token 'Atlantis'",
         ),
         (["edit", "erase-relation", "P1", "--run", world.run], "unknown relation 'P1'"),
-        (["edit", "erase-relation", "P36", "--run", world.run, "--value", "token:Atlantis"], "Atlantis"),
+        (
+            ["edit", "erase-relation", "P36", "--run", world.run, "--select", "frequent", "--form", "token:Atlantis"],
+            "Atlantis",
+        ),
+        (["edit", "erase-relation", "P36", "--run", world.run, "--min-facts", "6"], "most specific candidate is L0.40"),
+        (["edit", "erase-relation", "P36", "--run", world.run, "--form", "blur"], "unknown --form 'blur'"),
         (["probe", "suppress", "--run", "nope"], "unknown run 'nope'"),
         (["audit", "77"], "unknown edit 77"),
     ]
     for args, message in cases:
         out = _run(store, *args, *model, ok=False)
         assert message in out, out
+    assert "unknown edit 404" in _run(store, "edit", "show", "404", ok=False)
     assert snapshot(store) == before
 
 
@@ -80,7 +88,7 @@ def test_probe_and_audit_commands(store, world) -> None:
     assert "ALL" in out
     out = _run(store, "audit", "--sample", "2", "--run", world.run, "--limit", "10", *model)
     assert len(re.findall(r"^edit \d+: targets 1", out, re.M)) == 2
-    assert "overall: 2 edits, pooled AUC" in out
+    assert "overall: 2 edits" in out and "Spearman rho" in out and "impact@0.1" in out
     listed = _run(store, "edit", "list")
     assert len(re.findall(r"\btrial\b", listed)) == 2
 
@@ -101,7 +109,25 @@ def test_report_covers_every_section(store, world, tmp_path) -> None:
     text = (tmp_path / "r0" / "report.md").read_text()
     assert "No probe results yet" in text and "No audits yet" in text
     _run(store, "probe", "suppress", "--run", world.run, *model)
-    _run(store, "edit", "erase-relation", "P30", "--top", "2", "--run", world.run, "--eval-facts", "3", *model)
+    _run(
+        store,
+        "edit",
+        "erase-relation",
+        "P30",
+        "--select",
+        "frequent",
+        "--top",
+        "2",
+        "--form",
+        "zero",
+        "--run",
+        world.run,
+        "--eval-facts",
+        "3",
+        "--other-facts",
+        "2",
+        *model,
+    )
     _run(store, "audit", "--sample", "1", "--run", world.run, *model)
     out = _run(store, "report", "--run", world.run, "--output", str(tmp_path / "r1"))
     text = (tmp_path / "r1" / "report.md").read_text()
@@ -109,6 +135,6 @@ def test_report_covers_every_section(store, world, tmp_path) -> None:
     assert "mean 3.40 per fact" in text and re.search(r"neurons_per_fact\s+3.4\b", out)
     for section in ("Suppressing", "Updating facts", "Erasing relations", "Interference audit", "Against the paper"):
         assert f"## {section}" in text
-    assert "| P30 | 3 |" not in text and re.search(r"\| \d+ \| P30 \| 2 \| zero \|", text)
+    assert re.search(r"\| \d+ \| P30 \| frequent, zero \| 2 / 2 \|", text), text
     for png in ("neurons.png", "probe.png", "audit.png"):
         assert (tmp_path / "r1" / png).stat().st_size > 1000

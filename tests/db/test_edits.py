@@ -7,10 +7,13 @@ import sqlalchemy as sa
 import torch
 
 from atlas.db.edits import list_edits
+from atlas.db.queries import run_query
 from atlas.db.schema import edit_slots
-from atlas.errors import EditError, NotFound, WeightsMismatch
-from atlas.jobs.edits import erase_relation, update_fact
+from atlas.errors import EditError, InputError, NotFound, WeightsMismatch
+from atlas.jobs.erase import erase_relation
 from atlas.jobs.rollback import rollback
+from atlas.jobs.specs import EraseSpec, UpdateSpec
+from atlas.jobs.update import update_fact
 from atlas.model.loading import load_model, weights_sha256
 from atlas.model.slots import slots_from_bytes
 from tests.support.db import snapshot
@@ -22,52 +25,92 @@ def world(store, tmp_path):
     return build_world(store, tmp_path)
 
 
-def test_update_edits_fact_neurons_but_not_relation_hubs(store, world) -> None:
-    e = update_fact(store, world.lm, world.run, "P36-2", "Berlin", eval_facts=4)
-    assert (e.kind, e.target, e.status, e.params["new_object"]) == ("update", "P36-2", "applied", "Berlin")
+def _slots(store, edit_id):
     with store.begin() as conn:
-        rows = conn.execute(sa.select(edit_slots).where(edit_slots.c.edit_id == e.id)).all()
-    neurons = {(r.layer, r.neuron) for r in rows}
-    assert (0, 40) not in neurons  # the relation's hub neuron is in every P36 fact: left alone
-    assert neurons == {(1, 12), (2, 32)}  # the planted fact-specific neurons of P36-2
+        return conn.execute(sa.select(edit_slots).where(edit_slots.c.edit_id == edit_id)).all()
+
+
+@pytest.mark.parametrize("form", ["paper", "ls"])
+def test_update_edits_fact_neurons_but_not_relation_hubs(store, world, form: str) -> None:
+    e = update_fact(store, world.lm, world.run, "P36-2", "Berlin", UpdateSpec(form=form, other_facts=4))
+    assert (e.kind, e.target, e.status, e.params["new_object"], e.params["form"]) == (
+        "update",
+        "P36-2",
+        "applied",
+        "Berlin",
+        form,
+    )
+    rows = _slots(store, e.id)
+    assert {(r.layer, r.neuron) for r in rows} == {(1, 12), (2, 32)}  # the fact's own neurons; the hub (0, 40) left
     assert e.params["dropped_hub_neurons"] == 1
     for r in rows:
         assert not torch.equal(slots_from_bytes(r.original, r.dtype), slots_from_bytes(r.edited, r.dtype))
-    for key in (
-        "change_rate",
-        "success_rate",
-        "intra_ppl_before",
-        "intra_ppl_after",
-        "inter_ppl_before",
-        "inter_ppl_after",
-    ):
+    for key in ("change_rate", "success_rate", "edited", "others", "others_pooled", "fluency", "headline"):
         assert key in e.metrics
-    assert 0 <= e.metrics["success_rate"] <= 1
-    assert e.metrics["intra_ppl_before"] > 1 and e.metrics["inter_prompts"] == 12  # 4 facts x 3 prompts
-    # a large update must raise the new object's probability on the target's prompts
-    assert e.metrics["p_new_after"] > e.metrics["p_new_before"]
+    assert 0 <= e.metrics["success_rate"] <= 1 and e.metrics["applied_edits"] == []
+    assert e.metrics["edited"]["n_prompts"] == 12  # 4 other facts of P36 x 3 prompts (the fact itself excluded)
+    assert set(e.metrics["others"]) == {"P30", "P37"} and e.metrics["others_pooled"]["n_prompts"] == 24
+    if form == "ls":  # the least-squares step raises t' (the paper's rule need not, on a random model)
+        assert e.metrics["p_new_after"] > e.metrics["p_new_before"] and e.params["step"] > 0
 
 
-def test_erase_zeroes_the_most_frequent_neurons(store, world) -> None:
-    e = erase_relation(store, world.lm, world.run, "P37", top=2, eval_facts=5)
-    with store.begin() as conn:
-        rows = conn.execute(sa.select(edit_slots).where(edit_slots.c.edit_id == e.id)).all()
+def test_erase_frequent_zeroes_the_most_frequent_neurons(store, world) -> None:
+    e = erase_relation(
+        store, world.lm, world.run, "P37", EraseSpec(select="frequent", top=2, form="zero", eval_facts=5)
+    )
+    rows = _slots(store, e.id)
     assert {(r.layer, r.neuron) for r in rows} == {(0, 41), (2, 7)}  # the hub (5 facts), then the cross neuron (2)
     assert all(not slots_from_bytes(r.edited, r.dtype).any() for r in rows)
-    for key in (
-        "erased_accuracy_before",
-        "erased_accuracy_after",
-        "erased_ppl_before",
-        "erased_ppl_after",
-        "other_ppl_before",
-        "other_ppl_after",
-    ):
-        assert key in e.metrics
-    assert e.metrics["erased_prompts"] == 15
-    e2 = erase_relation(store, world.lm, world.run, "P30", min_facts=5, value="token:Europe")
-    assert e2.params["n_neurons"] == 1
+    assert all(r.factor == pytest.approx(-1.0) for r in rows)  # a zeroed slot writes all of itself away
+    assert e.metrics["edited"]["n_prompts"] == 15 and set(e.metrics["others"]) == {"P30", "P36"}
+    assert e.metrics["applied_edits"] == [] and e.metrics["fluency"]["ppl_before"] > 1
+    control = e.params["control_neurons"]
+    assert sorted(layer for layer, _ in control) == [0, 2] and not {tuple(c) for c in control} & {(0, 41), (2, 7)}
+    assert "headline" in e.metrics["control"] and "others" not in e.metrics["control"]
+    e2 = erase_relation(
+        store, world.lm, world.run, "P30", EraseSpec(select="frequent", min_facts=5, form="token:Europe")
+    )
+    assert e2.params["n_neurons"] == 1 and e2.metrics["applied_edits"] == [e.id]
     assert [x.id for x in list_edits(store)] == [e2.id, e.id]
     assert [x.id for x in list_edits(store, run="nope")] == []
+
+
+def test_erase_specific_projects_the_answer_directions_out(store, world) -> None:
+    e = erase_relation(store, world.lm, world.run, "P37", EraseSpec(eval_facts=3, other_facts=2))
+    assert [(n["layer"], n["neuron"], n["share"], n["other_share"]) for n in e.params["neurons"]] == [(0, 41, 1.0, 0.0)]
+    (row,) = _slots(store, e.id)
+    new, old = slots_from_bytes(row.edited, row.dtype), slots_from_bytes(row.original, row.dtype)
+    directions = world.lm.adapter.answer_directions(
+        torch.tensor(
+            sorted(
+                {
+                    world.lm.tokenizer(" " + o, add_special_tokens=False).input_ids[0]
+                    for o in ("Portuguese", "Spanish", "Arabic")
+                }
+            )
+        )
+    )
+    assert not torch.equal(new, old)
+    # what is left of the slot is (ridge aside) orthogonal to every answer direction of P37
+    assert (directions @ new.double().to(directions.dtype)).abs().max() < 1e-2 * (directions @ old).abs().max()
+    assert -1.0 < row.factor < 0.0
+
+
+def test_specific_selection_query_matches_the_planted_usage(store, world) -> None:
+    """relation-specific-neurons against the planted prompt scores, by hand: in P36 the hub (0, 40)
+    is used by all 5 facts and by no fact of another relation; the cross neuron (2, 7) by 2 facts
+    of every relation (other share 0.4); own neurons by one fact each."""
+    rows = run_query(
+        store,
+        "relation-specific-neurons",
+        {"run_id": world.run_id, "relation_id": "P36", "max_other_share": 1.0, "min_facts": 1, "top_k": 100},
+    ).rows
+    got = {(r[0], r[1]): r[2:] for r in rows}
+    assert got[(0, 40)] == (5, 1.0, 0.0, None, 1.0)
+    assert got[(2, 7)][:4] == (2, 0.4, 0.4, "P30") and got[(2, 7)][4] == pytest.approx(0.0)
+    assert got[(2, 30)][:2] == (1, 0.2)
+    strict = run_query(store, "relation-specific-neurons", {"run_id": world.run_id, "relation_id": "P36"}).rows
+    assert [(r[0], r[1]) for r in strict] == [(0, 40)]  # min 2 facts, other relations <= 5 %
 
 
 def _refused(store, world, call, error, match) -> None:
@@ -91,8 +134,23 @@ def test_bad_input_is_refused_with_database_and_weights_unchanged(store, world, 
     _refused(store, world, lambda: update_fact(store, lm, run, "P36-0", "Paris Rome"), EditError, "2 tokens")
     _refused(store, world, lambda: update_fact(store, lm, "no-run", "P36-0", "Rome"), NotFound, "unknown run")
     _refused(store, world, lambda: erase_relation(store, lm, run, "P999"), NotFound, "unknown relation 'P999'")
-    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", value="token:Atlantis"), EditError, "Atlantis")
-    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", min_facts=6), EditError, "shared by 6 or more")
+    zero = EraseSpec(select="frequent", form="token:Atlantis")
+    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", zero), EditError, "Atlantis")
+    six = EraseSpec(select="frequent", min_facts=6)
+    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", six), EditError, "shared by 6 or more")
+    lonely = EraseSpec(min_facts=6)  # specific: no neuron of P36 is used by 6 facts
+    _refused(
+        store,
+        world,
+        lambda: erase_relation(store, lm, run, "P36", lonely),
+        EditError,
+        r"most specific candidate is L0\.40 \(100% of P36's facts\)",
+    )
+    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", EraseSpec(form="blur")), InputError, "blur")
+    conflicting = EraseSpec(select="frequent", max_other_share=0.2)
+    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", conflicting), InputError, "goes with")
+    paper_ns = UpdateSpec(form="paper", preserve="nullspace")
+    _refused(store, world, lambda: update_fact(store, lm, run, "P36-0", "Rome", paper_ns), InputError, "go with")
     other = load_model(str(save_model(tmp_path / "other", seed=5)))
     _refused(
         store, world, lambda: update_fact(store, other, run, "P36-0", "Rome"), WeightsMismatch, "indexed with model"
@@ -101,8 +159,8 @@ def test_bad_input_is_refused_with_database_and_weights_unchanged(store, world, 
 
 
 def test_rollback_twice_or_out_of_order_is_refused(store, world, tmp_path) -> None:
-    e1 = update_fact(store, world.lm, world.run, "P30-0", "Europe", eval_facts=2)
-    e2 = update_fact(store, world.lm, world.run, "P36-1", "Berlin", eval_facts=2)
+    e1 = update_fact(store, world.lm, world.run, "P30-0", "Europe", UpdateSpec(other_facts=2))
+    e2 = update_fact(store, world.lm, world.run, "P36-1", "Berlin", UpdateSpec(other_facts=2))
     _refused(store, world, lambda: rollback(store, world.lm, e1.id), EditError, f"before edit {e2.id}")
     other = load_model(str(save_model(tmp_path / "other", seed=5)))
     _refused(store, world, lambda: rollback(store, other, e2.id), WeightsMismatch, "indexed with model")

@@ -81,3 +81,37 @@ def test_demo_builds_a_small_atlas_and_is_rerunnable(tmp_path: Path) -> None:
     assert "(0 new facts, 0 new prompts)" in again.output
     neuron_lines = [line for line in first.output.splitlines() if "knowledge neurons" in line and "->" in line]
     assert neuron_lines and all(line in again.output for line in neuron_lines)
+
+
+@pytest.mark.model
+def test_precise_erase_and_audit_on_the_real_model(tmp_path: Path) -> None:
+    """A small real run (capitals and continents), the default erase of P36 judged on both relations
+    with its control, its audit, and a rollback back to the base weights."""
+    from atlas.db import migrate
+    from atlas.db.datasets import read_kn_paper
+    from atlas.db.facts import load_dataset
+    from atlas.db.store import Store
+    from atlas.jobs.audit import audit_edit
+    from atlas.jobs.erase import erase_relation
+    from atlas.jobs.rollback import rollback
+    from atlas.jobs.specs import EraseSpec
+    from atlas.model.loading import weights_sha256
+    from indexer.job.options import IndexOptions
+    from indexer.job.run import index
+
+    store = Store(f"duckdb:///{tmp_path / 'atlas.duckdb'}")
+    migrate.upgrade(store)
+    load_dataset(store, read_kn_paper(["P36", "P30"], 3))
+    summary = index(store, IndexOptions(model="smollm2", dataset="kn-paper", run_name="real"))
+    assert summary.run.status == "done" and summary.counts.neurons > 0
+    lm = load_model("smollm2")
+    base = weights_sha256(lm.model)
+    e = erase_relation(store, lm, "real", "P36", EraseSpec(top=10, eval_facts=3, other_facts=3))
+    assert e.params["select"] == "specific" and e.params["form"] == "project" and e.n_slots == e.params["n_neurons"]
+    assert e.metrics["edited"]["n_prompts"] > 0 and set(e.metrics["others"]) == {"P30"}
+    assert e.metrics["fluency"]["ppl_before"] > 1 and "control" in e.metrics
+    assert e.metrics["edited"]["nll_after"] > e.metrics["edited"]["nll_before"]  # the erased answers lost mass
+    audit = audit_edit(store, lm, e.id)
+    assert audit.n_targets == 3 and audit.spearman is not None
+    rollback(store, lm, e.id)
+    assert weights_sha256(lm.model) == base

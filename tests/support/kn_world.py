@@ -3,8 +3,9 @@ a Hugging Face directory, and a run over it whose rows are inserted directly.
 
 The knowledge neurons are planted, not attributed: each relation has one "hub" neuron in every
 fact, each fact two or three own neurons, and a few neurons are shared across facts and across
-relations so that interference queries have something to find. Word-level tokens make every
-object a single token, so the update rule has a real e_t and e_t'.
+relations so that interference queries have something to find. Every prompt of a fact stores a
+score for each of the fact's neurons (its first one is the prompt's max), as the indexer would.
+Word-level tokens make every object a single token, so the update rule has a real e_t and e_t'.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from atlas.db.models import ModelInfo, register_model
-from atlas.db.schema import facts, knowledge_neurons, prompt_outputs, prompts, relations, runs
+from atlas.db.schema import facts, knowledge_neurons, prompt_outputs, prompt_scores, prompts, relations, runs
 from atlas.db.store import Store
 from atlas.model.loading import LoadedModel, load_model
 from tests.support.tiny_hf import tiny_model
@@ -50,10 +51,10 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     words |= {
         w for *_, tpls in RELATIONS.values() for t in tpls for w in t.replace("[X]", "").replace("[Y]", "").split()
     }
-    vocab = {t: i for i, t in enumerate(["[UNK]", "[PAD]"] + sorted(words | set(EXTRA_WORDS)))}
+    vocab = {t: i for i, t in enumerate(["[UNK]", "[PAD]", "[MASK]"] + sorted(words | set(EXTRA_WORDS)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]")
 
 
 @dataclass
@@ -65,20 +66,23 @@ class World:
     fact_ids: list[str]
 
 
-def save_model(path: Path, seed: int = 0) -> Path:
-    tiny_model("llama", seed=seed).save_pretrained(path)
+def save_model(path: Path, seed: int = 0, family: str = "llama") -> Path:
+    tiny_model(family, seed=seed).save_pretrained(path)
     word_tokenizer().save_pretrained(path)
     return path
 
 
-def build_world(store: Store, tmp_path: Path, seed: int = 0) -> World:
-    model_dir = save_model(tmp_path / "tiny-llama", seed)
+def build_world(store: Store, tmp_path: Path, seed: int = 0, family: str = "llama") -> World:
+    """The planted run over a tiny `family` model (llama; bert for a masked LM: every prompt is
+    usable by both kinds)."""
+    model_dir = save_model(tmp_path / f"tiny-{family}", seed, family)
     lm = load_model(str(model_dir))
     row, _ = register_model(
-        store, ModelInfo(lm.name, lm.source, "LlamaForCausalLM", lm.adapter.n_layers, lm.adapter.n_neurons, lm.sha256)
+        store,
+        ModelInfo(lm.name, lm.source, type(lm.model).__name__, lm.adapter.n_layers, lm.adapter.n_neurons, lm.sha256),
     )
     rng = random.Random(seed)
-    cols: dict[str, dict[str, list]] = {t: {} for t in ("facts", "prompts", "po", "kn")}
+    cols: dict[str, dict[str, list]] = {t: {} for t in ("facts", "prompts", "po", "kn", "ps")}
 
     def add(table: str, **values) -> None:
         for k, v in values.items():
@@ -115,7 +119,7 @@ def build_world(store: Store, tmp_path: Path, seed: int = 0) -> World:
                         template=tpl,
                         text=tpl.replace("[X]", subj),
                         causal=True,
-                        masked=False,
+                        masked=True,
                     )
                     add(
                         "po",
@@ -131,6 +135,10 @@ def build_world(store: Store, tmp_path: Path, seed: int = 0) -> World:
                 if f_i < 2:
                     own.add(cross)  # shared by the first two facts of every relation
                 own.add((0, 40 + r_i))  # the relation's hub neuron
+                for pid in range(prompt_id - len(templates) + 1, prompt_id + 1):  # every prompt uses them all
+                    for rank, (layer, neuron) in enumerate(sorted(own)):
+                        score = 1.0 if rank == 0 else round(rng.uniform(0.3, 0.9), 3)
+                        add("ps", run_id=run_id, prompt_id=pid, layer=layer, neuron=neuron, score=score)
                 for layer, neuron in sorted(own):
                     add(
                         "kn",
@@ -145,6 +153,7 @@ def build_world(store: Store, tmp_path: Path, seed: int = 0) -> World:
         store.bulk_insert(conn, prompts, cols["prompts"])
         store.bulk_insert(conn, prompt_outputs, cols["po"])
         store.bulk_insert(conn, knowledge_neurons, cols["kn"])
+        store.bulk_insert(conn, prompt_scores, cols["ps"])
     return World(lm, "tiny-run", int(run_id), model_dir, fact_ids)
 
 

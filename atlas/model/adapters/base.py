@@ -119,6 +119,18 @@ class Adapter:
     def unembedding_bias(self) -> torch.Tensor | None:
         return getattr(self.model.get_output_embeddings(), "bias", None)
 
+    def final_norm_scale(self) -> torch.Tensor | None:
+        """The elementwise scale the last norm applies before the vocabulary head `[hidden]` (None:
+        none that maps residual directions to logits elementwise, e.g. BERT's head transform)."""
+        return None
+
+    def answer_directions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Residual-stream directions `[k, hidden]` that raise each token's logit: its output
+        embedding times the final norm's scale (the norm's own normalisation aside)."""
+        emb = self.unembedding().detach()[tokens]
+        scale = self.final_norm_scale()
+        return emb if scale is None else emb * scale.detach()
+
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} out of range [0, {self.n_layers})")

@@ -76,3 +76,6 @@ class GPT2Adapter(DecoderAdapter):
 
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.transformer.ln_f(h)
+
+    def final_norm_scale(self) -> torch.Tensor | None:
+        return self.model.transformer.ln_f.weight

@@ -59,6 +59,9 @@ class LlamaAdapter(DecoderAdapter):
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.model.norm(h)
 
+    def final_norm_scale(self) -> torch.Tensor | None:
+        return self.model.model.norm.weight
+
 
 class MistralAdapter(LlamaAdapter):
     family = "mistral"
@@ -70,3 +73,6 @@ class Qwen2Adapter(LlamaAdapter):
 
 class GemmaAdapter(LlamaAdapter):
     family = "gemma"
+
+    def final_norm_scale(self) -> torch.Tensor | None:
+        return 1.0 + self.model.model.norm.weight  # Gemma's RMSNorm scales by (1 + w)

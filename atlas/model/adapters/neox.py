@@ -52,3 +52,6 @@ class NeoXAdapter(DecoderAdapter):
 
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.gpt_neox.final_layer_norm(h)
+
+    def final_norm_scale(self) -> torch.Tensor | None:
+        return self.model.gpt_neox.final_layer_norm.weight

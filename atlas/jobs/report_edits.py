@@ -1,0 +1,181 @@
+"""The report's edit sections: updates, relation erasures (with their controls) and audits.
+
+Everything comes from the edits' stored metrics and the audit rows, so the sections show exactly
+what `atlas edit` and `atlas audit` measured.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean, median
+from typing import Any
+
+from atlas.db.audits import stored_rows
+from atlas.db.store import Store
+from atlas.jobs import metrics as m
+from atlas.jobs.audit import THRESHOLDS, disturbed
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.1%}"
+
+
+def num(x: float | None, spec: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def kept(c: dict[str, Any] | None, prefix: str = "") -> str:
+    """'k/n' right answers kept (greedy or among candidates)."""
+    if not c:
+        return "n/a"
+    return f"{c[f'{prefix}right_after']}/{c[f'{prefix}right_before']}"
+
+
+def update_section(edits, fig, paper: dict[str, Any]) -> list[str]:
+    ups = [e for e in edits if e.kind == "update"]
+    md = ["## Updating facts", ""]
+    if not ups:
+        return md + [
+            "No update edits yet: `atlas edit update FACT --new-object X --run RUN` or "
+            "`atlas audit --sample N --run RUN`.",
+            "",
+        ]
+    by_form: dict[str, list] = defaultdict(list)
+    for e in ups:
+        by_form[e.params.get("form", "paper")].append(e)
+    md += [
+        "Per form: the paper's success rate (the fact's prompts now answered t') and change rate (answered t "
+        "before, no longer after), and the damage elsewhere: perplexity change of the fact's own relation "
+        "(its other facts) and of every other relation pooled (medians: one destructive update can multiply "
+        "a perplexity by 1e6).",
+        "",
+        "| form | updates | success rate | change rate | P(t') before -> after | same relation ppl (median) | "
+        "other relations ppl (median) | fluency ppl (median) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for form, es in sorted(by_form.items()):
+
+        def avg(key: str, how=mean, es=es):
+            vals = [v for e in es if (v := _get(e.metrics, key)) is not None]
+            return how(vals) if vals else None
+
+        md.append(
+            f"| {form} | {len(es)} | {num(avg('success_rate'), '.1%')} | {num(avg('change_rate'), '.1%')} | "
+            f"{num(avg('p_new_before'), '.4f')} -> {num(avg('p_new_after'), '.4f')} | "
+            f"{pct(avg('edited.ppl_change', median))} | {pct(avg('others_pooled.ppl_change', median))} | "
+            f"{pct(avg('fluency.ppl_change', median))} |"
+        )
+        if fig.n_updates < len(es):  # the headline figures follow the form with the most updates
+            fig.n_updates, fig.update_form = len(es), form
+            fig.update_success, fig.update_change = avg("success_rate"), avg("change_rate")
+            fig.update_intra_ppl_change = avg("edited.ppl_change", median)
+            fig.update_inter_ppl_change = avg("others_pooled.ppl_change", median)
+    return md + ["", f"Paper (BERT): success {paper['update_success']:.1%}, change {paper['update_change']:.1%}.", ""]
+
+
+def _get(metrics: dict[str, Any], dotted: str) -> Any:
+    value: Any = metrics
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def erase_section(edits, paper: dict[str, Any]) -> list[str]:
+    ers = sorted((e for e in edits if e.kind == "erase"), key=lambda x: x.id)
+    md = ["## Erasing relations", ""]
+    if not ers:
+        return md + ["No erase edits yet: `atlas edit erase-relation P --run RUN`.", ""]
+    md += [
+        "Right answers kept (greedy / top-1 among the relation's objects, of those right before), perplexity "
+        "change; other relations pooled; fluency = perplexity of a general English text. The control is the "
+        "same form on as many layer-matched random neurons.",
+        "",
+        "| edit | relation | selection, form | neurons / slots | erased kept | erased ppl | others kept | "
+        "others ppl | fluency | control: erased kept / others ppl | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in ers:
+        md.append(_erase_row(e))
+    return md + [
+        "",
+        f"Paper (perplexity change, erased / other relations): {paper['erase_erased_ppl']} / "
+        f"{paper['erase_other_ppl']}.",
+        "",
+    ]
+
+
+def _erase_row(e) -> str:
+    g, o, c = e.metrics.get("edited"), e.metrics.get("others_pooled"), (e.metrics.get("control") or {})
+    how = f"{e.params.get('select', 'frequent')}, {e.params.get('form', e.params.get('value'))}"
+    if e.params.get("preserve") == "nullspace":
+        how += ", nullspace"
+    fluency = (e.metrics.get("fluency") or {}).get("ppl_change")
+    control = f"{kept(c.get('edited'), 'cand_')} / {pct((c.get('others_pooled') or {}).get('ppl_change'))}"
+    return (
+        f"| {e.id} | {e.target} | {how} | {e.params.get('n_neurons')} / {e.n_slots} | "
+        f"{kept(g)} / {kept(g, 'cand_')} | {pct(g and g['ppl_change'])} | {kept(o)} / {kept(o, 'cand_')} | "
+        f"{pct(o and o['ppl_change'])} | {pct(fluency)} | {control} | {e.status} |"
+    )
+
+
+def audit_section(plt, out_dir: Path, store: Store, edits, fig) -> list[str]:
+    md = ["## Interference audit", ""]
+    audited = [e for e in edits if "audit" in e.metrics]
+    if not audited:
+        return md + ["No audits yet: `atlas audit --sample N --run RUN`.", ""]
+    rows = [r for e in audited for r in stored_rows(store, e.id)]  # (role, share, p before, p after, predicted dP)
+    ranked = [r for r in rows if r[0] != "target"]
+    fig.n_audited = len(audited)
+    fig.audit_spearman = m.spearman([r[4] for r in rows], [r[3] - r[2] for r in rows])
+    aucs = {}
+    for t in THRESHOLDS:
+        labels = [disturbed(b, a, t) for _, _, b, a, _ in ranked]
+        aucs[f"impact@{t}"] = m.roc_auc([abs(dp) / b if b > 0 else 0.0 for _, _, b, _, dp in ranked], labels)
+        aucs[f"interference@{t}"] = m.roc_auc([s for _, s, _, _, _ in ranked], labels)
+    fig.audit_auc_impact, fig.audit_auc_interference = aucs["impact@0.1"], aucs["interference@0.1"]
+    by_role = defaultdict(list)
+    for r in rows:
+        by_role[r[0]].append(r)
+    md += [
+        f"{len(audited)} audited edits, {len(rows)} audited facts. `edit-impact` predicts each fact's change of "
+        "P(gold) from its stored IG scores on the changed slots (first order); `edit-interference` (the earlier "
+        "predictor) scores the share of a fact's knowledge-neuron attribution on changed slots.",
+        "",
+        f"Spearman's rho, predicted vs measured change of P(gold), all facts: {num(fig.audit_spearman, '.3f')}.",
+        "",
+        "| predictor | ROC AUC, disturbed >= 10 % | ROC AUC, disturbed >= 50 % |",
+        "|---|---|---|",
+        f"| edit-impact | {num(aucs['impact@0.1'], '.3f')} | {num(aucs['impact@0.5'], '.3f')} |",
+        f"| edit-interference | {num(aucs['interference@0.1'], '.3f')} | {num(aucs['interference@0.5'], '.3f')} |",
+        "",
+        "| facts | n | disturbed >= 10 % | median relative change of P(gold) |",
+        "|---|---|---|---|",
+    ]
+    for role in ("target", "predicted", "random"):
+        rs = by_role.get(role, [])
+        share = mean(disturbed(b, a, 0.1) for _, _, b, a, _ in rs) if rs else None
+        change = median((a - b) / b if b else 0.0 for _, _, b, a, _ in rs) if rs else None
+        md.append(f"| {role} | {len(rs)} | {num(share, '.0%')} | {pct(change)} |")
+    _audit_plot(plt, out_dir, by_role)
+    return md + ["", "![audit](audit.png)", ""]
+
+
+def _audit_plot(plt, out_dir: Path, by_role: dict[str, list]) -> None:
+    f3, ax = plt.subplots(figsize=(5.5, 3.8))
+    for role, colour in (("target", "#4c72b0"), ("predicted", "#c44e52"), ("random", "#999999")):
+        rs = by_role.get(role, [])
+        ax.scatter([r[4] for r in rs], [r[3] - r[2] for r in rs], s=12, alpha=0.7, label=role, color=colour)
+    lim = max([abs(v) for rs in by_role.values() for r in rs for v in (r[4], r[3] - r[2])] + [1e-6])
+    ax.plot([-lim, lim], [-lim, lim], color="black", lw=0.6, ls="--")
+    ax.set(
+        xlabel="predicted change of P(gold) (edit-impact)",
+        ylabel="measured change of P(gold)",
+        title="Predicted vs measured interference",
+        xscale="symlog",
+        yscale="symlog",
+    )
+    ax.legend(fontsize=8)
+    f3.tight_layout()
+    f3.savefig(out_dir / "audit.png", dpi=90)
+    plt.close(f3)

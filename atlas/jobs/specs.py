@@ -1,0 +1,135 @@
+"""What an edit is asked to do, defined once for the job and its command (no torch: `--help` stays fast).
+
+Each spec is a frozen dataclass whose fields carry their flags (`atlas.options.opt`); `check()`
+refuses unknown or conflicting values before anything is read or loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from atlas.errors import InputError
+from atlas.options import opt
+
+SELECTIONS = ("specific", "frequent")
+FORMS = ("zero", "unk", "token:T", "damp:F", "project")
+PRESERVE = ("none", "nullspace")
+
+
+@dataclass(frozen=True)
+class EraseSpec:
+    """How to erase: which neurons (selection and its parameters), how (form), what to preserve."""
+
+    select: str = opt(
+        "specific",
+        choices=SELECTIONS,
+        help="Which neurons: specific (used by the relation's facts, "
+        "few of any other relation's) or frequent (in the most facts; the paper).",
+    )
+    top: int = opt(20, minimum=1, metavar="K", help="How many neurons.")
+    min_facts: int | None = opt(
+        None,
+        minimum=1,
+        metavar="M",
+        help="frequent: every knowledge neuron in >= M facts "
+        "instead of the top K (arXiv v1). specific: the least facts using a neuron [2].",
+    )
+    max_other_share: float = opt(
+        0.05,
+        metavar="S",
+        help="specific: leave neurons that more than this share of any other relation's facts use (hub exclusion).",
+    )
+    min_layer: int = opt(0, minimum=0, help="Only neurons in layers >= this.")
+    max_layer: int = opt(100_000, minimum=0, help="Only neurons in layers <= this.")
+    form: str = opt(
+        "project",
+        metavar="FORM",
+        help="What the slots become: zero | unk | token:T | damp:F (x F) | "
+        "project (remove the relation's answer directions).",
+    )
+    ridge: float = opt(1e-3, help="project: ridge, relative to the answer directions' squared norm.")
+    preserve: str = opt(
+        "none",
+        choices=PRESERVE,
+        help="nullspace: restrict each edited layer's change to the null "
+        "space of other relations' activations (changes every slot of those layers).",
+    )
+    energy: float = opt(0.99, help="nullspace: share of the activations' energy kept out of the edit's way.")
+    eval_facts: int = opt(50, minimum=1, help="Facts of the erased relation measured.")
+    other_facts: int = opt(10, minimum=1, help="Facts of each other relation measured.")
+    control: bool = opt(
+        True, flag="--control/--no-control", help="Also measure the same form on as many layer-matched random neurons."
+    )
+    seed: int = opt(0, help="Seed of the evaluation sample and the control neurons.")
+
+    def check(self) -> None:
+        """Refuse unknown or conflicting options before anything is read or loaded."""
+        if self.select not in SELECTIONS:
+            raise InputError(f"unknown selection {self.select!r}: use {' or '.join(SELECTIONS)}")
+        if self.preserve not in PRESERVE:
+            raise InputError(f"unknown preservation {self.preserve!r}: use {' or '.join(PRESERVE)}")
+        if self.select == "frequent" and self.max_other_share != EraseSpec.max_other_share:
+            raise InputError("--max-other-share goes with --select specific (frequent neurons are not screened)")
+        if self.preserve == "none" and self.energy != EraseSpec.energy:
+            raise InputError("--energy goes with --preserve nullspace")
+        if self.form.startswith("damp:") and _factor(self.form) is None:
+            raise InputError(f"bad --form {self.form!r}: damp:F needs a number F, e.g. damp:0.1")
+        if not (self.form in ("zero", "unk", "project") or self.form.startswith(("token:", "damp:"))):
+            raise InputError(f"unknown --form {self.form!r}: use one of {', '.join(FORMS)}")
+        if self.top < 1 or self.eval_facts < 1 or self.other_facts < 1:
+            raise InputError("--top, --eval-facts and --other-facts must be >= 1")
+
+
+def _factor(form: str) -> float | None:
+    try:
+        return float(form.split(":", 1)[1])
+    except ValueError:
+        return None
+
+
+UPDATE_FORMS = ("ls", "paper")
+TARGETS = ("swap", "new")
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """How to rewrite a fact <h, r, t> -> <h, r, t'> through its own knowledge neurons."""
+
+    form: str = opt(
+        "ls",
+        choices=UPDATE_FORMS,
+        help="ls: the smallest change of the fact's slots that moves its "
+        "output from t toward t' (ridge least squares, scaled until t' wins); paper: "
+        "v <- v - l1 e_t + l2 e_t'.",
+    )
+    lam: float = opt(0.1, help="ls: ridge, relative to the squared norm of the slots' activations.")
+    target: str = opt(
+        "swap",
+        choices=TARGETS,
+        help="ls: move along d(t') - d(t) (swap) or d(t') alone (new); d = output embedding x final norm scale.",
+    )
+    max_scale: float = opt(64.0, help="ls: largest step tried, in units of the residual's norm at the answer.")
+    preserve: str = opt(
+        "none",
+        choices=PRESERVE,
+        help="nullspace: restrict each edited layer's change to the null "
+        "space of other relations' activations (changes every slot of those layers).",
+    )
+    energy: float = opt(0.99, help="nullspace: share of the activations' energy kept out of the edit's way.")
+    l1_scale: float = opt(1.0, flag="--l1", help="paper: scale of the e_t subtraction.")
+    l2_scale: float = opt(8.0, flag="--l2", help="paper: scale of the e_t' addition.")
+    max_share: float = opt(0.1, help="Leave neurons shared by more than this share of the relation's facts.")
+    other_facts: int = opt(5, minimum=1, help="Facts of each relation measured for collateral damage.")
+    seed: int = opt(0, help="Seed of the evaluation sample.")
+
+    def check(self) -> None:
+        if self.form not in UPDATE_FORMS:
+            raise InputError(f"unknown update form {self.form!r}: use {' or '.join(UPDATE_FORMS)}")
+        if self.target not in TARGETS:
+            raise InputError(f"unknown target {self.target!r}: use {' or '.join(TARGETS)}")
+        if self.preserve not in PRESERVE:
+            raise InputError(f"unknown preservation {self.preserve!r}: use {' or '.join(PRESERVE)}")
+        if self.form == "paper" and (self.preserve != "none" or self.target != "swap"):
+            raise InputError("--preserve and --target go with --form ls, not the paper's rule")
+        if self.lam < 0 or self.max_scale <= 0:
+            raise InputError("--lam must be >= 0 and --max-scale > 0")
