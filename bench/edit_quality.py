@@ -12,7 +12,8 @@ plus `--other` more of them, all measured once before and after every edit.
 
 1. erase grid: for each erase relation, selection {frequent, specific} x form {zero, damp:0.25,
    project} x k {10, 20, 50, 100}, plus the null-space preservation for some; the control (same
-   form, layer-matched random neurons) for every k = 20;
+   form, layer-matched random neurons) for every k = 20; and the whole-layer `lsq` form (layers x
+   strength, preserved, plus one unpreserved), each with its control (as many random layers);
 2. updates: `--updates` facts of the run, each with the paper's rule and with `ls` (trial edits);
 3. audits: the updates and the default erasures, audited (`edit-impact` vs measured dP).
 
@@ -38,7 +39,7 @@ from atlas.db.datasets import read_jsonl, read_kn_paper  # noqa: E402
 from atlas.db.neurons import Fact, Workset, read_run_atlas, read_workset  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
 from atlas.jobs.audit import audit_edit, new_object_for, pool  # noqa: E402
-from atlas.jobs.erase import SlotForm, erase_relation, random_neurons, select_neurons  # noqa: E402
+from atlas.jobs.erase import EraseMaker, erase_relation, select_layers, select_neurons  # noqa: E402
 from atlas.jobs.evaluate import EvalSet, RelationPlan, judge, object_candidates, sample  # noqa: E402
 from atlas.jobs.rollback import rollback  # noqa: E402
 from atlas.jobs.specs import EraseSpec, UpdateSpec  # noqa: E402
@@ -50,6 +51,7 @@ from bench.results import append_result  # noqa: E402
 PAPER_RELATIONS = ("P19", "P27", "P106", "P937")
 FORMS = ("zero", "damp:0.25", "project")
 KS = (10, 20, 50, 100)
+LSQ = ((3, 0.5), (3, 1.0), (1, 0.5), (5, 0.5))  # (layers, strength), null-space preserved
 
 
 def held_out(
@@ -57,7 +59,7 @@ def held_out(
 ) -> list[EvalSet]:
     """Per relation, facts not in the run: up to `known` the model gets right, `other` more."""
     pool: dict[str, list[Fact]] = {}
-    for f in read_kn_paper(relations).facts:
+    for f in read_kn_paper([r for r in relations if r not in {e.relation_id for e in extra}]).facts:
         if f.id not in run_facts:
             pool.setdefault(f.relation_id, []).append(
                 Fact(f.id, f.relation_id, f.subject, f.object, [p.text for p in f.prompts if p.causal])
@@ -83,65 +85,79 @@ def held_out(
     return [s for s in sets if s.items]
 
 
-def erase_grid(store, lm, ws_of, plan_sets, before, relations, out, small: bool, control_k: int = 20) -> None:
+def erase_specs(grid: str) -> list[EraseSpec]:
+    """The grid: neuron forms x selections x k, null-space variants, and the whole-layer `lsq` form
+    (`core`: the paper's erase, the specific project/damp at k 20 and 50 and every `lsq`; `key`: the
+    paper's erase, specific project with the null space, `lsq` at strength 0.5 and 1.0; `small`: the
+    paper's erase and the default `lsq`, a smoke test of the whole path)."""
+    specs = [
+        EraseSpec(select=s, top=k, form=f, preserve="none") for s in ("frequent", "specific") for f in FORMS for k in KS
+    ]
+    specs += [
+        EraseSpec(select="specific", top=20, form="project", preserve="nullspace"),
+        EraseSpec(select="specific", top=50, form="project", preserve="nullspace"),
+        EraseSpec(select="frequent", top=20, form="zero", preserve="nullspace"),
+    ]
+    specs += [EraseSpec(form="lsq", layers=n, strength=s) for n, s in LSQ]
+    specs += [EraseSpec(form="lsq", preserve="none")]
+    paper = EraseSpec(select="frequent", top=20, form="zero", preserve="none")
+    if grid == "core":
+        specs = [paper] + [
+            s for s in specs if s.whole_layers or (s.select == "specific" and s.top in (20, 50) and s.form != "zero")
+        ]
+    if grid == "key":  # the paper's erase, the best neuron form, the default lsq and its strongest
+        specs = [
+            paper,
+            EraseSpec(select="specific", top=20, form="project", preserve="nullspace"),
+            EraseSpec(form="lsq"),
+            EraseSpec(form="lsq", strength=1.0),
+        ]
+    if grid == "small":
+        specs = [paper, EraseSpec(form="lsq")]
+    return specs
+
+
+def _config(spec: EraseSpec) -> dict[str, Any]:
+    if spec.whole_layers:
+        return {
+            "select": "layers",
+            "form": "lsq",
+            "k": spec.layers,
+            "strength": spec.strength,
+            "preserve": "nullspace" if spec.preserving else "none",
+        }
+    return {"select": spec.select, "form": spec.form, "k": spec.top, "preserve": spec.preserve}
+
+
+def erase_grid(store, lm, ws_of, plan_sets, before, relations, out, grid: str, control_k: int = 20) -> None:
     for rel in relations:
         ws: Workset = ws_of(rel)
-        rel_facts = [f for f in ws.facts.values() if f.relation_id == rel]
-        directions = lm.adapter.answer_directions(object_candidates(lm, rel_facts))
-        others = [
-            it
-            for f in sample([f for f in ws.facts.values() if f.relation_id != rel], 200, "preserve")
-            for it in EvalSet.of(f.id, lm, [f]).items
-        ]
         plan = RelationPlan(rel, plan_sets)
-        configs = [(s, f, k, "none") for s in ("frequent", "specific") for f in FORMS for k in KS]
-        configs += [
-            ("specific", "project", 20, "nullspace"),
-            ("specific", "project", 50, "nullspace"),
-            ("frequent", "zero", 20, "nullspace"),
-        ]
-        if small:  # a smoke test of the whole path
-            configs = [("frequent", "zero", 20, "none"), ("specific", "project", 20, "nullspace")]
-        for select, form, k, preserve in configs:
-            spec = EraseSpec(select=select, top=k, form=form, preserve=preserve)
+        for spec in erase_specs(grid):
             t0 = time.perf_counter()
+            config = {"part": "erase", "relation": rel, **_config(spec)}
             try:
                 with store.begin() as conn:
-                    chosen = select_neurons(store, conn, ws, rel, spec)
-                maker = SlotForm(lm, spec, directions, others)
-                neurons = [(c["layer"], c["neuron"]) for c in chosen]
-                rows = {"edit": maker.slots(neurons)}
-                if k == control_k:
-                    rows["control"] = maker.slots(random_neurons(chosen, lm.adapter.n_neurons, f"0:{rel}:control"))
+                    chosen = (select_layers if spec.whole_layers else select_neurons)(store, conn, ws, rel, spec)
+                made = EraseMaker.of(lm, ws, rel, spec, chosen)
+                rows = {"edit": made.edit()}
+                if spec.whole_layers or spec.top == control_k:
+                    rows["control"] = made.control()
             except Exception as exc:  # noqa: BLE001 - a config that cannot be made is a result too
-                _emit(
-                    out,
-                    {
-                        "part": "erase",
-                        "relation": rel,
-                        "select": select,
-                        "form": form,
-                        "k": k,
-                        "preserve": preserve,
-                        "error": str(exc),
-                    },
-                )
+                _emit(out, {**config, "error": str(exc)})
                 continue
             for which, slots in rows.items():
                 with slots_written(lm, slots):
                     after = plan.measure(lm)
                 judged = judge(plan, before, after)
+                targets = made.targets if which == "edit" else made.control_targets
+                extra = {"layers": targets} if spec.whole_layers else {"n_neurons": len(targets)}
                 _emit(
                     out,
                     {
-                        "part": "erase",
-                        "relation": rel,
-                        "select": select,
-                        "form": form,
-                        "k": k,
-                        "preserve": preserve,
+                        **config,
                         "which": which,
-                        "n_neurons": len(neurons),
+                        **extra,
                         "n_slots": len(slots),
                         "seconds": round(time.perf_counter() - t0, 2),
                         **_compact(judged),
@@ -264,13 +280,14 @@ def main() -> None:
     ap.add_argument("--run", default="smollm2-kn100")
     ap.add_argument("--user-run", default=None, help="a run over bench/data/user_facts.jsonl (also erased)")
     ap.add_argument("--relations", default=",".join(PAPER_RELATIONS + ("P36", "P30")))
+    ap.add_argument("--user-relations", default="U1,U2", help="relations of --user-run erased")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--known", type=int, default=20)
     ap.add_argument("--other", type=int, default=10)
     ap.add_argument("--updates", type=int, default=40)
     ap.add_argument("--audits", type=int, default=20)
     ap.add_argument("--parts", default="erase,update,audit")
-    ap.add_argument("--small", action="store_true", help="two erase configurations only (a smoke test)")
+    ap.add_argument("--grid", choices=("full", "core", "key", "small"), default="full", help="erase configurations")
     ap.add_argument("--eval-relations", default=None, help="judge on these relations only (a smoke test)")
     ap.add_argument("--out", default="edit_quality.jsonl")
     ap.add_argument("--seed", type=int, default=0)
@@ -283,7 +300,12 @@ def main() -> None:
         args.eval_relations.split(",") if args.eval_relations else sorted({f.relation_id for f in run_facts.values()})
     )
     user = read_jsonl(Path(__file__).parent / "data" / "user_facts.jsonl").facts
-    extra = [Fact(f.id, f.relation_id, f.subject, f.object, [p.text for p in f.prompts if p.causal]) for f in user]
+    indexed = read_run_atlas(store, args.user_run)[1] if args.user_run else {}
+    extra = [
+        Fact(f.id, f.relation_id, f.subject, f.object, [p.text for p in f.prompts if p.causal])
+        for f in user
+        if f.id not in indexed and (not args.eval_relations or f.relation_id in relations)
+    ]
     sets = held_out(lm, run_facts, relations, args.known, args.other, args.seed, extra)
     before = RelationPlan("", sets).measure(lm)
     _emit(
@@ -298,7 +320,7 @@ def main() -> None:
             before,
             args.relations.split(","),
             out,
-            args.small,
+            args.grid,
         )
         if args.user_run:
             erase_grid(
@@ -307,9 +329,9 @@ def main() -> None:
                 lambda rel: read_workset(store, args.user_run, lambda *_: rel),
                 sets,
                 before,
-                ["U1", "U2"],
+                args.user_relations.split(","),
                 out,
-                args.small,
+                args.grid,
             )
     audit_ids = updates(store, lm, args.run, args.updates, out, args.seed) if "update" in parts else []
     if "audit" in parts:

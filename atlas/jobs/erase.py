@@ -7,7 +7,11 @@ Selection (`select`), each a named query over the atlas:
   (`relation-specific-neurons`: share minus the largest other relation's share, hub exclusion).
 
 Form (`form`, see `atlas.model.forms`): `zero`, `unk`, `token:T`, `damp:F` (slots x F) or `project`
-(remove the relation's answer directions from each slot). Preservation (`preserve="nullspace"`):
+(remove the relation's answer directions from each slot) on the chosen neurons; or `lsq`, which
+edits whole layers instead: the `layers` layers (above the lowest third) holding most of the
+relation's stored attribution (`relation-layers`), each by the least-squares change that removes
+`strength` of what it writes along the answer directions on the relation's own prompts.
+Preservation (`preserve="nullspace"`, the default of `lsq`):
 the change of each edited layer is restricted to the null space of the activations that other
 relations' prompts produce there (it then spreads over every slot of those layers).
 
@@ -18,6 +22,7 @@ against a control edit of the same form on as many layer-matched random neurons.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,7 +56,7 @@ def select_neurons(store: Store, conn: Any, ws: Workset, relation: str, spec: Er
         "max_other_share": spec.max_other_share,
         "min_facts": spec.min_facts or 2,
         "top_k": spec.top,
-        "min_layer": spec.min_layer,
+        "min_layer": spec.min_layer or 0,
         "max_layer": spec.max_layer,
     }
     rows = run_query(store, "relation-specific-neurons", params, via="native", conn=conn)
@@ -92,12 +97,64 @@ def random_neurons(chosen: list[dict[str, Any]], n_neurons: int, seed: str) -> l
     return out
 
 
+def select_layers(store: Store, conn: Any, ws: Workset, relation: str, spec: EraseSpec) -> list[dict[str, Any]]:
+    """Every layer in range with the relation's attribution mass, the largest first (the layer floor
+    that depends on the model's depth is applied once it is loaded, by `top_layers`)."""
+    params = {"run_id": ws.run.id, "relation_id": relation, "top_k": 100_000, "min_layer": spec.min_layer or 0}
+    rows = run_query(store, "relation-layers", {**params, "max_layer": spec.max_layer}, via="native", conn=conn)
+    return [dict(zip(rows.columns, r)) for r in rows.rows]
+
+
+def top_layers(layers: list[dict[str, Any]], spec: EraseSpec, n_layers: int, relation: str) -> list[dict[str, Any]]:
+    floor = spec.min_layer if spec.min_layer is not None else n_layers // 3
+    chosen = [row for row in layers if row["layer"] >= floor][: spec.layers]
+    if not chosen:
+        raise EditError(f"{relation} has no stored attribution in layers {floor}..{min(spec.max_layer, n_layers - 1)}")
+    return chosen
+
+
+def random_layers(chosen: list[int], n_layers: int, floor: int, seed: str) -> list[int]:
+    """As many other layers as `chosen`, at or above `floor` where there are enough of them."""
+    pool = [layer for layer in range(floor, n_layers) if layer not in chosen]
+    if len(pool) < len(chosen):
+        pool = [layer for layer in range(n_layers) if layer not in chosen]
+    return sorted(random.Random(seed).sample(pool, min(len(chosen), len(pool))))
+
+
+class LayerForm:
+    """The `lsq` form: least-squares erase of whole layers on the current weights (the working copy)."""
+
+    def __init__(self, lm: LoadedModel, spec: EraseSpec, directions: torch.Tensor, keys: list, preserve: list) -> None:
+        self.lm, self.spec, self.directions, self.key_items, self.preserve_items = lm, spec, directions, keys, preserve
+
+    def slots(self, layers: list[int]) -> list[Slot]:
+        """Each layer's output projection changed by `forms.lsq_erase`, within the null space of the
+        other relations' activations (all positions) when preserving; every changed slot recorded."""
+        keys = forms.answer_keys(self.lm.adapter, self.key_items, layers)
+        moments = forms.activation_moments(self.lm.adapter, self.preserve_items, layers) if self.spec.preserving else {}
+        out = []
+        for layer in layers:
+            slots = self.lm.adapter.value_slots(layer)  # [N, hidden]
+            projector = (
+                forms.nullspace_projector(*moments[layer], energy=self.spec.energy)[0]
+                if layer in moments
+                else torch.eye(slots.shape[0], dtype=torch.float64)
+            )
+            dw = forms.lsq_erase(slots.T, keys[layer], self.directions, projector, self.spec.strength)
+            out += layer_change(self.lm, layer, dict(enumerate(dw.T)), None)
+        if not out:
+            raise EditError("the edit changes no slot (the null-space projection left nothing: lower --energy)")
+        return out
+
+
 class SlotForm:
     """Turns chosen neurons into edited slots on the current weights (the working copy)."""
 
     def __init__(self, lm: LoadedModel, spec: EraseSpec, directions: torch.Tensor, preserve_items: list) -> None:
         self.lm, self.spec, self.directions, self.preserve_items = lm, spec, directions, preserve_items
-        self.fill = self._fill_vector() if spec.form in ("zero", "unk") or spec.form.startswith("token:") else None
+        self.fill = (
+            self._fill_vector().cpu() if spec.form in ("zero", "unk") or spec.form.startswith("token:") else None
+        )
         self._moments: dict[int, tuple[torch.Tensor, int]] = {}
 
     def _fill_vector(self) -> torch.Tensor:
@@ -126,19 +183,58 @@ class SlotForm:
         for layer, neuron in neurons:
             by_layer.setdefault(layer, []).append(neuron)
         missing = [layer for layer in by_layer if layer not in self._moments]
-        if self.spec.preserve == "nullspace" and missing:  # the control is layer-matched: same moments
+        if self.spec.preserving and missing:  # the control is layer-matched: same moments
             self._moments.update(forms.activation_moments(self.lm.adapter, self.preserve_items, missing))
         out = []
         for layer, idx in sorted(by_layer.items()):
             v = read_slots(self.lm.adapter, layer, idx)
             delta = dict(zip(idx, self.new_values(v).double() - v.double()))
             projector = None
-            if self.spec.preserve == "nullspace":
+            if self.spec.preserving:
                 projector = forms.nullspace_projector(*self._moments[layer], energy=self.spec.energy)[0]
             out += layer_change(self.lm, layer, delta, projector)
         if not out:
             raise EditError("the edit changes no slot (the null-space projection left nothing: lower --energy)")
         return out
+
+
+@dataclass
+class EraseMaker:
+    """An erase ready to be made on the current weights: its form, its targets (neurons, or layers
+    for `lsq`) and the control's (as many layer-matched random neurons, or other layers)."""
+
+    form: LayerForm | SlotForm
+    chosen: list[dict[str, Any]]
+    targets: list
+    control_targets: list
+
+    @classmethod
+    def of(
+        cls, lm: LoadedModel, ws: Workset, relation: str, spec: EraseSpec, chosen: list[dict[str, Any]]
+    ) -> EraseMaker:
+        """From the selection's rows (`select_neurons` or `select_layers`)."""
+        rel_facts = [f for f in ws.facts.values() if f.relation_id == relation]
+        directions = lm.adapter.answer_directions(object_candidates(lm, rel_facts))
+        others = [f for f in ws.facts.values() if f.relation_id != relation]
+        preserve = [it for f in sample(others, 200, "preserve") for it in EvalSet.of(f.id, lm, [f]).items]
+        preserve = preserve if spec.preserving else []
+        seed = f"{spec.seed}:{relation}:control"
+        if not spec.whole_layers:
+            targets = [(c["layer"], c["neuron"]) for c in chosen]
+            control = random_neurons(chosen, lm.adapter.n_neurons, seed)
+            return cls(SlotForm(lm, spec, directions, preserve), chosen, targets, control)
+        chosen = top_layers(chosen, spec, lm.adapter.n_layers, relation)
+        keys = [it for f in rel_facts for it in EvalSet.of(f.id, lm, [f]).items]
+        layers = [c["layer"] for c in chosen]
+        floor = spec.min_layer if spec.min_layer is not None else lm.adapter.n_layers // 3
+        control = random_layers(layers, lm.adapter.n_layers, floor, seed)
+        return cls(LayerForm(lm, spec, directions, keys, preserve), chosen, layers, control)
+
+    def edit(self) -> list[Slot]:
+        return self.form.slots(self.targets)
+
+    def control(self) -> list[Slot]:
+        return self.form.slots(self.control_targets)
 
 
 def erase_relation(
@@ -151,41 +247,29 @@ def erase_relation(
         ws = read_workset(store, run_name, lambda run, facts, neurons: relation, conn=conn)
         if not any(f.relation_id == relation for f in ws.facts.values()):
             raise NotFound(f"unknown relation {relation!r}: no facts of it in run {ws.run.name!r}")
-        chosen = select_neurons(store, conn, ws, relation, spec)
+        chosen = (select_layers if spec.whole_layers else select_neurons)(store, conn, ws, relation, spec)
     lm = resolve_model(store, lm, ws.run)
     plan = RelationPlan.of(lm, ws.facts, relation, spec.eval_facts, spec.other_facts, f"{spec.seed}")
-    rel_facts = [f for f in ws.facts.values() if f.relation_id == relation]
-    directions = lm.adapter.answer_directions(object_candidates(lm, rel_facts))
-    preserve = (
-        [
-            it
-            for f in sample([f for f in ws.facts.values() if f.relation_id != relation], 200, "preserve")
-            for it in EvalSet.of(f.id, lm, [f]).items
-        ]
-        if spec.preserve == "nullspace"
-        else []
-    )
-    maker = SlotForm(lm, spec, directions, preserve)
-    neurons = [(c["layer"], c["neuron"]) for c in chosen]
-    control = random_neurons(chosen, lm.adapter.n_neurons, f"{spec.seed}:{relation}:control")
+    made = EraseMaker.of(lm, ws, relation, spec, chosen)
     out = apply_and_measure(
         lm,
         ws,
-        lambda _lm: maker.slots(neurons),
+        lambda _lm: made.edit(),
         plan.measure,
         APPLIED,
-        control=(lambda _lm: maker.slots(control)) if spec.control else None,
+        control=(lambda _lm: made.control()) if spec.control else None,
     )
     metrics: dict[str, Any] = {"applied_edits": [e.id for e in ws.stack], **judge(plan, out.before, out.after)}
     if out.control_after is not None:
         metrics["control"] = judge(plan, out.before, out.control_after)
         metrics["control"].pop("others")
+    unit = "edited_layers" if spec.whole_layers else "neurons"
     params = {
         **spec.__dict__,
         "relation": relation,
-        "n_neurons": len(chosen),
-        "neurons": chosen,
-        "control_neurons": control if spec.control else None,
+        f"n_{unit.removeprefix('edited_')}": len(made.chosen),
+        unit: made.chosen,
+        f"control_{unit.removeprefix('edited_')}": made.control_targets if spec.control else None,
         "n_slots": len(out.slots),
     }
     return record(store, ws, "erase", relation, params, out, metrics, APPLIED)

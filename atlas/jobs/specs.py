@@ -12,13 +12,17 @@ from atlas.errors import InputError
 from atlas.options import opt
 
 SELECTIONS = ("specific", "frequent")
-FORMS = ("zero", "unk", "token:T", "damp:F", "project")
+FORMS = ("zero", "unk", "token:T", "damp:F", "project", "lsq")
 PRESERVE = ("none", "nullspace")
+ERASE_PRESERVE = ("auto", *PRESERVE)
 
 
 @dataclass(frozen=True)
 class EraseSpec:
-    """How to erase: which neurons (selection and its parameters), how (form), what to preserve."""
+    """How to erase: which neurons (selection and its parameters), how (form), what to preserve.
+
+    `lsq` is a whole-layer form: it edits the `layers` layers holding most of the relation's
+    attribution (not chosen neurons), so the neuron options do not apply to it."""
 
     select: str = opt(
         "specific",
@@ -39,22 +43,31 @@ class EraseSpec:
         metavar="S",
         help="specific: leave neurons that more than this share of any other relation's facts use (hub exclusion).",
     )
-    min_layer: int = opt(0, minimum=0, help="Only neurons in layers >= this.")
-    max_layer: int = opt(100_000, minimum=0, help="Only neurons in layers <= this.")
+    min_layer: int | None = opt(
+        None, minimum=0, help="Only layers >= this [neurons: 0; lsq: the lowest third of the layers left out]."
+    )
+    max_layer: int = opt(100_000, minimum=0, help="Only layers <= this.")
     form: str = opt(
-        "project",
+        "lsq",
         metavar="FORM",
         help="What the slots become: zero | unk | token:T | damp:F (x F) | "
-        "project (remove the relation's answer directions).",
+        "project (remove the relation's answer directions) | lsq (least-squares erase of whole layers).",
     )
+    layers: int = opt(3, minimum=1, help="lsq: how many layers (those with the most of the relation's attribution).")
+    strength: float = opt(0.5, help="lsq: share of the answer-direction output removed on the relation's prompts.")
     ridge: float = opt(1e-3, help="project: ridge, relative to the answer directions' squared norm.")
     preserve: str = opt(
-        "none",
-        choices=PRESERVE,
+        "auto",
+        choices=ERASE_PRESERVE,
         help="nullspace: restrict each edited layer's change to the null "
-        "space of other relations' activations (changes every slot of those layers).",
+        "space of other relations' activations (changes every slot of those layers); auto: nullspace for lsq, "
+        "none otherwise.",
     )
-    energy: float = opt(0.99, help="nullspace: share of the activations' energy kept out of the edit's way.")
+    energy: float = opt(
+        0.9999,
+        help="nullspace: share of the activations' energy kept out of the edit's way (a few massive "
+        "activation dimensions hold most of it in some layers, so 0.99 may protect almost nothing).",
+    )
     eval_facts: int = opt(50, minimum=1, help="Facts of the erased relation measured.")
     other_facts: int = opt(10, minimum=1, help="Facts of each other relation measured.")
     control: bool = opt(
@@ -62,22 +75,38 @@ class EraseSpec:
     )
     seed: int = opt(0, help="Seed of the evaluation sample and the control neurons.")
 
+    @property
+    def whole_layers(self) -> bool:
+        return self.form == "lsq"
+
+    @property
+    def preserving(self) -> bool:
+        return self.preserve == "nullspace" or (self.preserve == "auto" and self.whole_layers)
+
     def check(self) -> None:
         """Refuse unknown or conflicting options before anything is read or loaded."""
+        default = EraseSpec()
+        neuron_options = ("select", "top", "min_facts", "max_other_share")
+        if self.whole_layers and (used := [o for o in neuron_options if getattr(self, o) != getattr(default, o)]):
+            raise InputError(f"--{used[0].replace('_', '-')} chooses neurons; --form lsq edits whole layers (--layers)")
+        if not self.whole_layers and (self.layers != default.layers or self.strength != default.strength):
+            raise InputError("--layers and --strength go with --form lsq")
         if self.select not in SELECTIONS:
             raise InputError(f"unknown selection {self.select!r}: use {' or '.join(SELECTIONS)}")
-        if self.preserve not in PRESERVE:
-            raise InputError(f"unknown preservation {self.preserve!r}: use {' or '.join(PRESERVE)}")
+        if self.preserve not in ERASE_PRESERVE:
+            raise InputError(f"unknown preservation {self.preserve!r}: use {' or '.join(ERASE_PRESERVE)}")
         if self.select == "frequent" and self.max_other_share != EraseSpec.max_other_share:
             raise InputError("--max-other-share goes with --select specific (frequent neurons are not screened)")
-        if self.preserve == "none" and self.energy != EraseSpec.energy:
+        if not self.preserving and self.energy != default.energy:
             raise InputError("--energy goes with --preserve nullspace")
         if self.form.startswith("damp:") and _factor(self.form) is None:
             raise InputError(f"bad --form {self.form!r}: damp:F needs a number F, e.g. damp:0.1")
-        if not (self.form in ("zero", "unk", "project") or self.form.startswith(("token:", "damp:"))):
+        if not (self.form in ("zero", "unk", "project", "lsq") or self.form.startswith(("token:", "damp:"))):
             raise InputError(f"unknown --form {self.form!r}: use one of {', '.join(FORMS)}")
         if self.top < 1 or self.eval_facts < 1 or self.other_facts < 1:
             raise InputError("--top, --eval-facts and --other-facts must be >= 1")
+        if not 0 < self.strength <= 1:
+            raise InputError(f"--strength {self.strength}: give a share in (0, 1]")
 
 
 def _factor(form: str) -> float | None:

@@ -110,10 +110,11 @@ class _Maker:
     def slots(self, lm: LoadedModel) -> list[Slot]:
         if self.spec.form == "paper":
             emb = lm.adapter.unembedding().detach()
+            e_old, e_new = emb[self.old_tok].cpu(), emb[self.new_tok].cpu()  # slots are read to the CPU
             out = []
             for layer, neuron in self.chosen:
                 v = read_slots(lm.adapter, layer, [neuron])
-                new = update_slots(v, emb[self.old_tok], emb[self.new_tok], self.spec.l1_scale, self.spec.l2_scale)
+                new = update_slots(v, e_old, e_new, self.spec.l1_scale, self.spec.l2_scale)
                 out.append(Slot(layer, neuron, v[0], new[0]))
             return out
         return self._least_squares(lm)

@@ -10,6 +10,10 @@ activation. The forms, each from the current slots `V` (`[k, hidden]`) to the ne
   `V <- V - V U^T (U U^T + delta I)^-1 U`, with a small ridge `delta` (relative to U's scale) so that
   near-parallel directions do not blow up. What the neurons write about anything else is kept.
 
+* `lsq_erase` (a whole-layer form): the least-squares change of a layer's output projection that
+  removes part of what the layer writes along the answer directions on the erased relation's
+  prompts, within the null space below.
+
 Preservation (`nullspace_projector`, AlphaEdit's projection): a weight change `dW` of a layer's
 output projection (`[hidden, N]`, slot i = column i) changes the layer's output on an input with
 activations `k` (`[N]`) by `dW k`. Restricting `dW <- dW P`, `P` the projector on the null space
@@ -148,6 +152,56 @@ def answer_activations(
     acts = torch.stack([seen[layer][:, n].mean() for layer, n in neurons])
     h = out.hidden_states[-2][rows.to(dev), pos.to(dev)].double()
     return acts, float((h.pow(2).mean(-1).sqrt()).mean())
+
+
+@torch.no_grad()
+def answer_keys(
+    adapter: Adapter, items: Sequence[PromptItem], layers: Iterable[int], batch: int = 32
+) -> dict[int, Annotated[Tensor, "n N"]]:
+    """Per layer, the neuron activations (the keys a layer's value slots are weighted by) at the
+    answer position of each of `items` (float64, CPU)."""
+    layers = sorted(set(layers))
+    dev = next(adapter.model.parameters()).device
+    out: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for start in range(0, len(items), batch):
+        ids, attn, pos = _answer_positions(adapter, items[start : start + batch])
+        rows = torch.arange(len(pos))
+
+        def grab(layer: int, rows: Tensor = rows, pos: Tensor = pos):
+            def fn(x: Tensor) -> None:
+                out[layer].append(x[rows.to(x.device), pos.to(x.device)].double().cpu())
+
+            return fn
+
+        with hooks(adapter, {layer: grab(layer) for layer in layers}):
+            adapter.model(input_ids=ids.to(dev), attention_mask=attn.to(dev))
+    return {layer: torch.cat(chunks) for layer, chunks in out.items()}
+
+
+def lsq_erase(
+    w: Annotated[Tensor, "hidden N"],
+    keys: Annotated[Tensor, "n N"],
+    directions: Annotated[Tensor, "m hidden"],
+    projector: Annotated[Tensor, "N N"],
+    strength: float,
+    lam: float = 1e-2,
+    ridge: float = 1e-3,
+) -> Annotated[Tensor, "hidden N"]:
+    """A layer's least-squares erase (float64): the change `dW` of its output projection `w` that
+    takes away `strength` of the answer-direction part of the layer's output on the erased
+    relation's `keys`, `dW K1 ~ R = -strength Pi_U W K1`, while staying in the range of `projector`
+    (the null space of what other relations' inputs activate, so their outputs barely move):
+    `dW = R (Kp^T Kp + lam' I)^-1 Kp^T`, `Kp = P K1`, `lam'` = `lam` x the mean of diag(K1^T K1).
+    AlphaEdit's solve with an erase target; `Pi_U` is `project_out`'s complement. The ridge is
+    measured against the UNprojected keys: where the null space keeps little of them, the change
+    stays small (a weak erase) instead of growing like 1/|Kp| (a wrecked layer)."""
+    k1 = keys.double().T  # [N, n]
+    out = w.double() @ k1  # [hidden, n]: the layer's output on the erased relation's prompts
+    target = -strength * (out - project_out(out.T, directions, ridge).double().T)
+    kp = projector.double() @ k1
+    gram = kp.T @ kp
+    reg = lam * float(k1.pow(2).sum(0).mean()) * torch.eye(len(gram), dtype=gram.dtype)
+    return target @ torch.linalg.solve(gram + reg, kp.T)
 
 
 def rank_one_change(acts: Tensor, step: Tensor, lam: float) -> Annotated[Tensor, "k hidden"]:

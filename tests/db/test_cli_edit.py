@@ -68,7 +68,10 @@ def test_bad_input_gives_one_line_errors(store, world) -> None:
             ["edit", "erase-relation", "P36", "--run", world.run, "--select", "frequent", "--form", "token:Atlantis"],
             "Atlantis",
         ),
-        (["edit", "erase-relation", "P36", "--run", world.run, "--min-facts", "6"], "most specific candidate is L0.40"),
+        (
+            ["edit", "erase-relation", "P36", "--run", world.run, "--form", "project", "--min-facts", "6"],
+            "most specific candidate is L0.40",
+        ),
         (["edit", "erase-relation", "P36", "--run", world.run, "--form", "blur"], "unknown --form 'blur'"),
         (["probe", "suppress", "--run", "nope"], "unknown run 'nope'"),
         (["audit", "77"], "unknown edit 77"),

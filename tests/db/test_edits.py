@@ -7,13 +7,16 @@ import sqlalchemy as sa
 import torch
 
 from atlas.db.edits import list_edits
+from atlas.db.neurons import read_workset
 from atlas.db.queries import run_query
-from atlas.db.schema import edit_slots
+from atlas.db.schema import edit_slots, prompt_scores, prompts
 from atlas.errors import EditError, InputError, NotFound, WeightsMismatch
 from atlas.jobs.erase import erase_relation
+from atlas.jobs.evaluate import EvalSet, object_candidates
 from atlas.jobs.rollback import rollback
 from atlas.jobs.specs import EraseSpec, UpdateSpec
 from atlas.jobs.update import update_fact
+from atlas.model import forms
 from atlas.model.loading import load_model, weights_sha256
 from atlas.model.slots import slots_from_bytes
 from tests.support.db import snapshot
@@ -76,7 +79,7 @@ def test_erase_frequent_zeroes_the_most_frequent_neurons(store, world) -> None:
 
 
 def test_erase_specific_projects_the_answer_directions_out(store, world) -> None:
-    e = erase_relation(store, world.lm, world.run, "P37", EraseSpec(eval_facts=3, other_facts=2))
+    e = erase_relation(store, world.lm, world.run, "P37", EraseSpec(form="project", eval_facts=3, other_facts=2))
     assert [(n["layer"], n["neuron"], n["share"], n["other_share"]) for n in e.params["neurons"]] == [(0, 41, 1.0, 0.0)]
     (row,) = _slots(store, e.id)
     new, old = slots_from_bytes(row.edited, row.dtype), slots_from_bytes(row.original, row.dtype)
@@ -113,6 +116,88 @@ def test_specific_selection_query_matches_the_planted_usage(store, world) -> Non
     assert [(r[0], r[1]) for r in strict] == [(0, 40)]  # min 2 facts, other relations <= 5 %
 
 
+def test_relation_layers_query_matches_the_planted_scores(store, world) -> None:
+    """relation-layers against a by-hand sum of P36's stored scores per layer (every max_score is 1)."""
+    with store.begin() as conn:
+        rows = conn.execute(
+            sa.select(prompt_scores.c.layer, prompt_scores.c.score, prompts.c.fact_id).join(
+                prompts, prompts.c.id == prompt_scores.c.prompt_id
+            )
+        ).all()
+    mass: dict[int, float] = {}
+    for layer, score, fact_id in rows:
+        if fact_id.startswith("P36-"):
+            mass[layer] = mass.get(layer, 0.0) + score
+    want = sorted(mass.items(), key=lambda kv: (-kv[1], kv[0]))
+    got = run_query(store, "relation-layers", {"run_id": world.run_id, "relation_id": "P36"}).rows
+    assert [r[0] for r in got] == [layer for layer, _ in want]
+    assert [r[1] for r in got] == pytest.approx([m for _, m in want])
+    assert sum(r[2] for r in got) == pytest.approx(1.0) and all(r[3] == 15 or r[0] != 0 for r in got)
+    upper = run_query(store, "relation-layers", {"run_id": world.run_id, "relation_id": "P36", "min_layer": 1}).rows
+    assert [r[0] for r in upper] == [layer for layer, _ in want if layer >= 1]
+
+
+def _answer_part(store, world, layer: int, slots: torch.Tensor) -> float:
+    """|Pi_U W K1|: what the layer writes along P36's answer directions on P36's prompts."""
+    ws = read_workset(store, world.run, lambda run, facts, neurons: "P36")
+    p36 = [f for f in ws.facts.values() if f.relation_id == "P36"]
+    items = [it for f in p36 for it in EvalSet.of(f.id, world.lm, [f]).items]
+    keys = forms.answer_keys(world.lm.adapter, items, [layer])[layer]  # [n, N]
+    directions = world.lm.adapter.answer_directions(object_candidates(world.lm, p36)).double()
+    out = keys @ slots.double()  # [n, hidden]
+    return float((out - forms.project_out(out, directions, ridge=0.0)).norm())
+
+
+def test_erase_lsq_removes_its_share_of_the_answer_directions_in_the_top_layer(store, world) -> None:
+    spec = EraseSpec(form="lsq", layers=1, preserve="none", eval_facts=3, other_facts=2)
+    before_sha = weights_sha256(world.lm.model)
+    top = run_query(store, "relation-layers", {"run_id": world.run_id, "relation_id": "P36", "min_layer": 1}).rows
+    layer = top[0][0]  # 3 layers: the floor is layer 1
+    old = world.lm.adapter.value_slots(layer).clone()
+    e = erase_relation(store, world.lm, world.run, "P36", spec)
+    assert [row["layer"] for row in e.params["edited_layers"]] == [layer] and e.params["n_layers"] == 1
+    rows = _slots(store, e.id)
+    assert {r.layer for r in rows} == {layer} and len(rows) > 1  # whole-layer: many slots of that layer
+    control = e.params["control_layers"]
+    assert len(control) == 1 and control != [layer]
+    new = old.clone()  # the weights as the edit leaves them (jobs restore the loaded model afterwards)
+    for r in rows:
+        new[r.neuron] = slots_from_bytes(r.edited, r.dtype)
+    ratio = _answer_part(store, world, layer, new) / _answer_part(store, world, layer, old)
+    assert 0.45 < ratio < 0.6  # strength 0.5 (the ridge keeps a little)
+    rollback(store, world.lm, e.id)
+    assert weights_sha256(world.lm.model) == before_sha
+
+
+def test_erase_lsq_with_preservation_moves_other_relations_less_and_rolls_back(store, world) -> None:
+    before_sha = weights_sha256(world.lm.model)
+    free = erase_relation(store, world.lm, world.run, "P30", EraseSpec(form="lsq", preserve="none", eval_facts=2))
+    rollback(store, world.lm, free.id)
+    # the tiny model's other relations fill its 64 neurons at 0.9999: keep 90 % of their energy
+    kept = erase_relation(store, world.lm, world.run, "P30", EraseSpec(form="lsq", energy=0.9, eval_facts=2))
+    assert kept.params["preserve"] == "auto" and kept.n_slots >= 1
+    assert kept.params["edited_layers"] == free.params["edited_layers"]
+    ws = read_workset(store, world.run, lambda run, facts, neurons: "P30")
+    others = [f for f in ws.facts.values() if f.relation_id != "P30"]
+    items = [it for f in others for it in EvalSet.of(f.id, world.lm, [f]).items]
+
+    def moved(e) -> float:
+        """|dW k| summed over the other relations' answer-position activations k, all edited layers."""
+        rows = _slots(store, e.id)
+        total = 0.0
+        for layer in {r.layer for r in rows}:
+            keys = forms.answer_keys(world.lm.adapter, items, [layer])[layer]  # [n, N]
+            dw = torch.zeros(keys.shape[1], world.lm.adapter.value_slots(layer).shape[1], dtype=torch.float64)
+            for r in (r for r in rows if r.layer == layer):
+                dw[r.neuron] = (slots_from_bytes(r.edited, r.dtype) - slots_from_bytes(r.original, r.dtype)).double()
+            total += float((keys @ dw).norm())
+        return total
+
+    assert moved(kept) < 0.75 * moved(free)  # 90 % of their energy is protected (0.63x measured)
+    rollback(store, world.lm, kept.id)
+    assert weights_sha256(world.lm.model) == before_sha
+
+
 def _refused(store, world, call, error, match) -> None:
     before_db, before_w = snapshot(store), weights_sha256(world.lm.model)
     with pytest.raises(error, match=match):
@@ -136,9 +221,9 @@ def test_bad_input_is_refused_with_database_and_weights_unchanged(store, world, 
     _refused(store, world, lambda: erase_relation(store, lm, run, "P999"), NotFound, "unknown relation 'P999'")
     zero = EraseSpec(select="frequent", form="token:Atlantis")
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", zero), EditError, "Atlantis")
-    six = EraseSpec(select="frequent", min_facts=6)
+    six = EraseSpec(select="frequent", form="zero", min_facts=6)
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", six), EditError, "shared by 6 or more")
-    lonely = EraseSpec(min_facts=6)  # specific: no neuron of P36 is used by 6 facts
+    lonely = EraseSpec(form="project", min_facts=6)  # specific: no neuron of P36 is used by 6 facts
     _refused(
         store,
         world,
@@ -147,7 +232,13 @@ def test_bad_input_is_refused_with_database_and_weights_unchanged(store, world, 
         r"most specific candidate is L0\.40 \(100% of P36's facts\)",
     )
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", EraseSpec(form="blur")), InputError, "blur")
-    conflicting = EraseSpec(select="frequent", max_other_share=0.2)
+    lsq_top = EraseSpec(form="lsq", top=5)
+    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", lsq_top), InputError, "--top chooses neurons")
+    layers = EraseSpec(form="project", layers=2)
+    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", layers), InputError, "go with --form lsq")
+    strong = EraseSpec(form="lsq", strength=2.0)
+    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", strong), InputError, "--strength 2.0")
+    conflicting = EraseSpec(select="frequent", form="zero", max_other_share=0.2)
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", conflicting), InputError, "goes with")
     paper_ns = UpdateSpec(form="paper", preserve="nullspace")
     _refused(store, world, lambda: update_fact(store, lm, run, "P36-0", "Rome", paper_ns), InputError, "go with")

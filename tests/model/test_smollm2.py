@@ -106,8 +106,9 @@ def test_precise_erase_and_audit_on_the_real_model(tmp_path: Path) -> None:
     assert summary.run.status == "done" and summary.counts.neurons > 0
     lm = load_model("smollm2")
     base = weights_sha256(lm.model)
-    e = erase_relation(store, lm, "real", "P36", EraseSpec(top=10, eval_facts=3, other_facts=3))
-    assert e.params["select"] == "specific" and e.params["form"] == "project" and e.n_slots == e.params["n_neurons"]
+    e = erase_relation(store, lm, "real", "P36", EraseSpec(eval_facts=3, other_facts=3))  # the default: lsq
+    assert e.params["form"] == "lsq" and e.params["n_layers"] == 3 and e.n_slots > 1000  # whole layers
+    assert all(row["layer"] >= lm.adapter.n_layers // 3 for row in e.params["edited_layers"])
     assert e.metrics["edited"]["n_prompts"] > 0 and set(e.metrics["others"]) == {"P30"}
     assert e.metrics["fluency"]["ppl_before"] > 1 and "control" in e.metrics
     assert e.metrics["edited"]["nll_after"] > e.metrics["edited"]["nll_before"]  # the erased answers lost mass

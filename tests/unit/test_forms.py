@@ -8,6 +8,7 @@ import torch
 from atlas.model import forms
 from atlas.model.adapters import adapter_for
 from atlas.model.encode import PromptItem
+from atlas.model.hooks import hooks
 from tests.support.tiny_hf import tiny_model
 
 
@@ -50,6 +51,51 @@ def test_rank_one_change_is_the_ridge_least_squares_solution() -> None:
         assert torch.allclose((a[:, None] * dv).sum(0), step / (1 + lam))  # the activation-weighted sum
         # the minimum-norm solution among all dv with that sum: rows proportional to the activations
         assert torch.allclose(dv / a[:, None], (dv / a[:, None])[0].expand_as(dv))
+
+
+def test_lsq_erase_is_the_ridge_solution_within_the_null_space() -> None:
+    """Against the plain reference: the ridge least squares `min |X Kp - R|^2 + lam' |X|^2` solved as
+    one stacked system by `lstsq`, with R = -s x (the part of W K1 in span(U)) built from a QR basis."""
+    g = torch.Generator().manual_seed(2)
+    hidden, n_neurons, n1, rank0 = 12, 24, 5, 8
+    w = torch.randn(hidden, n_neurons, generator=g, dtype=torch.float64)
+    k1 = torch.randn(n1, n_neurons, generator=g, dtype=torch.float64)
+    k0 = torch.randn(100, rank0, generator=g, dtype=torch.float64) @ torch.randn(
+        rank0, n_neurons, generator=g, dtype=torch.float64
+    )
+    u = torch.randn(3, hidden, generator=g, dtype=torch.float64)
+    projector, _ = forms.nullspace_projector(k0.T @ k0, len(k0), energy=1 - 1e-12)
+    dw = forms.lsq_erase(w, k1, u, projector, strength=0.5, lam=1e-2, ridge=0.0)
+
+    basis, _ = torch.linalg.qr(u.T)  # [hidden, 3]
+    target = -0.5 * basis @ (basis.T @ (w @ k1.T))  # [hidden, n1]
+    kp = projector @ k1.T  # [N, n1]
+    lam = 1e-2 * float(k1.pow(2).sum(1).mean())  # relative to the unprojected keys [n, N]
+    lhs = torch.cat([kp.T, lam**0.5 * torch.eye(n_neurons, dtype=torch.float64)])  # [n1 + N, N]
+    rhs = torch.cat([target.T, torch.zeros(n_neurons, hidden, dtype=torch.float64)])
+    want = torch.linalg.lstsq(lhs, rhs).solution.T  # [hidden, N]
+    assert torch.allclose(dw, want, atol=1e-9)
+    assert (dw @ k0.T).abs().max() < 1e-8  # the preserved activations' outputs do not move
+    free = forms.lsq_erase(w, k1, u, torch.eye(n_neurons, dtype=torch.float64), 1.0, lam=1e-9, ridge=0.0)
+    assert torch.allclose(free @ k1.T, -(basis @ (basis.T @ (w @ k1.T))), atol=1e-6)  # unconstrained: exact
+
+
+def test_answer_keys_are_the_activations_at_the_answer_position() -> None:
+    model = tiny_model("llama", seed=3)
+    adapter = adapter_for(model)
+    items = [PromptItem([5, 9, 2 + i][: 2 + i], [7]) for i in range(3)]  # different lengths: padding
+    keys = forms.answer_keys(adapter, items, [0, 1], batch=2)
+    for r, it in enumerate(items):  # one prompt at a time, its last position
+        ids = torch.tensor([list(it.prompt_ids)])
+        seen: dict[int, torch.Tensor] = {}
+
+        def grab(x: torch.Tensor, seen: dict = seen) -> None:
+            seen[1] = x[0, -1].double()
+
+        with hooks(adapter, {1: grab}):
+            model(input_ids=ids)
+        assert torch.allclose(keys[1][r], seen[1], atol=1e-5)
+    assert keys[0].shape == (3, adapter.n_neurons)
 
 
 def test_logit_gradient_matches_finite_differences() -> None:

@@ -97,9 +97,10 @@ class Adapter:
 
     # --- value slots ------------------------------------------------------------------------
     def value_slots(self, layer: int) -> torch.Tensor:
-        """Copy of the layer's value slots as `[n_neurons, hidden]` (row i = what neuron i writes)."""
+        """Copy of the layer's value slots as `[n_neurons, hidden]` (row i = what neuron i writes), on
+        the CPU: edits are computed there, in float64, whatever device the model runs on."""
         w = self.ffn_out(layer).weight.detach()
-        return (w if self.slots_are_rows else w.T).clone()
+        return (w if self.slots_are_rows else w.T).cpu().clone()
 
     @torch.no_grad()
     def set_value_slots(self, layer: int, neurons: torch.Tensor | list[int], values: torch.Tensor) -> None:
@@ -126,10 +127,11 @@ class Adapter:
 
     def answer_directions(self, tokens: torch.Tensor) -> torch.Tensor:
         """Residual-stream directions `[k, hidden]` that raise each token's logit: its output
-        embedding times the final norm's scale (the norm's own normalisation aside)."""
+        embedding times the final norm's scale (the norm's own normalisation aside); on the CPU, as
+        `value_slots`."""
         emb = self.unembedding().detach()[tokens]
         scale = self.final_norm_scale()
-        return emb if scale is None else emb * scale.detach()
+        return (emb if scale is None else emb * scale.detach()).cpu()
 
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
