@@ -88,6 +88,18 @@ class AtlasGroup(click.Group):
             return super().invoke(ctx)
         except AtlasError as exc:
             raise click.ClickException(str(exc)) from exc
+        except click.UsageError as exc:  # one line too, naming the command's --help
+            raise OneLineUsageError(exc) from exc
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error (bad option value, missing argument) as one line, exit status 2 as click's."""
+
+    exit_code = 2
+
+    def __init__(self, exc: click.UsageError) -> None:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        super().__init__(" ".join(exc.format_message().split()) + where)
 
 
 @click.group(cls=AtlasGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
