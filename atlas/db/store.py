@@ -122,11 +122,11 @@ class Store:
         try:
             conn_cm = self.engine.begin()
             conn = conn_cm.__enter__()
-        except sa.exc.OperationalError as exc:
-            raise StoreError(f"cannot connect to {self!r}: {_first_line(exc.orig or exc)}") from exc
         except sa.exc.DBAPIError as exc:  # duckdb raises its own errors through the DBAPI layer
             if self.backend == "duckdb":
                 raise busy_error(duckdb_path(self.url), exc) from None
+            if isinstance(exc, sa.exc.OperationalError):
+                raise StoreError(f"cannot connect to {self!r}: {_first_line(exc.orig or exc)}") from exc
             raise StoreError(f"cannot open {self!r}: {_first_line(exc.orig or exc)}") from exc
         try:
             yield conn
