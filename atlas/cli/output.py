@@ -107,7 +107,9 @@ def _check_folder(folder: Path, value: Path, param: click.Parameter) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise click.BadParameter(f"cannot write {value}: folder {folder}: {exc.strerror or exc}", param=param) from None
+        raise click.BadParameter(
+            f"cannot write {value}: folder {folder} is not writable ({exc.strerror or exc})", param=param
+        ) from None
 
 
 class FileSink:
