@@ -61,7 +61,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sql": (
         "atlas.cli.query",
         "sql",
-        "Run one ad-hoc read-only SELECT; anything that could write is refused, not run.",
+        "Run one ad-hoc read-only SELECT on the atlas's tables, sandboxed; anything else is refused.",
     ),
     "plot": ("atlas.cli.plot", "plot", "Draw an atlas: layers, relation overlap, one fact across its prompts."),
 }
