@@ -238,6 +238,10 @@ CASES = [
     Case("sql-server-file", cmd("sql", "SELECT pg_read_file('/etc/passwd')"), "refused: function pg_read_file()"),
     Case("sql-parquet-to-terminal", cmd("sql", "SELECT 1", "--format", "parquet"), "--format parquet needs --output"),
     Case("sql-bad-timeout", cmd("sql", "SELECT 1", "--timeout", "-1"), "--timeout"),
+    Case("unknown-option", no_db("--bogus"), "No such option '--bogus'"),
+    Case("unknown-command", no_db("bogus"), "No such command 'bogus'"),
+    Case("missing-argument", cmd("facts", "load"), "Missing argument"),
+    Case("lease-below-minimum", cmd("index", "--model", "{tmp}/m", "--dataset", DATASET, "--lease", "1"), "--lease"),
     Case("unknown-fact", cmd("facts", "show", "no-such-fact"), "no-such-fact"),
     Case("unknown-run", cmd("runs", "show", "no-such-run"), "no-such-run"),
 ]
