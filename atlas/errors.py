@@ -36,6 +36,10 @@ class SchemaOutOfDate(StoreError):
     """The database has no atlas schema, or an older one than this code needs."""
 
 
+class DatabaseBusy(StoreError):
+    """A DuckDB file another process holds open for writing (one writer at a time); not retried."""
+
+
 class DatabaseUnavailable(StoreError):
     """The database stayed unreachable through every retry; committed work is kept."""
 

@@ -61,7 +61,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sql": (
         "atlas.cli.query",
         "sql",
-        "Run one ad-hoc read-only SELECT; anything that could write is refused, not run.",
+        "Run one ad-hoc read-only SELECT on the atlas's tables, sandboxed; anything else is refused.",
     ),
     "plot": ("atlas.cli.plot", "plot", "Draw an atlas: layers, relation overlap, one fact across its prompts."),
 }
@@ -83,11 +83,29 @@ class AtlasGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # the group's own options (`atlas --bogus`)
+            raise OneLineUsageError(exc) from exc
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AtlasError as exc:
             raise click.ClickException(str(exc)) from exc
+        except click.UsageError as exc:  # one line too, naming the command's --help
+            raise OneLineUsageError(exc) from exc
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error (bad option value, missing argument) as one line, exit status 2 as click's."""
+
+    exit_code = 2
+
+    def __init__(self, exc: click.UsageError) -> None:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        super().__init__(" ".join(exc.format_message().split()) + where)
 
 
 @click.group(cls=AtlasGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

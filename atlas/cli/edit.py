@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from atlas.cli.common import db_option, model_option, open_store, options_of
+from atlas.cli.output import writable_dir
 from atlas.db.edits import EditRecord, get_edit, list_edits
 from atlas.jobs.specs import EraseSpec, UpdateSpec
 
@@ -93,7 +94,7 @@ def rollback(db_url, edit_id, model) -> None:
 @edit.command()
 @db_option
 @click.argument("edit_id", type=int)
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=click.Path(path_type=Path), callback=writable_dir)
 @model_option
 def export(db_url, edit_id, directory, model) -> None:
     """Write the model as of EDIT_ID as a Hugging Face safetensors directory.

@@ -7,10 +7,16 @@ from pathlib import Path
 import click
 
 from atlas.cli.common import db_option, open_store
+from atlas.cli.output import writable_file
 
 run_option = click.option("--run", required=True, metavar="RUN", help="Run id or name.")
 output_option = click.option(
-    "--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write."
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=writable_file,
+    help="PNG file to write.",
 )
 
 

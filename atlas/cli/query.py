@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
 from rich.console import Console
 
 from atlas.cli.common import db_option, open_store
-from atlas.cli.output import FORMATS, render
+from atlas.cli.output import FORMATS, FileSink, render, writable_file
 from atlas.db import queries
-from atlas.db.readonly import run_sql
+from atlas.db.reader import READER_ENV, READER_ROLE
+from atlas.db.readonly import SqlLimits, SqlResult, run_sql
+from atlas.errors import InputError
 
 format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
 )
 output_option = click.option(
-    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE (required for parquet)."
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=writable_file,
+    help="Write to FILE (required for parquet).",
 )
+_LIMITS = SqlLimits()
 
 
 def _emit(result: queries.QueryResult, fmt: str, output: Path | None, title: str) -> None:
@@ -76,14 +84,68 @@ def query(
 @click.argument("statement")
 @format_option
 @output_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=_LIMITS.timeout_s,
+    show_default=True,
+    metavar="SECONDS",
+    help="Cancel the statement (on the server too) after this long.",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    default=_LIMITS.max_rows,
+    show_default=True,
+    help="Rows printed (or written as --format table); -o FILE as csv/json/parquet streams every row.",
+)
+@click.option(
+    "--reader-url",
+    envvar=READER_ENV,
+    default=None,
+    metavar="URL",
+    help=f"PostgreSQL: URL to log in as {READER_ROLE} (default: --db with that user). Env: {READER_ENV}.",
+)
 @db_option
-def sql(statement: str, fmt: str, output: Path | None, db_url: str | None) -> None:
-    """Run one ad-hoc read-only SELECT; anything that could write is refused, not run.
+def sql(
+    statement: str,
+    fmt: str,
+    output: Path | None,
+    timeout: float,
+    max_rows: int,
+    reader_url: str | None,
+    db_url: str | None,
+) -> None:
+    """Run one ad-hoc read-only SELECT on the atlas's tables, sandboxed; anything else is refused.
+
+    On PostgreSQL it runs as role atlas_reader (SELECT on the atlas tables only) in a READ ONLY
+    transaction; on DuckDB on a read-only connection with no file or network access. Functions
+    that act on the server (pg_*, lo_*, set_config, sequences) are refused before it runs.
 
     \b
     Example:
         atlas sql "SELECT relation_id, COUNT(*) AS n FROM facts GROUP BY 1 ORDER BY 2 DESC"
+        atlas sql "SELECT * FROM prompt_scores" --format parquet -o scores.parquet --timeout 600
     """
     store = open_store(db_url)
-    result = run_sql(store, statement)
+    limits = replace(_LIMITS, timeout_s=timeout, max_rows=max_rows, reader_url=reader_url)
+    if output is not None and fmt != "table":
+        _stream(store, statement, limits, FileSink(fmt, output))
+        return
+    if fmt == "parquet":
+        raise InputError("--format parquet needs --output FILE")
+    result = run_sql(store, statement, limits)
     _emit(result, fmt, output, title=f"{store.backend}, {result.seconds * 1000:.0f} ms")
+    if result.truncated:
+        click.echo(f"showing the first {max_rows:,} rows of more: --max-rows N, or -o FILE for every row", err=True)
+
+
+def _stream(store, statement: str, limits: SqlLimits, sink: FileSink) -> SqlResult:
+    ok = False
+    try:
+        result = run_sql(store, statement, replace(limits, max_rows=None), sink)
+        ok = True
+    finally:
+        sink.close(ok)
+    click.echo(f"{result.n_rows:,} rows written to {sink.path}", err=True)
+    return result

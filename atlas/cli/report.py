@@ -8,13 +8,19 @@ from pathlib import Path
 import click
 
 from atlas.cli.common import db_option, open_store
+from atlas.cli.output import writable_dir
 
 
 @click.command()
 @db_option
 @click.option("--run", "run", required=True, metavar="RUN", help="Run name or id.")
 @click.option(
-    "--output", "output", required=True, type=click.Path(path_type=Path), help="Folder for report.md and PNGs."
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(path_type=Path),
+    callback=writable_dir,
+    help="Folder for report.md and PNGs.",
 )
 def report(db_url: str | None, run: str, output: Path) -> None:
     """Write DIR/report.md: neurons per fact, sharing, suppress/amplify vs controls, edits, audits.

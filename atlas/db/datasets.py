@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atlas.db.jsonl import ID_MAX, check_text, json_lines, text_field
 from atlas.errors import InputError
 
 DATA_DIR = Path(__file__).parents[1] / "data"
@@ -45,6 +46,7 @@ class Relation:
     id: str  # Wikidata property id, e.g. P36
     label: str
     type: str  # 1-1 | N-1 | N-M
+    where: str = field(default="", compare=False)  # file:line that declared it, for error messages
 
 
 @dataclass(frozen=True)
@@ -97,38 +99,7 @@ def kn_paper_fact_id(relation_id: str, subject: str, obj: str, occurrence: int =
 
 
 # ----------------------------------------------------------------------------------------------
-# reading JSONL with file:line errors
-
-
-def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(``file:line``, object) for every non-blank line; malformed JSON is a InputError."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: malformed JSON: {exc.msg} (column {exc.colno})") from exc
-            if not isinstance(obj, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            yield where, obj
-
-
-def _text(obj: dict[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(
-            f"{where}: missing field {key!r} (a non-empty string)"
-            if value is None
-            else f"{where}: field {key!r} must be a non-empty string, got {value!r}"
-        )
-    return value
+# checks with file:line errors (reading the lines: `atlas.db.jsonl`)
 
 
 def _check_template(template: str, where: str) -> str:
@@ -151,9 +122,11 @@ def _check_relation_type(value: str, where: str) -> str:
 def bundled_relations() -> dict[str, Relation]:
     """LAMA's relation list (id, label, type), shipped with the package."""
     out = {}
-    for where, obj in _json_lines(RELATIONS_FILE):
-        rid = _text(obj, "relation", where)
-        out[rid] = Relation(rid, _text(obj, "label", where), _check_relation_type(_text(obj, "type", where), where))
+    for where, obj in json_lines(RELATIONS_FILE):
+        rid = text_field(obj, "relation", where)
+        out[rid] = Relation(
+            rid, text_field(obj, "label", where), _check_relation_type(text_field(obj, "type", where), where), where
+        )
     return out
 
 
@@ -162,13 +135,14 @@ def pararel_templates(relation_id: str) -> list[str]:
     path = PARAREL_DIR / "patterns" / f"{relation_id}.jsonl"
     if not path.exists():
         return []
-    return [_check_template(_text(obj, "pattern", where), where) for where, obj in _json_lines(path)]
+    return [_check_template(text_field(obj, "pattern", where), where) for where, obj in json_lines(path)]
 
 
 def _pararel_rows(relation_id: str) -> Iterator[tuple[str, str, str, str]]:
     """(``file:line``, uuid, subject, object) of the PARAREL facts of one relation, in file order."""
-    for where, obj in _json_lines(PARAREL_DIR / "trex_lms_vocab" / f"{relation_id}.jsonl"):
-        yield where, _text(obj, "uuid", where), _text(obj, "sub_label", where), _text(obj, "obj_label", where)
+    for where, obj in json_lines(PARAREL_DIR / "trex_lms_vocab" / f"{relation_id}.jsonl"):
+        subject, obj_label = text_field(obj, "sub_label", where), text_field(obj, "obj_label", where)
+        yield where, text_field(obj, "uuid", where), subject, obj_label
 
 
 def pararel_relation_ids() -> list[str]:
@@ -275,15 +249,20 @@ def read_jsonl(
     declared: dict[str, Relation] = {}
     facts: dict[str, Fact] = {}
     per_relation: Counter[str] = Counter()
-    for where, obj in _json_lines(path):
+    for where, obj in json_lines(path):
         if not FACT_KEYS & obj.keys():
             rel = Relation(
-                _text(obj, "relation", where),
-                _text(obj, "label", where),
-                _check_relation_type(_text(obj, "type", where), where),
+                text_field(obj, "relation", where),
+                text_field(obj, "label", where),
+                _check_relation_type(text_field(obj, "type", where), where),
+                where,
             )
             if declared.get(rel.id, rel) != rel:
-                raise InputError(f"{where}: relation {rel.id} declared again with a different label or type")
+                old = declared[rel.id]
+                raise InputError(
+                    f"{where}: relation {rel.id} declared again as {rel.label!r} ({rel.type}); "
+                    f"{old.where} declared it {old.label!r} ({old.type})"
+                )
             declared[rel.id] = rel
             continue
         fact = _jsonl_fact(obj, where)
@@ -301,12 +280,13 @@ def read_jsonl(
             raise InputError(f"{fact.where}: relation {fact.relation_id} is neither declared in the file nor bundled")
         if fact.relation_id not in used:
             used.append(fact.relation_id)
-    return Dataset(name or path.stem, [declared.get(r) or bundled[r] for r in used], list(facts.values()))
+    name = check_text(name or path.stem, "dataset", f"{path}: dataset name", ID_MAX)
+    return Dataset(name, [declared.get(r) or bundled[r] for r in used], list(facts.values()))
 
 
 def _jsonl_fact(obj: dict[str, Any], where: str) -> Fact:
-    fid, rid = _text(obj, "id", where), _text(obj, "relation", where)
-    subject, obj_label = _text(obj, "subject", where), _text(obj, "object", where)
+    fid, rid = text_field(obj, "id", where), text_field(obj, "relation", where)
+    subject, obj_label = _filler(obj, "subject", where), _filler(obj, "object", where)
     has_templates, has_prompts = "templates" in obj, "prompts" in obj
     if has_templates == has_prompts:
         raise InputError(f"{where}: fact {fid} needs exactly one of 'templates' or 'prompts'")
@@ -314,11 +294,22 @@ def _jsonl_fact(obj: dict[str, Any], where: str) -> Fact:
     items = obj[key]
     if not isinstance(items, list) or not items or not all(isinstance(t, str) and t.strip() for t in items):
         raise InputError(f"{where}: field {key!r} must be a non-empty list of non-empty strings")
+    for t in items:
+        check_text(t, key[:-1], where)
     if has_templates:
         prompts = [make_prompt(_check_template(t, where), subject) for t in items]
     else:
         prompts = [_ready_prompt(p, where) for p in items]
     return Fact(fid, rid, subject, obj_label, tuple(dict.fromkeys(prompts)), where)
+
+
+def _filler(obj: dict[str, Any], key: str, where: str) -> str:
+    """A subject or object: it fills a slot, so it may not hold one ([X] or [Y] would be read as the slot)."""
+    value = text_field(obj, key, where)
+    for slot in (SUBJECT, OBJECT):
+        if slot in value:
+            raise InputError(f"{where}: {key} {value!r} contains {slot}, which marks a slot in templates")
+    return value
 
 
 def _ready_prompt(text: str, where: str) -> Prompt:

@@ -126,8 +126,10 @@ def _add_relations(conn: Connection, wanted: list[Relation]) -> int:
     for rel in wanted:
         if rel.id in stored and stored[rel.id] != rel:
             old = stored[rel.id]
+            where = f"{rel.where}: " if rel.where else ""
             raise InputError(
-                f"relation {rel.id} is {rel.label!r} ({rel.type}) here but {old.label!r} ({old.type}) in the database"
+                f"{where}relation {rel.id} is {rel.label!r} ({rel.type}) here but {old.label!r} ({old.type}) "
+                "in the database"
             )
     missing = [{"id": r.id, "label": r.label, "type": r.type} for r in wanted if r.id not in stored]
     if missing:

@@ -7,6 +7,7 @@ well as from a checkout); these functions build its config in code instead of re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -15,10 +16,12 @@ from alembic.config import Config
 from alembic.ddl.impl import DefaultImpl
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util.exc import CommandError
 
 import migrations
-from atlas.db.store import Store
-from atlas.errors import SchemaOutOfDate
+from atlas.db.store import Store, duckdb_path
+from atlas.errors import InputError, SchemaOutOfDate
 
 SCRIPT_LOCATION = str(Path(migrations.__file__).parent)
 
@@ -57,11 +60,33 @@ def current_revision(store: Store) -> str | None:
 
 
 def upgrade(store: Store, revision: str = "head") -> None:
-    command.upgrade(alembic_config(store), revision)
+    _refuse_memory(store)
+    _alembic(command.upgrade, store, revision)
 
 
 def downgrade(store: Store, revision: str) -> None:
-    command.downgrade(alembic_config(store), revision)
+    _refuse_memory(store)
+    _alembic(command.downgrade, store, revision)
+
+
+def _alembic(step: Callable[[Config, str], None], store: Store, revision: str) -> None:
+    """Run an alembic command; an unknown or unreachable revision is one line, the schema untouched
+    (each migration runs in one transaction)."""
+    script = ScriptDirectory(SCRIPT_LOCATION)
+    known = ["base", "head"] + [r.revision for r in reversed(list(script.walk_revisions()))]
+    try:
+        step(alembic_config(store), revision)
+    except (CommandError, RevisionError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"revision {revision!r}: {reason} (known: {', '.join(known)})") from None
+
+
+def _refuse_memory(store: Store) -> None:
+    if store.backend == "duckdb" and duckdb_path(store.url) in ("", ":memory:"):
+        raise InputError(
+            "an in-memory DuckDB database lasts one connection: a schema made there would be gone at once; "
+            "give a file (--db duckdb:///atlas.duckdb)"
+        )
 
 
 def require_current(store: Store) -> None:

@@ -6,12 +6,15 @@ model), and named for people. Torch-free: callers pass the facts about the model
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from atlas.db.schema import models
+from atlas.db.sqlfile import sql_text
 from atlas.db.store import Store
+from atlas.errors import ConflictError
 
 
 @dataclass(frozen=True)
@@ -36,26 +39,24 @@ def register_model(store: Store, info: ModelInfo) -> tuple[ModelRow, bool]:
 
     The same weights loaded from two places are one model. A name already taken by other weights
     gets the weight hash's first 8 hex digits appended, so names stay unique and readable.
+    Idempotent under concurrency: ``INSERT ... ON CONFLICT DO NOTHING``, then read the row back
+    (processes registering the same weights at once all get the one row; none fails).
     """
     with store.begin() as conn:
-        existing = conn.execute(sa.select(models).where(models.c.sha256 == info.sha256)).first()
+        existing = _by_sha(conn, info.sha256)
         if existing is not None:
-            return _row(existing), False
-        name = info.name
-        if conn.execute(sa.select(models.c.id).where(models.c.name == name)).first() is not None:
-            name = f"{info.name}-{info.sha256[:8]}"
-        conn.execute(
-            models.insert().values(
-                name=name,
-                source=info.source,
-                architecture=info.architecture,
-                n_layers=info.n_layers,
-                n_neurons=info.n_neurons,
-                sha256=info.sha256,
-            )
-        )
-        row = conn.execute(sa.select(models).where(models.c.sha256 == info.sha256)).one()
-    return _row(row), True
+            return existing, False
+        for name in (info.name, f"{info.name}-{info.sha256[:8]}"):
+            new_id = conn.execute(sql_text("insert_model", store.backend), {**asdict(info), "name": name}).scalar()
+            row = _by_sha(conn, info.sha256)
+            if row is not None:  # ours, or another process's that committed first: the same weights
+                return row, new_id is not None
+    raise ConflictError(f"model names {info.name!r} and {info.name}-{info.sha256[:8]} are taken by other weights")
+
+
+def _by_sha(conn: Connection, sha256: str) -> ModelRow | None:
+    row = conn.execute(sa.select(models).where(models.c.sha256 == sha256)).first()
+    return _row(row) if row is not None else None
 
 
 def list_models(store: Store) -> list[ModelRow]:

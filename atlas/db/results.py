@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
+import psycopg
 import sqlalchemy as sa
 
 from atlas.db.schema import (
@@ -76,28 +78,37 @@ def item_prompts(store: Store, fact_ids: tuple[str, ...], causal: bool) -> list[
 
 
 def write_batch(store: Store, queue: WorkQueue, result: BatchResult) -> None:
-    """Write the item's rows and mark it done, all in one transaction (`LeaseLost` rolls back).
+    """Write the item's rows and mark it done, all in one transaction; `LeaseLost` (nothing written)
+    when the lease is no longer ours.
 
-    Nothing to delete first: an item's rows are only ever written by the transaction that marks
-    it done, and a done item is never claimed again, so an item being written has no rows yet
-    (and the primary key of `prompt_outputs` would refuse a second copy). Deleting by prompt id
-    anyway cost a scan of the growing score table per item."""
+    The done mark comes FIRST: it only succeeds while this worker still holds the lease, and it
+    locks the item's row (PostgreSQL), so a worker that was paused past its lease and whose item
+    was redone by another one stops here instead of colliding with the redo's rows. Nothing to
+    delete first: an item's rows are only ever written by the transaction that marks it done, and
+    a done item is never claimed again. Should rows be there anyway, the primary key of
+    `prompt_outputs` refuses them and the result is dropped the same way."""
     run_id = queue.run_id
-    with store.begin() as conn:
-        store.insert_records(conn, prompt_outputs, result.outputs, run_id=run_id)
-        store.bulk_insert(
-            conn,
-            prompt_scores,
-            {
-                "run_id": np.full(len(result.score_prompt), run_id, np.int64),
-                "prompt_id": result.score_prompt,
-                "layer": result.score_layer,
-                "neuron": result.score_neuron,
-                "score": result.score_value,
-            },
-        )
-        if not queue.complete(conn, result.item):
-            raise LeaseLost(f"lease on item {result.item.item_id} of run {run_id} was lost; another worker redoes it")
+    lost = LeaseLost(f"lease on item {result.item.item_id} of run {run_id} was lost; another worker redoes it")
+    try:
+        with store.begin() as conn:
+            if not queue.complete(conn, result.item):
+                raise lost
+            store.insert_records(conn, prompt_outputs, result.outputs, run_id=run_id)
+            store.bulk_insert(
+                conn,
+                prompt_scores,
+                {
+                    "run_id": np.full(len(result.score_prompt), run_id, np.int64),
+                    "prompt_id": result.score_prompt,
+                    "layer": result.score_layer,
+                    "neuron": result.score_neuron,
+                    "score": result.score_value,
+                },
+            )
+    except sa.exc.IntegrityError as exc:
+        raise lost from exc
+    except (psycopg.errors.UniqueViolation, duckdb.ConstraintException) as exc:  # raised by COPY / Arrow inserts
+        raise lost from exc
 
 
 def relation_facts(store: Store, run_id: int, relation_id: str) -> list[str]:

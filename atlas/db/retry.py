@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from atlas.errors import DatabaseUnavailable, StoreError
+from atlas.errors import DatabaseBusy, DatabaseUnavailable, StoreError
 
 T = TypeVar("T")
 
@@ -36,6 +36,8 @@ def with_retries(
         try:
             return fn()
         except TRANSIENT as exc:
+            if isinstance(exc, DatabaseBusy):  # another process writes the file: waiting will not help
+                raise
             if isinstance(exc, DatabaseUnavailable) or attempt == tries:
                 raise DatabaseUnavailable(
                     f"database unavailable while {what} (gave up after {tries} tries): {_reason(exc)}; "

@@ -177,8 +177,10 @@ def open_run(store: Store, spec: RunSpec, name: str | None = None, facts_per_ite
             create_items(store, conn, run_id, items)
     except sa.exc.IntegrityError:  # another process created it a moment ago
         existing = find_run(store, name=name)
-        if existing is None or existing.params_key != key:
+        if existing is None:
             raise
+        if existing.params_key != key:
+            raise ConflictError(f"run {name!r} exists with other parameters; choose another --run name") from None
         return existing, False
     return get_run(store, run_id), True
 

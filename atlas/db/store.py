@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from atlas.errors import StoreError
+from atlas.errors import DatabaseBusy, StoreError
 
 DEFAULT_URL = "duckdb:///atlas.duckdb"
 ENV_VAR = "ATLAS_DB"
@@ -55,6 +56,36 @@ def backend_of(url: str) -> str:
     raise StoreError(f"unsupported database URL {url!r}: use duckdb:///FILE or postgresql+psycopg://...")
 
 
+def duckdb_path(url: str) -> str:
+    """The file of a ``duckdb:///PATH`` URL ('' when there is none)."""
+    return url.split(":///", 1)[1] if ":///" in url else ""
+
+
+def busy_error(path: str, exc: BaseException) -> StoreError:
+    """The one line for a DuckDB file that cannot be opened: `DatabaseBusy` when another process
+    holds its lock (one writer at a time), else a `StoreError` with DuckDB's reason."""
+    text = _first_line(getattr(exc, "orig", None) or exc)
+    if "lock" in text.lower():
+        holder = re.search(r"PID (\d+)", text)
+        who = f" (process {holder.group(1)})" if holder else ""
+        return DatabaseBusy(
+            f"DuckDB file {path!r} is in use by another process{who}: a DuckDB file has one writer at a "
+            "time; wait for it to finish, or use PostgreSQL for concurrent workers"
+        )
+    return StoreError(f"cannot open DuckDB file {path!r}: {text}")
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that cannot name an atlas, before anything connects."""
+    if backend_of(url) != "duckdb":
+        return
+    if not url.startswith("duckdb:///"):
+        raise StoreError(
+            f"bad DuckDB URL {url!r}: use duckdb:///relative/path.duckdb or duckdb:////absolute/path.duckdb "
+            "(three slashes before the path), or a bare path"
+        )
+
+
 def make_engine(url: str | None = None) -> Engine:
     """An engine for ``url`` (see :func:`resolve_url`).
 
@@ -63,8 +94,9 @@ def make_engine(url: str | None = None) -> Engine:
     """
     url = resolve_url(url)
     backend = backend_of(url)
+    check_url(url)
     if backend == "duckdb":
-        path = url.split(":///", 1)[1] if ":///" in url else ""
+        path = duckdb_path(url)
         if path and path != ":memory:":
             parent = Path(path).expanduser().resolve().parent
             if not parent.is_dir():
@@ -90,9 +122,11 @@ class Store:
         try:
             conn_cm = self.engine.begin()
             conn = conn_cm.__enter__()
-        except sa.exc.OperationalError as exc:
-            raise StoreError(f"cannot connect to {self!r}: {_first_line(exc.orig or exc)}") from exc
         except sa.exc.DBAPIError as exc:  # duckdb raises its own errors through the DBAPI layer
+            if self.backend == "duckdb":
+                raise busy_error(duckdb_path(self.url), exc) from None
+            if isinstance(exc, sa.exc.OperationalError):
+                raise StoreError(f"cannot connect to {self!r}: {_first_line(exc.orig or exc)}") from exc
             raise StoreError(f"cannot open {self!r}: {_first_line(exc.orig or exc)}") from exc
         try:
             yield conn
@@ -133,7 +167,10 @@ class Store:
         if self.backend != "duckdb":
             yield
             return
-        conn = self.engine.connect()
+        try:
+            conn = self.engine.connect()
+        except sa.exc.DBAPIError as exc:
+            raise busy_error(duckdb_path(self.url), exc) from None
         try:
             yield
         finally:

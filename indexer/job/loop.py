@@ -16,6 +16,7 @@ it waits and retries: if those workers died, their leases expire and this one re
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from indexer.job.finalize import finalize_if_complete
 from indexer.job.pool import Pool
 
 T = TypeVar("T")
+log = logging.getLogger("atlas.index")
 
 
 @dataclass
@@ -198,7 +200,8 @@ def _write(store: Store, queue: WorkQueue, result: BatchResult, timings: Timings
     with timings.db():
         try:
             retry(lambda: write_batch(store, queue, result), f"writing item {result.item.item_id}")
-        except LeaseLost:
+        except LeaseLost as exc:
+            log.warning("%s: result dropped", exc)
             return False
     timings.model_s += result.model_s
     timings.prompts += len(result.outputs)

@@ -34,6 +34,15 @@ def parse_workers(value: str | int) -> int | str:
     return int(value)
 
 
+def parse_device(value: str) -> str:
+    """`cpu`, `cuda` or `cuda:N`, checked before any model loads (whether the GPU exists is
+    `indexer.job.run.check_device`'s question)."""
+    text = str(value).strip().lower()
+    if text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise InputError(f"{value!r}: give cpu, cuda or cuda:N")
+
+
 @dataclass(frozen=True)
 class IndexOptions:
     """One `atlas index` invocation."""
@@ -52,7 +61,7 @@ class IndexOptions:
     limit_per_relation: int | None = opt(
         minimum=1, metavar="N", result=True, help="Only the first N facts (by id) of each relation."
     )
-    device: str = opt("cpu", metavar="cpu|cuda", help="Where the model runs.")
+    device: str = opt("cpu", metavar="cpu|cuda", parse=parse_device, help="Where the model runs.")
     workers: int | str = opt(
         1,
         parse=parse_workers,

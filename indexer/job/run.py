@@ -36,7 +36,7 @@ from atlas.model.loading import LoadedModel
 from indexer.job.attributor import CODE_VERSION, Attributor, load_for_index, model_info, result_params
 from indexer.job.finalize import finish
 from indexer.job.loop import Timings, run_loop
-from indexer.job.options import IndexOptions
+from indexer.job.options import IndexOptions, parse_device
 from indexer.job.pool import LocalPool, Pool, WorkerPool
 
 Progress = Callable[[int, int, str], None]  # (prompts done, prompts in the run, current relation)
@@ -68,23 +68,39 @@ def n_workers(opts: IndexOptions) -> int:
     return n
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine lacks before any model loads (a GPU that is not there)."""
+    device = parse_device(device)
+    if device == "cpu":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= count:
+        seen = f"{count} CUDA device(s) visible" if count else "no CUDA GPU is visible on this machine"
+        raise InputError(f"--device {device}: {seen}; use --device cpu")
+
+
 def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done, total, relation: None) -> IndexSummary:
     """Index `opts.dataset` with `opts.model` into `store`: create or resume the run, attribute
-    every pending item, finalise relations, and return counts and timings."""
+    every pending item, finalise relations, and return counts and timings.
+
+    On DuckDB the file is held open from the start (before the model loads), so a second writer
+    is refused at once with `DatabaseBusy`, whenever it starts."""
     t_start = time.perf_counter()
+    check_device(opts.device)
     n = n_workers(opts)
-    with_retries(lambda: check_selection(store, opts.dataset, opts.relations), what="checking the selection")
-    # a GPU or several workers: model processes, started now so that they load while we set up
-    workers = WorkerPool(opts, n) if n > 1 or opts.on_gpu() else None
-    pool: Pool | None = workers
-    try:
-        lm = load_for_index(opts.model, "cpu" if workers else opts.device)
-        pool = workers or LocalPool(Attributor(lm, opts))
-        with store.kept_open():
+    with store.kept_open():
+        with_retries(lambda: check_selection(store, opts.dataset, opts.relations), what="checking the selection")
+        # a GPU or several workers: model processes, started now so that they load while we set up
+        workers = WorkerPool(opts, n) if n > 1 or opts.on_gpu() else None
+        pool: Pool | None = workers
+        try:
+            lm = load_for_index(opts.model, "cpu" if workers else opts.device)
+            pool = workers or LocalPool(Attributor(lm, opts))
             return _index(store, opts, on_progress, lm, pool, t_start)
-    finally:
-        if pool is not None:
-            pool.close()
+        finally:
+            if pool is not None:
+                pool.close()
 
 
 def _open(store: Store, opts: IndexOptions, lm: LoadedModel, causal: bool) -> tuple[Run, bool, WorkQueue]:

@@ -152,8 +152,9 @@ def test_sql_runs_reads_and_refuses_writes_leaving_the_database_unchanged(store:
     for statement in WRITES:
         with pytest.raises(InputError):
             readonly.run_sql(store, statement)
-    # passes the parser (a SELECT) but advances a sequence: stopped by the read-only transaction/connection
-    with pytest.raises(InputError, match="read-only|read only"):
+    # passes the parser (a SELECT) but advances a sequence: refused by the function check (and, behind
+    # it, by the reader role / read-only connection: tests/db/test_sql_sandbox.py)
+    with pytest.raises(InputError, match=r"refused: function nextval\(\)"):
         readonly.run_sql(store, "SELECT nextval('prompts_id_seq')")
     assert snapshot(store) == before
     assert _next_prompt_id(store) == first + 1  # the refused nextval never advanced it
