@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from atlas.db.models import ModelInfo, register_model
 from atlas.db.runs import RunSpec, open_run
 from atlas.db.schema import prompt_outputs, work_items
 from atlas.db.store import Store
-from tests.support.index_world import DATASET, load_world, run_id, tiny_dir
+from tests.support.index_world import DATASET, index_command, load_world, run_id, tiny_dir
 
 PROCESSES = 4
 ROUNDS = 4
@@ -65,27 +64,6 @@ def test_four_processes_register_the_same_model_and_run_at_once(pg_url: str, req
             assert conn.execute(sa.text("SELECT COUNT(*) FROM models WHERE sha256 = :s"), {"s": sha}).scalar() == 1
 
 
-def _cmd(model_dir: Path, run: str, lease: int = 60) -> list[str]:
-    return [
-        sys.executable,
-        "-c",
-        "from atlas.cli import main; main()",
-        "index",
-        "--model",
-        str(model_dir),
-        "--dataset",
-        DATASET,
-        "--facts-per-item",
-        "1",
-        "--batch-size",
-        "2",
-        "--run",
-        run,
-        "--lease",
-        str(lease),
-    ]
-
-
 def _env(url: str) -> dict[str, str]:
     return {**os.environ, "ATLAS_DB": url, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -112,7 +90,7 @@ def test_four_indexers_started_together_on_a_fresh_database(store: Store, model_
     load_world(store)
     procs = [
         subprocess.Popen(
-            _cmd(model_dir, "together"),
+            index_command(model_dir, "together"),
             env=_env(store.url),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
@@ -139,14 +117,14 @@ def test_worker_paused_past_its_lease_drops_its_result_and_carries_on(
     load_world(store)
     env = _env(store.url)
     paused = subprocess.Popen(
-        _cmd(model_dir, "paused", lease=2), env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+        index_command(model_dir, "paused", lease=2), env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
     _wait_for_items(paused, 1)
     paused.send_signal(signal.SIGSTOP)
     try:
         time.sleep(3)  # past its lease: the items it holds may be claimed by another worker
         other = subprocess.run(
-            _cmd(model_dir, "paused", lease=2), env=env, cwd=tmp_path, capture_output=True, text=True
+            index_command(model_dir, "paused", lease=2), env=env, cwd=tmp_path, capture_output=True, text=True
         )
         _no_traceback(other.returncode, other.stderr)
     finally:
@@ -166,11 +144,11 @@ def test_second_writer_on_a_duckdb_file_gets_one_line(store: Store, model_dir: P
         pytest.skip("PostgreSQL takes any number of writers")
     load_world(store)
     env = _env(store.url)
-    first = subprocess.Popen(_cmd(model_dir, "one"), env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(index_command(model_dir, "one"), env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     _wait_for_items(first, 1)
     first.send_signal(signal.SIGSTOP)  # holds the file while the second starts
     try:
-        second = subprocess.run(_cmd(model_dir, "one"), env=env, cwd=tmp_path, capture_output=True, text=True)
+        second = subprocess.run(index_command(model_dir, "one"), env=env, cwd=tmp_path, capture_output=True, text=True)
     finally:
         first.send_signal(signal.SIGCONT)
     lines = second.stderr.strip().splitlines()
@@ -182,7 +160,9 @@ def test_second_writer_on_a_duckdb_file_gets_one_line(store: Store, model_dir: P
     # started together: each one finishes or gets the same line, none a traceback
     store.dispose()
     both = [
-        subprocess.Popen(_cmd(model_dir, "two"), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            index_command(model_dir, "two"), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         for _ in range(2)
     ]
     for p in both:

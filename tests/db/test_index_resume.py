@@ -10,7 +10,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,15 @@ from click.testing import CliRunner
 
 from atlas.cli import cli
 from atlas.db.store import Store
-from tests.support.index_world import DATASET, assert_same_rows, load_world, run_id, run_rows, tiny_dir, torch_threads
+from tests.support.index_world import (
+    assert_same_rows,
+    index_command,
+    load_world,
+    run_id,
+    run_rows,
+    tiny_dir,
+    torch_threads,
+)
 
 KILLS = 3
 PROGRESS = re.compile(r"^\d+/\d+ prompts")
@@ -31,32 +38,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_dir(tmp_path_factory.mktemp("models"))
 
 
-def _cmd(model_dir: Path, run: str) -> list[str]:
-    return [
-        sys.executable,
-        "-c",
-        "from atlas.cli import main; main()",
-        "index",
-        "--model",
-        str(model_dir),
-        "--dataset",
-        DATASET,
-        "--facts-per-item",
-        "1",
-        "--batch-size",
-        "2",
-        "--run",
-        run,
-        "--lease",
-        "3",
-    ]
-
-
 def _index_in_process(model_dir: Path, run: str, store: Store) -> str:
     """The same `atlas index` command, run in this process (the runs nobody kills; saves start-up time),
     on one thread like the killed processes (OMP_NUM_THREADS=1)."""
     with torch_threads(1):
-        result = CliRunner().invoke(cli, _cmd(model_dir, run)[3:] + ["--db", store.url])
+        result = CliRunner().invoke(cli, index_command(model_dir, run, lease=3)[3:] + ["--db", store.url])
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -110,7 +96,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(store: Store, model_dir
     rng = random.Random(20261121)
     partial = 0
     for _ in range(KILLS):
-        _run_and_kill(_cmd(model_dir, "killed"), env, tmp_path, items=rng.randint(0, 2), delay=rng.uniform(0.0, 0.3))
+        _run_and_kill(
+            index_command(model_dir, "killed", lease=3),
+            env,
+            tmp_path,
+            items=rng.randint(0, 2),
+            delay=rng.uniform(0.0, 0.3),
+        )
         done, total = _done_items(store, "killed")
         partial += 0 < done < total
     assert partial >= 1, "no kill landed mid-run: the test proves nothing"

@@ -8,6 +8,7 @@ decoder never attributes prompts it cannot use.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,3 +116,25 @@ def tiny_dir(root: Path) -> Path:
     from tests.support.tiny_hf import save_tiny
 
     return save_tiny(root / "tiny-llama")
+
+
+def index_command(model_dir: Path, run: str, lease: int = 60) -> list[str]:
+    """`atlas index` of the tiny world in a child process (argv; `[3:]` are the CLI's arguments)."""
+    return [
+        sys.executable,
+        "-c",
+        "from atlas.cli import main; main()",
+        "index",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        DATASET,
+        "--facts-per-item",
+        "1",
+        "--batch-size",
+        "2",
+        "--run",
+        run,
+        "--lease",
+        str(lease),
+    ]
