@@ -47,6 +47,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "edit",
         "Change the model through its knowledge neurons; every edit is recorded and reversible.",
     ),
+    "inject": (
+        "atlas.cli.inject",
+        "inject",
+        "Add facts as new FFN key-value slots (no training); show, list, export, roll back injections.",
+    ),
     "audit": (
         "atlas.cli.audit",
         "audit",
