@@ -14,7 +14,8 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
 * value v (`values`): u = g * (E_o' - E_o) / |...| (g: the final norm's scale, E: output embeddings,
   o: the model's current answer), of length r * s with r the residual norm at layer l and s
   the smallest scale of a line search that makes o' the greedy answer on every training prompt,
-  times 1.5;
+  times 1.5 (for BERT, whose post-norm blocks and head transform are not elementwise, u is the
+  gradient of logit(o') - logit(o) with respect to the layer's FFN output instead);
 * widening (`widen`): the clamp is the difference of two activations act(k t) - act(k (t - 1)),
   divided by k, in every supported family (LLaMA's gated MLP with mlp_bias=True, GPT-2, NeoX, BERT);
   every layer gets the same width, zero where it holds no pair, so the result is a standard

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from atlas.model.adapters import Adapter
 from atlas.model.encode import PromptItem
+from atlas.model.forms import logit_gradients
 from atlas.model.inject.keys import Gate, answer_inputs, discriminant, gate
 from atlas.model.inject.values import ValueChoice, current_answer, line_search, residual_norm, value_direction
 from atlas.model.inject.widen import SlotPair, set_pair_value, write_pair
@@ -58,20 +59,32 @@ def build_fact(
     `negatives[layer]` `[n-, hidden]` are the hard negatives' FFN inputs. Written into the model."""
     new_tok = train[0].answer_ids[0]
     old_tok = current_answer(score(model, adapter, train), new_tok)
-    u = value_direction(adapter, new_tok, old_tok)
+    units = value_directions(adapter, train, layers, new_tok, old_tok)
     pos = answer_inputs(model, adapter, train, layers)
     out = FactSlots([], new_tok, old_tok, residual=residual_norm(model, adapter, train, max(layers)))
     for i, layer in enumerate(layers):
         w = discriminant(pos[layer], negatives[layer], params.ridge)
         g = gate(pos[layer] @ w, negatives[layer] @ w, params.gate_low, params.gate_high)
-        pair = SlotPair(layer, first_index + 2 * i, w, g.threshold, g.slope, torch.zeros_like(u), params.sharpness)
+        pair = SlotPair(layer, first_index + 2 * i, w, g.threshold, g.slope, torch.zeros_like(w), params.sharpness)
         write_pair(adapter, pair)
         out.pairs.append(pair)
         out.gates.append(g)
 
     def set_scale(s: float) -> None:
         for p in out.pairs:
-            set_pair_value(adapter, p, u * (out.residual * s / len(out.pairs)))
+            set_pair_value(adapter, p, units[p.layer] * (out.residual * s / len(out.pairs)))
 
     out.value = line_search(model, adapter, train, set_scale, params.margin)
     return out
+
+
+def value_directions(
+    adapter: Adapter, items: Sequence[PromptItem], layers: Sequence[int], new_tok: int, old_tok: int | None
+) -> dict[int, Tensor]:
+    """Unit value directions per layer: the closed form g * (E_new - E_old) where the final norm
+    maps the residual stream to the logits elementwise (decoders); else (BERT's post-norm blocks
+    and head transform) the gradient of logit(new) - logit(old) w.r.t. the layer's FFN output."""
+    if adapter.final_norm_scale() is not None:
+        u = value_direction(adapter, new_tok, old_tok)
+        return {layer: u for layer in layers}
+    return logit_gradients(adapter, items, layers, new_tok, old_tok)
