@@ -11,8 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from atlas.db.injections import default_layer, list_injections
+from atlas.db.edits import applied_stack
+from atlas.db.injections import applied_injections, default_layer, list_injections, model_injections
 from atlas.db.neurons import read_run_atlas
+from atlas.db.runs import resolve_run
 from atlas.errors import ConflictError, EditError, InputError, WeightsMismatch
 from atlas.jobs.inject import NewFact, fact_from_option, inject_facts
 from atlas.jobs.inject_weights import export_injection, injected_copy, rollback_injection
@@ -31,16 +33,17 @@ def _fact(subject: str, relation: str, obj: str) -> NewFact:
     return NewFact(f"{relation}:{subject}", relation, subject, obj, tuple(t.replace("[X]", subject) for t in templates))
 
 
+def _stack_of(store, w) -> tuple:
+    """The run, its applied edits and its applied injections."""
+    with store.begin() as conn:
+        run = resolve_run(conn, w.run)
+        edits = applied_stack(conn, store.backend, run.model_id)
+        return run, edits, applied_injections(conn, store.backend, run.model_id)
+
+
 def _state(store, w) -> str:
     """The sha256 of the model as its applied injections leave it (what every rollback must restore)."""
-    with store.begin() as conn:
-        from atlas.db.edits import applied_stack
-        from atlas.db.injections import applied_injections
-        from atlas.db.runs import resolve_run
-
-        run = resolve_run(conn, w.run)
-        edits, stack = applied_stack(conn, store.backend, run.model_id), applied_injections(conn, store.backend, 1)
-    with injected_copy(w.lm, run, edits, stack) as sha:
+    with injected_copy(w.lm, *_stack_of(store, w)) as sha:
         return sha
 
 
@@ -62,8 +65,6 @@ def test_injection_is_recorded_with_its_slots_and_audit(store, tmp_path) -> None
     gate = first.info["gates"][0]
     assert gate["separable"] and gate["neg_max"] < gate["threshold"] < gate["saturation"] <= gate["pos_min"]
     with store.begin() as conn:
-        from atlas.db.injections import model_injections
-
         (rows,) = model_injections(conn, store.backend, 1)
     key = slots_from_bytes(rows.pairs[0].key, rows.pairs[0].dtype)
     assert key.shape == (32,) and abs(float(key.norm()) - 1) < 1e-9
@@ -110,16 +111,6 @@ def test_export_loads_with_stock_transformers_and_gives_equal_logits(store, tmp_
     ids = torch.tensor([relo.tokenizer("The capital of Peru is").input_ids])
     with torch.no_grad():
         assert relo.tokenizer.decode(loaded(ids).logits[0, -1].argmax()) == "Tokyo"
-
-
-def _stack_of(store, w):
-    from atlas.db.edits import applied_stack
-    from atlas.db.injections import applied_injections
-    from atlas.db.runs import resolve_run
-
-    with store.begin() as conn:
-        run = resolve_run(conn, w.run)
-        return run, applied_stack(conn, store.backend, run.model_id), applied_injections(conn, store.backend, run.model_id)
 
 
 def test_default_layer_is_the_weighted_median_of_the_relations_neurons(store, tmp_path) -> None:
