@@ -50,7 +50,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inject": (
         "atlas.cli.inject",
         "inject",
-        "Add facts as new FFN key-value slots (no training); show, list, export, roll back injections.",
+        "Add facts to a model as new FFN key-value slots (Kformer-style, no training); audited, reversible.",
     ),
     "audit": (
         "atlas.cli.audit",

@@ -58,7 +58,7 @@ from atlas.model.inject.keys import answer_inputs, text_inputs
 from atlas.model.loading import LoadedModel, weights_sha256
 from atlas.model.scoring import encode
 
-METHOD = "kformer-slots: discriminant key, clamped gate, line-searched output-embedding value"
+METHOD = "kformer-slots: discriminant key, clamped gate, line-searched value"
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def _plan(lm: LoadedModel, at: _Atlas, facts: Sequence[NewFact], encoded: list, 
 
 def _compute(lm: LoadedModel, at: _Atlas, plan: audit.AuditPlan, layers: list[list[int]], spec: InjectSpec) -> dict:
     """Measure, widen, build every fact's pairs in order, measure again (no transaction open)."""
-    params = BuildParams(spec.ridge, spec.gate_low, spec.gate_high, spec.sharpness, spec.margin)
+    params = BuildParams(spec.ridge, spec.gate_low, spec.gate_high, spec.sharpness, spec.margin, spec.value)
     used = sorted({layer for ls in layers for layer in ls})
     with injected_copy(lm, at.run, at.edits, at.stack) as sha_before:
         width_before = lm.adapter.n_neurons

@@ -168,6 +168,12 @@ class InjectSpec:
     gate_high: float = opt(0.75, help="Gate: the slot saturates at this share of the gap.")
     sharpness: float = opt(64.0, help="Gate: k in act(k t) / k ~ relu(t) (larger: closer to an exact clamp).")
     margin: float = opt(1.5, help="Value: scale x the smallest line-search scale that makes the new object win.")
+    value: str = opt(
+        "gradient",
+        choices=("gradient", "embedding"),
+        help="Value direction: gradient of log P(new object) at the layer's FFN output, "
+        "or the closed form final-norm scale x (E_new - E_old).",
+    )
     negatives: int = opt(
         400, minimum=1, help="Hard negatives: prompts of other facts (same relation first), from the bundled data."
     )

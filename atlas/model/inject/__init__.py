@@ -11,11 +11,10 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   prompts of other facts of the same and other relations, and general text;
 * gate b, a (`keys.gate`): silent up to b, set between the negatives' highest and the positives'
   lowest score w . x, saturated at b + 1/a;
-* value v (`values`): u = g * (E_o' - E_o) / |...| (g: the final norm's scale, E: output embeddings,
-  o: the model's current answer), of length r * s with r the residual norm at layer l and s
-  the smallest scale of a line search that makes o' the greedy answer on every training prompt,
-  times 1.5 (for BERT, whose post-norm blocks and head transform are not elementwise, u is the
-  gradient of logit(o') - logit(o) with respect to the layer's FFN output instead);
+* value v (`values`): u = the gradient of mean log P(o') at the answer position with respect to the
+  layer's FFN output (or the closed form g * (E_o' - E_o), `--value embedding`), of length r * s
+  with r the residual norm after layer l and s the smallest scale of a line search that makes o'
+  the greedy answer on every training prompt, times 1.5 when that keeps them all;
 * widening (`widen`): the clamp is the difference of two activations act(k t) - act(k (t - 1)),
   divided by k, in every supported family (LLaMA's gated MLP with mlp_bias=True, GPT-2, NeoX, BERT);
   every layer gets the same width, zero where it holds no pair, so the result is a standard

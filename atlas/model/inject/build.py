@@ -16,9 +16,15 @@ from torch import Tensor
 
 from atlas.model.adapters import Adapter
 from atlas.model.encode import PromptItem
-from atlas.model.forms import logit_gradients
 from atlas.model.inject.keys import Gate, answer_inputs, discriminant, gate
-from atlas.model.inject.values import ValueChoice, current_answer, line_search, residual_norm, value_direction
+from atlas.model.inject.values import (
+    ValueChoice,
+    current_answer,
+    line_search,
+    logprob_directions,
+    residual_norm,
+    value_direction,
+)
 from atlas.model.inject.widen import SlotPair, set_pair_value, write_pair
 from atlas.model.scoring import score
 
@@ -32,6 +38,7 @@ class BuildParams:
     gate_high: float = 0.75
     sharpness: float = 64.0
     margin: float = 1.5
+    value_form: str = "gradient"  # or "embedding" (`values` says why gradient is the default)
 
 
 @dataclass
@@ -59,8 +66,9 @@ def build_fact(
     `negatives[layer]` `[n-, hidden]` are the hard negatives' FFN inputs. Written into the model."""
     new_tok = train[0].answer_ids[0]
     old_tok = current_answer(score(model, adapter, train), new_tok)
-    units = value_directions(adapter, train, layers, new_tok, old_tok)
+    units = value_directions(adapter, train, layers, new_tok, old_tok, params.value_form)
     pos = answer_inputs(model, adapter, train, layers)
+    negatives = _with_continuations(model, adapter, train, layers, negatives)
     out = FactSlots([], new_tok, old_tok, residual=residual_norm(model, adapter, train, max(layers)))
     for i, layer in enumerate(layers):
         w = discriminant(pos[layer], negatives[layer], params.ridge)
@@ -78,13 +86,31 @@ def build_fact(
     return out
 
 
-def value_directions(
-    adapter: Adapter, items: Sequence[PromptItem], layers: Sequence[int], new_tok: int, old_tok: int | None
+def _with_continuations(
+    model: torch.nn.Module, adapter: Adapter, train: Sequence[PromptItem], layers: Sequence[int], negatives: dict
 ) -> dict[int, Tensor]:
-    """Unit value directions per layer: the closed form g * (E_new - E_old) where the final norm
-    maps the residual stream to the logits elementwise (decoders); else (BERT's post-norm blocks
-    and head transform) the gradient of logit(new) - logit(old) w.r.t. the layer's FFN output."""
-    if adapter.final_norm_scale() is not None:
+    """Add to the negatives the positions where a decoder spells the rest of a multi-token object:
+    a slot that fired there would push the first token again instead of letting the word finish."""
+    if adapter.is_masked_lm:
+        return negatives
+    cont = [
+        PromptItem(list(it.prompt_ids) + list(it.answer_ids[:k]), list(it.answer_ids[k:]))
+        for it in train
+        for k in range(1, len(it.answer_ids))
+    ]
+    if not cont:
+        return negatives
+    xs = answer_inputs(model, adapter, cont, layers)
+    return {layer: torch.cat([negatives[layer], xs[layer]]) for layer in layers}
+
+
+def value_directions(
+    adapter: Adapter, items: Sequence[PromptItem], layers: Sequence[int], new_tok: int, old_tok: int | None, form: str
+) -> dict[int, Tensor]:
+    """Unit value directions per layer (`values`): the log-probability gradient, or the closed form
+    g * (E_new - E_old) where the final norm maps the residual stream to the logits elementwise
+    (decoders; BERT's post-norm blocks and head transform always take the gradient)."""
+    if form == "embedding" and adapter.final_norm_scale() is not None:
         u = value_direction(adapter, new_tok, old_tok)
         return {layer: u for layer in layers}
-    return logit_gradients(adapter, items, layers, new_tok, old_tok)
+    return logprob_directions(adapter, items, layers, new_tok)
