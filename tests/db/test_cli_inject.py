@@ -33,7 +33,9 @@ def test_inject_show_list_report_export_rollback(store, tmp_path) -> None:
     ]
     facts.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = _run(store, "inject", str(facts), "--run", w.run, *QUICK, *model)
-    assert re.search(r"injection 1: 1 facts on run tiny-run \[applied\], layers \[\d\], FFN width 48 -> 50", out), out
+    found = re.search(r"injection (\d+): 1 facts on run tiny-run \[applied\], layers \[\d\], FFN width 48 -> 50", out)
+    assert found, out
+    one = found.group(1)
     assert "efficacy 100.0%" in out
     out = _run(
         store,
@@ -51,46 +53,37 @@ def test_inject_show_list_report_export_rollback(store, tmp_path) -> None:
         *QUICK,
         *model,
     )
-    assert "injection 2: 1 facts" in out and "layers [1], FFN width 50 -> 52" in out
-    shown = _run(store, "inject", "show", "1")
+    two = re.search(r"injection (\d+): 1 facts", out).group(1)
+    assert "layers [1], FFN width 50 -> 52" in out
+    shown = _run(store, "inject", "show", one)
     assert "France -> Berlin" in shown and "L" in shown and "generalisation (held-out prompts)" in shown
     assert "slots L" in shown and "+49 (relation)" in shown
     listed = _run(store, "inject", "list")
-    assert listed.index("injection 2:") < listed.index("injection 1:")
+    assert listed.index(f"injection {two}:") < listed.index(f"injection {one}:")
     _run(store, "report", "--run", w.run, "--output", str(tmp_path / "rep"))
     text = (tmp_path / "rep" / "report.md").read_text()
-    assert "## Injecting facts" in text and re.search(r"\| 2 \| applied \| 1 \| 1 \| 50 -> 52 \| 100.0% \|", text)
+    assert "## Injecting facts" in text and re.search(rf"\| {two} \| applied \| 1 \| 1 \| 50 -> 52 \| 100.0% \|", text)
     exported = tmp_path / "exported"
-    _run(store, "inject", "export", "2", str(exported), *model)
+    _run(store, "inject", "export", two, str(exported), *model)
     sha_after = re.search(r"sha256 \w+ -> (\w+)", out).group(1)
     assert weights_sha256(AutoModelForCausalLM.from_pretrained(exported)).startswith(sha_after)
     before = snapshot(store)
-    err = _run(store, "inject", "rollback", "1", *model, ok=False)
-    assert "cannot be rolled back before injection 2" in err and snapshot(store) == before
-    assert "[rolled_back]" in _run(store, "inject", "rollback", "2", *model)
-    assert "[rolled_back]" in _run(store, "inject", "rollback", "1", *model)
+    err = _run(store, "inject", "rollback", one, *model, ok=False)
+    assert f"cannot be rolled back before injection {two}" in err and snapshot(store) == before
+    assert "[rolled_back]" in _run(store, "inject", "rollback", two, *model)
+    assert "[rolled_back]" in _run(store, "inject", "rollback", one, *model)
 
 
 def test_bad_input_gives_one_line_errors(store, tmp_path) -> None:
     w = build_world(store, tmp_path)
     model = ["--model", str(w.model_dir)]
-    _run(
-        store,
-        "inject",
-        "--fact",
-        "France|P36|Berlin",
-        "--template",
-        "The capital of [X] is [Y]",
-        "--run",
-        w.run,
-        *QUICK,
-        *model,
-    )
+    tpl = ["--template", "The capital of [X] is [Y]", "--run", w.run, *QUICK, *model]
+    first = re.search(r"injection (\d+):", _run(store, "inject", "--fact", "France|P36|Berlin", *tpl)).group(1)
     before = snapshot(store)
     tpl = ["--template", "The capital of [X] is [Y]", "--run", w.run, *QUICK, *model]
     cases = [
         (["inject", "--fact", "Spain|P36|Atlantis", *tpl], "object 'Atlantis' cannot be used"),
-        (["inject", "--fact", "France|P36|Rome", *tpl], "contradicts injection 1"),
+        (["inject", "--fact", "France|P36|Rome", *tpl], f"contradicts injection {first}"),
         (["inject", "--fact", "Italy|P36|Rome", "--layers", "9", *tpl], "layer 9 is out of range"),
         (["inject", "--fact", "Italy|P36", *tpl], "write SUBJECT|RELATION|OBJECT"),
         (["inject", "--run", w.run, *model], "give either a FILE of facts or --fact"),

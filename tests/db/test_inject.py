@@ -65,7 +65,7 @@ def test_injection_is_recorded_with_its_slots_and_audit(store, tmp_path) -> None
     gate = first.info["gates"][0]
     assert gate["separable"] and gate["neg_max"] < gate["threshold"] < gate["saturation"] <= gate["pos_min"]
     with store.begin() as conn:
-        (rows,) = model_injections(conn, store.backend, 1)
+        (rows,) = model_injections(conn, store.backend, rec.model_id)
     key = slots_from_bytes(rows.pairs[0].key, rows.pairs[0].dtype)
     assert key.shape == (32,) and abs(float(key.norm()) - 1) < 1e-9
     assert [(p.layer, p.neuron, p.position) for p in rows.pairs] == [(rec.layers[0], 48, 0), (rec.layers[0], 50, 1)]
@@ -126,12 +126,12 @@ def test_default_layer_is_the_weighted_median_of_the_relations_neurons(store, tm
 
 def test_bad_input_is_refused_and_changes_nothing(store, tmp_path) -> None:
     w = build_world(store, tmp_path)
-    inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], QUICK)
+    first = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], QUICK)
     base, before = weights_sha256(w.lm.model), snapshot(store)
     files = {p.name: p.read_bytes() for p in w.model_dir.iterdir() if p.is_file()}
     cases = [
         ([_fact("Spain", "P36", "Atlantis")], QUICK, InputError, "object 'Atlantis' cannot be used"),
-        ([_fact("France", "P36", "Rome")], QUICK, ConflictError, "contradicts injection 1"),
+        ([_fact("France", "P36", "Rome")], QUICK, ConflictError, f"contradicts injection {first.id}"),
         ([_fact("Italy", "P36", "Rome"), _fact("Italy", "P36", "Lima")], QUICK, ConflictError, "contradicts fact"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(layers=(3,)), InputError, "layer 3 is out of range"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(gate_low=0.9), InputError, "gate-low"),
@@ -147,7 +147,7 @@ def test_bad_input_is_refused_and_changes_nothing(store, tmp_path) -> None:
         fact_from_option("Italy|P36")
     assert snapshot(store) == before and weights_sha256(w.lm.model) == base
     assert {p.name: p.read_bytes() for p in w.model_dir.iterdir() if p.is_file()} == files
-    assert [i.id for i in list_injections(store)] == [1]
+    assert [i.id for i in list_injections(store)] == [first.id]
 
 
 def test_a_masked_lm_takes_injected_facts_too(store, tmp_path) -> None:
