@@ -11,9 +11,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from atlas.db.datasets import Dataset, Relation, make_prompt
+from atlas.db.datasets import Fact as DFact
 from atlas.db.edits import applied_stack
+from atlas.db.facts import load_dataset
 from atlas.db.injections import applied_injections, default_layer, list_injections, model_injections
 from atlas.db.neurons import read_run_atlas
+from atlas.db.queries import load_query
 from atlas.db.runs import resolve_run
 from atlas.errors import ConflictError, EditError, InputError, WeightsMismatch
 from atlas.jobs.inject import NewFact, fact_from_option, inject_facts
@@ -21,8 +25,9 @@ from atlas.jobs.inject_weights import export_injection, injected_copy, rollback_
 from atlas.jobs.specs import InjectSpec
 from atlas.model.loading import load_model, weights_sha256
 from atlas.model.slots import slots_from_bytes
+from indexer.job.run import IndexOptions, index
 from tests.support.db import snapshot
-from tests.support.kn_world import RELATIONS, build_world, save_model
+from tests.support.kn_world import RELATIONS, build_world, index_world, save_model
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 12]])
 QUICK = InjectSpec(heldout=1, audit_facts=20, negatives=60)
@@ -155,3 +160,24 @@ def test_a_masked_lm_takes_injected_facts_too(store, tmp_path) -> None:
     rec = inject_facts(store, w.lm, w.run, [_fact("Chile", "P37", "Portuguese")], QUICK)
     assert rec.audit["efficacy"] == 1.0 and rec.audit.get("fluency_ppl_change") is None
     assert rollback_injection(store, w.lm, rec.id).status == "rolled_back"
+
+
+def test_an_exported_injected_model_is_indexed_and_its_slot_is_a_knowledge_neuron(store, tmp_path) -> None:
+    """Injected slots are ordinary neurons: `atlas index` on the exported model attributes the
+    injected fact to its own slot, which `fact-neurons` then lists."""
+    w = index_world(store, tmp_path)  # a run made by the indexer (its prompts come from a loaded dataset)
+    spec = InjectSpec(heldout=0, audit_facts=5, negatives=60)  # the slot is built on all three prompts
+    rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
+    (layer, slot) = rec.facts[0].info["slots"][0]
+    out = export_injection(store, w.lm, rec.id, tmp_path / "exported")
+    prompts = tuple(make_prompt(t, "France") for t in RELATIONS["P36"][3])
+    load_dataset(
+        store,
+        Dataset("injected", [Relation("P36", "capital", "N-1")], [DFact("cf", "P36", "France", "Berlin", prompts)]),
+    )
+    index(store, IndexOptions(model=str(out), dataset="injected", steps=8, run_name="injected-run"))
+    run, _, _ = read_run_atlas(store, "injected-run")
+    query = load_query("fact-neurons")
+    with store.begin() as conn:
+        rows = conn.execute(query.text(store.backend), query.bind({"run_id": run.id, "fact_id": "cf"})).all()
+    assert (layer, slot) in {(r.layer, r.neuron) for r in rows}, rows
