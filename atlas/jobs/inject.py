@@ -54,7 +54,7 @@ from atlas.jobs.weights import ModelArg, resolve_model
 from atlas.model.encode import PromptItem
 from atlas.model.inject import check_injectable, widened
 from atlas.model.inject.build import BuildParams, FactSlots, build_fact
-from atlas.model.inject.keys import answer_inputs, text_inputs
+from atlas.model.inject.keys import answer_inputs, text_chunk, text_inputs
 from atlas.model.loading import LoadedModel, weights_sha256
 from atlas.model.scoring import encode
 
@@ -188,7 +188,7 @@ def _negative_inputs(lm: LoadedModel, at: _Atlas, layers: list[int]) -> dict[int
     if not lm.adapter.is_masked_lm:
         text = audit.GENERAL_TEXT.read_text()[: audit.NEGATIVE_TEXT_CHARS]
         ids = list(lm.tokenizer(text, add_special_tokens=False).input_ids)
-        gen = text_inputs(lm.model, lm.adapter, ids, layers)
+        gen = text_inputs(lm.model, lm.adapter, ids, layers, text_chunk(lm.adapter))
         xs = {layer: torch.cat([xs[layer], gen[layer]]) for layer in layers}
     return xs
 

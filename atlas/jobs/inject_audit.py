@@ -25,7 +25,7 @@ import torch
 from atlas.jobs.evaluate import GENERAL_TEXT, EvalSet
 from atlas.model.encode import PromptItem
 from atlas.model.inject import SlotPair
-from atlas.model.inject.keys import answer_inputs
+from atlas.model.inject.keys import answer_inputs, text_chunk
 from atlas.model.loading import LoadedModel
 from atlas.model.scoring import Scored, score, text_nll
 
@@ -56,9 +56,10 @@ def measure(lm: LoadedModel, plan: AuditPlan, pairs: Sequence[SlotPair] = ()) ->
     }
     if not lm.adapter.is_masked_lm:
         text = GENERAL_TEXT.read_text()
+        chunk = text_chunk(lm.adapter)  # fewer tokens where the model's positions end sooner (GPT-2)
         out["fluency"] = (
-            text_nll(lm.model, lm.tokenizer, text),
-            text_nll(lm.model, lm.tokenizer, text[NEGATIVE_TEXT_CHARS:]),
+            text_nll(lm.model, lm.tokenizer, text, chunk),
+            text_nll(lm.model, lm.tokenizer, text[NEGATIVE_TEXT_CHARS:], chunk),
         )
     out["firing"] = firing(lm, plan.others.items, pairs) if pairs else None
     return out

@@ -155,10 +155,14 @@ def test_bad_input_is_refused_and_changes_nothing(store, tmp_path) -> None:
     assert [i.id for i in list_injections(store)] == [first.id]
 
 
-def test_a_masked_lm_takes_injected_facts_too(store, tmp_path) -> None:
-    w = build_world(store, tmp_path, family="bert")
+@pytest.mark.parametrize("family", ["bert", "gpt2", "neox"])
+def test_other_families_take_injected_facts_too(store, tmp_path, family: str) -> None:
+    """A masked LM (BERT: no fluency text) and the plain-MLP decoders: injected, exported, rolled back."""
+    w = build_world(store, tmp_path, family=family)
     rec = inject_facts(store, w.lm, w.run, [_fact("Chile", "P37", "Portuguese")], QUICK)
-    assert rec.audit["efficacy"] == 1.0 and rec.audit.get("fluency_ppl_change") is None
+    assert rec.audit["efficacy"] == 1.0 and (rec.audit.get("fluency_ppl_change") is None) == (family == "bert")
+    out = export_injection(store, w.lm, rec.id, tmp_path / "exported")
+    assert weights_sha256(load_model(str(out)).model) == rec.sha256_after
     assert rollback_injection(store, w.lm, rec.id).status == "rolled_back"
 
 

@@ -69,11 +69,25 @@ def _grab(model: torch.nn.Module, adapter: Adapter, layers: Sequence[int], ids: 
 
 
 @torch.no_grad()
-def text_inputs(model: torch.nn.Module, adapter: Adapter, ids: Sequence[int], layers: Sequence[int]) -> dict:
-    """FFN inputs at every position of one token sequence (general text): {layer: `[S, hidden]`}."""
-    t = torch.tensor([list(ids)], device=next(model.parameters()).device)
-    got = _grab(model, adapter, layers, t, torch.ones_like(t))
-    return {layer: got[layer][0].double().cpu() for layer in layers}
+def text_inputs(
+    model: torch.nn.Module, adapter: Adapter, ids: Sequence[int], layers: Sequence[int], chunk: int = 256
+) -> dict:
+    """FFN inputs at every position of one token sequence (general text), read in chunks of
+    `chunk` tokens: {layer: `[S, hidden]`}."""
+    dev = next(model.parameters()).device
+    parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for start in range(0, len(ids), chunk):
+        t = torch.tensor([list(ids[start : start + chunk])], device=dev)
+        got = _grab(model, adapter, layers, t, torch.ones_like(t))
+        for layer in layers:
+            parts[layer].append(got[layer][0].double().cpu())
+    return {layer: torch.cat(v) for layer, v in parts.items()}
+
+
+def text_chunk(adapter: Adapter) -> int:
+    """Tokens per chunk of general text: 256, or fewer where the model's positions end sooner."""
+    limit = adapter.max_positions_exact() if hasattr(adapter, "max_positions_exact") else None
+    return min(256, limit - 1) if limit else 256
 
 
 def discriminant(pos: Tensor, neg: Tensor, ridge: float = 0.05) -> Tensor:
