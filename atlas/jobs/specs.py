@@ -164,8 +164,8 @@ class InjectSpec:
         2, minimum=0, metavar="K", help="Prompts per fact held out of the slot for generalisation (>= 2 kept)."
     )
     ridge: float = opt(0.05, help="Key: ridge of the negatives' covariance, relative to its mean eigenvalue.")
-    gate_low: float = opt(0.25, help="Gate: the slot starts at this share of the gap from negatives' max score.")
-    gate_high: float = opt(0.75, help="Gate: the slot saturates at this share of the gap.")
+    gate_low: float = opt(0.5, help="Gate: the slot starts at this share of the gap from negatives' max score.")
+    gate_high: float = opt(0.9, help="Gate: the slot saturates at this share of the gap.")
     sharpness: float = opt(64.0, help="Gate: k in act(k t) / k ~ relu(t) (larger: closer to an exact clamp).")
     margin: float = opt(1.5, help="Value: scale x the smallest line-search scale that makes the new object win.")
     value: str = opt(

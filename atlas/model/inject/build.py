@@ -34,8 +34,8 @@ class BuildParams:
     """The method's constants (their flags live on `atlas.jobs.specs.InjectSpec`)."""
 
     ridge: float = 0.05
-    gate_low: float = 0.25
-    gate_high: float = 0.75
+    gate_low: float = 0.5
+    gate_high: float = 0.9
     sharpness: float = 64.0
     margin: float = 1.5
     value_form: str = "gradient"  # or "embedding" (`values` says why gradient is the default)

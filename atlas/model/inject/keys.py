@@ -2,8 +2,9 @@
 
 For a fact, X+ `[n+, hidden]` are the FFN inputs x (post-norm) of the chosen layer at the answer
 position of its training prompts (the last prompt token; the first mask of a masked LM), X-
-`[n-, hidden]` those of hard negatives: prompts of other facts of the same and other relations
-(and positions of general text). A plain normalised mean of X+ also fires on the relation's other
+`[n-, hidden]` those of hard negatives: every position of prompts of other facts of the same and
+other relations (the answer position and, as ordinary text, every other one), of general text,
+of the other facts being injected (answer positions) and of the fact's own object being spelled. A plain normalised mean of X+ also fires on the relation's other
 facts (they share the template), so the key is the discriminant direction
 
     w = (S- + eps I)^-1 (mu+ - mu-) / |...|,   eps = ridge * tr(S-) / hidden,
@@ -29,9 +30,15 @@ from atlas.model.encode import PromptItem
 
 @torch.no_grad()
 def answer_inputs(
-    model: torch.nn.Module, adapter: Adapter, items: Sequence[PromptItem], layers: Sequence[int], batch_size: int = 32
+    model: torch.nn.Module,
+    adapter: Adapter,
+    items: Sequence[PromptItem],
+    layers: Sequence[int],
+    batch_size: int = 32,
+    every_position: bool = False,
 ) -> dict[int, Tensor]:
-    """FFN inputs at each item's answer position: {layer: `[n_items, hidden]`} (float64)."""
+    """FFN inputs at each item's answer position: {layer: `[n_items, hidden]`} (float64); with
+    `every_position`, at every position of every item (`[n_tokens, hidden]`: negatives)."""
     seen: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     dev = next(model.parameters()).device
     for start in range(0, len(items), batch_size):
@@ -48,7 +55,8 @@ def answer_inputs(
                 pos[r] = len(it.prompt_ids) - 1
         grabbed = _grab(model, adapter, layers, ids.to(dev), attn.to(dev))
         for layer in layers:
-            seen[layer].append(grabbed[layer][torch.arange(len(chunk)), pos].double().cpu())
+            got = grabbed[layer].double().cpu()
+            seen[layer].append(got[attn.bool()] if every_position else got[torch.arange(len(chunk)), pos])
     return {layer: torch.cat(v) if v else torch.zeros(0, adapter.hidden_size) for layer, v in seen.items()}
 
 
@@ -118,7 +126,7 @@ class Gate:
         return 1.0 / (self.saturation - self.threshold)
 
 
-def gate(pos_scores: Tensor, neg_scores: Tensor, low: float = 0.25, high: float = 0.75) -> Gate:
+def gate(pos_scores: Tensor, neg_scores: Tensor, low: float = 0.5, high: float = 0.9) -> Gate:
     """The ramp between the negatives' highest and the positives' lowest score (module docstring)."""
     lo = float(neg_scores.max()) if neg_scores.numel() else float(pos_scores.min()) - 1.0
     hi = float(pos_scores.min())
