@@ -14,7 +14,7 @@ gets; the last 2 causal prompts of each fact are held out (`--heldout`).
    slot firing; fluency), all facts active at once. Then rolled back; the sha256 must come back.
 2. The update rule (`atlas edit update --form paper`) on the in-run facts, applied one after the
    other, then the same measurement (`atlas.jobs.inject_audit`) on the same prompts, then rolled
-   back. Its figures are also reported with the default `ls` form.
+   back (`--kn-forms paper,ls` also runs the default `ls` form).
 
 Example (this repo's CPU box; an atlas of P36/P27/P30, see BENCHMARKS.md):
     PYTHONPATH=. python bench/injection.py --db duckdb:////tmp/inj/bench.duckdb --run smol-inj
@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--layers", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-kn", action="store_true")
+    ap.add_argument("--kn-forms", default="paper", help="update forms compared, e.g. paper,ls")
     args = ap.parse_args()
     store = Store(args.db)
     lm = load_model("smollm2")
@@ -150,7 +151,7 @@ def main() -> None:
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
     result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)
     if not args.skip_kn:
-        for form in ("paper", "ls"):
+        for form in args.kn_forms.split(","):
             kn = kn_rule(store, lm, args.run, rows, ids, spec, form)
             result[f"kn_{form}"] = {k: v for k, v in kn.items() if k != "facts"}
     print(json.dumps(result, indent=1))

@@ -180,11 +180,12 @@ def _encode_fact(lm: LoadedModel, f: NewFact, heldout: int) -> tuple[list[Prompt
 
 
 def _negative_inputs(lm: LoadedModel, at: _Atlas, layers: list[int]) -> dict[int, torch.Tensor]:
-    """FFN inputs of the hard negatives' answer positions (and of the general text's start)."""
+    """FFN inputs of the hard negatives at every position (their answer positions, and every other
+    position as ordinary text), and of the general text's start."""
     items = [
         i for t, o in at.negatives if not isinstance(i := encode(lm.tokenizer, t, o, lm.adapter.is_masked_lm), str)
     ]
-    xs = answer_inputs(lm.model, lm.adapter, items, layers)
+    xs = answer_inputs(lm.model, lm.adapter, items, layers, every_position=True)
     if not lm.adapter.is_masked_lm:
         text = audit.GENERAL_TEXT.read_text()[: audit.NEGATIVE_TEXT_CHARS]
         ids = list(lm.tokenizer(text, add_special_tokens=False).input_ids)

@@ -4,16 +4,17 @@ For a fact, X+ `[n+, hidden]` are the FFN inputs x (post-norm) of the chosen lay
 position of its training prompts (the last prompt token; the first mask of a masked LM), X-
 `[n-, hidden]` those of hard negatives: every position of prompts of other facts of the same and
 other relations (the answer position and, as ordinary text, every other one), of general text,
-of the other facts being injected (answer positions) and of the fact's own object being spelled. A plain normalised mean of X+ also fires on the relation's other
-facts (they share the template), so the key is the discriminant direction
+of the other facts being injected (answer positions) and of the fact's own object being spelled.
+A plain normalised mean of X+ also fires on the relation's other facts (they share the
+template), so the key is the discriminant direction
 
     w = (S- + eps I)^-1 (mu+ - mu-) / |...|,   eps = ridge * tr(S-) / hidden,
 
 with S- the covariance of X-. The gate is placed between the scores s = w . x of the two sides:
 lo = max s(X-), hi = min s(X+); the slot starts at b = lo + low (hi - lo) and saturates at
 lo + high (hi - lo) (`widen` turns b and a = 1 / (saturation - b) into a clamped ramp). When the
-sides overlap (hi <= lo) the ramp runs from just below the positives' minimum to their mean, and
-`Gate.separable` says so.
+sides overlap (hi <= lo) the ramp ends at the positives' minimum (every training prompt saturated)
+and starts a quarter of their spread below it; `Gate.separable` says so.
 """
 
 from __future__ import annotations
@@ -132,6 +133,5 @@ def gate(pos_scores: Tensor, neg_scores: Tensor, low: float = 0.5, high: float =
     hi = float(pos_scores.min())
     if hi > lo:
         return Gate(lo + low * (hi - lo), lo + high * (hi - lo), lo, hi, True)
-    mean = float(pos_scores.mean())
-    spread = max(mean - hi, 1e-3 * max(abs(mean), 1.0))
-    return Gate(hi - 0.5 * spread, max(mean, hi + 0.5 * spread), lo, hi, False)
+    spread = max(float(pos_scores.mean()) - hi, 1e-3 * max(abs(hi), 1.0))
+    return Gate(hi - 0.25 * spread, hi, lo, hi, False)  # every training prompt saturated; some negatives fire
