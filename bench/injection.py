@@ -122,6 +122,23 @@ def subset(a: dict[str, Any], positions: list[int]) -> dict[str, float | None]:
     }
 
 
+def inject_and_audit(store: Store, lm, run: str, rows: list[dict], ids: list[str], spec: InjectSpec, base: str) -> dict:
+    """Inject every fact at once, read the stored audit, roll back and check the sha256."""
+    t0 = time.time()
+    rec = inject_facts(store, lm, run, facts_from_file(_write(rows)), spec)
+    wall = time.time() - t0
+    rolled = rollback_injection(store, lm, rec.id)
+    with current_weights(store, lm, run) as sha:
+        restored = sha == base == rec.sha256_before
+    a = {k: v for k, v in rec.audit.items() if k != "facts"}
+    in_run_pos = [f.position for f in rec.facts if f.fact_id in ids]
+    result = {"n_facts": len(rows), "layers": rec.layers, "audit": a, "in_run": subset(rec.audit, in_run_pos)}
+    result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
+    result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
+    result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db", required=True)
@@ -131,6 +148,7 @@ def main() -> None:
     ap.add_argument("--layers", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-kn", action="store_true")
+    ap.add_argument("--skip-inject", action="store_true", help="only the update rule (same facts)")
     ap.add_argument("--kn-forms", default="paper", help="update forms compared, e.g. paper,ls")
     args = ap.parse_args()
     store = Store(args.db)
@@ -139,17 +157,10 @@ def main() -> None:
     rows, ids = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed)
     spec = InjectSpec(layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None)
     t0 = time.time()
-    rec = inject_facts(store, lm, args.run, facts_from_file(_write(rows)), spec)
+    result = {"n_facts": len(rows)}
+    if not args.skip_inject:
+        result = inject_and_audit(store, lm, args.run, rows, ids, spec, base)
     wall = time.time() - t0
-    rolled = rollback_injection(store, lm, rec.id)
-    with current_weights(store, lm, args.run) as sha:
-        restored = sha == base == rec.sha256_before
-    a = {k: v for k, v in rec.audit.items() if k != "facts"}
-    in_run_pos = [f.position for f in rec.facts if f.fact_id in ids]
-    result = {"n_facts": len(rows), "layers": rec.layers, "audit": a, "in_run": subset(rec.audit, in_run_pos)}
-    result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
-    result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
-    result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)
     if not args.skip_kn:
         for form in args.kn_forms.split(","):
             kn = kn_rule(store, lm, args.run, rows, ids, spec, form)

@@ -203,7 +203,7 @@ def inject_facts(
     if not facts:
         raise InputError("no fact to inject")
     _refuse_contradictions(facts, [])
-    lm = resolve_model(store, lm, resolve_run_only(store, run_name))
+    lm = resolve_model(store, lm, _run_of(store, run_name))
     at = _read(store, run_name, facts, spec, causal=not lm.adapter.is_masked_lm)
     _refuse_contradictions(facts, at.known)
     check_injectable(lm.adapter)
@@ -227,7 +227,7 @@ def inject_facts(
     return _write(store, at, spec, out, rows, lm)
 
 
-def resolve_run_only(store: Store, run_name: str | int) -> Run:
+def _run_of(store: Store, run_name: str | int) -> Run:
     with store.begin() as conn:
         return resolve_run(conn, run_name)
 
