@@ -47,6 +47,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "edit",
         "Change the model through its knowledge neurons; every edit is recorded and reversible.",
     ),
+    "inject": (
+        "atlas.cli.inject",
+        "inject",
+        "Add facts to a model as new FFN key-value slots (Kformer-style, no training); audited, reversible.",
+    ),
     "audit": (
         "atlas.cli.audit",
         "audit",

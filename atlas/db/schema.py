@@ -220,3 +220,53 @@ audit_results = sa.Table(
     sa.Column("p_before", sa.REAL, nullable=False),
     sa.Column("p_after", sa.REAL, nullable=False),
 )
+
+# --- knowledge injection (migration 0004): facts added as new FFN slot pairs -----------------------
+
+injections_id_seq, _injections_id = _id_column("injections")
+injections = sa.Table(
+    "injections",
+    metadata,
+    _injections_id,
+    sa.Column("run_id", sa.BigInteger, nullable=False),  # the run the injection is audited against
+    sa.Column("model_id", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # applied | rolled_back
+    sa.Column("layers", sa.Text, nullable=False),  # JSON list of the layers holding its slots
+    sa.Column("params", sa.Text, nullable=False),  # JSON: method and parameters
+    sa.Column("width_before", sa.Integer, nullable=False),  # FFN neurons per layer before / after
+    sa.Column("width_after", sa.Integer, nullable=False),
+    sa.Column("sha256_before", sa.Text, nullable=False),
+    sa.Column("sha256_after", sa.Text, nullable=False),
+    sa.Column("audit", sa.Text, nullable=False, server_default="{}"),  # JSON: the stored audit
+    _created_at(),
+    sa.Column("rolled_back_at", sa.DateTime(timezone=True)),
+)
+
+injection_facts = sa.Table(
+    "injection_facts",
+    metadata,
+    sa.Column("injection_id", sa.BigInteger, primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),  # order of building (each on the earlier ones)
+    sa.Column("fact_id", sa.Text, nullable=False),
+    sa.Column("relation_id", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("object", sa.Text, nullable=False),  # the NEW object
+    sa.Column("prompts", sa.Text, nullable=False),  # JSON: training prompts (the slot is built on them)
+    sa.Column("heldout", sa.Text, nullable=False),  # JSON: held-out prompts (generalisation)
+    sa.Column("info", sa.Text, nullable=False, server_default="{}"),  # JSON: tokens, gates, value search
+)
+
+injection_slots = sa.Table(
+    "injection_slots",
+    metadata,
+    sa.Column("injection_id", sa.BigInteger, primary_key=True),
+    sa.Column("layer", sa.SmallInteger, primary_key=True),
+    sa.Column("neuron", sa.Integer, primary_key=True),  # the first of the pair (neuron, neuron + 1)
+    sa.Column("position", sa.Integer, nullable=False),  # the fact (injection_facts.position)
+    sa.Column("key", sa.LargeBinary, nullable=False),  # w, raw bytes of `dtype`
+    sa.Column("value", sa.LargeBinary, nullable=False),  # v
+    sa.Column("dtype", sa.Text, nullable=False),
+    sa.Column("threshold", sa.Double, nullable=False),  # b
+    sa.Column("slope", sa.Double, nullable=False),  # a
+    sa.Column("sharpness", sa.Double, nullable=False),  # k
+)

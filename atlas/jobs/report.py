@@ -20,6 +20,7 @@ from atlas.db.neurons import read_run_atlas
 from atlas.db.store import Store
 from atlas.jobs.probe import SummaryRow, summary
 from atlas.jobs.report_edits import audit_section, erase_section, num, pct, update_section
+from atlas.jobs.report_injections import injection_section
 
 PAPER = {
     "neurons_per_fact": 4.13,
@@ -93,6 +94,7 @@ def write_report(store: Store, run_name: str | int, out_dir: Path) -> Figures:
     md += update_section(edits, fig, PAPER)
     md += erase_section(edits, PAPER)
     md += audit_section(plt, out_dir, store, edits, fig)
+    md += injection_section(store, run.name)
     md += ["## Against the paper", ""] + _comparison(fig)
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
     return fig

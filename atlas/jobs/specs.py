@@ -162,3 +162,55 @@ class UpdateSpec:
             raise InputError("--preserve and --target go with --form ls, not the paper's rule")
         if self.lam < 0 or self.max_scale <= 0:
             raise InputError("--lam must be >= 0 and --max-scale > 0")
+
+
+def _layers(value: str | None) -> tuple[int, ...] | None:
+    """`--layers 24` or `--layers 23,24`: the layers that hold the slots (None: from the atlas)."""
+    if value is None or isinstance(value, tuple):
+        return value
+    try:
+        out = tuple(int(x) for x in str(value).split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"bad --layers {value!r}: give layer numbers, e.g. 24 or 23,24") from None
+    if not out:
+        raise InputError("--layers names no layer")
+    return out
+
+
+@dataclass(frozen=True)
+class InjectSpec:
+    """How to inject facts as new FFN slot pairs (formulas: `atlas.model.inject`)."""
+
+    layers: tuple[int, ...] | None = opt(
+        None,
+        metavar="L[,L...]",
+        parse=_layers,
+        help="Layers that hold each fact's slot pair [default: the weighted median layer of the "
+        "relation's knowledge neurons in the run; of all its neurons when the relation has none; "
+        "else 80% of the depth].",
+    )
+    heldout: int = opt(
+        2, minimum=0, metavar="K", help="Prompts per fact held out of the slot for generalisation (>= 2 kept)."
+    )
+    ridge: float = opt(0.05, help="Key: ridge of the negatives' covariance, relative to its mean eigenvalue.")
+    gate_low: float = opt(0.5, help="Gate: the slot starts at this share of the gap from negatives' max score.")
+    gate_high: float = opt(0.9, help="Gate: the slot saturates at this share of the gap.")
+    sharpness: float = opt(64.0, help="Gate: k in act(k t) / k ~ relu(t) (larger: closer to an exact clamp).")
+    margin: float = opt(1.5, help="Value: scale x the smallest line-search scale that makes the new object win.")
+    value: str = opt(
+        "gradient",
+        choices=("gradient", "embedding"),
+        help="Value direction: gradient of log P(new object) at the layer's FFN output, "
+        "or the closed form final-norm scale x (E_new - E_old).",
+    )
+    negatives: int = opt(
+        400, minimum=1, help="Hard negatives: prompts of other facts (same relation first), from the bundled data."
+    )
+    audit_facts: int = opt(200, minimum=1, help="Other facts of the run measured for specificity (all when fewer).")
+    seed: int = opt(0, help="Seed of the negative and audit samples.")
+
+    def check(self) -> None:
+        if not 0.0 <= self.gate_low < self.gate_high <= 1.0:
+            raise InputError("need 0 <= --gate-low < --gate-high <= 1")
+        if self.ridge <= 0 or self.sharpness <= 0 or self.margin < 1.0:
+            raise InputError("--ridge and --sharpness must be > 0 and --margin >= 1")

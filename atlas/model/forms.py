@@ -116,7 +116,7 @@ def nullspace_projector(moment: Tensor, n_rows: int, energy: float = 0.99) -> tu
 # --- least-squares updates -------------------------------------------------------------------------
 
 
-def _answer_positions(adapter: Adapter, items: Sequence[PromptItem]) -> tuple[Tensor, Tensor, Tensor]:
+def answer_positions(adapter: Adapter, items: Sequence[PromptItem]) -> tuple[Tensor, Tensor, Tensor]:
     """ids, attention mask `[B, S]` and the position interventions act at `[B]` (the last prompt
     token for decoders, the first mask for masked LMs), prompts only."""
     width = max(len(it.prompt_ids) for it in items)
@@ -136,7 +136,7 @@ def answer_activations(
 ) -> tuple[Tensor, float]:
     """Mean activation of each of `neurons` at the answer position over `items` (`[k]`, float64),
     and the mean RMS of the residual stream entering the last layer there (the scale of a step)."""
-    ids, attn, pos = _answer_positions(adapter, items)
+    ids, attn, pos = answer_positions(adapter, items)
     rows = torch.arange(len(items))
     seen: dict[int, Tensor] = {}
 
@@ -164,7 +164,7 @@ def answer_keys(
     dev = next(adapter.model.parameters()).device
     out: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     for start in range(0, len(items), batch):
-        ids, attn, pos = _answer_positions(adapter, items[start : start + batch])
+        ids, attn, pos = answer_positions(adapter, items[start : start + batch])
         rows = torch.arange(len(pos))
 
         def grab(layer: int, rows: Tensor = rows, pos: Tensor = pos):
@@ -217,7 +217,7 @@ def logit_gradients(
     """Per layer, the unit direction in which a change of the FFN's output at the answer position
     raises logit(up) - logit(down) most (first order): the gradient there, averaged over `items`.
     Through whatever the model does above the layer and in its head (norms, BERT's head transform)."""
-    ids, attn, pos = _answer_positions(adapter, items)
+    ids, attn, pos = answer_positions(adapter, items)
     rows = torch.arange(len(items))
     leaves: dict[int, Tensor] = {}
 

@@ -99,3 +99,25 @@ def test_every_command_refuses_a_missing_or_outdated_schema(blank_url: str, stat
     with pytest.raises(SchemaOutOfDate):
         migrate.require_current(store)
     store.dispose()
+
+
+def test_injection_tables_come_with_0005_and_go_with_its_downgrade(blank_url: str) -> None:
+    """0005 adds the injection tables (and their id sequence); its downgrade removes exactly them."""
+    store = Store(blank_url)
+    migrate.upgrade(store, "0004")
+    new = {"injections", "injection_facts", "injection_slots"}
+    assert not atlas_tables(store) & new
+    migrate.upgrade(store, "0005")
+    assert new <= atlas_tables(store)
+    with store.begin() as conn:  # the id comes from the sequence
+        conn.execute(
+            sa.text(
+                "INSERT INTO injections (run_id, model_id, status, layers, params, width_before, width_after,"
+                " sha256_before, sha256_after) VALUES (1, 1, 'applied', '[24]', '{}', 4, 6, 'a', 'b')"
+            )
+        )
+        assert conn.execute(sa.text("SELECT id, audit FROM injections")).one() == (1, "{}")
+    migrate.downgrade(store, "0004")
+    assert not atlas_tables(store) & new and migrate.current_revision(store) == "0004"
+    migrate.upgrade(store, "0005")  # the sequence went too, or this would fail
+    store.dispose()

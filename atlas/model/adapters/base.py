@@ -60,6 +60,14 @@ class Adapter:
     ffn_out_template: ClassVar[str] = ""
     #: True when the output projection stores value slots as ROWS (GPT-2's Conv1D).
     slots_are_rows: ClassVar[bool] = False
+    #: module whose first INPUT is the FFN's input x (post-norm), `{layer}` filled in (injection keys).
+    ffn_in_template: ClassVar[str] = ""
+    #: the key-side projections, one output row per neuron: `(gate, up)` of a gated MLP, else one.
+    ffn_key_templates: ClassVar[tuple[str, ...]] = ()
+    #: the config field that holds the FFN width, and the flag that gives a gated MLP its biases
+    #: (None: the family's FFN has biases of its own, or cannot have them: see `inject.widen`).
+    width_config: ClassVar[str] = "intermediate_size"
+    bias_config: ClassVar[str | None] = None
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -112,6 +120,16 @@ class Adapter:
             w[idx, :] = values
         else:
             w[:, idx] = values.T
+
+    def ffn_in(self, layer: int) -> nn.Module:
+        """The module whose first input is layer `layer`'s FFN input x `[..., hidden]`."""
+        self._check_layer(layer)
+        return self.model.get_submodule(self.ffn_in_template.format(layer=layer))
+
+    def ffn_keys(self, layer: int) -> list[nn.Module]:
+        """The key-side projections of `layer` (`[gate, up]` for a gated MLP, else one)."""
+        self._check_layer(layer)
+        return [self.model.get_submodule(t.format(layer=layer)) for t in self.ffn_key_templates]
 
     def unembedding(self) -> torch.Tensor:
         """Output word embedding matrix `[vocab, hidden]` (the `e_t` of the paper's update rule)."""

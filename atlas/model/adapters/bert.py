@@ -12,8 +12,12 @@ class BertAdapter(Adapter):
     family = "bert"
     is_masked_lm = True
     ffn_out_template = "bert.encoder.layer.{layer}.output.dense"
+    ffn_in_template = "bert.encoder.layer.{layer}.intermediate"
+    ffn_key_templates = ("bert.encoder.layer.{layer}.intermediate.dense",)
 
 
 class RobertaAdapter(BertAdapter):
     family = "roberta"
     ffn_out_template = "roberta.encoder.layer.{layer}.output.dense"
+    ffn_in_template = "roberta.encoder.layer.{layer}.intermediate"
+    ffn_key_templates = ("roberta.encoder.layer.{layer}.intermediate.dense",)

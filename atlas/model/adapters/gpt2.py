@@ -17,6 +17,9 @@ class GPT2Adapter(DecoderAdapter):
     family = "gpt2"
     ffn_out_template = "transformer.h.{layer}.mlp.c_proj"
     slots_are_rows = True
+    ffn_in_template = "transformer.h.{layer}.mlp"
+    ffn_key_templates = ("transformer.h.{layer}.mlp.c_fc",)
+    width_config = "n_inner"
 
     @property
     def n_layers(self) -> int:

@@ -20,6 +20,9 @@ from atlas.model.adapters.base import DecoderAdapter, apply_rope
 class LlamaAdapter(DecoderAdapter):
     family = "llama"
     ffn_out_template = "model.layers.{layer}.mlp.down_proj"
+    ffn_in_template = "model.layers.{layer}.mlp"
+    ffn_key_templates = ("model.layers.{layer}.mlp.gate_proj", "model.layers.{layer}.mlp.up_proj")
+    bias_config = "mlp_bias"  # LlamaConfig(mlp_bias=True): every MLP projection gets a bias
 
     def layer(self, layer: int) -> nn.Module:
         return self.model.model.layers[layer]
@@ -65,14 +68,17 @@ class LlamaAdapter(DecoderAdapter):
 
 class MistralAdapter(LlamaAdapter):
     family = "mistral"
+    bias_config = None  # its MLP has no bias option: injection refuses it
 
 
 class Qwen2Adapter(LlamaAdapter):
     family = "qwen2"
+    bias_config = None  # its MLP has no bias option: injection refuses it
 
 
 class GemmaAdapter(LlamaAdapter):
     family = "gemma"
+    bias_config = None  # its MLP has no bias option: injection refuses it
 
     def final_norm_scale(self) -> torch.Tensor | None:
         return 1.0 + self.model.model.norm.weight  # Gemma's RMSNorm scales by (1 + w)

@@ -16,6 +16,8 @@ from atlas.model.adapters.base import DecoderAdapter, apply_rope
 class NeoXAdapter(DecoderAdapter):
     family = "neox"
     ffn_out_template = "gpt_neox.layers.{layer}.mlp.dense_4h_to_h"
+    ffn_in_template = "gpt_neox.layers.{layer}.mlp"
+    ffn_key_templates = ("gpt_neox.layers.{layer}.mlp.dense_h_to_4h",)
 
     def max_positions_exact(self) -> int | None:
         return None

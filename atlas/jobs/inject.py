@@ -1,0 +1,312 @@
+"""`atlas inject`: add facts <s, r, o'> to a model as new FFN slot pairs, audited against a run.
+
+Read -> compute -> write, as every edit: one transaction reads the run, its facts, the model's
+applied edits and injections, the facts already injected, the default layers (the statement
+`inject_default_layer`: the weighted median layer of the relation's knowledge neurons in the run)
+and hard negatives (`injection_negatives`: prompts of other facts of the same relation and of other
+relations, from every fact loaded in the atlas); bad input is refused before the model runs. The
+model then runs with no transaction open: on the working copy (`inject_weights.injected_copy`) it
+is measured, widened by two neurons per fact and layer, each fact's pair is built on the model
+that already holds the earlier ones (`atlas.model.inject.build`), and it is measured again
+(`inject_audit`). One transaction writes the injection, its facts, pairs and audit, after checking
+that the applied edits and injections did not change meanwhile.
+
+Default layer: `--layers`, else the relation's weighted median knowledge-neuron layer in the run,
+else that of all the run's knowledge neurons, else 80% of the depth (recorded per fact as
+`layer_source`: layers / relation / run / depth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atlas.db.datasets import is_causal, make_prompt, pararel_templates, read_jsonl
+from atlas.db.edits import EditRows, applied_stack, check_stack
+from atlas.db.injections import (
+    APPLIED,
+    InjectedFact,
+    InjectionRecord,
+    InjectionRows,
+    NewInjection,
+    applied_injections,
+    check_injections,
+    default_layer,
+    get_injection,
+    injected_facts,
+    insert_injection,
+    set_audit,
+)
+from atlas.db.neurons import Fact, run_facts
+from atlas.db.runs import Run, resolve_run
+from atlas.db.sqlfile import sql_text
+from atlas.db.store import Store
+from atlas.errors import ConflictError, InputError
+from atlas.jobs import inject_audit as audit
+from atlas.jobs.evaluate import EvalSet, sample
+from atlas.jobs.inject_weights import injected_copy, pair_bytes
+from atlas.jobs.specs import InjectSpec
+from atlas.jobs.weights import ModelArg, resolve_model
+from atlas.model.encode import PromptItem
+from atlas.model.inject import check_injectable, widened
+from atlas.model.inject.build import BuildParams, FactSlots, build_fact
+from atlas.model.inject.keys import answer_inputs, text_chunk, text_inputs
+from atlas.model.loading import LoadedModel, weights_sha256
+from atlas.model.scoring import encode
+
+METHOD = "kformer-slots: discriminant key, clamped gate, line-searched value"
+
+
+@dataclass(frozen=True)
+class NewFact:
+    """A fact to inject: its NEW object and its prompts (texts with [Y])."""
+
+    id: str
+    relation_id: str
+    subject: str
+    object: str
+    prompts: tuple[str, ...]
+
+
+def facts_from_file(path: str | Path) -> list[NewFact]:
+    """Facts of a JSONL fact file (README "JSONL fact files"); `object` is the object to inject."""
+    return [
+        NewFact(f.id, f.relation_id, f.subject, f.object, tuple(p.text for p in f.prompts))
+        for f in read_jsonl(path).facts
+    ]
+
+
+def fact_from_option(text: str, templates: Sequence[str] = ()) -> NewFact:
+    """`--fact "SUBJECT|RELATION|OBJECT"`, with `--template`s or the relation's PARAREL templates."""
+    parts = [p.strip() for p in text.split("|")]
+    if len(parts) != 3 or not all(parts):
+        raise InputError(f"bad --fact {text!r}: write SUBJECT|RELATION|OBJECT, e.g. 'France|P36|Lyon'")
+    subject, relation, obj = parts
+    templates = list(templates) or pararel_templates(relation)
+    if not templates:
+        raise InputError(f"--fact {text!r}: relation {relation} has no bundled templates; give --template")
+    for t in templates:
+        if t.count("[X]") != 1 or t.count("[Y]") != 1:
+            raise InputError(f"template {t!r} must contain [X] and [Y] once each")
+    prompts = tuple(dict.fromkeys(make_prompt(t, subject).text for t in templates))
+    return NewFact(f"{relation}:{subject}->{obj}", relation, subject, obj, prompts)
+
+
+@dataclass
+class _Atlas:
+    """What one transaction read for an injection."""
+
+    run: Run
+    facts: dict[str, Fact]
+    edits: list[EditRows]
+    stack: list[InjectionRows]
+    known: list[InjectedFact]
+    layers: dict[str, int | None]
+    run_layer: int | None
+    negatives: list[tuple[str, str]]  # (prompt text, its fact's object)
+
+
+def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: InjectSpec, causal: bool) -> _Atlas:
+    with store.begin() as conn:
+        run = resolve_run(conn, run_name)
+        be = store.backend
+        rels = sorted({f.relation_id for f in facts})
+        negatives = []
+        for same in (True, False):
+            params = {"relation_ids": rels, "subjects": sorted({f.subject for f in facts}), "same": same}
+            params |= {"causal": causal, "limit": (spec.negatives + (not same)) // 2}
+            negatives += [(r.text, r.object) for r in conn.execute(sql_text("injection_negatives", be), params)]
+        return _Atlas(
+            run,
+            run_facts(conn, run.id, be),
+            applied_stack(conn, be, run.model_id),
+            applied_injections(conn, be, run.model_id),
+            injected_facts(conn, be, run.model_id),
+            {r: default_layer(conn, be, run.id, r) for r in rels},
+            default_layer(conn, be, run.id, ""),
+            negatives,
+        )
+
+
+def _refuse_contradictions(facts: Sequence[NewFact], known: Sequence[InjectedFact]) -> None:
+    """A fact whose subject and relation an applied injection (or an earlier line) already gave an object."""
+    held = {(k.subject, k.relation_id): (k.object, f"injection {k.injection_id}") for k in known if k.status == APPLIED}
+    for f in facts:
+        old = held.get((f.subject, f.relation_id))
+        if old is not None:
+            what = "repeats" if old[0] == f.object else "contradicts"
+            raise ConflictError(
+                f"fact {f.id!r} ({f.relation_id}: {f.subject} -> {f.object}) {what} {old[1]} "
+                f"({f.subject} -> {old[0]}); roll that back first"
+            )
+        held[(f.subject, f.relation_id)] = (f.object, f"fact {f.id!r} of this input")
+
+
+def _layers_of(lm: LoadedModel, f: NewFact, spec: InjectSpec, at: _Atlas) -> tuple[list[int], str]:
+    n = lm.adapter.n_layers
+    if spec.layers:
+        for layer in spec.layers:
+            if not 0 <= layer < n:
+                raise InputError(f"layer {layer} is out of range: model {lm.name!r} has layers 0..{n - 1}")
+        return sorted(set(spec.layers)), "layers"
+    if at.layers.get(f.relation_id) is not None:
+        return [at.layers[f.relation_id]], "relation"
+    if at.run_layer is not None:
+        return [at.run_layer], "run"
+    return [round(0.8 * (n - 1))], "depth"
+
+
+def _encode_fact(lm: LoadedModel, f: NewFact, heldout: int) -> tuple[list[PromptItem], list[PromptItem], list[str]]:
+    """Training and held-out prompts of a fact (answer: its new object) and their texts in that
+    order, or a one-line refusal when none can be read with that object."""
+    masked = lm.adapter.is_masked_lm
+    items, texts, reasons = [], [], []
+    for t in (t for t in f.prompts if masked or is_causal(t)):
+        item = encode(lm.tokenizer, t, f.object, masked)
+        if isinstance(item, str):
+            reasons.append(item)
+        else:
+            items.append(item)
+            texts.append(t)
+    if not items:
+        why = reasons[0] if reasons else "no prompt a " + ("masked" if masked else "left-to-right") + " LM can read"
+        raise InputError(f"fact {f.id!r}: object {f.object!r} cannot be used with model {lm.name!r}: {why}")
+    keep = max(len(items) - heldout, min(2, len(items)))
+    return items[:keep], items[keep:], texts
+
+
+def _negative_inputs(lm: LoadedModel, at: _Atlas, layers: list[int]) -> dict[int, torch.Tensor]:
+    """FFN inputs of the hard negatives at every position (their answer positions, and every other
+    position as ordinary text), and of the general text's start."""
+    items = [
+        i for t, o in at.negatives if not isinstance(i := encode(lm.tokenizer, t, o, lm.adapter.is_masked_lm), str)
+    ]
+    xs = answer_inputs(lm.model, lm.adapter, items, layers, every_position=True)
+    if not lm.adapter.is_masked_lm:
+        text = audit.GENERAL_TEXT.read_text()[: audit.NEGATIVE_TEXT_CHARS]
+        ids = list(lm.tokenizer(text, add_special_tokens=False).input_ids)
+        gen = text_inputs(lm.model, lm.adapter, ids, layers, text_chunk(lm.adapter))
+        xs = {layer: torch.cat([xs[layer], gen[layer]]) for layer in layers}
+    return xs
+
+
+def inject_facts(
+    store: Store, lm: ModelArg, run_name: str | int, facts: Sequence[NewFact], spec: InjectSpec | None = None
+) -> InjectionRecord:
+    """Inject `facts` (see the module docstring); recorded, audited and reversible."""
+    spec = spec or InjectSpec()
+    spec.check()
+    if not facts:
+        raise InputError("no fact to inject")
+    _refuse_contradictions(facts, [])
+    lm = resolve_model(store, lm, _run_of(store, run_name))
+    at = _read(store, run_name, facts, spec, causal=not lm.adapter.is_masked_lm)
+    _refuse_contradictions(facts, at.known)
+    check_injectable(lm.adapter)
+    layers = [_layers_of(lm, f, spec, at) for f in facts]
+    encoded = [_encode_fact(lm, f, spec.heldout) for f in facts]
+    plan = _plan(lm, at, facts, encoded, spec)
+    out = _compute(lm, at, plan, [lay for lay, _ in layers], spec)
+    rows = [
+        InjectedFact(
+            i,
+            f.id,
+            f.relation_id,
+            f.subject,
+            f.object,
+            enc[2][: len(enc[0])],
+            enc[2][len(enc[0]) :],
+            _fact_info(lm, out["built"][i], layers[i][1]),
+        )
+        for i, (f, enc) in enumerate(zip(facts, encoded))
+    ]
+    return _write(store, at, spec, out, rows, lm)
+
+
+def _run_of(store: Store, run_name: str | int) -> Run:
+    with store.begin() as conn:
+        return resolve_run(conn, run_name)
+
+
+def _plan(lm: LoadedModel, at: _Atlas, facts: Sequence[NewFact], encoded: list, spec: InjectSpec) -> audit.AuditPlan:
+    injected = {(f.subject, f.relation_id) for f in facts}
+    others = [f for f in at.facts.values() if (f.subject, f.relation_id) not in injected]
+    chosen = sample(others, spec.audit_facts, f"inject-audit:{spec.seed}")
+    return audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], EvalSet.of("others", lm, chosen))
+
+
+def _compute(lm: LoadedModel, at: _Atlas, plan: audit.AuditPlan, layers: list[list[int]], spec: InjectSpec) -> dict:
+    """Measure, widen, build every fact's pairs in order, measure again (no transaction open)."""
+    params = BuildParams(spec.ridge, spec.gate_low, spec.gate_high, spec.sharpness, spec.margin, spec.value)
+    used = sorted({layer for ls in layers for layer in ls})
+    with injected_copy(lm, at.run, at.edits, at.stack) as sha_before:
+        width_before = lm.adapter.n_neurons
+        width_after = width_before + 2 * sum(len(ls) for ls in layers)
+        before = audit.measure(lm, plan)
+        with widened(lm.adapter, [], width_after):
+            shared = _negative_inputs(lm, at, used)
+            own = [answer_inputs(lm.model, lm.adapter, items, used) for items in plan.train]
+            built: list[FactSlots] = []
+            index = width_before
+            for i, items in enumerate(plan.train):
+                negs = {
+                    layer: torch.cat([shared[layer], *(o[layer] for j, o in enumerate(own) if j != i)])
+                    for layer in used
+                }
+                built.append(build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params))
+                index += 2 * len(layers[i])
+            sha_after = weights_sha256(lm.model)
+            pairs = [p for b in built for p in b.pairs]
+            after = audit.measure(lm, plan, pairs)
+    verdict = audit.judge(plan, before, after, [b.value.hits if b.value else 0 for b in built])
+    verdict["n_negatives"] = int(shared[used[0]].shape[0])
+    return dict(
+        built=built, sha_before=sha_before, sha_after=sha_after, width=(width_before, width_after), audit=verdict
+    )
+
+
+def _fact_info(lm: LoadedModel, b: FactSlots, source: str) -> dict[str, Any]:
+    tok = lm.tokenizer
+    return {
+        "layer_source": source,
+        "new_token": tok.decode([b.new_tok]),
+        "old_token": None if b.old_tok is None else tok.decode([b.old_tok]),
+        "gates": [asdict(g) for g in b.gates],
+        "value": asdict(b.value) if b.value else None,
+        "residual_norm": b.residual,
+        "slots": [[p.layer, p.index] for p in b.pairs],
+    }
+
+
+def _write(
+    store: Store, at: _Atlas, spec: InjectSpec, out: dict, rows: list[InjectedFact], lm: LoadedModel
+) -> InjectionRecord:
+    pairs = [pair_bytes(p, i) for i, b in enumerate(out["built"]) for p in b.pairs]
+    params = {
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()},
+        "method": METHOD,
+        "model": lm.name,
+        "applied_edits": [e.id for e in at.edits],
+        "applied_injections": [i.id for i in at.stack],
+    }
+    with store.begin() as conn:
+        check_stack(conn, store.backend, at.run.model_id, at.edits)
+        check_injections(conn, store.backend, at.run.model_id, at.stack)
+        new = NewInjection(
+            at.run.id,
+            at.run.model_id,
+            sorted({p.layer for p in pairs}),
+            params,
+            *out["width"],
+            out["sha_before"],
+            out["sha_after"],
+            rows,
+            pairs,
+        )
+        injection_id = insert_injection(store, conn, new)
+        set_audit(conn, injection_id, out["audit"])
+    return get_injection(store, injection_id)

@@ -1,0 +1,133 @@
+"""What an injection is judged on, measured before and after on the same working copy.
+
+* efficacy: the new object is the greedy answer on the fact's training prompts (the prompts the
+  slot was built on), per fact and pooled over prompts;
+* generalisation: the same on its held-out prompts (templates the slot never saw);
+* specificity, over every other fact of the run (up to `audit_facts`, facts sharing an injected
+  subject and relation left out): the mean |dP/P| of P(gold), the share of right (greedy) answers
+  kept, and the slot firing rate - the share of those prompts on which any injected pair is
+  above its threshold (clamp(a (w . x - b), 0, 1) > 0 at the answer position);
+* fluency: perplexity of the bundled general text (left-to-right models), the whole text and the
+  part after the first `NEGATIVE_TEXT_CHARS` characters (never used as negatives);
+* stacking: every figure is measured with all the injection's facts (and earlier injections) in
+  the model at once; each fact's efficacy right after its own slot was built is kept beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from atlas.jobs.evaluate import GENERAL_TEXT, EvalSet
+from atlas.model.encode import PromptItem
+from atlas.model.inject import SlotPair
+from atlas.model.inject.keys import answer_inputs, text_chunk
+from atlas.model.loading import LoadedModel
+from atlas.model.scoring import Scored, score, text_nll
+
+NEGATIVE_TEXT_CHARS = 2000  # the start of the general text serves as negatives; fluency is also shown without it
+
+
+@dataclass
+class AuditPlan:
+    """Encoded prompts: each injected fact's training and held-out prompts (answer = new object),
+    and the other facts of the run (answer = gold)."""
+
+    train: list[list[PromptItem]]
+    heldout: list[list[PromptItem]]
+    others: EvalSet
+    fact_of_other: list[str] = field(default_factory=list)
+
+
+def measure(lm: LoadedModel, plan: AuditPlan, pairs: Sequence[SlotPair] = ()) -> dict[str, Any]:
+    """Scores of every prompt of the plan on the model as it is, the fluency NLLs, and (with
+    `pairs`) the share of the other facts' prompts on which a pair fires."""
+    flat_train = [it for items in plan.train for it in items]
+    flat_held = [it for items in plan.heldout for it in items]
+    out: dict[str, Any] = {
+        "train": score(lm.model, lm.adapter, flat_train) if flat_train else [],
+        "heldout": score(lm.model, lm.adapter, flat_held) if flat_held else [],
+        "others": plan.others.measure(lm) if plan.others.items else [],
+        "fluency": None,
+    }
+    if not lm.adapter.is_masked_lm:
+        text = GENERAL_TEXT.read_text()
+        chunk = text_chunk(lm.adapter)  # fewer tokens where the model's positions end sooner (GPT-2)
+        out["fluency"] = (
+            text_nll(lm.model, lm.tokenizer, text, chunk),
+            text_nll(lm.model, lm.tokenizer, text[NEGATIVE_TEXT_CHARS:], chunk),
+        )
+    out["firing"] = firing(lm, plan.others.items, pairs) if pairs else None
+    return out
+
+
+@torch.no_grad()
+def firing(lm: LoadedModel, items: Sequence[PromptItem], pairs: Sequence[SlotPair]) -> list[bool]:
+    """Per item: does any pair's clamp exceed 0 at its answer position?"""
+    layers = sorted({p.layer for p in pairs})
+    xs = answer_inputs(lm.model, lm.adapter, items, layers)
+    fired = torch.zeros(len(items), dtype=torch.bool)
+    for p in pairs:
+        fired |= (xs[p.layer] @ p.key.double()) > p.threshold
+    return fired.tolist()
+
+
+def _split(scored: list[Scored], groups: Sequence[Sequence[Any]]) -> list[list[Scored]]:
+    out, at = [], 0
+    for g in groups:
+        out.append(scored[at : at + len(g)])
+        at += len(g)
+    return out
+
+
+def _rate(xs: Sequence[bool]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _ppl(nll: tuple[float, int]) -> float:
+    return math.exp(nll[0] / nll[1])
+
+
+def judge(plan: AuditPlan, before: dict[str, Any], after: dict[str, Any], built_hits: Sequence[int]) -> dict:
+    """The stored audit: per fact and pooled (see the module docstring)."""
+    train_b, train_a = _split(before["train"], plan.train), _split(after["train"], plan.train)
+    held_a = _split(after["heldout"], plan.heldout)
+    per_fact = [
+        {
+            "efficacy": _rate([s.greedy for s in ta]),
+            "efficacy_before": _rate([s.greedy for s in tb]),
+            "efficacy_when_built": built_hits[i] / len(ta) if ta else None,
+            "generalisation": _rate([s.greedy for s in ha]),
+            "n_train": len(ta),
+            "n_heldout": len(ha),
+        }
+        for i, (tb, ta, ha) in enumerate(zip(train_b, train_a, held_a))
+    ]
+    ob, oa = before["others"], after["others"]
+    rel = [abs(a.p_gold - b.p_gold) / b.p_gold for b, a in zip(ob, oa) if b.p_gold > 0]
+    right = [a.greedy for b, a in zip(ob, oa) if b.greedy]
+    out: dict[str, Any] = {
+        "efficacy": _rate([s.greedy for s in after["train"]]),
+        "efficacy_facts": _rate([f["efficacy"] == 1.0 for f in per_fact if f["efficacy"] is not None]),
+        "generalisation": _rate([s.greedy for s in after["heldout"]]),
+        "generalisation_before": _rate([s.greedy for s in before["heldout"]]),
+        "n_train_prompts": len(after["train"]),
+        "n_heldout_prompts": len(after["heldout"]),
+        "others_prompts": len(oa),
+        "others_mean_abs_rel_dp": sum(rel) / len(rel) if rel else None,
+        "others_right_before": len(right),
+        "others_right_kept": sum(right),
+        "others_kept": _rate(right),
+        "others_firing_rate": _rate(after["firing"] or []),
+        "facts": per_fact,
+    }
+    if before["fluency"] and after["fluency"]:
+        out["fluency_ppl_before"], out["fluency_ppl_after"] = _ppl(before["fluency"][0]), _ppl(after["fluency"][0])
+        out["fluency_ppl_change"] = out["fluency_ppl_after"] / out["fluency_ppl_before"] - 1
+        held_b, held_after = _ppl(before["fluency"][1]), _ppl(after["fluency"][1])
+        out["fluency_unseen_ppl_change"] = held_after / held_b - 1
+    return out

@@ -1,0 +1,45 @@
+"""The report's injection section: every injection of the run with its stored audit.
+
+Everything comes from `injections.audit`, so the table shows exactly what `atlas inject` measured
+with all of an injection's facts (and the earlier applied injections) in the model at once.
+"""
+
+from __future__ import annotations
+
+from atlas.db.injections import list_injections
+from atlas.db.store import Store
+
+
+def _p(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:+.2%}" if signed else f"{x:.1%}"
+
+
+def injection_section(store: Store, run: str) -> list[str]:
+    """`## Injecting facts`: one row per injection (newest first)."""
+    md = ["## Injecting facts", ""]
+    rows = list_injections(store, run)
+    if not rows:
+        return md + ["No injections yet: `atlas inject FACTS.jsonl --run RUN` (or `--fact S|R|O`).", ""]
+    md += [
+        "Facts added as new FFN slot pairs (key: discriminant direction of the FFN input; gate: clamped ramp; "
+        "value: output-embedding difference, line-searched). Efficacy: the new object is the greedy answer on "
+        "the prompts the slots were built on; held-out: on prompts they never saw; others: every other fact of "
+        "the run (mean |dP/P| of P(gold), right answers kept, share of their prompts on which a slot fires); "
+        "fluency: perplexity of the bundled general text.",
+        "",
+        "| id | status | facts | layers | width | efficacy | held-out | others mean abs dP/P | others kept | "
+        "slot firing | fluency ppl |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i in rows:
+        a = i.audit
+        kept = f"{a.get('others_right_kept')}/{a.get('others_right_before')}" if a else "n/a"
+        md.append(
+            f"| {i.id} | {i.status} | {i.n_facts} | {', '.join(map(str, i.layers))} | "
+            f"{i.width_before} -> {i.width_after} | {_p(a.get('efficacy'))} | {_p(a.get('generalisation'))} | "
+            f"{_p(a.get('others_mean_abs_rel_dp'))} | {kept} | {_p(a.get('others_firing_rate'))} | "
+            f"{_p(a.get('fluency_ppl_change'), True)} |"
+        )
+    return md + [""]

@@ -1,0 +1,116 @@
+"""One fact's slot pairs on a widened model: keys and gates per layer, then the value's line search.
+
+The model must already be widened (`widen.widened`) with room at `first_index`; the pairs are
+written in place, so the facts of one injection are built one after the other, each on the model
+that already holds the earlier ones (stacking is measured, not assumed). The formulas are in
+`atlas.model.inject`'s docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from atlas.model.adapters import Adapter
+from atlas.model.encode import PromptItem
+from atlas.model.inject.keys import Gate, answer_inputs, discriminant, gate
+from atlas.model.inject.values import (
+    ValueChoice,
+    current_answer,
+    line_search,
+    logprob_directions,
+    residual_norm,
+    value_direction,
+)
+from atlas.model.inject.widen import SlotPair, set_pair_value, write_pair
+from atlas.model.scoring import score
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    """The method's constants (their flags live on `atlas.jobs.specs.InjectSpec`)."""
+
+    ridge: float = 0.05
+    gate_low: float = 0.5
+    gate_high: float = 0.9
+    sharpness: float = 64.0
+    margin: float = 1.5
+    value_form: str = "gradient"  # or "embedding" (`values` says why gradient is the default)
+
+
+@dataclass
+class FactSlots:
+    """What building one fact gave: its pairs (one per layer) and how they were chosen."""
+
+    pairs: list[SlotPair]
+    new_tok: int
+    old_tok: int | None
+    gates: list[Gate] = field(default_factory=list)
+    value: ValueChoice | None = None
+    residual: float = 0.0
+
+
+def build_fact(
+    model: torch.nn.Module,
+    adapter: Adapter,
+    train: Sequence[PromptItem],
+    negatives: dict[int, Tensor],
+    layers: Sequence[int],
+    first_index: int,
+    params: BuildParams = BuildParams(),
+) -> FactSlots:
+    """Pairs for the fact whose training prompts `train` are encoded with its NEW object as answer;
+    `negatives[layer]` `[n-, hidden]` are the hard negatives' FFN inputs. Written into the model."""
+    new_tok = train[0].answer_ids[0]
+    old_tok = current_answer(score(model, adapter, train), new_tok)
+    units = value_directions(adapter, train, layers, new_tok, old_tok, params.value_form)
+    pos = answer_inputs(model, adapter, train, layers)
+    negatives = _with_continuations(model, adapter, train, layers, negatives)
+    out = FactSlots([], new_tok, old_tok, residual=residual_norm(model, adapter, train, max(layers)))
+    for i, layer in enumerate(layers):
+        w = discriminant(pos[layer], negatives[layer], params.ridge)
+        g = gate(pos[layer] @ w, negatives[layer] @ w, params.gate_low, params.gate_high)
+        pair = SlotPair(layer, first_index + 2 * i, w, g.threshold, g.slope, torch.zeros_like(w), params.sharpness)
+        write_pair(adapter, pair)
+        out.pairs.append(pair)
+        out.gates.append(g)
+
+    def set_scale(s: float) -> None:
+        for p in out.pairs:
+            set_pair_value(adapter, p, units[p.layer] * (out.residual * s / len(out.pairs)))
+
+    out.value = line_search(model, adapter, train, set_scale, params.margin)
+    return out
+
+
+def _with_continuations(
+    model: torch.nn.Module, adapter: Adapter, train: Sequence[PromptItem], layers: Sequence[int], negatives: dict
+) -> dict[int, Tensor]:
+    """Add to the negatives the positions where a decoder spells the rest of a multi-token object:
+    a slot that fired there would push the first token again instead of letting the word finish."""
+    if adapter.is_masked_lm:
+        return negatives
+    cont = [
+        PromptItem(list(it.prompt_ids) + list(it.answer_ids[:k]), list(it.answer_ids[k:]))
+        for it in train
+        for k in range(1, len(it.answer_ids))
+    ]
+    if not cont:
+        return negatives
+    xs = answer_inputs(model, adapter, cont, layers)
+    return {layer: torch.cat([negatives[layer], xs[layer]]) for layer in layers}
+
+
+def value_directions(
+    adapter: Adapter, items: Sequence[PromptItem], layers: Sequence[int], new_tok: int, old_tok: int | None, form: str
+) -> dict[int, Tensor]:
+    """Unit value directions per layer (`values`): the log-probability gradient, or the closed form
+    g * (E_new - E_old) where the final norm maps the residual stream to the logits elementwise
+    (decoders; BERT's post-norm blocks and head transform always take the gradient)."""
+    if form == "embedding" and adapter.final_norm_scale() is not None:
+        u = value_direction(adapter, new_tok, old_tok)
+        return {layer: u for layer in layers}
+    return logprob_directions(adapter, items, layers, new_tok)

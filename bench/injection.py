@@ -1,0 +1,173 @@
+"""Knowledge injection on the real SmolLM2 (CPU): counterfactual facts stacked, against the paper's
+knowledge-neuron update rule on the same facts.
+
+Facts: per relation of the run, `--in-run` facts of the run (those the update rule can also edit:
+they have knowledge neurons) and `--extra` facts that the atlas holds but the run does not, each
+given a counterfactual object: another single-token object of the same relation
+(`atlas.jobs.audit.new_object_for`). They are written to a JSONL file in the user fact format and
+read back with `atlas.jobs.inject.facts_from_file`, so the defaults are those a user's own file
+gets; the last 2 causal prompts of each fact are held out (`--heldout`).
+
+1. `inject_facts` with the default spec (or `--layers`): every fact in one injection, built one
+   after the other on the model holding the earlier ones; the stored audit is the measurement
+   (efficacy, held-out generalisation, the run's other facts: mean |dP/P|, right answers kept,
+   slot firing; fluency), all facts active at once. Then rolled back; the sha256 must come back.
+2. The update rule (`atlas edit update --form paper`) on the in-run facts, applied one after the
+   other, then the same measurement (`atlas.jobs.inject_audit`) on the same prompts, then rolled
+   back (`--kn-forms paper,ls` also runs the default `ls` form).
+
+Example (this repo's CPU box; an atlas of P36/P27/P30, see BENCHMARKS.md):
+    PYTHONPATH=. python bench/injection.py --db duckdb:////tmp/inj/bench.duckdb --run smol-inj
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atlas.db.facts import list_facts, show_fact  # noqa: E402
+from atlas.db.neurons import Fact, read_run_atlas  # noqa: E402
+from atlas.db.store import Store  # noqa: E402
+from atlas.errors import AtlasError  # noqa: E402
+from atlas.jobs import inject_audit as audit  # noqa: E402
+from atlas.jobs.audit import new_object_for  # noqa: E402
+from atlas.jobs.evaluate import EvalSet  # noqa: E402
+from atlas.jobs.inject import _encode_fact, facts_from_file, inject_facts  # noqa: E402
+from atlas.jobs.inject_weights import rollback_injection  # noqa: E402
+from atlas.jobs.rollback import rollback  # noqa: E402
+from atlas.jobs.specs import InjectSpec, UpdateSpec  # noqa: E402
+from atlas.jobs.update import update_fact  # noqa: E402
+from atlas.jobs.weights import current_weights  # noqa: E402
+from atlas.model.loading import load_model, weights_sha256  # noqa: E402
+from bench.results import append_result  # noqa: E402
+
+
+def choose_facts(store: Store, lm, run: str, in_run: int, extra: int, seed: int) -> tuple[list[dict], list[str]]:
+    """JSONL rows of counterfactual facts and the ids of those that are in the run."""
+    _, facts, neurons = read_run_atlas(store, run)
+    rng = random.Random(seed)
+    rows, ids = [], []
+    for rel in sorted({f.relation_id for f in facts.values()}):
+        everything = {
+            f.id: Fact(f.id, f.relation_id, f.subject, f.object) for f in list_facts(store, relation=rel, limit=None)
+        }
+        mine = [f for f in facts.values() if f.relation_id == rel and f.id in neurons]
+        outside = sorted(set(everything) - set(facts))
+        rng.shuffle(outside)
+        picked = mine[:in_run] + [everything[i] for i in outside[: 4 * extra]]
+        n_extra = 0
+        for f in picked:
+            inside = f.id in facts
+            if not inside and n_extra == extra:
+                continue
+            new = new_object_for(lm, f, everything, rng)
+            prompts = [p.text for p in show_fact(store, f.id).prompts if p.causal]
+            if new is None or len(prompts) < 3:
+                continue
+            rows.append({"id": f"cf-{f.id}", "relation": rel, "subject": f.subject, "object": new, "prompts": prompts})
+            ids += [f"cf-{f.id}"] if inside else []
+            n_extra += not inside
+    return rows, ids
+
+
+def kn_rule(store: Store, lm, run: str, rows: list[dict], ids: list[str], spec: InjectSpec, form: str) -> dict:
+    """The update rule on the in-run facts, applied one after another, judged like the injection."""
+    facts = [f for f in facts_from_file(_write(rows)) if f.id in ids]
+    encoded = [_encode_fact(lm, f, spec.heldout) for f in facts]
+    _, run_facts, _ = read_run_atlas(store, run)
+    injected = {(f.subject, f.relation_id) for f in facts}
+    others = [f for f in run_facts.values() if (f.subject, f.relation_id) not in injected]
+    plan = audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], EvalSet.of("others", lm, others))
+    before = audit.measure(lm, plan)
+    done, failed = [], 0
+    for f in facts:
+        try:
+            done.append(
+                update_fact(store, lm, run, f.id.removeprefix("cf-"), f.object, UpdateSpec(form=form, other_facts=1))
+            )
+        except AtlasError as exc:
+            failed += 1
+            print(f"  update {f.id}: {exc}", file=sys.stderr)
+    with current_weights(store, lm, run):
+        after = audit.measure(lm, plan)
+    for e in reversed(done):
+        rollback(store, lm, e.id)
+    out = audit.judge(plan, before, after, [0] * len(facts))
+    out["updated"], out["failed"] = len(done), failed
+    return out
+
+
+def _write(rows: list[dict]) -> Path:
+    path = Path(tempfile.mkdtemp()) / "counterfactuals.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def subset(a: dict[str, Any], positions: list[int]) -> dict[str, float | None]:
+    """Efficacy and held-out generalisation pooled over the prompts of some facts."""
+    fs = [a["facts"][i] for i in positions]
+    tr = sum(f["n_train"] for f in fs)
+    ho = sum(f["n_heldout"] for f in fs)
+    return {
+        "efficacy": sum(f["efficacy"] * f["n_train"] for f in fs) / tr if tr else None,
+        "generalisation": sum((f["generalisation"] or 0) * f["n_heldout"] for f in fs) / ho if ho else None,
+    }
+
+
+def inject_and_audit(store: Store, lm, run: str, rows: list[dict], ids: list[str], spec: InjectSpec, base: str) -> dict:
+    """Inject every fact at once, read the stored audit, roll back and check the sha256."""
+    t0 = time.time()
+    rec = inject_facts(store, lm, run, facts_from_file(_write(rows)), spec)
+    wall = time.time() - t0
+    rolled = rollback_injection(store, lm, rec.id)
+    with current_weights(store, lm, run) as sha:
+        restored = sha == base == rec.sha256_before
+    a = {k: v for k, v in rec.audit.items() if k != "facts"}
+    in_run_pos = [f.position for f in rec.facts if f.fact_id in ids]
+    result = {"n_facts": len(rows), "layers": rec.layers, "audit": a, "in_run": subset(rec.audit, in_run_pos)}
+    result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
+    result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
+    result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--in-run", type=int, default=3, help="facts of the run per relation (also KN-updated)")
+    ap.add_argument("--extra", type=int, default=8, help="facts outside the run per relation")
+    ap.add_argument("--layers", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-kn", action="store_true")
+    ap.add_argument("--skip-inject", action="store_true", help="only the update rule (same facts)")
+    ap.add_argument("--kn-forms", default="paper", help="update forms compared, e.g. paper,ls")
+    args = ap.parse_args()
+    store = Store(args.db)
+    lm = load_model("smollm2")
+    base = weights_sha256(lm.model)
+    rows, ids = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed)
+    spec = InjectSpec(layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None)
+    t0 = time.time()
+    result = {"n_facts": len(rows)}
+    if not args.skip_inject:
+        result = inject_and_audit(store, lm, args.run, rows, ids, spec, base)
+    wall = time.time() - t0
+    if not args.skip_kn:
+        for form in args.kn_forms.split(","):
+            kn = kn_rule(store, lm, args.run, rows, ids, spec, form)
+            result[f"kn_{form}"] = {k: v for k, v in kn.items() if k != "facts"}
+    print(json.dumps(result, indent=1))
+    append_result("injection", vars(args), wall, len(rows), result=result)
+
+
+if __name__ == "__main__":
+    main()

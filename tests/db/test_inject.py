@@ -1,0 +1,192 @@
+"""Knowledge injection on both backends (tiny LLaMA and BERT worlds): recorded facts and slots,
+stacked injections rolled back to every earlier sha256, out-of-order rollback refused, export
+loaded by stock transformers with equal logits, the default layer from the atlas, and bad input
+refused with the database and the model left as they were."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from atlas.db.datasets import Dataset, Relation, make_prompt
+from atlas.db.datasets import Fact as DFact
+from atlas.db.edits import applied_stack
+from atlas.db.facts import load_dataset
+from atlas.db.injections import applied_injections, default_layer, list_injections, model_injections
+from atlas.db.neurons import read_run_atlas
+from atlas.db.queries import load_query
+from atlas.db.runs import resolve_run
+from atlas.errors import ConflictError, EditError, InputError, WeightsMismatch
+from atlas.jobs.inject import NewFact, fact_from_option, inject_facts
+from atlas.jobs.inject_weights import export_injection, injected_copy, rollback_injection
+from atlas.jobs.specs import InjectSpec
+from atlas.model.loading import load_model, weights_sha256
+from atlas.model.slots import slots_from_bytes
+from indexer.job.run import IndexOptions, index
+from tests.support.db import snapshot
+from tests.support.kn_world import RELATIONS, build_world, index_world, save_model
+
+IDS = torch.tensor([[5, 17, 3, 44, 9, 12]])
+QUICK = InjectSpec(heldout=1, audit_facts=20, negatives=60)
+
+
+def _fact(subject: str, relation: str, obj: str) -> NewFact:
+    templates = RELATIONS[relation][3]
+    return NewFact(f"{relation}:{subject}", relation, subject, obj, tuple(t.replace("[X]", subject) for t in templates))
+
+
+def _stack_of(store, w) -> tuple:
+    """The run, its applied edits and its applied injections."""
+    with store.begin() as conn:
+        run = resolve_run(conn, w.run)
+        edits = applied_stack(conn, store.backend, run.model_id)
+        return run, edits, applied_injections(conn, store.backend, run.model_id)
+
+
+def _state(store, w) -> str:
+    """The sha256 of the model as its applied injections leave it (what every rollback must restore)."""
+    with injected_copy(w.lm, *_stack_of(store, w)) as sha:
+        return sha
+
+
+def test_injection_is_recorded_with_its_slots_and_audit(store, tmp_path) -> None:
+    w = build_world(store, tmp_path)
+    base = weights_sha256(w.lm.model)
+    rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin"), _fact("Japan", "P36", "Lima")], QUICK)
+    assert rec.status == "applied" and rec.n_facts == 2 and rec.sha256_before == base != rec.sha256_after
+    assert (rec.width_before, rec.width_after) == (48, 52)  # one pair per fact, in the default layer
+    assert weights_sha256(w.lm.model) == base  # the caller's model is left as it came
+    a = rec.audit
+    assert a["efficacy"] == 1.0 and a["n_train_prompts"] == 4 and a["n_heldout_prompts"] == 2
+    assert a["others_prompts"] == 13 * 3  # the facts' own subjects left out
+    # a tiny random model separates subjects poorly: where a gate could not separate, a few fire
+    separable = [g["separable"] for f in rec.facts for g in f.info["gates"]]
+    assert a["others_firing_rate"] == 0.0 if all(separable) else a["others_firing_rate"] < 0.1
+    assert 0 <= a["others_mean_abs_rel_dp"] < (0.01 if all(separable) else 0.2)
+    assert abs(a["fluency_ppl_change"]) < 0.01
+    first = rec.facts[0]
+    assert first.prompts == ["The capital of France is [Y]", "France has its capital in [Y]"]
+    assert first.heldout == ["The capital city of France is [Y]"] and first.info["old_token"] != "Berlin"
+    assert first.info["slots"] == [[rec.layers[0], 48]] and rec.facts[1].info["slots"] == [[rec.layers[0], 50]]
+    for gate in (g for f in rec.facts for g in f.info["gates"]):  # the training prompts are all saturated
+        assert gate["threshold"] < gate["saturation"] <= gate["pos_min"]
+        assert gate["neg_max"] < gate["threshold"] if gate["separable"] else gate["pos_min"] <= gate["neg_max"]
+    with store.begin() as conn:
+        (rows,) = model_injections(conn, store.backend, rec.model_id)
+    key = slots_from_bytes(rows.pairs[0].key, rows.pairs[0].dtype)
+    assert key.shape == (32,) and abs(float(key.norm()) - 1) < 1e-9
+    assert [(p.layer, p.neuron, p.position) for p in rows.pairs] == [(rec.layers[0], 48, 0), (rec.layers[0], 50, 1)]
+
+
+def test_stacked_injections_roll_back_newest_first_to_each_sha(store, tmp_path) -> None:
+    w = build_world(store, tmp_path)
+    states = [weights_sha256(w.lm.model)]
+    done = []
+    for fact, layers in [(_fact("France", "P36", "Berlin"), (2,)), (_fact("Kenya", "P30", "Europe"), (1, 2))]:
+        rec = inject_facts(store, w.lm, w.run, [fact], InjectSpec(layers=layers, heldout=1, audit_facts=5))
+        assert rec.sha256_before == states[-1] and rec.params["applied_injections"] == [d.id for d in done]
+        states.append(rec.sha256_after)
+        done.append(rec)
+    assert done[1].width_before == 50 and done[1].width_after == 54 and done[1].layers == [1, 2]
+    assert _state(store, w) == states[-1]
+    before = snapshot(store)
+    with pytest.raises(EditError, match=f"cannot be rolled back before injection {done[1].id}"):
+        rollback_injection(store, w.lm, done[0].id)
+    assert snapshot(store) == before
+    for rec in reversed(done):
+        assert rollback_injection(store, w.lm, rec.id).status == "rolled_back"
+        states.pop()
+        assert _state(store, w) == states[-1]
+    assert states == [weights_sha256(w.lm.model)]
+    with pytest.raises(EditError, match="already rolled back"):
+        rollback_injection(store, w.lm, done[0].id)
+
+
+def test_export_loads_with_stock_transformers_and_gives_equal_logits(store, tmp_path) -> None:
+    w = build_world(store, tmp_path)
+    rec = inject_facts(store, w.lm, w.run, [_fact("Peru", "P36", "Tokyo")], QUICK)
+    out = export_injection(store, w.lm, rec.id, tmp_path / "exported")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["intermediate_size"] == 50 and cfg["mlp_bias"] is True
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert weights_sha256(loaded) == rec.sha256_after
+    relo = load_model(str(w.model_dir))  # the same loader, so both run the same attention code
+    with injected_copy(relo, *_stack_of(store, w)), torch.no_grad():
+        want = relo.model(IDS).logits
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, want)
+    ids = torch.tensor([relo.tokenizer("The capital of Peru is").input_ids])
+    with torch.no_grad():
+        assert relo.tokenizer.decode(loaded(ids).logits[0, -1].argmax()) == "Tokyo"
+
+
+def test_default_layer_is_the_weighted_median_of_the_relations_neurons(store, tmp_path) -> None:
+    w = build_world(store, tmp_path)
+    run, _, neurons = read_run_atlas(store, w.run)
+    with store.begin() as conn:
+        for rel in [*RELATIONS, ""]:
+            layers = sorted(lay for fid, ns in neurons.items() for lay, _, _ in ns if not rel or fid.startswith(rel))
+            want = layers[(len(layers) - 1) // 2]  # the lower median: half of the neurons at or below it
+            assert default_layer(conn, store.backend, run.id, rel) == want
+        assert default_layer(conn, store.backend, run.id, "P999") is None
+
+
+def test_bad_input_is_refused_and_changes_nothing(store, tmp_path) -> None:
+    w = build_world(store, tmp_path)
+    first = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], QUICK)
+    base, before = weights_sha256(w.lm.model), snapshot(store)
+    files = {p.name: p.read_bytes() for p in w.model_dir.iterdir() if p.is_file()}
+    cases = [
+        ([_fact("Spain", "P36", "Atlantis")], QUICK, InputError, "object 'Atlantis' cannot be used"),
+        ([_fact("France", "P36", "Rome")], QUICK, ConflictError, f"contradicts injection {first.id}"),
+        ([_fact("Italy", "P36", "Rome"), _fact("Italy", "P36", "Lima")], QUICK, ConflictError, "contradicts fact"),
+        ([_fact("Italy", "P36", "Rome")], InjectSpec(layers=(3,)), InputError, "layer 3 is out of range"),
+        ([_fact("Italy", "P36", "Rome")], InjectSpec(gate_low=0.9), InputError, "gate-low"),
+    ]
+    for facts, spec, err, msg in cases:
+        with pytest.raises(err, match=msg) as info:
+            inject_facts(store, w.lm, w.run, facts, spec)
+        assert "\n" not in str(info.value)
+    other = load_model(str(save_model(tmp_path / "other", seed=1)))
+    with pytest.raises(WeightsMismatch, match="was indexed with model"):
+        inject_facts(store, other, w.run, [_fact("Italy", "P36", "Rome")], QUICK)
+    with pytest.raises(InputError, match="SUBJECT|RELATION|OBJECT"):
+        fact_from_option("Italy|P36")
+    assert snapshot(store) == before and weights_sha256(w.lm.model) == base
+    assert {p.name: p.read_bytes() for p in w.model_dir.iterdir() if p.is_file()} == files
+    assert [i.id for i in list_injections(store)] == [first.id]
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "neox"])
+def test_other_families_take_injected_facts_too(store, tmp_path, family: str) -> None:
+    """A masked LM (BERT: no fluency text) and the plain-MLP decoders: injected, exported, rolled back."""
+    w = build_world(store, tmp_path, family=family)
+    rec = inject_facts(store, w.lm, w.run, [_fact("Chile", "P37", "Portuguese")], QUICK)
+    assert rec.audit["efficacy"] == 1.0 and (rec.audit.get("fluency_ppl_change") is None) == (family == "bert")
+    out = export_injection(store, w.lm, rec.id, tmp_path / "exported")
+    assert weights_sha256(load_model(str(out)).model) == rec.sha256_after
+    assert rollback_injection(store, w.lm, rec.id).status == "rolled_back"
+
+
+def test_an_exported_injected_model_is_indexed_and_its_slot_is_a_knowledge_neuron(store, tmp_path) -> None:
+    """Injected slots are ordinary neurons: `atlas index` on the exported model attributes the
+    injected fact to its own slot, which `fact-neurons` then lists."""
+    w = index_world(store, tmp_path)  # a run made by the indexer (its prompts come from a loaded dataset)
+    spec = InjectSpec(heldout=0, audit_facts=5, negatives=60)  # the slot is built on all three prompts
+    rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
+    (layer, slot) = rec.facts[0].info["slots"][0]
+    out = export_injection(store, w.lm, rec.id, tmp_path / "exported")
+    prompts = tuple(make_prompt(t, "France") for t in RELATIONS["P36"][3])
+    load_dataset(
+        store,
+        Dataset("injected", [Relation("P36", "capital", "N-1")], [DFact("cf", "P36", "France", "Berlin", prompts)]),
+    )
+    index(store, IndexOptions(model=str(out), dataset="injected", steps=8, run_name="injected-run"))
+    run, _, _ = read_run_atlas(store, "injected-run")
+    query = load_query("fact-neurons")
+    with store.begin() as conn:
+        rows = conn.execute(query.text(store.backend), query.bind({"run_id": run.id, "fact_id": "cf"})).all()
+    assert (layer, slot) in {(r.layer, r.neuron) for r in rows}, rows
