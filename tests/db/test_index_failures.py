@@ -99,9 +99,11 @@ def test_dropped_connections_are_retried_and_the_run_matches_a_clean_one(
     stop, killed = threading.Event(), []
 
     def killer() -> None:
+        """Watch closely (a quiet machine runs this world's transactions in milliseconds), and after
+        each kill leave the retries a second to get through."""
         while not stop.is_set():
             killed.append(_terminate_others(pg_admin, db))
-            time.sleep(0.15)
+            time.sleep(1.0 if killed[-1] else 0.005)
 
     thread = threading.Thread(target=killer)
     thread.start()
