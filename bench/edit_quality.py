@@ -129,9 +129,9 @@ def _config(spec: EraseSpec) -> dict[str, Any]:
     return {"select": spec.select, "form": spec.form, "k": spec.top, "preserve": spec.preserve}
 
 
-def erase_grid(store, lm, ws_of, plan_sets, before, relations, out, grid: str, control_k: int = 20) -> None:
+def erase_grid(store, lm, run_name: str, plan_sets, before, relations, out, grid: str, control_k: int = 20) -> None:
     for rel in relations:
-        ws: Workset = ws_of(rel)
+        ws: Workset = read_workset(store, run_name, lambda *_, rel=rel: rel)
         plan = RelationPlan(rel, plan_sets)
         for spec in erase_specs(grid):
             t0 = time.perf_counter()
@@ -311,28 +311,9 @@ def main() -> None:
     _emit(
         out, {"part": "plan", "relations": {s.name: len(s.items) for s in sets}, "seconds": time.perf_counter() - t_all}
     )
-    if "erase" in parts:
-        erase_grid(
-            store,
-            lm,
-            lambda rel: read_workset(store, args.run, lambda *_: rel),
-            sets,
-            before,
-            args.relations.split(","),
-            out,
-            args.grid,
-        )
-        if args.user_run:
-            erase_grid(
-                store,
-                lm,
-                lambda rel: read_workset(store, args.user_run, lambda *_: rel),
-                sets,
-                before,
-                args.user_relations.split(","),
-                out,
-                args.grid,
-            )
+    erased = [(args.run, args.relations), (args.user_run, args.user_relations)] if "erase" in parts else []
+    for run_name, rels in [(r, rels) for r, rels in erased if r]:
+        erase_grid(store, lm, run_name, sets, before, rels.split(","), out, args.grid)
     audit_ids = updates(store, lm, args.run, args.updates, out, args.seed) if "update" in parts else []
     if "audit" in parts:
         audits(store, lm, args, audit_ids, out)

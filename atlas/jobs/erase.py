@@ -106,7 +106,7 @@ def select_layers(store: Store, conn: Any, ws: Workset, relation: str, spec: Era
 
 
 def top_layers(layers: list[dict[str, Any]], spec: EraseSpec, n_layers: int, relation: str) -> list[dict[str, Any]]:
-    floor = spec.min_layer if spec.min_layer is not None else n_layers // 3
+    floor = spec.layer_floor(n_layers)
     chosen = [row for row in layers if row["layer"] >= floor][: spec.layers]
     if not chosen:
         raise EditError(f"{relation} has no stored attribution in layers {floor}..{min(spec.max_layer, n_layers - 1)}")
@@ -226,8 +226,7 @@ class EraseMaker:
         chosen = top_layers(chosen, spec, lm.adapter.n_layers, relation)
         keys = [it for f in rel_facts for it in EvalSet.of(f.id, lm, [f]).items]
         layers = [c["layer"] for c in chosen]
-        floor = spec.min_layer if spec.min_layer is not None else lm.adapter.n_layers // 3
-        control = random_layers(layers, lm.adapter.n_layers, floor, seed)
+        control = random_layers(layers, lm.adapter.n_layers, spec.layer_floor(lm.adapter.n_layers), seed)
         return cls(LayerForm(lm, spec, directions, keys, preserve), chosen, layers, control)
 
     def edit(self) -> list[Slot]:

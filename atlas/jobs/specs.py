@@ -83,6 +83,11 @@ class EraseSpec:
     def preserving(self) -> bool:
         return self.preserve == "nullspace" or (self.preserve == "auto" and self.whole_layers)
 
+    def layer_floor(self, n_layers: int) -> int:
+        """The lowest layer an erase may edit: `min_layer`, else the model's lowest third is left out
+        for `lsq` (the early layers hold the subjects' features, not the relation's answers)."""
+        return self.min_layer if self.min_layer is not None else n_layers // 3
+
     def check(self) -> None:
         """Refuse unknown or conflicting options before anything is read or loaded."""
         default = EraseSpec()
