@@ -39,7 +39,7 @@ from atlas.db.datasets import read_jsonl, read_kn_paper  # noqa: E402
 from atlas.db.neurons import Fact, Workset, read_run_atlas, read_workset  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
 from atlas.jobs.audit import audit_edit, new_object_for, pool  # noqa: E402
-from atlas.jobs.erase import EraseMaker, erase_relation, select_layers, select_neurons  # noqa: E402
+from atlas.jobs.erase import EraseMaker, erase_relation, preserved, select_layers, select_neurons  # noqa: E402
 from atlas.jobs.evaluate import EvalSet, RelationPlan, judge, object_candidates, sample  # noqa: E402
 from atlas.jobs.rollback import rollback  # noqa: E402
 from atlas.jobs.specs import EraseSpec, UpdateSpec  # noqa: E402
@@ -51,7 +51,6 @@ from bench.results import append_result  # noqa: E402
 PAPER_RELATIONS = ("P19", "P27", "P106", "P937")
 FORMS = ("zero", "damp:0.25", "project")
 KS = (10, 20, 50, 100)
-LSQ = ((3, 0.5), (3, 1.0), (1, 0.5), (5, 0.5))  # (layers, strength), null-space preserved
 
 
 def held_out(
@@ -86,35 +85,40 @@ def held_out(
 
 
 def erase_specs(grid: str) -> list[EraseSpec]:
-    """The grid: neuron forms x selections x k, null-space variants, and the whole-layer `lsq` form
-    (`core`: the paper's erase, the specific project/damp at k 20 and 50 and every `lsq`; `key`: the
-    paper's erase, specific project with the null space, `lsq` at strength 0.5 and 1.0; `small`: the
-    paper's erase and the default `lsq`, a smoke test of the whole path)."""
-    specs = [
+    """The grid, most telling first (a run cut short still has the defaults): the paper's erase and
+    the default `lsq`, then the whole-layer variants (strength, preservation weight, layers, the
+    null space, none), then neuron forms x selections x k with the null-space variants. `core`: the
+    paper's erase, every `lsq` and the specific project/damp at k 20 and 50; `key`: the paper's
+    erase, the default `lsq`, its strongest and its null-space form; `small`: the paper's erase and
+    the default `lsq`, a smoke test of the whole path."""
+    paper = EraseSpec(select="frequent", top=20, form="zero", preserve="none")
+    lsq = [EraseSpec(form="lsq")] + [
+        EraseSpec(form="lsq", **change)
+        for change in (
+            {"strength": 1.0},
+            {"preserve_weight": 10.0},
+            {"preserve_weight": 1000.0},
+            {"layers": 1},
+            {"layers": 5},
+            {"preserve": "nullspace"},
+            {"preserve": "none"},
+        )
+    ]
+    neurons = [
         EraseSpec(select=s, top=k, form=f, preserve="none") for s in ("frequent", "specific") for f in FORMS for k in KS
     ]
-    specs += [
+    neurons += [
         EraseSpec(select="specific", top=20, form="project", preserve="nullspace"),
         EraseSpec(select="specific", top=50, form="project", preserve="nullspace"),
         EraseSpec(select="frequent", top=20, form="zero", preserve="nullspace"),
     ]
-    specs += [EraseSpec(form="lsq", layers=n, strength=s) for n, s in LSQ]
-    specs += [EraseSpec(form="lsq", preserve="none")]
-    paper = EraseSpec(select="frequent", top=20, form="zero", preserve="none")
     if grid == "core":
-        specs = [paper] + [
-            s for s in specs if s.whole_layers or (s.select == "specific" and s.top in (20, 50) and s.form != "zero")
-        ]
-    if grid == "key":  # the paper's erase, the best neuron form, the default lsq and its strongest
-        specs = [
-            paper,
-            EraseSpec(select="specific", top=20, form="project", preserve="nullspace"),
-            EraseSpec(form="lsq"),
-            EraseSpec(form="lsq", strength=1.0),
-        ]
+        neurons = [s for s in neurons if s.select == "specific" and s.top in (20, 50) and s.form != "zero"]
+    if grid == "key":
+        lsq, neurons = [lsq[0], lsq[1], EraseSpec(form="lsq", preserve="nullspace")], []
     if grid == "small":
-        specs = [paper, EraseSpec(form="lsq")]
-    return specs
+        lsq, neurons = lsq[:1], []
+    return [paper] + lsq + [s for s in neurons if s != paper]
 
 
 def _config(spec: EraseSpec) -> dict[str, Any]:
@@ -124,7 +128,8 @@ def _config(spec: EraseSpec) -> dict[str, Any]:
             "form": "lsq",
             "k": spec.layers,
             "strength": spec.strength,
-            "preserve": "nullspace" if spec.preserving else "none",
+            "preserve": spec.preservation,
+            "weight": spec.preserve_weight if spec.preservation == "covariance" else None,
         }
     return {"select": spec.select, "form": spec.form, "k": spec.top, "preserve": spec.preserve}
 
@@ -139,7 +144,8 @@ def erase_grid(store, lm, run_name: str, plan_sets, before, relations, out, grid
             try:
                 with store.begin() as conn:
                     chosen = (select_layers if spec.whole_layers else select_neurons)(store, conn, ws, rel, spec)
-                made = EraseMaker.of(lm, ws, rel, spec, chosen)
+                    keep = preserved(store, conn, ws, rel, spec)
+                made = EraseMaker.of(lm, ws, rel, spec, chosen, keep)
                 rows = {"edit": made.edit()}
                 if spec.whole_layers or spec.top == control_k:
                     rows["control"] = made.control()
@@ -239,7 +245,7 @@ def updates(store, lm, run: str, n: int, out: Path, seed: int) -> list[int]:
 def audits(store, lm, args, update_ids: list[int], out: Path) -> None:
     """The updates and the default erasure of each relation (applied, audited, rolled back), pooled."""
     summaries = [audit_edit(store, lm, i) for i in update_ids[: args.audits]]
-    for rel in args.relations.split(","):
+    for rel in [r for r in args.relations.split(",") if r]:
         e = erase_relation(store, lm, args.run, rel, EraseSpec(control=False, other_facts=3))
         summaries.append(audit_edit(store, lm, e.id))
         rollback(store, lm, e.id)
@@ -313,7 +319,7 @@ def main() -> None:
     )
     erased = [(args.run, args.relations), (args.user_run, args.user_relations)] if "erase" in parts else []
     for run_name, rels in [(r, rels) for r, rels in erased if r]:
-        erase_grid(store, lm, run_name, sets, before, rels.split(","), out, args.grid)
+        erase_grid(store, lm, run_name, sets, before, [r for r in rels.split(",") if r], out, args.grid)
     audit_ids = updates(store, lm, args.run, args.updates, out, args.seed) if "update" in parts else []
     if "audit" in parts:
         audits(store, lm, args, audit_ids, out)

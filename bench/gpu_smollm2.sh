@@ -14,6 +14,7 @@
 #   bash bench/gpu_smollm2.sh atlas      # carrying .gpu/g4: indexes, scores, writes $OUT (Parquet)
 # or, for the edit benchmarks (the atlas is indexed there, in the background, then the benchmark):
 #   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g4: starts index + bench/edit_quality.py
+#       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py)
 #   bash bench/gpu_smollm2.sh collect    # (later calls) waits up to WAIT_S for it, writes $OUT
 set -uo pipefail
 mode=${1:-stage}
@@ -47,8 +48,24 @@ else
     time a index --model smollm2 --dataset kn-paper --limit-per-relation ${LIMIT:-100} --device cuda --run smollm2-kn100 --db "\$db" 2>&1 | tail -4
     a index --model smollm2 --dataset user --limit-per-relation 20 --device cuda --run smollm2-user --db "\$db" 2>&1 | tail -3
 fi
-time python3 bench/edit_quality.py --db "\$db" --run smollm2-kn100 --user-run smollm2-user --device cuda \
-    --out /tmp/bg/edit_quality.jsonl ${EQ_ARGS:-}
+# EQ_JOBS: ';'-separated argument lists, one bench/edit_quality.py process each, side by side on the
+# GPU (the model is small: one process leaves it mostly idle). The first works on the atlas itself
+# (its updates and audits are what 'collect' reports); the others on copies (one DuckDB writer each).
+IFS=';' read -ra jobs <<< "${EQ_JOBS:-${EQ_ARGS:-}}"
+export OMP_NUM_THREADS=1
+IFS=';' read -ra injs <<< "${INJ_JOBS:-}"  # the same for bench/injection.py
+for i in "\${!jobs[@]}"; do cp /tmp/bg/atlas.duckdb /tmp/bg/copy\$i.duckdb; done  # before any job writes
+for i in "\${!injs[@]}"; do cp /tmp/bg/atlas.duckdb /tmp/bg/inj\$i.duckdb; done
+for i in "\${!jobs[@]}"; do
+    dbi=/tmp/bg/copy\$i.duckdb; [ \$i -eq 0 ] && dbi=/tmp/bg/atlas.duckdb
+    python3 bench/edit_quality.py --db "duckdb:///\$dbi" --run smollm2-kn100 --user-run smollm2-user --device cuda \
+        --out /tmp/bg/eq.\$i.jsonl \${jobs[\$i]} > /tmp/bg/eq.\$i.log 2>&1 &
+done
+for i in "\${!injs[@]}"; do
+    python3 bench/injection.py --db duckdb:////tmp/bg/inj\$i.duckdb --run smollm2-kn100 --device cuda \
+        \${injs[\$i]} > /tmp/bg/injection.\$i.log 2>&1 &
+done
+wait
 SH
     (cd /tmp/bg/code && setsid nohup bash /tmp/bg/run.sh > /tmp/bg/edit_quality.log 2>&1 < /dev/null &)
     sleep "${SETTLE:-60}"; tail -20 /tmp/bg/edit_quality.log; exit 0
@@ -63,8 +80,11 @@ if [ "$mode" = collect ]; then
          atlas report --run smollm2-kn100 --output /tmp/bg/report --db duckdb:////tmp/bg/atlas.duckdb | tail -25)
         cp /tmp/bg/report/* "$out/" 2>/dev/null
     fi
-    [ -n "${PQ:-}" ] && python3 bench/gpu_smollm2_import.py /tmp/bg/atlas.duckdb "$out" export
-    cp /tmp/bg/edit_quality.jsonl /tmp/bg/edit_quality.log "$out/" 2>/dev/null; tail -30 /tmp/bg/edit_quality.log; exit 0
+    # PQ_DB: a copy no job holds any more (a running job keeps its DuckDB file locked)
+    [ -n "${PQ:-}" ] && python3 bench/gpu_smollm2_import.py "${PQ_DB:-/tmp/bg/atlas.duckdb}" "$out" export
+    cat /tmp/bg/eq.*.jsonl > "$out/edit_quality.jsonl" 2>/dev/null
+    cp /tmp/bg/*.log /tmp/bg/code/bench/results.jsonl "$out/" 2>/dev/null
+    tail -n 4 /tmp/bg/*.log; exit 0
 fi
 db="duckdb:///$out/atlas.duckdb"  # exported to Parquet at the end
 LIMIT=${LIMIT:-60}

@@ -46,13 +46,26 @@ class SlotStat:
 
 def run_facts(conn: Connection, run_id: int, backend: str) -> dict[str, Fact]:
     """Facts of the run with their scored causal prompts, ordered by relation then id."""
+    return _facts(conn.execute(sql_text("run_facts", backend), {"run_id": run_id}))
+
+
+def _facts(rows) -> dict[str, Fact]:
+    """Rows of (fact_id, relation_id, subject, object, ..., text), one per prompt, as facts."""
     out: dict[str, Fact] = {}
-    for r in conn.execute(sql_text("run_facts", backend), {"run_id": run_id}):
+    for r in rows:
         fact = out.get(r.fact_id)
         if fact is None:
             fact = out[r.fact_id] = Fact(r.fact_id, r.relation_id, r.subject, r.object)
         fact.prompts.append(r.text)
     return out
+
+
+def preserved_facts(conn: Connection, backend: str, model_id: int, relation: str, limit: int) -> list[Fact]:
+    """Up to `limit` facts of other relations than `relation` that any run of the model scored, with
+    those prompts (round-robin over relations): what an edit of `relation` should leave alone, also
+    when the edited run holds only a relation or two (a user's own file)."""
+    params = {"model_id": model_id, "relation_id": relation, "limit": limit}
+    return list(_facts(conn.execute(sql_text("preserved_facts", backend), params)).values())
 
 
 def run_neurons(conn: Connection, run_id: int, backend: str) -> dict[str, list[tuple[int, int, float]]]:

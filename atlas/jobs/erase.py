@@ -11,9 +11,10 @@ Form (`form`, see `atlas.model.forms`): `zero`, `unk`, `token:T`, `damp:F` (slot
 edits whole layers instead: the `layers` layers (above the lowest third) holding most of the
 relation's stored attribution (`relation-layers`), each by the least-squares change that removes
 `strength` of what it writes along the answer directions on the relation's own prompts.
-Preservation (`preserve="nullspace"`, the default of `lsq`):
-the change of each edited layer is restricted to the null space of the activations that other
-relations' prompts produce there (it then spreads over every slot of those layers).
+Preservation (`preserve`): `covariance` (the default of `lsq`, MEMIT's soft constraint) weighs each
+edited layer's change against the activations that other relations' prompts produce there at their
+answer position; `nullspace` (AlphaEdit's hard one, neuron forms too) restricts it to the null space
+of their activations at every position. Either spreads the change over every slot of those layers.
 
 Judged on every relation of the run (`atlas.jobs.evaluate.RelationPlan`), before and after, and
 against a control edit of the same form on as many layer-matched random neurons.
@@ -28,12 +29,12 @@ from typing import Any
 import torch
 
 from atlas.db.edits import APPLIED, EditRecord
-from atlas.db.neurons import Workset, read_workset
+from atlas.db.neurons import Fact, Workset, preserved_facts, read_workset
 from atlas.db.queries import run_query
 from atlas.db.store import Store
 from atlas.errors import EditError, NotFound
 from atlas.jobs.edits import apply_and_measure, record, token_id
-from atlas.jobs.evaluate import EvalSet, RelationPlan, judge, object_candidates, sample
+from atlas.jobs.evaluate import EvalSet, RelationPlan, judge, object_candidates
 from atlas.jobs.specs import EraseSpec
 from atlas.jobs.weights import ModelArg, Slot, layer_change, resolve_model
 from atlas.model import forms
@@ -121,6 +122,14 @@ def random_layers(chosen: list[int], n_layers: int, floor: int, seed: str) -> li
     return sorted(random.Random(seed).sample(pool, min(len(chosen), len(pool))))
 
 
+def preserved(store: Store, conn: Any, ws: Workset, relation: str, spec: EraseSpec) -> list[Fact]:
+    """The other relations' facts an erase preserves: any the model's runs scored, not only this
+    run's (none when the spec preserves nothing)."""
+    if not spec.preserving:
+        return []
+    return preserved_facts(conn, store.backend, ws.run.model_id, relation, spec.preserve_facts)
+
+
 class LayerForm:
     """The `lsq` form: least-squares erase of whole layers on the current weights (the working copy)."""
 
@@ -128,19 +137,26 @@ class LayerForm:
         self.lm, self.spec, self.directions, self.key_items, self.preserve_items = lm, spec, directions, keys, preserve
 
     def slots(self, layers: list[int]) -> list[Slot]:
-        """Each layer's output projection changed by `forms.lsq_erase`, within the null space of the
-        other relations' activations (all positions) when preserving; every changed slot recorded."""
+        """Each layer's output projection changed by `forms.lsq_erase`, weighed against (covariance)
+        or kept out of (nullspace) the activations of other relations' prompts; every changed slot
+        recorded."""
         keys = forms.answer_keys(self.lm.adapter, self.key_items, layers)
-        moments = forms.activation_moments(self.lm.adapter, self.preserve_items, layers) if self.spec.preserving else {}
+        how = self.spec.preservation
+        moments = (
+            forms.activation_moments(self.lm.adapter, self.preserve_items, layers, answer_only=how == "covariance")
+            if self.spec.preserving
+            else {}
+        )
         out = []
         for layer in layers:
             slots = self.lm.adapter.value_slots(layer)  # [N, hidden]
-            projector = (
-                forms.nullspace_projector(*moments[layer], energy=self.spec.energy)[0]
-                if layer in moments
-                else torch.eye(slots.shape[0], dtype=torch.float64)
-            )
-            dw = forms.lsq_erase(slots.T, keys[layer], self.directions, projector, self.spec.strength)
+            keep: dict[str, Any] = {}
+            if how == "nullspace":
+                keep["projector"] = forms.nullspace_projector(*moments[layer], energy=self.spec.energy)[0]
+            elif how == "covariance":
+                n_keys = len(keys[layer])
+                keep["preserved"] = forms.preservation_moment(*moments[layer], n_keys, self.spec.preserve_weight)
+            dw = forms.lsq_erase(slots.T, keys[layer], self.directions, self.spec.strength, **keep)
             out += layer_change(self.lm, layer, dict(enumerate(dw.T)), None)
         if not out:
             raise EditError("the edit changes no slot (the null-space projection left nothing: lower --energy)")
@@ -210,14 +226,19 @@ class EraseMaker:
 
     @classmethod
     def of(
-        cls, lm: LoadedModel, ws: Workset, relation: str, spec: EraseSpec, chosen: list[dict[str, Any]]
+        cls,
+        lm: LoadedModel,
+        ws: Workset,
+        relation: str,
+        spec: EraseSpec,
+        chosen: list[dict[str, Any]],
+        keep: list[Fact],
     ) -> EraseMaker:
-        """From the selection's rows (`select_neurons` or `select_layers`)."""
+        """From the selection's rows (`select_neurons` or `select_layers`) and the facts whose
+        activations are preserved (`preserved`)."""
         rel_facts = [f for f in ws.facts.values() if f.relation_id == relation]
         directions = lm.adapter.answer_directions(object_candidates(lm, rel_facts))
-        others = [f for f in ws.facts.values() if f.relation_id != relation]
-        preserve = [it for f in sample(others, 200, "preserve") for it in EvalSet.of(f.id, lm, [f]).items]
-        preserve = preserve if spec.preserving else []
+        preserve = [it for f in keep for it in EvalSet.of(f.id, lm, [f]).items]
         seed = f"{spec.seed}:{relation}:control"
         if not spec.whole_layers:
             targets = [(c["layer"], c["neuron"]) for c in chosen]
@@ -247,9 +268,10 @@ def erase_relation(
         if not any(f.relation_id == relation for f in ws.facts.values()):
             raise NotFound(f"unknown relation {relation!r}: no facts of it in run {ws.run.name!r}")
         chosen = (select_layers if spec.whole_layers else select_neurons)(store, conn, ws, relation, spec)
+        keep = preserved(store, conn, ws, relation, spec)
     lm = resolve_model(store, lm, ws.run)
     plan = RelationPlan.of(lm, ws.facts, relation, spec.eval_facts, spec.other_facts, f"{spec.seed}")
-    made = EraseMaker.of(lm, ws, relation, spec, chosen)
+    made = EraseMaker.of(lm, ws, relation, spec, chosen, keep)
     out = apply_and_measure(
         lm,
         ws,

@@ -14,7 +14,7 @@ from atlas.options import opt
 SELECTIONS = ("specific", "frequent")
 FORMS = ("zero", "unk", "token:T", "damp:F", "project", "lsq")
 PRESERVE = ("none", "nullspace")
-ERASE_PRESERVE = ("auto", *PRESERVE)
+ERASE_PRESERVE = ("auto", *PRESERVE, "covariance")
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,27 @@ class EraseSpec:
     preserve: str = opt(
         "auto",
         choices=ERASE_PRESERVE,
-        help="nullspace: restrict each edited layer's change to the null "
-        "space of other relations' activations (changes every slot of those layers); auto: nullspace for lsq, "
-        "none otherwise.",
+        help="What other relations keep: covariance (lsq only): weigh the change against the activations "
+        "other relations' prompts produce at their answer position (MEMIT); nullspace: restrict each edited "
+        "layer's change to the null space of other relations' activations at every position (AlphaEdit); "
+        "auto: covariance for lsq, none otherwise. Both change every slot of the edited layers.",
     )
     energy: float = opt(
         0.9999,
         help="nullspace: share of the activations' energy kept out of the edit's way (a few massive "
         "activation dimensions hold most of it in some layers, so 0.99 may protect almost nothing).",
+    )
+    preserve_weight: float = opt(
+        100.0,
+        metavar="W",
+        help="covariance: how much a preserved activation direction weighs against the erase (per "
+        "prompt, relative to one of the relation's own prompts); higher spares more and erases less.",
+    )
+    preserve_facts: int = opt(
+        1000,
+        minimum=1,
+        metavar="N",
+        help="Facts of other relations, from every run of the model, whose activations are preserved.",
     )
     eval_facts: int = opt(50, minimum=1, help="Facts of the erased relation measured.")
     other_facts: int = opt(10, minimum=1, help="Facts of each other relation measured.")
@@ -80,8 +93,15 @@ class EraseSpec:
         return self.form == "lsq"
 
     @property
+    def preservation(self) -> str:
+        """The preservation that applies: `auto` resolved (covariance for lsq, none otherwise)."""
+        if self.preserve == "auto":
+            return "covariance" if self.whole_layers else "none"
+        return self.preserve
+
+    @property
     def preserving(self) -> bool:
-        return self.preserve == "nullspace" or (self.preserve == "auto" and self.whole_layers)
+        return self.preservation != "none"
 
     def layer_floor(self, n_layers: int) -> int:
         """The lowest layer an erase may edit: `min_layer`, else the model's lowest third is left out
@@ -102,8 +122,14 @@ class EraseSpec:
             raise InputError(f"unknown preservation {self.preserve!r}: use {' or '.join(ERASE_PRESERVE)}")
         if self.select == "frequent" and self.max_other_share != EraseSpec.max_other_share:
             raise InputError("--max-other-share goes with --select specific (frequent neurons are not screened)")
-        if not self.preserving and self.energy != default.energy:
+        if self.preservation != "nullspace" and self.energy != default.energy:
             raise InputError("--energy goes with --preserve nullspace")
+        if self.preservation != "covariance" and self.preserve_weight != default.preserve_weight:
+            raise InputError("--preserve-weight goes with --preserve covariance")
+        if self.preservation == "covariance" and not self.whole_layers:
+            raise InputError("--preserve covariance goes with --form lsq (use nullspace for chosen neurons)")
+        if self.preserve_weight < 0:
+            raise InputError(f"--preserve-weight {self.preserve_weight}: give a weight >= 0")
         if self.form.startswith("damp:") and _factor(self.form) is None:
             raise InputError(f"bad --form {self.form!r}: damp:F needs a number F, e.g. damp:0.1")
         if not (self.form in ("zero", "unk", "project", "lsq") or self.form.startswith(("token:", "damp:"))):

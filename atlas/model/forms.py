@@ -12,7 +12,7 @@ activation. The forms, each from the current slots `V` (`[k, hidden]`) to the ne
 
 * `lsq_erase` (a whole-layer form): the least-squares change of a layer's output projection that
   removes part of what the layer writes along the answer directions on the erased relation's
-  prompts, within the null space below.
+  prompts, within the null space below or weighed against other prompts' activations (MEMIT).
 
 Preservation (`nullspace_projector`, AlphaEdit's projection): a weight change `dW` of a layer's
 output projection (`[hidden, N]`, slot i = column i) changes the layer's output on an input with
@@ -182,26 +182,45 @@ def lsq_erase(
     w: Annotated[Tensor, "hidden N"],
     keys: Annotated[Tensor, "n N"],
     directions: Annotated[Tensor, "m hidden"],
-    projector: Annotated[Tensor, "N N"],
     strength: float,
+    projector: Annotated[Tensor, "N N"] | None = None,
+    preserved: Annotated[Tensor, "N N"] | None = None,
     lam: float = 1e-2,
     ridge: float = 1e-3,
 ) -> Annotated[Tensor, "hidden N"]:
     """A layer's least-squares erase (float64): the change `dW` of its output projection `w` that
     takes away `strength` of the answer-direction part of the layer's output on the erased
-    relation's `keys`, `dW K1 ~ R = -strength Pi_U W K1`, while staying in the range of `projector`
-    (the null space of what other relations' inputs activate, so their outputs barely move):
-    `dW = R (Kp^T Kp + lam' I)^-1 Kp^T`, `Kp = P K1`, `lam'` = `lam` x the mean of diag(K1^T K1).
-    AlphaEdit's solve with an erase target; `Pi_U` is `project_out`'s complement. The ridge is
-    measured against the UNprojected keys: where the null space keeps little of them, the change
-    stays small (a weak erase) instead of growing like 1/|Kp| (a wrecked layer)."""
+    relation's `keys`, `dW K1 ~ R = -strength Pi_U W K1` (`Pi_U` is `project_out`'s complement),
+    while other inputs' outputs barely move. Two ways to spare them:
+
+    * `projector` (AlphaEdit's hard constraint): `dW` in the range of the null-space projector `P`,
+      `dW = R (Kp^T Kp + lam' I)^-1 Kp^T`, `Kp = P K1`. The ridge is measured against the
+      UNprojected keys: where the null space keeps little of them the change stays small (a weak
+      erase) instead of growing like 1/|Kp| (a wrecked layer);
+    * `preserved` (MEMIT's soft constraint): `C` (`[N, N]`, e.g. a weighted second moment of other
+      prompts' activations), minimising `|dW K1 - R|^2 + tr(dW C dW^T) + lam' |dW|^2`:
+      `dW = R K1^T (K1 K1^T + C + lam' I)^-1`. Unlike the null space, it weighs each direction by
+      how much the preserved inputs use it, so it still applies where their activations span
+      every direction (answer positions of thousands of prompts do).
+
+    `lam'` = `lam` x the mean of diag(K1^T K1). With neither, both are the plain ridge solve."""
     k1 = keys.double().T  # [N, n]
     out = w.double() @ k1  # [hidden, n]: the layer's output on the erased relation's prompts
     target = -strength * (out - project_out(out.T, directions, ridge).double().T)
-    kp = projector.double() @ k1
+    scale = lam * float(k1.pow(2).sum(0).mean())
+    if preserved is not None:
+        system = k1 @ k1.T + preserved.double().cpu() + scale * torch.eye(len(k1), dtype=torch.float64)
+        return torch.linalg.solve(system, k1 @ target.T).T  # system is symmetric
+    kp = k1 if projector is None else projector.double() @ k1
     gram = kp.T @ kp
-    reg = lam * float(k1.pow(2).sum(0).mean()) * torch.eye(len(gram), dtype=gram.dtype)
-    return target @ torch.linalg.solve(gram + reg, kp.T)
+    return target @ torch.linalg.solve(gram + scale * torch.eye(len(gram), dtype=gram.dtype), kp.T)
+
+
+def preservation_moment(moment: Tensor, n_rows: int, n_keys: int, weight: float) -> Annotated[Tensor, "N N"]:
+    """MEMIT's `C` for `lsq_erase`: the preserved activations' mean second moment `K0^T K0 / n0`,
+    scaled to `n_keys` rows (so `weight` 1 counts a preserved direction as much as one erased
+    prompt counts per row) and by `weight`."""
+    return moment.double().cpu() * (weight * n_keys / max(n_rows, 1))
 
 
 def rank_one_change(acts: Tensor, step: Tensor, lam: float) -> Annotated[Tensor, "k hidden"]:

@@ -7,9 +7,10 @@ import sqlalchemy as sa
 import torch
 
 from atlas.db.edits import list_edits
-from atlas.db.neurons import read_workset
+from atlas.db.models import ModelInfo, register_model
+from atlas.db.neurons import preserved_facts, read_workset
 from atlas.db.queries import run_query
-from atlas.db.schema import edit_slots, prompt_scores, prompts
+from atlas.db.schema import edit_slots, facts, prompt_outputs, prompt_scores, prompts, relations, runs
 from atlas.errors import EditError, InputError, NotFound, WeightsMismatch
 from atlas.jobs.erase import erase_relation
 from atlas.jobs.evaluate import EvalSet, object_candidates
@@ -169,13 +170,21 @@ def test_erase_lsq_removes_its_share_of_the_answer_directions_in_the_top_layer(s
     assert weights_sha256(world.lm.model) == before_sha
 
 
-def test_erase_lsq_with_preservation_moves_other_relations_less_and_rolls_back(store, world) -> None:
+@pytest.mark.parametrize(
+    "keep",
+    [
+        # the default (auto: covariance); the tiny model's other relations fill its 64 neurons at
+        # 0.9999 of their energy, so the null space keeps 90 % of it out of the edit's way
+        {},
+        {"preserve": "nullspace", "energy": 0.9},
+    ],
+)
+def test_erase_lsq_with_preservation_moves_other_relations_less_and_rolls_back(store, world, keep) -> None:
     before_sha = weights_sha256(world.lm.model)
     free = erase_relation(store, world.lm, world.run, "P30", EraseSpec(form="lsq", preserve="none", eval_facts=2))
     rollback(store, world.lm, free.id)
-    # the tiny model's other relations fill its 64 neurons at 0.9999: keep 90 % of their energy
-    kept = erase_relation(store, world.lm, world.run, "P30", EraseSpec(form="lsq", energy=0.9, eval_facts=2))
-    assert kept.params["preserve"] == "auto" and kept.n_slots >= 1
+    kept = erase_relation(store, world.lm, world.run, "P30", EraseSpec(form="lsq", eval_facts=2, **keep))
+    assert kept.params["preserve"] == keep.get("preserve", "auto") and kept.n_slots >= 1
     assert kept.params["edited_layers"] == free.params["edited_layers"]
     ws = read_workset(store, world.run, lambda run, facts, neurons: "P30")
     others = [f for f in ws.facts.values() if f.relation_id != "P30"]
@@ -193,7 +202,7 @@ def test_erase_lsq_with_preservation_moves_other_relations_less_and_rolls_back(s
             total += float((keys @ dw).norm())
         return total
 
-    assert moved(kept) < 0.75 * moved(free)  # 90 % of their energy is protected (0.63x measured)
+    assert moved(kept) < 0.75 * moved(free)  # (0.63x measured with the null space)
     rollback(store, world.lm, kept.id)
     assert weights_sha256(world.lm.model) == before_sha
 
@@ -240,6 +249,13 @@ def test_bad_input_is_refused_with_database_and_weights_unchanged(store, world, 
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", strong), InputError, "--strength 2.0")
     conflicting = EraseSpec(select="frequent", form="zero", max_other_share=0.2)
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", conflicting), InputError, "goes with")
+    for spec, message in (
+        (EraseSpec(form="project", preserve="covariance"), "--preserve covariance goes with --form lsq"),
+        (EraseSpec(form="lsq", preserve="nullspace", preserve_weight=5.0), "--preserve-weight goes with"),
+        (EraseSpec(form="lsq", energy=0.9), "--energy goes with --preserve nullspace"),  # auto: covariance
+        (EraseSpec(form="lsq", preserve_weight=-1.0), "--preserve-weight -1.0"),
+    ):
+        _refused(store, world, lambda spec=spec: erase_relation(store, lm, run, "P36", spec), InputError, message)
     paper_ns = UpdateSpec(form="paper", preserve="nullspace")
     _refused(store, world, lambda: update_fact(store, lm, run, "P36-0", "Rome", paper_ns), InputError, "go with")
     other = load_model(str(save_model(tmp_path / "other", seed=5)))
@@ -259,3 +275,51 @@ def test_rollback_twice_or_out_of_order_is_refused(store, world, tmp_path) -> No
     _refused(store, world, lambda: rollback(store, world.lm, e2.id), EditError, "already rolled back")
     _refused(store, world, lambda: rollback(store, world.lm, 999), NotFound, "unknown edit 999")
     assert rollback(store, world.lm, e1.id).rolled_back_at is not None
+
+
+def _second_run(store, model_id: int, name: str, fact: tuple[str, str, str, str], statuses: list[str]) -> None:
+    """A run of `model_id` scoring one new fact (relation, id, subject, object), one prompt per status."""
+    rel, fid, subj, obj = fact
+    with store.begin() as conn:
+        conn.execute(relations.insert().values(id=rel, label=rel.lower(), type="N-1"))
+        conn.execute(facts.insert().values(id=fid, relation_id=rel, subject=subj, object=obj, dataset="user"))
+        run_id = conn.execute(
+            runs.insert()
+            .values(name=name, model_id=model_id, dataset="user", method="ig", params="{}", params_key=name)
+            .values(code_version="test", status="done")
+            .returning(runs.c.id)
+        ).scalar_one()
+        top = conn.execute(sa.select(sa.func.max(prompts.c.id))).scalar_one()
+        for i, status in enumerate(statuses, start=1):
+            text = f"{subj} is linked to {'.' * i}"
+            conn.execute(
+                prompts.insert().values(id=top + i, fact_id=fid, template=f"t{i}", text=text, causal=True, masked=False)
+            )
+            conn.execute(prompt_outputs.insert().values(run_id=run_id, prompt_id=top + i, status=status))
+
+
+def test_preserved_facts_come_from_every_run_of_the_model_round_robin(store, world) -> None:
+    """Against a by-hand reading: other relations' facts that any run of the same model scored (a
+    user's run holding one relation still preserves the rest), only their ok prompts, round-robin over
+    relations; another model's runs and the edited relation are left out."""
+    with store.begin() as conn:
+        model_id = conn.execute(sa.select(runs.c.model_id).where(runs.c.id == world.run_id)).scalar_one()
+    other = register_model(store, ModelInfo("other", "x", "X", 3, 64, "f" * 64))[0].id
+    _second_run(store, model_id, "user-run", ("U1", "U1-0", "Ohio", "Columbus"), ["ok", "skipped", "ok"])
+    _second_run(store, other, "other-model", ("U2", "U2-0", "Peru", "Sol"), ["ok"])
+    with store.begin() as conn:
+        rows = conn.execute(
+            sa.select(facts.c.id, facts.c.relation_id, prompts.c.text)
+            .join(prompts, prompts.c.fact_id == facts.c.id)
+            .join(prompt_outputs, prompt_outputs.c.prompt_id == prompts.c.id)
+            .join(runs, runs.c.id == prompt_outputs.c.run_id)
+            .where(runs.c.model_id == model_id, prompt_outputs.c.status == "ok", facts.c.relation_id != "P36")
+        ).all()
+        want: dict[str, set[str]] = {}
+        for fid, _, text in rows:
+            want.setdefault(fid, set()).add(text)
+        everything = preserved_facts(conn, store.backend, model_id, "P36", 1000)
+        three = preserved_facts(conn, store.backend, model_id, "P36", 3)
+    assert {f.id: set(f.prompts) for f in everything} == want
+    assert len(want["U1-0"]) == 2 and "U2-0" not in want  # the skipped prompt and the other model's run
+    assert sorted(f.relation_id for f in three) == ["P30", "P37", "U1"]  # one of each relation first

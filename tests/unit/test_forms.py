@@ -65,7 +65,7 @@ def test_lsq_erase_is_the_ridge_solution_within_the_null_space() -> None:
     )
     u = torch.randn(3, hidden, generator=g, dtype=torch.float64)
     projector, _ = forms.nullspace_projector(k0.T @ k0, len(k0), energy=1 - 1e-12)
-    dw = forms.lsq_erase(w, k1, u, projector, strength=0.5, lam=1e-2, ridge=0.0)
+    dw = forms.lsq_erase(w, k1, u, 0.5, projector=projector, lam=1e-2, ridge=0.0)
 
     basis, _ = torch.linalg.qr(u.T)  # [hidden, 3]
     target = -0.5 * basis @ (basis.T @ (w @ k1.T))  # [hidden, n1]
@@ -76,8 +76,36 @@ def test_lsq_erase_is_the_ridge_solution_within_the_null_space() -> None:
     want = torch.linalg.lstsq(lhs, rhs).solution.T  # [hidden, N]
     assert torch.allclose(dw, want, atol=1e-9)
     assert (dw @ k0.T).abs().max() < 1e-8  # the preserved activations' outputs do not move
-    free = forms.lsq_erase(w, k1, u, torch.eye(n_neurons, dtype=torch.float64), 1.0, lam=1e-9, ridge=0.0)
+    free = forms.lsq_erase(w, k1, u, 1.0, lam=1e-9, ridge=0.0)
     assert torch.allclose(free @ k1.T, -(basis @ (basis.T @ (w @ k1.T))), atol=1e-6)  # unconstrained: exact
+
+
+def test_lsq_erase_with_a_preserved_moment_is_the_weighted_least_squares_solution() -> None:
+    """MEMIT's soft form against a stacked `lstsq`: rows K1 (target R), sqrt(c) K0 (target 0) and the
+    ridge, for `C = c K0^T K0`; a heavier weight moves the preserved outputs less, and weight 0 gives
+    the unconstrained ridge solve (the projector path with no projector)."""
+    g = torch.Generator().manual_seed(5)
+    hidden, n_neurons, n1, n0 = 10, 20, 4, 60
+    w = torch.randn(hidden, n_neurons, generator=g, dtype=torch.float64)
+    k1 = torch.randn(n1, n_neurons, generator=g, dtype=torch.float64)
+    k0 = torch.randn(n0, n_neurons, generator=g, dtype=torch.float64) + 0.5 * k1.mean(0)  # overlapping
+    u = torch.randn(2, hidden, generator=g, dtype=torch.float64)
+    basis, _ = torch.linalg.qr(u.T)
+    target = -0.7 * basis @ (basis.T @ (w @ k1.T))  # [hidden, n1]
+    lam = 1e-2 * float(k1.pow(2).sum(1).mean())
+    moved = []
+    for weight in (1.0, 10.0, 100.0):
+        c = forms.preservation_moment(k0.T @ k0, n0, n1, weight)
+        dw = forms.lsq_erase(w, k1, u, 0.7, preserved=c, lam=1e-2, ridge=0.0)
+        root = (weight * n1 / n0) ** 0.5
+        lhs = torch.cat([k1, root * k0, lam**0.5 * torch.eye(n_neurons, dtype=torch.float64)])
+        rhs = torch.cat([target.T, torch.zeros(n0 + n_neurons, hidden, dtype=torch.float64)])
+        assert torch.allclose(dw, torch.linalg.lstsq(lhs, rhs).solution.T, atol=1e-9)
+        moved.append(float((dw @ k0.T).norm()))
+    assert moved[0] > moved[1] > moved[2]
+    zero = forms.preservation_moment(k0.T @ k0, n0, n1, 0.0)
+    plain = forms.lsq_erase(w, k1, u, 0.7, lam=1e-2, ridge=0.0)
+    assert torch.allclose(forms.lsq_erase(w, k1, u, 0.7, preserved=zero, lam=1e-2, ridge=0.0), plain, atol=1e-9)
 
 
 def test_answer_keys_are_the_activations_at_the_answer_position() -> None:
