@@ -14,7 +14,8 @@ plus `--other` more of them, all measured once before and after every edit.
    project} x k {10, 20, 50, 100}, plus the null-space preservation for some; the control (same
    form, layer-matched random neurons) for every k = 20; and the whole-layer `lsq` form (layers x
    strength, preserved, plus one unpreserved), each with its control (as many random layers);
-2. updates: `--updates` facts of the run, each with the paper's rule and with `ls` (trial edits);
+2. updates: `--updates` facts of the run, each with the paper's rule, `ls` and `ls` with the
+   covariance preservation (trial edits);
 3. audits: the updates and the default erasures, audited (`edit-impact` vs measured dP).
 
 Results: one JSON line per measurement in `--out` (and a summary line in bench/results.jsonl).
@@ -49,6 +50,11 @@ from atlas.model.loading import load_model  # noqa: E402
 from bench.results import append_result  # noqa: E402
 
 PAPER_RELATIONS = ("P19", "P27", "P106", "P937")
+UPDATE_FORMS = {  # each update fact is edited (trial) with each
+    "paper": UpdateSpec(form="paper"),
+    "ls": UpdateSpec(),
+    "ls+covariance": UpdateSpec(preserve="covariance"),
+}
 FORMS = ("zero", "damp:0.25", "project")
 KS = (10, 20, 50, 100)
 
@@ -215,8 +221,8 @@ def updates(store, lm, run: str, n: int, out: Path, seed: int) -> list[int]:
             continue
         try:
             eds = {
-                form: update_fact(store, lm, run, fact_id, obj, UpdateSpec(form=form), status="trial")
-                for form in ("paper", "ls")
+                name: update_fact(store, lm, run, fact_id, obj, spec, status="trial")
+                for name, spec in UPDATE_FORMS.items()
             }
         except Exception as exc:  # noqa: BLE001
             _emit(out, {"part": "update", "fact": fact_id, "error": str(exc)})

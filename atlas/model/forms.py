@@ -204,16 +204,29 @@ def lsq_erase(
       every direction (answer positions of thousands of prompts do).
 
     `lam'` = `lam` x the mean of diag(K1^T K1). With neither, both are the plain ridge solve."""
-    k1 = keys.double().T  # [N, n]
-    out = w.double() @ k1  # [hidden, n]: the layer's output on the erased relation's prompts
+    out = w.double() @ keys.double().T  # [hidden, n]: the layer's output on the erased relation's prompts
     target = -strength * (out - project_out(out.T, directions, ridge).double().T)
+    return lsq_change(keys, target, projector, preserved, lam)
+
+
+def lsq_change(
+    keys: Annotated[Tensor, "n N"],
+    target: Annotated[Tensor, "hidden n"],
+    projector: Annotated[Tensor, "N N"] | None = None,
+    preserved: Annotated[Tensor, "N N"] | None = None,
+    lam: float = 1e-2,
+) -> Annotated[Tensor, "hidden N"]:
+    """The ridge least-squares change `dW` of a layer's output projection with `dW K1 ~ target` on
+    the inputs `keys` (`K1^T`), sparing other inputs by `projector` or `preserved` (see
+    `lsq_erase`); `lam` is relative to the mean of diag(K1^T K1)."""
+    k1 = keys.double().T  # [N, n]
     scale = lam * float(k1.pow(2).sum(0).mean())
     if preserved is not None:
         system = k1 @ k1.T + preserved.double().cpu() + scale * torch.eye(len(k1), dtype=torch.float64)
-        return torch.linalg.solve(system, k1 @ target.T).T  # system is symmetric
+        return torch.linalg.solve(system, k1 @ target.double().T).T  # system is symmetric
     kp = k1 if projector is None else projector.double() @ k1
     gram = kp.T @ kp
-    return target @ torch.linalg.solve(gram + scale * torch.eye(len(gram), dtype=gram.dtype), kp.T)
+    return target.double() @ torch.linalg.solve(gram + scale * torch.eye(len(gram), dtype=gram.dtype), kp.T)
 
 
 def preservation_moment(moment: Tensor, n_rows: int, n_keys: int, weight: float) -> Annotated[Tensor, "N N"]:

@@ -149,6 +149,36 @@ def _answer_part(store, world, layer: int, slots: torch.Tensor) -> float:
     return float((out - forms.project_out(out, directions, ridge=0.0)).norm())
 
 
+def _moved(store, world, e, items) -> float:
+    """|dW k| summed over the answer-position activations k of `items`, every layer the edit changed."""
+    rows = _slots(store, e.id)
+    total = 0.0
+    for layer in {r.layer for r in rows}:
+        keys = forms.answer_keys(world.lm.adapter, items, [layer])[layer]  # [n, N]
+        dw = torch.zeros(keys.shape[1], world.lm.adapter.value_slots(layer).shape[1], dtype=torch.float64)
+        for r in (r for r in rows if r.layer == layer):
+            dw[r.neuron] = (slots_from_bytes(r.edited, r.dtype) - slots_from_bytes(r.original, r.dtype)).double()
+        total += float((keys @ dw).norm())
+    return total
+
+
+def test_update_with_covariance_spares_other_facts_per_unit_of_change_and_rolls_back(store, world) -> None:
+    """The whole-layer covariance form moves the other facts' outputs less, for as much move on the
+    fact's own prompts, than the rank-one change of its slots."""
+    before_sha = weights_sha256(world.lm.model)
+    ws = read_workset(store, world.run, lambda run, facts, neurons: "P36")
+    own = [it for it in EvalSet.of("P36-2", world.lm, [ws.facts["P36-2"]]).items]
+    others = [it for f in ws.facts.values() if f.id != "P36-2" for it in EvalSet.of(f.id, world.lm, [f]).items]
+    ratios = {}
+    for preserve in ("none", "covariance"):
+        e = update_fact(store, world.lm, world.run, "P36-2", "Berlin", UpdateSpec(preserve=preserve, other_facts=2))
+        assert e.params["preserve"] == preserve and e.n_slots >= 1
+        ratios[preserve] = _moved(store, world, e, others) / _moved(store, world, e, own)
+        rollback(store, world.lm, e.id)
+        assert weights_sha256(world.lm.model) == before_sha
+    assert ratios["covariance"] < 0.75 * ratios["none"]
+
+
 def test_erase_lsq_removes_its_share_of_the_answer_directions_in_the_top_layer(store, world) -> None:
     spec = EraseSpec(form="lsq", layers=1, preserve="none", eval_facts=3, other_facts=2)
     before_sha = weights_sha256(world.lm.model)
@@ -190,19 +220,7 @@ def test_erase_lsq_with_preservation_moves_other_relations_less_and_rolls_back(s
     others = [f for f in ws.facts.values() if f.relation_id != "P30"]
     items = [it for f in others for it in EvalSet.of(f.id, world.lm, [f]).items]
 
-    def moved(e) -> float:
-        """|dW k| summed over the other relations' answer-position activations k, all edited layers."""
-        rows = _slots(store, e.id)
-        total = 0.0
-        for layer in {r.layer for r in rows}:
-            keys = forms.answer_keys(world.lm.adapter, items, [layer])[layer]  # [n, N]
-            dw = torch.zeros(keys.shape[1], world.lm.adapter.value_slots(layer).shape[1], dtype=torch.float64)
-            for r in (r for r in rows if r.layer == layer):
-                dw[r.neuron] = (slots_from_bytes(r.edited, r.dtype) - slots_from_bytes(r.original, r.dtype)).double()
-            total += float((keys @ dw).norm())
-        return total
-
-    assert moved(kept) < 0.75 * moved(free)  # (0.63x measured with the null space)
+    assert _moved(store, world, kept, items) < 0.75 * _moved(store, world, free, items)  # (0.63x: null space)
     rollback(store, world.lm, kept.id)
     assert weights_sha256(world.lm.model) == before_sha
 
