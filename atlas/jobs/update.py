@@ -36,7 +36,7 @@ from atlas.db.runs import Run
 from atlas.db.store import Store
 from atlas.errors import EditError, NotFound
 from atlas.jobs.edits import apply_and_measure, record, token_id
-from atlas.jobs.evaluate import EvalSet, RelationPlan, judge, sample, summary
+from atlas.jobs.evaluate import EvalSet, RelationPlan, judge, summary
 from atlas.jobs.specs import UpdateSpec
 from atlas.jobs.weights import ModelArg, Slot, layer_change, resolve_model, slots_written
 from atlas.model import forms
@@ -183,16 +183,14 @@ class _Maker:
 
 
 def _preserved(store: Store, conn: Any, ws: Workset, fact_id: str, spec: UpdateSpec) -> list[Fact]:
-    """The facts whose activations an update preserves: 200 of other relations in the run for the
-    null space; for `covariance`, `preserve_facts` of any relation (the fact's own excepted) from
-    every run of the model."""
-    if spec.preserve == "nullspace":
-        relation = ws.facts[fact_id].relation_id
-        return sample([f for f in ws.facts.values() if f.relation_id != relation], 200, "preserve")
-    if spec.preserve == "covariance":
-        keep = preserved_facts(conn, store.backend, ws.run.model_id, "", spec.preserve_facts + 1)
-        return [f for f in keep if f.id != fact_id][: spec.preserve_facts]
-    return []
+    """The facts whose activations an update preserves, `preserve_facts` of them from every run of
+    the model: of other relations for the null space (it must leave room for the change), of any
+    relation but the fact itself for `covariance` (a weight, not a wall)."""
+    if spec.preserve == "none":
+        return []
+    relation = ws.facts[fact_id].relation_id if spec.preserve == "nullspace" else ""
+    keep = preserved_facts(conn, store.backend, ws.run.model_id, relation, spec.preserve_facts + 1)
+    return [f for f in keep if f.id != fact_id][: spec.preserve_facts]
 
 
 def _relation_of_fact(fact_id: str) -> Callable[[Run, dict[str, Fact], dict], str]:
