@@ -107,16 +107,26 @@ def erase_section(edits, paper: dict[str, Any]) -> list[str]:
 
 def _erase_row(e) -> str:
     g, o, c = e.metrics.get("edited"), e.metrics.get("others_pooled"), (e.metrics.get("control") or {})
-    how = f"{e.params.get('select', 'frequent')}, {e.params.get('form', e.params.get('value'))}"
-    if e.params.get("preserve") == "nullspace":
-        how += ", nullspace"
+    how, unit = _erase_how(e.params)
     fluency = (e.metrics.get("fluency") or {}).get("ppl_change")
     control = f"{kept(c.get('edited'), 'cand_')} / {pct((c.get('others_pooled') or {}).get('ppl_change'))}"
     return (
-        f"| {e.id} | {e.target} | {how} | {e.params.get('n_neurons')} / {e.n_slots} | "
+        f"| {e.id} | {e.target} | {how} | {unit} / {e.n_slots} | "
         f"{kept(g)} / {kept(g, 'cand_')} | {pct(g and g['ppl_change'])} | {kept(o)} / {kept(o, 'cand_')} | "
         f"{pct(o and o['ppl_change'])} | {pct(fluency)} | {control} | {e.status} |"
     )
+
+
+def _erase_how(params: dict[str, Any]) -> tuple[str, str]:
+    """'selection, form[, preservation]' and the count of what was chosen (neurons, or layers for
+    lsq, whose `auto` preservation was the null space before `preserve_weight` existed)."""
+    keep = params.get("preserve")
+    if params.get("form") == "lsq":
+        if keep == "auto":
+            keep = "covariance" if "preserve_weight" in params else "nullspace"
+        return f"lsq, {keep}", f"{params.get('n_layers')} layers"
+    how = f"{params.get('select', 'frequent')}, {params.get('form', params.get('value'))}"
+    return how + (", nullspace" if keep == "nullspace" else ""), str(params.get("n_neurons"))
 
 
 def audit_section(plt, out_dir: Path, store: Store, edits, fig) -> list[str]:
