@@ -18,10 +18,10 @@ PRESERVE = ("none", "nullspace", "covariance")
 ERASE_PRESERVE = ("auto", *PRESERVE)
 
 
-def preserve_weight_opt(default: float) -> Any:
+def preserve_weight_opt() -> Any:
     """`--preserve-weight`, the same for erases and updates."""
     return opt(
-        default,
+        100.0,
         metavar="W",
         help="covariance: how much a preserved activation direction weighs against the edit (per "
         "prompt, relative to one of the edited prompts); higher spares more and changes less.",
@@ -90,7 +90,7 @@ class EraseSpec:
         help="nullspace: share of the activations' energy kept out of the edit's way (a few massive "
         "activation dimensions hold most of it in some layers, so 0.99 may protect almost nothing).",
     )
-    preserve_weight: float = preserve_weight_opt(100.0)
+    preserve_weight: float = preserve_weight_opt()
     preserve_facts: int = preserve_facts_opt()
     eval_facts: int = opt(50, minimum=1, help="Facts of the erased relation measured.")
     other_facts: int = opt(10, minimum=1, help="Facts of each other relation measured.")
@@ -188,7 +188,7 @@ class UpdateSpec:
         "answer-position activations (MEMIT). Both change every slot of those layers.",
     )
     energy: float = opt(0.99, help="nullspace: share of the activations' energy kept out of the edit's way.")
-    preserve_weight: float = preserve_weight_opt(100.0)
+    preserve_weight: float = preserve_weight_opt()
     preserve_facts: int = preserve_facts_opt()
     l1_scale: float = opt(1.0, flag="--l1", help="paper: scale of the e_t subtraction.")
     l2_scale: float = opt(8.0, flag="--l2", help="paper: scale of the e_t' addition.")
