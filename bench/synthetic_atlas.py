@@ -115,6 +115,7 @@ def build_synthetic_atlas(
             },
         )
         prompt_ids = _insert_prompts(store, conn, prompt_fact, fact_ids, fact_rel)
+        _insert_prompt_outputs(store, conn, rng, run_id, prompt_ids)
         n_scores = _insert_prompt_scores(
             store, conn, rng, run_id, prompt_ids, prompt_fact, kn_fact, kn_neuron, scores_per_prompt, progress
         )
@@ -239,6 +240,29 @@ def _insert_prompts(
     rows = conn.execute(sa.select(schema.prompts.c.id, schema.prompts.c.fact_id, schema.prompts.c.template)).all()
     by_key = {(f, t): i for i, f, t in rows if f in wanted}
     return np.asarray([by_key[(f, t)] for f, t in zip(fids, templates)], dtype=np.int64)
+
+
+def _insert_prompt_outputs(
+    store: Store, conn: sa.Connection, rng: np.random.Generator, run_id: int, prompt_ids: np.ndarray
+) -> None:
+    """What the indexer stores per prompt besides its scores: every prompt ok, P(gold) spread as a
+    small model's (most low, some near 1), its rank and max score."""
+    n = len(prompt_ids)
+    p_gold = rng.beta(0.4, 2.0, n).astype(np.float32)
+    store.bulk_insert(
+        conn,
+        schema.prompt_outputs,
+        {
+            "run_id": np.full(n, run_id, dtype=np.int64),
+            "prompt_id": prompt_ids,
+            "status": ["ok"] * n,
+            "skip_reason": [None] * n,
+            "p_gold": p_gold,
+            "gold_rank": np.maximum(1, (1.0 / np.maximum(p_gold, 1e-3)).astype(np.int32) - 1),
+            "max_score": (p_gold * rng.uniform(0.5, 2.0, n)).astype(np.float32),
+            "n_answer_tokens": np.ones(n, dtype=np.int32),
+        },
+    )
 
 
 def _insert_prompt_scores(

@@ -69,6 +69,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run one ad-hoc read-only SELECT on the atlas's tables, sandboxed; anything else is refused.",
     ),
     "plot": ("atlas.cli.plot", "plot", "Draw an atlas: layers, relation overlap, one fact across its prompts."),
+    "serve": (
+        "atlas.cli.serve",
+        "serve",
+        "Browse the atlas in a web browser: pages, search, SQL, a JSON API (read-only).",
+    ),
+    "vocab": (
+        "atlas.cli.serve",
+        "vocab",
+        "Store the top vocabulary tokens of a run's knowledge neurons (neuron pages).",
+    ),
 }
 
 

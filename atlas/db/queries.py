@@ -148,17 +148,23 @@ def run_query(
     started = time.perf_counter()
     try:
         if via == "duckdb" and store.backend == "postgresql":
-            table = _run_mirrored(store, executable_sql(query.sql, "duckdb"), values, mirror)
+            table = normalise(_run_mirrored(store, executable_sql(query.sql, "duckdb"), values, mirror))
         elif conn is not None:
-            table = _execute(conn, query.sql, values)
+            table = run_on(conn, query, values)
         else:
             with store.begin() as own:
                 if store.backend == "postgresql":
                     own.exec_driver_sql("SET TRANSACTION READ ONLY")
-                table = _execute(own, query.sql, values)
+                table = run_on(own, query, values)
     except (sa.exc.DBAPIError, duckdb.Error, psycopg.Error) as exc:
         raise StoreError(f"query {name} failed ({via}): {first_line(exc)}") from exc
-    return QueryResult(normalise(table), via, time.perf_counter() - started)
+    return QueryResult(table, via, time.perf_counter() - started)
+
+
+def run_on(conn: Connection, sql_file: SqlFile, given: Mapping[str, Any]) -> pa.Table:
+    """A named query or statement, bound (``given`` checked against its header) and run inside
+    ``conn``'s transaction, floats normalised."""
+    return normalise(_execute(conn, sql_file.for_backend(conn.dialect.name), sql_file.bind(given)))
 
 
 def _execute(conn: Connection, sql: str, values: Mapping[str, Any]) -> pa.Table:

@@ -5,11 +5,9 @@ Layers, each enough on its own for most escapes:
    backends) calling no function that acts on the server instead of the atlas's rows
    (`refused_function`: large objects, advisory locks, NOTIFY, signals to backends, settings,
    sequences, functions that run SQL given as text);
-2. where it runs: on PostgreSQL a connection that LOGS IN as `atlas_reader` (SELECT on the atlas
-   tables only, see `atlas.db.reader`: no server files, no replication, and no role to go back to
-   with ``RESET ROLE``), in a READ ONLY transaction; on DuckDB a read-only connection without file
-   or network access and without extension loading, its configuration locked so the SQL cannot
-   turn them back on, and a memory limit;
+2. where it runs: `atlas.db.sandbox.ReadOnlyAtlas` (on PostgreSQL a connection that LOGS IN as
+   `atlas_reader` in a READ ONLY transaction; on DuckDB a read-only connection without file or
+   network access nor extension loading, its configuration locked, and a memory limit);
 3. how long and how much: `--timeout` (PostgreSQL: ``SET LOCAL statement_timeout`` plus a deadline
    over the fetches, the server-side statement cancelled when the client stops; DuckDB: an
    interrupt from a timer), and rows travel in batches: a caller keeps at most ``max_rows`` of them
@@ -27,14 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import duckdb
-import psycopg
 import pyarrow as pa
 
-from atlas.db.queries import QueryResult, arrow_from_rows, first_line, normalise
-from atlas.db.reader import READER_ENV, READER_ROLE, reader_url
+from atlas.db.queries import QueryResult, normalise
+from atlas.db.sandbox import ReadOnlyAtlas, SqlLimits
 from atlas.db.sqlfile import strip_comments
-from atlas.db.store import Store, busy_error, duckdb_path
-from atlas.errors import InputError, StoreError
+from atlas.db.store import Store
+from atlas.errors import InputError
 
 _READ_ONLY_TYPES = {duckdb.StatementType.SELECT}
 _FIRST_WORD = re.compile(r"^\s*\(*\s*([A-Za-z]+)")
@@ -47,22 +44,6 @@ _REFUSED = re.compile(
     r"^(pg_.*|lo_.*|dblink.*|set_config|nextval|setval|currval|txid_.*|ts_stat|.*_to_xml.*|query_to_.*)$"
 )
 _ALLOWED = {"pg_typeof", "pg_column_size", "pg_sleep"}  # harmless: pg_sleep is bounded by --timeout
-_DUCKDB_LOCKED = {
-    "enable_external_access": False,  # no files, no URLs: read_csv, read_text, read_blob, glob, COPY
-    "autoinstall_known_extensions": False,  # sqlite_scan & co must not install or load anything
-    "autoload_known_extensions": False,
-}
-
-
-@dataclass(frozen=True)
-class SqlLimits:
-    """How long, how many rows and how much memory one ad-hoc statement gets."""
-
-    timeout_s: float = 30.0
-    max_rows: int | None = 1000  # rows kept for a terminal; None: every row (given to a sink)
-    memory_limit: str = "1GB"  # DuckDB
-    reader_url: str | None = None  # PostgreSQL: the reader role's URL (default: the store's, user swapped)
-    batch_rows: int = 10_000
 
 
 @dataclass
@@ -117,127 +98,32 @@ def refused_function(sql: str) -> str | None:
     return None
 
 
-def run_sql(store: Store, sql: str, limits: SqlLimits = SqlLimits(), sink: Sink | None = None) -> SqlResult:
+def run_sql(store: Store, sql: str, limits: SqlLimits | None = None, sink: Sink | None = None) -> SqlResult:
     """Run one ad-hoc read-only statement on ``store`` (natively, sandboxed: see the module docstring).
 
     Without ``sink`` the result keeps at most ``limits.max_rows`` rows (``truncated`` says whether
     there were more); with one, every batch goes to it and the result holds no rows.
     """
     statement = check_read_only(sql)
+    limits = limits or SqlLimits()
     started = time.perf_counter()
     kept: list[pa.Table] = []
-    n, truncated, columns = 0, False, None
-    with _errors_as_one_line(limits):
-        runner = _postgres_batches if store.backend == "postgresql" else _duckdb_batches
-        with _sigterm_as_interrupt(), runner(store, statement, limits) as batches:
-            for batch in batches:
-                batch = normalise(batch)
-                columns = columns or batch.schema
-                if sink is not None:
-                    sink(batch)
-                    n += batch.num_rows
-                    continue
-                room = batch.num_rows if limits.max_rows is None else limits.max_rows - n
-                kept.append(batch.slice(0, room))
-                n += min(room, batch.num_rows)
-                if batch.num_rows > room:
-                    truncated = True
-                    break
+    n, truncated = 0, False
+    with ReadOnlyAtlas(store, limits) as atlas, _sigterm_as_interrupt(), atlas.begin() as conn:
+        for batch in atlas.stream(conn, statement):
+            batch = normalise(batch)
+            if sink is not None:
+                sink(batch)
+                n += batch.num_rows
+                continue
+            room = batch.num_rows if limits.max_rows is None else limits.max_rows - n
+            kept.append(batch.slice(0, room))
+            n += min(room, batch.num_rows)
+            if batch.num_rows > room:
+                truncated = True
+                break
     table = pa.concat_tables(kept) if kept else pa.table({})
     return SqlResult(table, "native", time.perf_counter() - started, n, truncated)
-
-
-@contextmanager
-def _postgres_batches(store: Store, statement: str, limits: SqlLimits) -> Iterator[Iterator[pa.Table]]:
-    url = reader_url(store.url, limits.reader_url)
-    try:
-        conn = psycopg.connect(url, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        raise StoreError(
-            f"cannot connect as the reader role {READER_ROLE} ({first_line(exc)}): run `atlas db upgrade` "
-            f"(it creates the role), or give the reader's URL with --reader-url or ${READER_ENV}"
-        ) from None
-    try:
-        conn.execute("SET TRANSACTION READ ONLY")
-        conn.execute(f"SET LOCAL statement_timeout = {max(1, int(limits.timeout_s * 1000))}")
-        with conn.cursor(name="atlas_sql") as cur:  # server-side: rows come in batches, never all at once
-            cur.execute(statement)
-            yield _fetch_batches(cur, limits)
-    except BaseException:
-        conn.cancel_safe()  # the client stops (Ctrl-C, SIGTERM, an error): so does the server
-        raise
-    finally:
-        conn.rollback()
-        conn.close()
-
-
-def _fetch_batches(cur: psycopg.ServerCursor, limits: SqlLimits) -> Iterator[pa.Table]:
-    names = [d.name for d in cur.description or []]
-    deadline = time.monotonic() + limits.timeout_s
-    first = True
-    while True:
-        rows = cur.fetchmany(limits.batch_rows)
-        if rows or first:
-            yield arrow_from_rows(names, rows)
-        if len(rows) < limits.batch_rows:
-            return
-        if time.monotonic() > deadline:
-            raise _Timeout()
-        first = False
-
-
-@contextmanager
-def _duckdb_batches(store: Store, statement: str, limits: SqlLimits) -> Iterator[Iterator[pa.Table]]:
-    path = duckdb_path(store.url)
-    if not path or path == ":memory:":
-        raise InputError("`atlas sql` needs a DuckDB file, not an in-memory database")
-    try:
-        con = duckdb.connect(path, read_only=True, config={**_DUCKDB_LOCKED, "memory_limit": limits.memory_limit})
-    except duckdb.IOException as exc:
-        raise busy_error(path, exc) from None
-    timer = threading.Timer(limits.timeout_s, con.interrupt)
-    try:
-        con.execute("SET lock_configuration = true")  # from here on, SQL cannot SET the above back
-        timer.start()
-        reader = con.execute(statement).to_arrow_reader(limits.batch_rows)
-        yield _arrow_batches(reader, timer)
-    finally:
-        timer.cancel()
-        con.close()
-
-
-def _arrow_batches(reader: pa.RecordBatchReader, timer: threading.Timer) -> Iterator[pa.Table]:
-    yielded = False
-    try:
-        for batch in reader:
-            yielded = True
-            yield pa.Table.from_batches([batch])
-    except duckdb.InterruptException:
-        raise _Timeout() if timer.finished.is_set() else KeyboardInterrupt() from None
-    if not yielded:
-        yield reader.schema.empty_table()
-
-
-class _Timeout(Exception):
-    pass
-
-
-@contextmanager
-def _errors_as_one_line(limits: SqlLimits) -> Iterator[None]:
-    try:
-        yield
-    except (_Timeout, duckdb.InterruptException, psycopg.errors.QueryCanceled):
-        raise InputError(f"query cancelled: it ran past --timeout {limits.timeout_s:g} s") from None
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise InputError(
-            f"refused: {first_line(exc)} (`atlas sql` runs as role {READER_ROLE}: SELECT on the atlas tables only)"
-        ) from None
-    except duckdb.PermissionException as exc:
-        raise InputError(f"refused: {first_line(exc)} (`atlas sql` reads the atlas only, no files)") from None
-    except duckdb.OutOfMemoryException as exc:
-        raise InputError(f"query stopped: {first_line(exc)} (memory limit {limits.memory_limit})") from None
-    except (duckdb.Error, psycopg.Error) as exc:
-        raise InputError(f"query failed: {first_line(exc)}") from None
 
 
 @contextmanager

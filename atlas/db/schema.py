@@ -256,6 +256,18 @@ injection_facts = sa.Table(
     sa.Column("info", sa.Text, nullable=False, server_default="{}"),  # JSON: tokens, gates, value search
 )
 
+neuron_tokens = sa.Table(
+    "neuron_tokens",
+    metadata,
+    sa.Column("model_id", sa.BigInteger, primary_key=True),
+    sa.Column("layer", sa.SmallInteger, primary_key=True),
+    sa.Column("neuron", sa.Integer, primary_key=True),
+    sa.Column("rank", sa.SmallInteger, primary_key=True),  # 1 = the token the slot writes most strongly
+    sa.Column("token_id", sa.Integer, nullable=False),
+    sa.Column("token", sa.Text, nullable=False),
+    sa.Column("logit", sa.REAL, nullable=False),  # value slot . unembedding row of the token
+)
+
 injection_slots = sa.Table(
     "injection_slots",
     metadata,

@@ -57,3 +57,15 @@ def slots_from_bytes(data: bytes, dtype: str) -> torch.Tensor:
 
 def dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
+
+
+@torch.no_grad()
+def top_tokens(adapter: Adapter, layer: int, neurons: Sequence[int], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` tokens each value slot raises most, read through the unembedding and the final
+    norm's scale (LM-Debugger's projection of a value vector): token ids and logits, `[n, k]` each."""
+    slots = read_slots(adapter, layer, neurons).float()  # [n, hidden]
+    emb = adapter.unembedding().detach().float().cpu()  # [vocab, hidden]
+    scale = adapter.final_norm_scale()
+    logits = slots @ (emb if scale is None else emb * scale.detach().float().cpu()).T  # [n, vocab]
+    values, ids = logits.topk(min(k, logits.shape[1]), dim=1)
+    return ids, values

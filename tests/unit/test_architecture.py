@@ -28,6 +28,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "indexer/job": ("atlas.jobs", "atlas.cli", "matplotlib", "sqlalchemy", "duckdb", "psycopg"),
     "atlas/jobs": ("atlas.cli", "sqlalchemy", "duckdb", "psycopg"),
     "atlas/cli": ("sqlalchemy", "duckdb", "psycopg"),
+    "atlas/web": ("sqlalchemy", "duckdb", "psycopg", "torch", "transformers", "matplotlib", "atlas.model", "atlas.cli"),
 }
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60

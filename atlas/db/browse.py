@@ -1,0 +1,276 @@
+"""What each page of the web atlas shows, read in one read-only transaction (`atlas serve`).
+
+A page is a title, a few scalar facts (``info``) and named tables (Arrow). The HTML page, its JSON
+API and its CSV/Parquet downloads are all drawn from the same `Page`, so what a person sees and
+what a script downloads cannot drift apart. The SQL lives in ``statements/page_*.sql`` and the
+named queries (``queries/``); nothing here formats a value into SQL.
+
+Whole-run aggregates (a run's relations with their counts, its layers) cost 0.1-1 s on a
+PARAREL-sized atlas in PostgreSQL, too slow for every page that needs a relation's size. A run
+that is done never changes again (only the indexer writes its results, and only while it runs),
+so `RunSummaries` computes them once per run and process; a running run is read afresh each time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy.engine import Connection
+
+from atlas.db.queries import load_query, run_on
+from atlas.db.runs import Run, resolve_run
+from atlas.db.sqlfile import statement
+from atlas.errors import InputError, NotFound
+
+MAX_ROWS = 500  # rows a page lists; the API's downloads give every row
+OVERLAP_NEURONS = 30  # a relation's most frequent neurons shown against the other relations
+HUB_MIN_RELATIONS = 3  # hub-neurons' defaults: relation-level (coverage >= 0.1) in >= 3 relations
+HUB_MIN_SHARE = 0.1
+NEURON_NAME = re.compile(r"^\s*L(\d+)[.:/ ]N?(\d+)\s*$", re.IGNORECASE)
+
+
+@dataclass
+class Page:
+    """One page's data: a title, scalars for its header, and named tables."""
+
+    title: str
+    info: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    run: Run | None = None  # the run the page belongs to (not part of its JSON)
+
+    def table(self, name: str) -> pa.Table:
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise NotFound(f"this page has no table {name!r}; it has: {', '.join(self.tables)}") from None
+
+
+def rows(table: pa.Table) -> list[dict[str, Any]]:
+    return table.to_pylist()
+
+
+def _statement(conn: Connection, name: str, **given: Any) -> pa.Table:
+    return run_on(conn, statement(name), given)
+
+
+def _query(conn: Connection, name: str, **given: Any) -> pa.Table:
+    return run_on(conn, load_query(name), given)
+
+
+def _one(conn: Connection, name: str, what: str, **given: Any) -> dict[str, Any]:
+    found = rows(_statement(conn, name, **given))
+    if not found:
+        raise NotFound(f"unknown {what}")
+    return found[0]
+
+
+# --- pages ------------------------------------------------------------------------------------
+
+
+class RunSummaries:
+    """Each done run's whole-run tables (``relations``, ``layers``), computed once (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, dict[str, pa.Table]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, conn: Connection, run: Run) -> dict[str, pa.Table]:
+        with self._lock:
+            cached = self._done.get(run.id)
+        if cached is not None:
+            return cached
+        tables = {
+            "relations": _statement(conn, "page_run_relations", run_id=run.id),
+            "layers": _statement(conn, "page_run_layers", run_id=run.id),
+        }
+        if run.status == "done":
+            with self._lock:
+                self._done[run.id] = tables
+        return tables
+
+    def relation_sizes(self, conn: Connection, run: Run) -> dict[str, int]:
+        """Facts with knowledge neurons, per relation of the run."""
+        rel = self.of(conn, run)["relations"]
+        return dict(zip(rel.column("relation_id").to_pylist(), rel.column("facts_with_neurons").to_pylist()))
+
+
+def runs_page(conn: Connection, summaries: RunSummaries) -> Page:
+    runs = _statement(conn, "page_runs")
+    totals: dict[str, list[int]] = {"n_relations": [], "n_prompts": [], "n_ok": [], "n_facts": [], "n_entries": []}
+    for run_id in runs.column("id").to_pylist():
+        rel = summaries.of(conn, resolve_run(conn, run_id))["relations"]
+        totals["n_relations"].append(rel.num_rows)
+        for key, column in (("n_prompts", "n_prompts"), ("n_ok", "n_ok"), ("n_facts", "facts_with_neurons")):
+            totals[key].append(int(pc.sum(rel.column(column)).as_py() or 0))
+        totals["n_entries"].append(int(pc.sum(rel.column("n_entries")).as_py() or 0))
+    for key, values in totals.items():
+        runs = runs.append_column(key, pa.array(values, pa.int64()))
+    walls = [json.loads(text or "{}").get("wall_s") for text in runs.column("stats").to_pylist()]
+    rates = [n / w if w else None for n, w in zip(totals["n_prompts"], walls)]
+    return Page("Runs", {}, {"runs": runs.append_column("prompts_per_s", pa.array(rates, pa.float64()))})
+
+
+def run_page(conn: Connection, summaries: RunSummaries, run: int | str) -> Page:
+    r = resolve_run(conn, run)
+    model = _one(conn, "page_model", f"model {r.model_id}", model_id=r.model_id)
+    return Page(f"Run {r.name}", _run_info(r) | {"model": model}, dict(summaries.of(conn, r)), r)
+
+
+def relation_page(conn: Connection, summaries: RunSummaries, run: int | str, relation_id: str) -> Page:
+    r = resolve_run(conn, run)
+    relation = _one(conn, "page_relation", f"relation {relation_id!r}", relation_id=relation_id)
+    overlap = _statement(conn, "page_relation_coverage", run_id=r.id, relation_id=relation_id, top=OVERLAP_NEURONS)
+    overlap = _with_share(overlap, summaries.relation_sizes(conn, r), "share")
+    tables = {
+        "facts": _statement(conn, "page_relation_facts", run_id=r.id, relation_id=relation_id, limit=MAX_ROWS),
+        "relation_neurons": _query(conn, "relation-neurons", run_id=r.id, relation_id=relation_id, min_share=0.1),
+        "specific_neurons": _specificity(overlap, relation_id),
+        "layers": _statement(conn, "page_relation_layers", run_id=r.id, relation_id=relation_id),
+        "overlap": overlap,
+    }
+    return Page(f"{relation_id} {relation['label']}", {"run": _run_info(r), "relation": relation}, tables, r)
+
+
+def _specificity(overlap: pa.Table, relation_id: str) -> pa.Table:
+    """The relation's frequent knowledge neurons ranked by specificity = their share of its facts
+    minus the largest share of any other relation (the rule of the named query
+    relation-specific-neurons, which reads prompt scores instead: seconds per relation)."""
+    own: dict[tuple[int, int], float] = {}
+    other: dict[tuple[int, int], tuple[float, str]] = {}
+    for row in overlap.to_pylist():
+        key, share = (row["layer"], row["neuron"]), row["share"] or 0.0
+        if row["relation_id"] == relation_id:
+            own[key] = share
+        elif share > other.get(key, (-1.0, ""))[0]:
+            other[key] = (share, row["relation_id"])
+    ranked = sorted(own, key=lambda k: (-(own[k] - other.get(k, (0.0, ""))[0]), k))
+    return pa.Table.from_pylist(
+        [
+            {
+                "layer": k[0],
+                "neuron": k[1],
+                "share": own[k],
+                "other_share": other.get(k, (0.0, None))[0],
+                "other_relation": other.get(k, (0.0, None))[1],
+                "specificity": own[k] - other.get(k, (0.0, None))[0],
+            }
+            for k in ranked
+        ],
+        schema=_SPECIFICITY,
+    )
+
+
+_SPECIFICITY = pa.schema(
+    [
+        ("layer", pa.int64()),
+        ("neuron", pa.int64()),
+        ("share", pa.float64()),
+        ("other_share", pa.float64()),
+        ("other_relation", pa.string()),
+        ("specificity", pa.float64()),
+    ]
+)
+
+
+def _with_share(table: pa.Table, sizes: dict[str, int], name: str) -> pa.Table:
+    """``table`` (n_facts per relation_id) with the relation's size and n_facts / size as ``name``."""
+    totals = [sizes.get(rel) or 0 for rel in table.column("relation_id").to_pylist()]
+    shares = [n / t if t else None for n, t in zip(table.column("n_facts").to_pylist(), totals)]
+    table = table.append_column("relation_facts", pa.array(totals, pa.int64()))
+    return table.append_column(name, pa.array(shares, pa.float64()))
+
+
+def fact_page(conn: Connection, run: int | str, fact_id: str) -> Page:
+    r = resolve_run(conn, run)
+    fact = _one(conn, "page_fact", f"fact {fact_id!r}", fact_id=fact_id)
+    tables = {
+        "prompts": _statement(conn, "page_fact_prompts", run_id=r.id, fact_id=fact_id),
+        "neurons": _query(conn, "fact-neurons", run_id=r.id, fact_id=fact_id),
+        "prompt_scores": _query(conn, "fact-prompt-scores", run_id=r.id, fact_id=fact_id),
+        "sharing": _query(conn, "fact-interference", run_id=r.id, fact_id=fact_id),
+    }
+    title = f"{fact['subject']} / {fact['relation_id']} / {fact['object']}"
+    return Page(title, {"run": _run_info(r), "fact": fact}, tables, r)
+
+
+def neuron_page(conn: Connection, summaries: RunSummaries, run: int | str, layer: int, neuron: int) -> Page:
+    r = resolve_run(conn, run)
+    model = _one(conn, "page_model", f"model {r.model_id}", model_id=r.model_id)
+    if not (0 <= layer < model["n_layers"] and 0 <= neuron < model["n_neurons"]):
+        raise NotFound(
+            f"no neuron L{layer}.{neuron} in model {model['name']}: "
+            f"layers 0-{model['n_layers'] - 1}, neurons 0-{model['n_neurons'] - 1}"
+        )
+    relations = _statement(conn, "page_neuron_relations", run_id=r.id, layer=layer, neuron=neuron)
+    relations = _with_share(relations, summaries.relation_sizes(conn, r), "coverage")
+    covered = sum(1 for c in relations.column("coverage").to_pylist() if c is not None and c >= HUB_MIN_SHARE)
+    info = {
+        "run": _run_info(r),
+        "model": model,
+        "layer": layer,
+        "neuron": neuron,
+        "relation_level_in": covered,
+        "hub": covered >= HUB_MIN_RELATIONS,
+    }
+    tables = {
+        "facts": _query(conn, "neuron-facts", run_id=r.id, layer=layer, neuron=neuron),
+        "relations": relations,
+        "tokens": _statement(conn, "page_neuron_tokens", model_id=r.model_id, layer=layer, neuron=neuron),
+    }
+    return Page(f"L{layer}.{neuron}", info, tables, r)
+
+
+def edits_page(conn: Connection) -> Page:
+    return Page("Edits and injections", {}, {"edits": _statement(conn, "page_edits")})
+
+
+def edit_page(conn: Connection, edit_id: int) -> Page:
+    edit = _one(conn, "page_edit", f"edit {edit_id}", edit_id=edit_id)
+    tables = {
+        "slots": _statement(conn, "page_edit_slots", edit_id=edit_id),
+        "audit": _statement(conn, "page_edit_audit", edit_id=edit_id),
+    }
+    return Page(f"Edit {edit_id}: {edit['kind']} {edit['target']}", {"edit": edit}, tables)
+
+
+def search_page(conn: Connection, q: str, limit: int = 50) -> Page:
+    q = q.strip()
+    if not q:
+        raise InputError("search: give a subject, object, relation, fact id or L<layer>.<neuron>")
+    pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    found = _statement(conn, "page_search", q=q, pattern=pattern, limit=limit)
+    return Page(f"Search: {q}", {"q": q}, {"matches": found})
+
+
+def neuron_address(q: str) -> tuple[int, int] | None:
+    """``L12.345`` (or ``L12:345``, ``l12 345``) as (layer, neuron); None for anything else."""
+    m = NEURON_NAME.match(q)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def latest_run(conn: Connection) -> Run:
+    """The newest run (where a search for a neuron names none)."""
+    runs = _statement(conn, "page_runs")
+    if not runs.num_rows:
+        raise NotFound("the atlas has no runs yet: run `atlas index` first")
+    return resolve_run(conn, runs.column("id")[0].as_py())
+
+
+def _run_info(r: Run) -> dict[str, Any]:
+    doc = asdict(r)
+    return {k: doc[k] for k in ("id", "name", "model_id", "model_name", "dataset", "status", "params", "stats")} | {
+        "created_at": r.created_at,
+        "finished_at": r.finished_at,
+    }
+
+
+def page_json(page: Page) -> Mapping[str, Any]:
+    """A page as JSON-ready data: its info and every table as a list of row objects."""
+    return {"title": page.title, "info": page.info, "tables": {k: rows(t) for k, t in page.tables.items()}}
