@@ -72,12 +72,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": (
         "atlas.cli.serve",
         "serve",
-        "Browse the atlas in a web browser: pages, search, SQL, a JSON API (read-only).",
+        "Browse the atlas in a web browser: pages, search, SQL and a JSON API, read-only.",
     ),
     "vocab": (
         "atlas.cli.serve",
         "vocab",
-        "Store the top vocabulary tokens of a run's knowledge neurons (neuron pages).",
+        "Store the top vocabulary tokens of every knowledge neuron of RUN.",
     ),
 }
 

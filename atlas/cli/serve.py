@@ -16,8 +16,9 @@ from atlas.web.options import ServeOptions
     "--reader-url", envvar="ATLAS_READER_DB", default=None, metavar="URL", help="PostgreSQL: the reader role's URL."
 )
 def serve(db_url: str | None, reader_url: str | None, **settings: object) -> None:
-    """Serve the atlas as web pages and a JSON API, read-only, on http://HOST:PORT/.
+    """Browse the atlas in a web browser: pages, search, SQL and a JSON API, read-only.
 
+    It listens on http://HOST:PORT/ (default http://127.0.0.1:8765/).
     Pages: runs, a run's relations, a relation, a fact, a neuron (/run/RUN/neuron/LAYER/INDEX),
     edits and audits, search, the named queries and ad-hoc read-only SQL; every table downloads as
     CSV, Parquet or JSON; /api/openapi.json describes the API. The database is read through the
@@ -31,12 +32,15 @@ def serve(db_url: str | None, reader_url: str | None, **settings: object) -> Non
     """
     import uvicorn  # only here: the other commands never start a server
 
-    from atlas.web.app import create_app
+    from atlas.web.app import FACTORY, configure
 
     options = ServeOptions(**settings)  # type: ignore[arg-type]
-    app = create_app(open_store(db_url), options, reader_url)
-    click.echo(f"kn-atlas: serving {db_url or 'the atlas'} on http://{options.host}:{options.port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
+    store = open_store(db_url)  # refuses a missing or outdated schema before any worker starts
+    configure(store.url, options, reader_url)
+    click.echo(f"kn-atlas: serving {store!r} on http://{options.host}:{options.port}/ (Ctrl-C stops)")
+    uvicorn.run(
+        FACTORY, factory=True, host=options.host, port=options.port, workers=options.workers, log_level="warning"
+    )
 
 
 @click.command()
@@ -44,7 +48,9 @@ def serve(db_url: str | None, reader_url: str | None, **settings: object) -> Non
 @db_option
 @click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True, help="Tokens kept per neuron.")
 def vocab(run: str, db_url: str | None, top_k: int) -> None:
-    """Project every knowledge neuron of RUN onto the vocabulary and store its top tokens.
+    """Store the top vocabulary tokens of every knowledge neuron of RUN.
+
+    Each value slot is projected onto the vocabulary (through the final norm and the unembedding).
 
     The neuron pages of `atlas serve` show them; it computes missing ones on demand, but can only
     store them itself on PostgreSQL (it holds a DuckDB file read-only).

@@ -5,17 +5,14 @@ API and its CSV/Parquet downloads are all drawn from the same `Page`, so what a 
 what a script downloads cannot drift apart. The SQL lives in ``statements/page_*.sql`` and the
 named queries (``queries/``); nothing here formats a value into SQL.
 
-Whole-run aggregates (a run's relations with their counts, its layers) cost 0.1-1 s on a
-PARAREL-sized atlas in PostgreSQL, too slow for every page that needs a relation's size. A run
-that is done never changes again (only the indexer writes its results, and only while it runs),
-so `RunSummaries` computes them once per run and process; a running run is read afresh each time.
+Whole-run tables (a run's relations, layers, and (relation, neuron) counts) come from
+`atlas.db.summaries.RunSummaries`: read once per done run and process.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,12 +24,14 @@ from sqlalchemy.engine import Connection
 from atlas.db.queries import load_query, run_on
 from atlas.db.runs import Run, resolve_run
 from atlas.db.sqlfile import statement
+from atlas.db.summaries import RunSummaries, RunSummary
 from atlas.errors import InputError, NotFound
 
-MAX_ROWS = 500  # rows a page lists; the API's downloads give every row
+MAX_ROWS = 100  # rows an HTML page lists of a table; its download gives every row
+MAX_FACTS = 10_000  # facts of a relation read for its page (PARAREL's largest relation has ~1,400)
 OVERLAP_NEURONS = 30  # a relation's most frequent neurons shown against the other relations
-HUB_MIN_RELATIONS = 3  # hub-neurons' defaults: relation-level (coverage >= 0.1) in >= 3 relations
-HUB_MIN_SHARE = 0.1
+RELATION_LEVEL_SHARE = 0.1  # the paper's relation-level neurons: in >= 10% of the relation's facts
+HUB_MIN_RELATIONS = 3  # hub-neurons' default: relation-level in >= 3 relations
 NEURON_NAME = re.compile(r"^\s*L(\d+)[.:/ ]N?(\d+)\s*$", re.IGNORECASE)
 
 
@@ -74,68 +73,72 @@ def _one(conn: Connection, name: str, what: str, **given: Any) -> dict[str, Any]
 # --- pages ------------------------------------------------------------------------------------
 
 
-class RunSummaries:
-    """Each done run's whole-run tables (``relations``, ``layers``), computed once (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._done: dict[int, dict[str, pa.Table]] = {}
-        self._lock = threading.Lock()
-
-    def of(self, conn: Connection, run: Run) -> dict[str, pa.Table]:
-        with self._lock:
-            cached = self._done.get(run.id)
-        if cached is not None:
-            return cached
-        tables = {
-            "relations": _statement(conn, "page_run_relations", run_id=run.id),
-            "layers": _statement(conn, "page_run_layers", run_id=run.id),
-        }
-        if run.status == "done":
-            with self._lock:
-                self._done[run.id] = tables
-        return tables
-
-    def relation_sizes(self, conn: Connection, run: Run) -> dict[str, int]:
-        """Facts with knowledge neurons, per relation of the run."""
-        rel = self.of(conn, run)["relations"]
-        return dict(zip(rel.column("relation_id").to_pylist(), rel.column("facts_with_neurons").to_pylist()))
-
-
 def runs_page(conn: Connection, summaries: RunSummaries) -> Page:
+    """Every run with its totals (from its summary) and prompts/s (from its stats)."""
     runs = _statement(conn, "page_runs")
-    totals: dict[str, list[int]] = {"n_relations": [], "n_prompts": [], "n_ok": [], "n_facts": [], "n_entries": []}
-    for run_id in runs.column("id").to_pylist():
-        rel = summaries.of(conn, resolve_run(conn, run_id))["relations"]
-        totals["n_relations"].append(rel.num_rows)
-        for key, column in (("n_prompts", "n_prompts"), ("n_ok", "n_ok"), ("n_facts", "facts_with_neurons")):
-            totals[key].append(int(pc.sum(rel.column(column)).as_py() or 0))
-        totals["n_entries"].append(int(pc.sum(rel.column("n_entries")).as_py() or 0))
-    for key, values in totals.items():
-        runs = runs.append_column(key, pa.array(values, pa.int64()))
-    walls = [json.loads(text or "{}").get("wall_s") for text in runs.column("stats").to_pylist()]
-    rates = [n / w if w else None for n, w in zip(totals["n_prompts"], walls)]
+    totals = [_run_totals(summaries.of(conn, resolve_run(conn, run_id)).relations) for run_id in runs["id"].to_pylist()]
+    for key in _RUN_TOTALS:
+        runs = runs.append_column(key, pa.array([t[key] for t in totals], pa.int64()))
+    walls = [json.loads(text or "{}").get("wall_s") for text in runs["stats"].to_pylist()]
+    rates = [t["n_prompts"] / w if w else None for t, w in zip(totals, walls)]
     return Page("Runs", {}, {"runs": runs.append_column("prompts_per_s", pa.array(rates, pa.float64()))})
+
+
+_RUN_TOTALS = {
+    "n_relations": None,
+    "n_prompts": "n_prompts",
+    "n_ok": "n_ok",
+    "n_facts": "facts_with_neurons",
+    "n_entries": "n_entries",
+}
+
+
+def _run_totals(relations: pa.Table) -> dict[str, int]:
+    out = {key: int(pc.sum(relations[column]).as_py() or 0) for key, column in _RUN_TOTALS.items() if column}
+    return out | {"n_relations": relations.num_rows}
 
 
 def run_page(conn: Connection, summaries: RunSummaries, run: int | str) -> Page:
     r = resolve_run(conn, run)
     model = _one(conn, "page_model", f"model {r.model_id}", model_id=r.model_id)
-    return Page(f"Run {r.name}", _run_info(r) | {"model": model}, dict(summaries.of(conn, r)), r)
+    summary = summaries.of(conn, r)
+    tables = {"relations": summary.relations, "layers": summary.layers}
+    return Page(f"Run {r.name}", _run_info(r) | {"model": model}, tables, r)
 
 
 def relation_page(conn: Connection, summaries: RunSummaries, run: int | str, relation_id: str) -> Page:
     r = resolve_run(conn, run)
     relation = _one(conn, "page_relation", f"relation {relation_id!r}", relation_id=relation_id)
-    overlap = _statement(conn, "page_relation_coverage", run_id=r.id, relation_id=relation_id, top=OVERLAP_NEURONS)
-    overlap = _with_share(overlap, summaries.relation_sizes(conn, r), "share")
+    summary = summaries.of(conn, r)
+    own = _with_share(summary.relation_pairs(relation_id), summary.sizes, "share", relation_id)
+    own = own.sort_by(
+        [("n_facts", "descending"), ("mean_score", "descending"), ("layer", "ascending"), ("neuron", "ascending")]
+    )
+    top = [summary.neuron_pairs(x["layer"], x["neuron"]) for x in own.slice(0, OVERLAP_NEURONS).to_pylist()]
+    overlap = _with_share(pa.concat_tables(top), summary.sizes, "share") if top else _OVERLAP.empty_table()
+    overlap = overlap.select(_OVERLAP.names).cast(_OVERLAP)
     tables = {
-        "facts": _statement(conn, "page_relation_facts", run_id=r.id, relation_id=relation_id, limit=MAX_ROWS),
-        "relation_neurons": _query(conn, "relation-neurons", run_id=r.id, relation_id=relation_id, min_share=0.1),
+        "facts": _statement(conn, "page_relation_facts", run_id=r.id, relation_id=relation_id, limit=MAX_FACTS),
+        "relation_neurons": _relation_level(own),
         "specific_neurons": _specificity(overlap, relation_id),
-        "layers": _statement(conn, "page_relation_layers", run_id=r.id, relation_id=relation_id),
+        "layers": _layers(own),
         "overlap": overlap,
     }
     return Page(f"{relation_id} {relation['label']}", {"run": _run_info(r), "relation": relation}, tables, r)
+
+
+def _relation_level(own: pa.Table) -> pa.Table:
+    """The relation's neurons in >= 2 facts and >= the share 0.1 of them (named query
+    relation-neurons with min_share 0.1), in ``own``'s order (most frequent first)."""
+    keep = pc.and_(pc.greater_equal(own["n_facts"], 2), pc.greater_equal(own["share"], RELATION_LEVEL_SHARE))
+    return own.filter(keep).select(_RELATION_LEVEL.names).cast(_RELATION_LEVEL)
+
+
+def _layers(own: pa.Table) -> pa.Table:
+    """Entries (fact, neuron) and distinct neurons per layer."""
+    grouped = own.group_by("layer").aggregate([("n_facts", "sum"), ("neuron", "count")])
+    grouped = grouped.rename_columns(["layer", "n_entries", "n_neurons"]).sort_by("layer")
+    return grouped.select(_LAYERS.names).cast(_LAYERS)
 
 
 def _specificity(overlap: pa.Table, relation_id: str) -> pa.Table:
@@ -167,6 +170,21 @@ def _specificity(overlap: pa.Table, relation_id: str) -> pa.Table:
     )
 
 
+_OVERLAP = pa.schema(
+    [
+        ("layer", pa.int64()),
+        ("neuron", pa.int64()),
+        ("relation_id", pa.string()),
+        ("n_facts", pa.int64()),
+        ("mean_score", pa.float64()),
+        ("relation_facts", pa.int64()),
+        ("share", pa.float64()),
+    ]
+)
+_RELATION_LEVEL = pa.schema(
+    [_OVERLAP.field(c) for c in ("layer", "neuron", "n_facts", "relation_facts", "share", "mean_score")]
+)
+_LAYERS = pa.schema([("layer", pa.int64()), ("n_entries", pa.int64()), ("n_neurons", pa.int64())])
 _SPECIFICITY = pa.schema(
     [
         ("layer", pa.int64()),
@@ -179,9 +197,11 @@ _SPECIFICITY = pa.schema(
 )
 
 
-def _with_share(table: pa.Table, sizes: dict[str, int], name: str) -> pa.Table:
-    """``table`` (n_facts per relation_id) with the relation's size and n_facts / size as ``name``."""
-    totals = [sizes.get(rel) or 0 for rel in table.column("relation_id").to_pylist()]
+def _with_share(table: pa.Table, sizes: dict[str, int], name: str, relation_id: str | None = None) -> pa.Table:
+    """``table`` (n_facts per relation_id, or of ``relation_id``) with the relation's size and
+    n_facts / size as ``name``."""
+    rels = table.column("relation_id").to_pylist() if relation_id is None else [relation_id] * table.num_rows
+    totals = [sizes.get(rel) or 0 for rel in rels]
     shares = [n / t if t else None for n, t in zip(table.column("n_facts").to_pylist(), totals)]
     table = table.append_column("relation_facts", pa.array(totals, pa.int64()))
     return table.append_column(name, pa.array(shares, pa.float64()))
@@ -208,9 +228,8 @@ def neuron_page(conn: Connection, summaries: RunSummaries, run: int | str, layer
             f"no neuron L{layer}.{neuron} in model {model['name']}: "
             f"layers 0-{model['n_layers'] - 1}, neurons 0-{model['n_neurons'] - 1}"
         )
-    relations = _statement(conn, "page_neuron_relations", run_id=r.id, layer=layer, neuron=neuron)
-    relations = _with_share(relations, summaries.relation_sizes(conn, r), "coverage")
-    covered = sum(1 for c in relations.column("coverage").to_pylist() if c is not None and c >= HUB_MIN_SHARE)
+    relations = _neuron_relations(summaries.of(conn, r), layer, neuron)
+    covered = sum(1 for c in relations.column("coverage").to_pylist() if c is not None and c >= RELATION_LEVEL_SHARE)
     info = {
         "run": _run_info(r),
         "model": model,
@@ -225,6 +244,14 @@ def neuron_page(conn: Connection, summaries: RunSummaries, run: int | str, layer
         "tokens": _statement(conn, "page_neuron_tokens", model_id=r.model_id, layer=layer, neuron=neuron),
     }
     return Page(f"L{layer}.{neuron}", info, tables, r)
+
+
+def _neuron_relations(summary: RunSummary, layer: int, neuron: int) -> pa.Table:
+    """The relations that have the neuron, with their label, size and coverage, most facts first."""
+    table = _with_share(summary.neuron_pairs(layer, neuron), summary.sizes, "coverage")
+    labels = [summary.labels.get(rel) for rel in table.column("relation_id").to_pylist()]
+    table = table.add_column(1, "label", pa.array(labels, pa.string())).drop_columns(["layer", "neuron"])
+    return table.sort_by([("n_facts", "descending"), ("relation_id", "ascending")])
 
 
 def edits_page(conn: Connection) -> Page:
@@ -253,6 +280,20 @@ def neuron_address(q: str) -> tuple[int, int] | None:
     """``L12.345`` (or ``L12:345``, ``l12 345``) as (layer, neuron); None for anything else."""
     m = NEURON_NAME.match(q)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def warm(conn: Connection, summaries: RunSummaries) -> int:
+    """Read the summaries of every done run now (a server does this as it starts); how many."""
+    done = [
+        run_id for run_id, status in zip(*_columns(_statement(conn, "page_runs"), "id", "status")) if status == "done"
+    ]
+    for run_id in done:
+        summaries.of(conn, resolve_run(conn, run_id))
+    return len(done)
+
+
+def _columns(table: pa.Table, *names: str) -> list[list[Any]]:
+    return [table.column(n).to_pylist() for n in names]
 
 
 def latest_run(conn: Connection) -> Run:

@@ -105,18 +105,24 @@ def run_sql(store: Store, sql: str, limits: SqlLimits | None = None, sink: Sink 
     there were more); with one, every batch goes to it and the result holds no rows.
     """
     statement = check_read_only(sql)
-    limits = limits or SqlLimits()
+    with ReadOnlyAtlas(store, limits or SqlLimits()) as atlas, _sigterm_as_interrupt():
+        return run_checked(atlas, statement, sink)
+
+
+def run_checked(atlas: ReadOnlyAtlas, statement: str, sink: Sink | None = None) -> SqlResult:
+    """A statement that passed `check_read_only`, on an open `ReadOnlyAtlas` (a server's), within
+    its limits: rows kept up to ``max_rows`` or all given to ``sink``."""
     started = time.perf_counter()
     kept: list[pa.Table] = []
-    n, truncated = 0, False
-    with ReadOnlyAtlas(store, limits) as atlas, _sigterm_as_interrupt(), atlas.begin() as conn:
+    n, truncated, limit = 0, False, atlas.limits.max_rows
+    with atlas.begin() as conn:
         for batch in atlas.stream(conn, statement):
             batch = normalise(batch)
             if sink is not None:
                 sink(batch)
                 n += batch.num_rows
                 continue
-            room = batch.num_rows if limits.max_rows is None else limits.max_rows - n
+            room = batch.num_rows if limit is None else limit - n
             kept.append(batch.slice(0, room))
             n += min(room, batch.num_rows)
             if batch.num_rows > room:

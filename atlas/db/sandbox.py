@@ -49,6 +49,7 @@ class SqlLimits:
     memory_limit: str = "1GB"  # DuckDB
     reader_url: str | None = None  # PostgreSQL: the reader role's URL (default: the store's, user swapped)
     batch_rows: int = 10_000
+    threads: int | None = None  # DuckDB threads per statement (None: DuckDB's default, every core)
 
 
 class Timeout(Exception):
@@ -76,6 +77,8 @@ class ReadOnlyAtlas:
             if not path or path == ":memory:":
                 raise InputError("read-only access needs a DuckDB file, not an in-memory database")
             config = {**DUCKDB_LOCKED, "memory_limit": limits.memory_limit}
+            if limits.threads:
+                config["threads"] = limits.threads
             self.engine = sa.create_engine(
                 store.url, connect_args={"read_only": True, "config": config}, pool_size=pool_size, max_overflow=0
             )

@@ -14,9 +14,13 @@ connections. Errors a user can cause become a 400/404 page (or JSON under /api) 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import threading
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +32,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from atlas.db.browse import RunSummaries
+from atlas.db.browse import warm
 from atlas.db.sandbox import ReadOnlyAtlas, SqlLimits
 from atlas.db.store import Store
+from atlas.db.summaries import RunSummaries
 from atlas.errors import AtlasError, InputError, NotFound, StoreError
 from atlas.web import routes
 from atlas.web.options import ServeOptions
@@ -51,10 +56,12 @@ class AtlasState:
     vocab: Any  # atlas.jobs.vocab.OnDemandVocab, or None (off)
 
 
-def create_app(store: Store, options: ServeOptions | None = None, reader_url: str | None = None) -> Starlette:
+def create_app(store: Store, options: ServeOptions | None = None, reader_url: str | None = None) -> ServerTiming:
     """The application for ``store`` (read-only: see the module docstring)."""
     options = options or ServeOptions()
-    limits = SqlLimits(timeout_s=options.timeout, max_rows=options.max_rows, reader_url=reader_url)
+    # one DuckDB thread per statement: a server runs many small statements at once, and
+    # splitting each over every core only adds work (bench/serve_speed.py)
+    limits = SqlLimits(timeout_s=options.timeout, max_rows=options.max_rows, reader_url=reader_url, threads=1)
     atlas = ReadOnlyAtlas(store, limits, pool_size=options.pool)
     templates = Environment(loader=PackageLoader("atlas.web", "templates"), autoescape=select_autoescape(["html"]))
     templates.globals.update(href=href, fmt=fmt)
@@ -65,14 +72,62 @@ def create_app(store: Store, options: ServeOptions | None = None, reader_url: st
         lifespan=_lifespan,
     )
     app.state.atlas = state
-    return app
+    return ServerTiming(app)
+
+
+FACTORY = "atlas.web.app:app_from_environment"  # what uvicorn imports in each worker process
+_CONFIG_ENV = "ATLAS_SERVE_CONFIG"
+
+
+def configure(url: str, options: ServeOptions, reader_url: str | None) -> None:
+    """Hand the server's settings to its worker processes (they inherit the environment)."""
+    os.environ[_CONFIG_ENV] = json.dumps({"url": url, "options": asdict(options), "reader_url": reader_url})
+
+
+def app_from_environment() -> ServerTiming:
+    """The application of one worker, from `configure`'s settings."""
+    config = json.loads(os.environ[_CONFIG_ENV])
+    return create_app(Store(config["url"]), ServeOptions(**config["options"]), config["reader_url"])
+
+
+class ServerTiming:
+    """ASGI middleware: every response says how long the server worked on it (``Server-Timing:
+    app;dur=MS``), which bench/serve_speed.py reads apart from the client's own time."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+
+        async def timed(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - started) * 1000
+                message["headers"] = [*message.get("headers", []), (b"server-timing", f"app;dur={ms:.2f}".encode())]
+            await send(message)
+
+        await self.app(scope, receive, timed)
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    """The pooled connections close with the server."""
+    """Done runs' summaries are read in the background as the server starts (the first pages then
+    find them); the pooled connections close with the server."""
+    state: AtlasState = app.state.atlas
+    threading.Thread(target=_warm, args=(state,), name="atlas-warm", daemon=True).start()
     yield
-    app.state.atlas.atlas.close()
+    state.atlas.close()
+
+
+def _warm(state: AtlasState) -> None:
+    try:
+        with state.atlas.begin(timeout_s=max(state.options.timeout, 600.0)) as conn:
+            log.info("read the summaries of %d done runs", warm(conn, state.summaries))
+    except AtlasError as exc:  # a page that needs them reads them itself and reports the error
+        log.warning("could not read the run summaries at start: %s", exc)
 
 
 def _vocab(options: ServeOptions, store: Store) -> Any:

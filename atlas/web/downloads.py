@@ -92,7 +92,7 @@ def openapi(pages: Sequence[Any], queries: Sequence[SqlFile]) -> dict[str, Any]:
     """OpenAPI 3.1: every page under /api, every named query with its typed parameters, search, SQL."""
     paths: dict[str, Any] = {}
     for kind in pages:
-        path = "/api" + (kind.path if kind.path != "/" else "/runs")
+        path = kind.api_path(kind.path)
         params = [
             {"name": n.split(":")[0], "in": "path", "required": True, "schema": {"type": _path_type(n)}}
             for n in _path_names(path)

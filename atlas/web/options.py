@@ -18,7 +18,13 @@ class ServeOptions:
     port: int = opt(8765, minimum=1, help="Port to listen on.")
     timeout: float = opt(10.0, help="Seconds any one statement may run (pages, named queries, ad-hoc SQL).")
     max_rows: int = opt(1000, minimum=1, flag="--max-rows", help="Rows an ad-hoc SQL statement shows at most.")
-    pool: int = opt(8, minimum=1, help="Database connections kept open (requests served at once).")
+    pool: int = opt(8, minimum=1, help="Database connections kept open per process (requests served at once).")
+    workers: int = opt(
+        2,
+        minimum=1,
+        help="Server processes, each with its own connections and run summaries: more use more cores "
+        "(2 met the 20-client target on 2 cores, 1 did not: BENCHMARKS.md).",
+    )
     vocab: str = opt(
         "auto",
         choices=("auto", "off"),

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from atlas.db import browse
 from atlas.db.browse import Page
-from atlas.db.queries import list_queries, load_query, normalise, run_on
-from atlas.db.readonly import check_read_only
+from atlas.db.queries import list_queries, load_query, run_on
+from atlas.db.readonly import check_read_only, run_checked
 from atlas.errors import InputError
 from atlas.web import downloads
 from atlas.web.plots import page_plots
@@ -45,7 +44,7 @@ def _html_page(kind: PageKind):  # noqa: ANN202 - a Starlette endpoint
     def endpoint(request: Request) -> Response:
         page = _load(request, kind)
         run = page_run(page, request.path_params)
-        api = "/api" + request.url.path.rstrip("/") if request.url.path != "/" else "/api/runs"
+        api = kind.api_path(request.url.path)
         tables = {name: table_view(page, name, run, api) for name in page.tables}
         plots = page_plots(kind.name, page, run)
         return _render(request, kind.template, page=page, tables=tables, plots=plots, run=run, api=api)
@@ -56,7 +55,7 @@ def _html_page(kind: PageKind):  # noqa: ANN202 - a Starlette endpoint
 def _api_page(kind: PageKind):  # noqa: ANN202
     def endpoint(request: Request) -> Response:
         page = _load(request, kind)
-        return downloads.respond(request, page, f"{kind.name}")
+        return downloads.respond(request, page, kind.name)
 
     return endpoint
 
@@ -116,19 +115,8 @@ def _sql_page(request: Request) -> Page | None:
     sql = request.query_params.get("sql", "").strip()
     if not sql:
         return None
-    statement = check_read_only(sql)
-    state = _state(request)
-    limit = state.options.max_rows
-    kept: list[pa.Table] = []
-    n = 0
-    with state.atlas.begin() as conn:
-        for batch in state.atlas.stream(conn, statement):
-            kept.append(batch.slice(0, limit - n))
-            n += kept[-1].num_rows
-            if batch.num_rows > kept[-1].num_rows or n >= limit:
-                break
-    table = normalise(pa.concat_tables(kept)) if kept else pa.table({})
-    return Page("SQL", {"sql": sql, "truncated": n >= limit}, {"rows": table})
+    result = run_checked(_state(request).atlas, check_read_only(sql))
+    return Page("SQL", {"sql": sql, "truncated": result.truncated}, {"rows": result.table})
 
 
 def sql_html(request: Request) -> Response:
@@ -152,7 +140,7 @@ def openapi(request: Request) -> Response:
 
 ROUTES: list[Route] = [
     *(Route(k.path, _html_page(k), name=k.name) for k in PAGES),
-    *(Route("/api" + (k.path if k.path != "/" else "/runs"), _api_page(k), name="api-" + k.name) for k in PAGES),
+    *(Route(k.api_path(k.path), _api_page(k), name="api-" + k.name) for k in PAGES),
     Route("/search", search),
     Route("/api/search", search),
     Route("/sql", sql_html),

@@ -9,6 +9,7 @@ templates only lay them out.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +17,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pyarrow as pa
+
 from atlas.db import browse
-from atlas.db.browse import Page, RunSummaries
+from atlas.db.browse import Page
+from atlas.db.summaries import RunSummaries
 from atlas.errors import InputError
 
 Builder = Callable[[Any, RunSummaries, dict[str, Any]], Page]  # (read-only connection, summaries, path args)
@@ -32,6 +35,10 @@ class PageKind:
     build: Builder
     template: str
     summary: str  # one line for the OpenAPI description
+
+    def api_path(self, path: str) -> str:
+        """The API twin of a page path (``/`` is ``/api/runs``)."""
+        return "/api" + path.rstrip("/") if path != "/" else "/api/runs"
 
 
 PAGES: tuple[PageKind, ...] = (
@@ -109,23 +116,34 @@ class Cell:
 
 @dataclass
 class TableView:
-    """A table ready for a template: header, formatted cells with links, downloads."""
+    """A table ready for a template: header, formatted cells with links (made when a template
+    reads them: a table shown only as a plot or a download costs nothing), downloads."""
 
     name: str
-    columns: list[str]
-    rows: list[list[Cell]]
-    total: int
+    table: pa.Table
+    run: Any
+    limit: int
     downloads: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        return self.table.column_names
+
+    @property
+    def total(self) -> int:
+        return self.table.num_rows
+
+    @functools.cached_property
+    def rows(self) -> list[list[Cell]]:
+        schema = self.table.schema
+        numeric = {f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)}
+        rows = self.table.slice(0, self.limit).to_pylist()
+        return [[Cell(fmt(row[c]), _link(c, row, self.run), c in numeric) for c in self.columns] for row in rows]
 
 
 def table_view(page: Page, name: str, run: Any, api_path: str, limit: int = browse.MAX_ROWS) -> TableView:
-    table = page.table(name)
-    rows = table.slice(0, limit).to_pylist()
-    columns = table.column_names
-    numeric = {f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)}
-    view = [[Cell(fmt(row[c]), _link(c, row, run), c in numeric) for c in columns] for row in rows]
     downloads = {f: f"{api_path}?{urlencode({'table': name, 'format': f})}" for f in ("csv", "parquet", "json")}
-    return TableView(name, columns, view, table.num_rows, downloads)
+    return TableView(name, page.table(name), run, limit, downloads)
 
 
 def _link(column: str, row: dict[str, Any], run: Any) -> str | None:

@@ -3,6 +3,7 @@ update, and a fact whose subject is markup (it must render as text)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,13 @@ from tests.support.kn_world import World, index_world
 
 XSS_SUBJECT = "<script>alert('x')</script>&<b>"
 XSS_FACT = "xss-1"
+
+
+def free_port() -> int:
+    """A port nothing listens on (for a real server in a test)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -21,7 +20,7 @@ import uvicorn
 
 from atlas.web.app import create_app
 from atlas.web.options import ServeOptions
-from tests.web.conftest import Served
+from tests.web.conftest import Served, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -66,15 +65,9 @@ def browser() -> Iterator[object]:
     yield from _browser()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(served: Served) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     app = create_app(served.store, ServeOptions(port=port, pool=4))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from atlas.db.queries import list_queries, run_query
 from atlas.db.runs import get_run
-from atlas.db.schema import knowledge_neurons, neuron_tokens
+from atlas.db.schema import facts, knowledge_neurons, neuron_tokens
 from tests.support.db import snapshot
 from tests.web.conftest import XSS_FACT, XSS_SUBJECT, Served
 
@@ -47,6 +47,15 @@ def test_pages_show_the_atlas_rows(served: Served) -> None:
         store, "neuron-facts", {"run_id": run.id, "layer": top["layer"], "neuron": top["neuron"]}
     ).table.to_pylist()
     expected_sharing = run_query(store, "fact-interference", {"run_id": run.id, "fact_id": fact}).table.to_pylist()
+    with store.begin() as conn:
+        per_layer = conn.execute(
+            sa.select(knowledge_neurons.c.layer, sa.func.count())
+            .join(facts, facts.c.id == knowledge_neurons.c.fact_id)
+            .where(facts.c.relation_id == "P36", knowledge_neurons.c.run_id == run.id)
+            .group_by(knowledge_neurons.c.layer)
+        ).all()
+    expected_layers = {int(layer): n for layer, n in per_layer}
+    expected_level = run_query(store, "relation-neurons", {"run_id": run.id, "relation_id": "P36", "min_share": 0.1})
     with served.client() as c:
         runs = _json(c, "/api/runs")["tables"]["runs"]
         assert [r["name"] for r in runs] == [w.run] and runs[0]["n_relations"] == 3 and runs[0]["n_facts"] > 0
@@ -61,6 +70,8 @@ def test_pages_show_the_atlas_rows(served: Served) -> None:
         assert sum(r["n_facts"] for r in neuron["tables"]["relations"]) == len(expected_facts)
         relation = _json(c, f"/api/run/{w.run}/relation/P36")
         assert {f["fact_id"] for f in relation["tables"]["facts"]} == {f for f in w.fact_ids if f.startswith("P36")}
+        assert relation["tables"]["relation_neurons"] == expected_level.table.to_pylist()  # derived from one read
+        assert {x["layer"]: x["n_entries"] for x in relation["tables"]["layers"]} == expected_layers
         html = c.get(f"/run/{w.run}/fact/{fact}").text
         assert f'href="/run/{w.run}/neuron/{top["layer"]}/{top["neuron"]}"' in html  # neurons link to their pages
         assert 'data-kind="heatmap"' in html  # the per-prompt score heatmap
@@ -87,8 +98,8 @@ def test_named_queries_bind_as_the_cli_does(served: Served) -> None:
 
 
 def test_every_table_downloads_in_three_formats(served: Served) -> None:
+    url = f"/api/run/{served.world.run}/fact/{_fact_with_neurons(served)}"
     with served.client() as c:
-        url = f"/api/run/{served.world.run}/fact/{_fact_with_neurons(served)}"
         rows = _json(c, url)["tables"]["prompt_scores"]
         as_json = _json(c, url + "?table=prompt_scores&format=json")
         csv = pa_csv.read_csv(io.BytesIO(c.get(url + "?table=prompt_scores&format=csv").content)).to_pylist()
