@@ -267,6 +267,16 @@ def edit_page(conn: Connection, edit_id: int) -> Page:
     return Page(f"Edit {edit_id}: {edit['kind']} {edit['target']}", {"edit": edit}, tables)
 
 
+def injection_page(conn: Connection, injection_id: int) -> Page:
+    injection = _one(conn, "page_injection", f"injection {injection_id}", injection_id=injection_id)
+    audit = json.dumps(json.loads(injection["audit"] or "{}"), indent=2, sort_keys=True)
+    tables = {
+        "facts": _statement(conn, "page_injection_facts", injection_id=injection_id),
+        "slots": _statement(conn, "page_injection_slots", injection_id=injection_id),
+    }
+    return Page(f"Injection {injection_id}", {"injection": injection, "audit_text": audit}, tables)
+
+
 def search_page(conn: Connection, q: str, limit: int = 50) -> Page:
     q = q.strip()
     if not q:

@@ -75,6 +75,13 @@ PAGES: tuple[PageKind, ...] = (
         "edit.html",
         "An edit: slots, metrics, audit (predicted against measured change of P(gold))",
     ),
+    PageKind(
+        "injection",
+        "/injection/{injection_id:int}",
+        lambda c, s, a: browse.injection_page(c, a["injection_id"]),
+        "injection.html",
+        "An injection: its facts, slot pairs and gates, parameters and stored audit",
+    ),
 )
 
 # columns that link to another page: column -> page kind
@@ -104,6 +111,8 @@ def href(kind: str, run: Any = None, **key: Any) -> str:
         return f"/run/{q(run)}/neuron/{int(key['layer'])}/{int(key['neuron'])}"
     if kind == "edit":
         return f"/edit/{int(key['edit_id'])}"
+    if kind == "injection":
+        return f"/injection/{int(key['injection_id'])}"
     raise ValueError(kind)
 
 

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from atlas.db.queries import list_queries, run_query
 from atlas.db.runs import get_run
 from atlas.db.schema import facts, knowledge_neurons, neuron_tokens
+from atlas.jobs.inject import NewFact, inject_facts
+from atlas.jobs.specs import InjectSpec
 from tests.support.db import snapshot
 from tests.web.conftest import XSS_FACT, XSS_SUBJECT, Served
 
@@ -199,3 +201,22 @@ def test_edit_page_plots_the_audit(served: Served) -> None:
     roles = {r["role"] for r in page["tables"]["audit"]}
     assert "target" in roles and 'data-kind="scatter"' in html
     assert [e["id"] for e in edits if e["kind"] != "inject"] == [served.edit_id]
+
+
+def test_injection_page_shows_its_facts_slots_and_audit(served: Served) -> None:
+    prompts = ("The capital of Peru is [Y]", "Peru has its capital in [Y]", "The capital city of Peru is [Y]")
+    spec = InjectSpec(heldout=1, audit_facts=10, negatives=30)
+    rec = inject_facts(
+        served.store, served.world.lm, served.world.run, [NewFact("P36:Peru", "P36", "Peru", "Rome", prompts)], spec
+    )
+    with served.client() as c:
+        page = _json(c, f"/api/injection/{rec.id}")
+        html = c.get(f"/injection/{rec.id}").text
+        edits = c.get("/edits").text
+    assert [f["object"] for f in page["tables"]["facts"]] == ["Rome"]
+    assert (
+        len(page["tables"]["slots"]) == len(rec.facts[0].info["slots"])
+        and page["info"]["injection"]["status"] == "applied"
+    )
+    assert json.loads(page["info"]["audit_text"])["efficacy"] == rec.audit["efficacy"]
+    assert "Rome" in html and f'href="/injection/{rec.id}"' in edits
