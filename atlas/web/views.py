@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,21 +100,14 @@ LINKS: dict[str, str] = {
 
 
 def href(kind: str, run: Any = None, **key: Any) -> str:
-    """The URL of a page (every value quoted: ids come from the data)."""
-    q = lambda v: quote(str(v), safe="")  # noqa: E731
-    if kind == "run":
-        return f"/run/{q(run)}"
-    if kind == "fact":
-        return f"/run/{q(run)}/fact/{q(key['fact_id'])}"
-    if kind == "relation":
-        return f"/run/{q(run)}/relation/{q(key['relation_id'])}"
-    if kind == "neuron":
-        return f"/run/{q(run)}/neuron/{int(key['layer'])}/{int(key['neuron'])}"
-    if kind == "edit":
-        return f"/edit/{int(key['edit_id'])}"
-    if kind == "injection":
-        return f"/injection/{int(key['injection_id'])}"
-    raise ValueError(kind)
+    """The URL of a page of `kind`: its `PageKind.path` with the values filled in, each quoted
+    (ids come from the data)."""
+    values = {"run": run, **key}
+    return _PARAM.sub(lambda m: quote(str(values[m.group(1)]), safe=""), _PATHS[kind])
+
+
+_PATHS = {k.name: k.path for k in PAGES}
+_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 
 
 @dataclass
