@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from atlas.model.cpu import cpu_name, cpuinfo_text
+
 RESULTS = Path(__file__).with_name("results.jsonl")
 
 
@@ -32,7 +34,7 @@ def append_result(bench: str, params: dict[str, Any], wall_s: float, items: int,
         "bench": bench,
         "date": time.strftime("%Y-%m-%d"),
         "params": params,
-        "device": f"{platform.machine()} {os.cpu_count()} cpus",
+        "device": f"{cpu_name(cpuinfo_text())} ({platform.machine()}, {os.cpu_count()} cpus)",
         "git": git_sha(),
         "wall_s": round(wall_s, 3),
         "items_per_s": round(items / wall_s, 1) if wall_s else None,

@@ -225,3 +225,25 @@ def run_prompts_done(store: Store, run_id: int) -> int:
                 sa.select(sa.func.count()).select_from(prompt_outputs).where(prompt_outputs.c.run_id == run_id)
             ).scalar_one()
         )
+
+
+@dataclass
+class FactKnowledge:
+    """How well a run's model knows one fact, over its ok prompts."""
+
+    n_ok: int
+    mean_p_gold: float
+    n_top1: int  # prompts whose top-1 answer is the gold one
+    best_rank: int
+
+    @property
+    def known(self) -> bool:
+        """Ranked first on most of its prompts."""
+        return 2 * self.n_top1 > self.n_ok
+
+
+def fact_knowledge(store: Store, run_id: int) -> dict[str, FactKnowledge]:
+    """`FactKnowledge` of every fact of the run with ok prompts."""
+    with store.begin() as conn:
+        rows = conn.execute(sql_text("fact_knowledge", store.backend), {"run_id": run_id}).all()
+    return {r.fact_id: FactKnowledge(int(r.n_ok), float(r.mean_p_gold), int(r.n_top1), int(r.best_rank)) for r in rows}

@@ -32,6 +32,7 @@ from atlas.db.runs import Run, RunCounts, RunSpec, add_stats, check_selection, g
 from atlas.db.store import Store
 from atlas.db.workqueue import WorkQueue
 from atlas.errors import InputError
+from atlas.model.cpu import check_cpu_precision
 from atlas.model.loading import LoadedModel
 from indexer.job.attributor import CODE_VERSION, Attributor, load_for_index, model_info, result_params
 from indexer.job.finalize import finish
@@ -88,6 +89,7 @@ def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done,
     is refused at once with `DatabaseBusy`, whenever it starts."""
     t_start = time.perf_counter()
     check_device(opts.device)
+    check_cpu_precision(opts.precision, opts.device)
     n = n_workers(opts)
     with store.kept_open():
         with_retries(lambda: check_selection(store, opts.dataset, opts.relations), what="checking the selection")

@@ -3,6 +3,7 @@ README's main job end to end."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,7 @@ def test_demo_builds_a_small_atlas_and_is_rerunnable(tmp_path: Path) -> None:
     assert "schema none -> " in first.output
     assert "(1 new facts" in first.output and "atlas now holds 1 relations, 1 facts" in first.output
     assert "indexed run" in first.output and "knowledge neurons" in first.output
+    assert re.search(r"the model (knows|does not know) it \(P\(gold\) [0-9.]+, rank 1 on \d+/\d+ prompts", first.output)
     again = atlas(*args)
     assert again.exit_code == 0, again.output
     assert "(0 new facts, 0 new prompts)" in again.output
