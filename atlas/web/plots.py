@@ -39,7 +39,7 @@ def overlap_heatmap(page: Page, run: Any) -> Spec | None:
     return {
         "rows": [f"L{layer}.{n}" for layer, n in neurons],
         "cols": relations,
-        "values": [[value.get((layer, n, rel)) for rel in relations] for layer, n in neurons],
+        "values": [[value.get((layer, n, rel), 0.0) for rel in relations] for layer, n in neurons],  # absent: none
         "links": [[href("neuron", run, layer=layer, neuron=n) for _ in relations] for layer, n in neurons],
         "title": "share of each relation's facts that have the neuron (this relation first)",
         "xLabel": "relation",
