@@ -35,6 +35,7 @@ class IGConfig:
     dtype: torch.dtype | None = None
     head_chunk: int | None = None
     mask_token_id: int | None = None
+    layers: tuple[int, int] | None = None  # attribute only layers lo..hi (inclusive); the others score 0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -45,6 +46,17 @@ class IGConfig:
             raise ValueError(f"answer must be 'joint' or 'first', got {self.answer!r}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.layers is not None and not 0 <= self.layers[0] <= self.layers[1]:
+            raise ValueError(f"layers must be (lo, hi) with 0 <= lo <= hi, got {self.layers!r}")
+
+    def layer_range(self, n_layers: int) -> range:
+        """The layers attributed in a model of `n_layers` (all by default)."""
+        if self.layers is None:
+            return range(n_layers)
+        lo, hi = self.layers
+        if hi >= n_layers:
+            raise ValueError(f"layers {lo}..{hi}: the model has layers 0..{n_layers - 1}")
+        return range(lo, hi + 1)
 
 
 @dataclass

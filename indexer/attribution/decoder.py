@@ -142,16 +142,26 @@ def decoder_group(model: nn.Module, ad: DecoderAdapter, items: list[PromptItem],
     cache = _clean_run(ad, ids, p, max(p_host), T)
     logp0, rank0, _ = head(cache.final, W, b, gold, valid, head_chunk(cfg, dev), want_grad=False)
     low = low_precision(ad, cfg.dtype)
-    grad_sums = _sweep(low, cache.to(cfg.dtype), p, T, gold, valid, cfg)
+    chosen = cfg.layer_range(ad.n_layers)
+    grad_sums = torch.zeros(len(items), ad.n_layers, ad.n_neurons, device=dev)  # [G,L,N]; 0 outside `chosen`
+    grad_sums[:, chosen.start : chosen.stop] = _sweep(low, cache.to(cfg.dtype), p, T, gold, valid, cfg, chosen)
     acts = torch.stack(cache.act, dim=1).float()  # [G,L,N], the clean run's own precision
     return Attributions(acts * grad_sums / cfg.steps, logp0.sum(-1).exp(), rank0)
 
 
 def _sweep(
-    ad: DecoderAdapter, cache: _CleanCache, p: Tensor, T: int, gold: Tensor, valid: Tensor, cfg: IGConfig
+    ad: DecoderAdapter,
+    cache: _CleanCache,
+    p: Tensor,
+    T: int,
+    gold: Tensor,
+    valid: Tensor,
+    cfg: IGConfig,
+    chosen: range,
 ) -> Tensor:
-    """The scaled pass: all layers x steps x prompts at once; returns the gradients of P(gold)
-    summed over the steps, `[G,L,N]` fp32."""
+    """The scaled pass: the `chosen` layers x steps x prompts at once; returns the gradients of
+    P(gold) summed over the steps, `[G,len(chosen),N]` fp32. Rows start at the first chosen layer
+    (nothing below it runs) and every row still runs through the layers above it."""
     G, m, dev = p.shape[0], cfg.steps, p.device
     W, b = ad.unembedding(), ad.unembedding_bias()
     dtype = cache.act[0].dtype
@@ -161,9 +171,11 @@ def _sweep(
     xs: list[Tensor] = []
     with torch.enable_grad():
         pos = ad.positional(new_pos, cache.base[0])
-        for layer in range(ad.n_layers):
+        for layer in range(chosen.start, ad.n_layers):
             if h is not None:
                 h = _block(ad, layer, h, pos, cache.k_pre[layer], cache.v_pre[layer], cache.pre_valid)[0]
+            if layer not in chosen:
+                continue
             x = (a[None, :, None] * cache.act[layer][:, None, :]).to(dtype).requires_grad_(True)  # [G,m,N]
             inj = (cache.base[layer][:, None, :] + ad.mlp_output(layer, x))[:, :, None, :]
             if T > 1:

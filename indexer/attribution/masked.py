@@ -57,8 +57,12 @@ def masked_group(model: nn.Module, ad: Adapter, items: list[PromptItem], cfg: IG
 
     with torch.no_grad(), hooks(ad, {layer: record(layer) for layer in range(ad.n_layers)}):
         logp0, rank0 = _masked_logp(model, batch)
-    scores = [_layer_scores(model, ad, batch, acts[layer], layer, cfg) for layer in range(ad.n_layers)]
-    return Attributions(torch.stack(scores, dim=1), logp0.exp(), rank0)
+    chosen = cfg.layer_range(ad.n_layers)
+    scores = [
+        _layer_scores(model, ad, batch, acts[layer], layer, cfg) if layer in chosen else torch.zeros_like(acts[layer])
+        for layer in range(ad.n_layers)
+    ]
+    return Attributions(torch.stack(scores, dim=1).float(), logp0.exp(), rank0)
 
 
 @dataclass

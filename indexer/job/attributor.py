@@ -18,7 +18,7 @@ from atlas.db.datasets import causal_prefix
 from atlas.db.models import ModelInfo
 from atlas.db.results import BatchResult, PromptOutput
 from atlas.db.workqueue import WorkItem
-from atlas.errors import ModelError
+from atlas.errors import InputError, ModelError
 from atlas.model.adapters import model_class_name
 from atlas.model.encode import PromptItem, encode_causal, encode_masked
 from atlas.model.loading import LoadedModel, load_model
@@ -49,6 +49,12 @@ def load_for_index(spec: str, device: str) -> LoadedModel:
         raise ModelError(f"cannot load model {spec!r}: {reason}") from exc
 
 
+def check_layers(layers: tuple[int, int] | None, lm: LoadedModel) -> None:
+    """Refuse a `--layers` range the model does not have, before any run is opened."""
+    if layers is not None and layers[1] >= lm.adapter.n_layers:
+        raise InputError(f"--layers {layers[0]}:{layers[1]}: model {lm.name} has layers 0:{lm.adapter.n_layers - 1}")
+
+
 def model_info(lm: LoadedModel) -> ModelInfo:
     """What the models table records of a loaded model."""
     return ModelInfo(
@@ -60,7 +66,7 @@ def ig_config(opts: IndexOptions, adapter: Any = None) -> IGConfig:
     """The attribution settings of a run (pass size from the device's memory unless given)."""
     dtype = DTYPES[opts.precision]
     batch = opts.batch_size or default_batch_size(opts.device, adapter, opts.steps, dtype)
-    return IGConfig(steps=opts.steps, batch_size=batch, dtype=dtype)
+    return IGConfig(steps=opts.steps, batch_size=batch, dtype=dtype, layers=opts.layers)
 
 
 def result_params(opts: IndexOptions) -> dict[str, Any]:
@@ -78,6 +84,7 @@ def result_params(opts: IndexOptions) -> dict[str, Any]:
         "min_prompts": refine.MIN_PROMPTS,
         "p_start": refine.P_START,
         "p_step": refine.P_STEP,
+        **({"layers": list(opts.layers)} if opts.layers else {}),  # absent by default: older runs keep their keys
     }
 
 

@@ -34,6 +34,18 @@ def parse_workers(value: str | int) -> int | str:
     return int(value)
 
 
+def parse_layers(value: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """`LO:HI` (inclusive, 0-based) or one layer `L`; whether the model has them is checked once it
+    loads (`indexer.job.attributor.check_layers`)."""
+    if value is None or isinstance(value, tuple):
+        return value
+    lo, sep, hi = str(value).strip().partition(":")
+    hi = hi if sep else lo
+    if not (lo.strip().isdigit() and hi.strip().isdigit()) or int(lo) > int(hi):
+        raise InputError(f"--layers {value!r}: give LO:HI with 0 <= LO <= HI (0-based, inclusive), or one layer")
+    return int(lo), int(hi)
+
+
 def parse_device(value: str) -> str:
     """`cpu`, `cuda` or `cuda:N`, checked before any model loads (whether the GPU exists is
     `indexer.job.run.check_device`'s question)."""
@@ -69,6 +81,13 @@ class IndexOptions:
         help="Model worker processes fed by this one (auto: one per visible GPU). A GPU always gets a worker process.",
     )
     steps: int = opt(20, minimum=1, result=True, help="Integrated-gradients steps.")
+    layers: tuple[int, int] | None = opt(
+        metavar="LO:HI",
+        parse=parse_layers,
+        result=True,
+        help="Attribute only layers LO..HI (0-based, inclusive); the others score 0 and hold no knowledge "
+        "neurons. Recorded in the run's parameters. [default: every layer]",
+    )
     precision: str = opt(
         "fp32",
         choices=PRECISIONS,

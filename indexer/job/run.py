@@ -34,7 +34,7 @@ from atlas.db.workqueue import WorkQueue
 from atlas.errors import InputError
 from atlas.model.cpu import check_cpu_precision
 from atlas.model.loading import LoadedModel
-from indexer.job.attributor import CODE_VERSION, Attributor, load_for_index, model_info, result_params
+from indexer.job.attributor import CODE_VERSION, Attributor, check_layers, load_for_index, model_info, result_params
 from indexer.job.finalize import finish
 from indexer.job.loop import Timings, run_loop
 from indexer.job.options import IndexOptions, parse_device
@@ -98,6 +98,7 @@ def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done,
         pool: Pool | None = workers
         try:
             lm = load_for_index(opts.model, "cpu" if workers else opts.device)
+            check_layers(opts.layers, lm)
             pool = workers or LocalPool(Attributor(lm, opts))
             return _index(store, opts, on_progress, lm, pool, t_start)
         finally:

@@ -166,3 +166,27 @@ def test_passes_are_balanced_and_shrink_with_answer_length() -> None:
     assert [len(p) for p in passes] == [65, 65, 5, 35, 35]  # 128 // 3 = 42 per pass at T = 3
     assert all(len({lens[i] for i in p}) == 1 and len(p) <= 128 // lens[p[0]] for p in passes)
     assert _passes([0, 1], [9, 9], 4) == [[0], [1]]  # batch_size // T < 1 still makes progress
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_a_layer_range_scores_those_layers_exactly_and_no_others(family: str) -> None:
+    """`IGConfig.layers` (`atlas index --layers`): within the range the scores are the slow
+    reference's, outside it exactly 0; P(gold) and rank are the whole model's."""
+    model = tiny_model(family, seed=3)
+    ad = adapter_for(model)
+    items = MASKED_ITEMS if ad.is_masked_lm else DECODER_ITEMS
+    for lo, hi in ((1, 1), (1, ad.n_layers - 1), (0, 0)):
+        res = attribute(model, ad, items, IGConfig(steps=4, batch_size=3, mask_token_id=MASK, layers=(lo, hi)))
+        with frozen(model):
+            for item, r in zip(items, res):
+                ref, p0, rank = reference_attribute(model, ad, item, 4, "left", "joint", MASK)
+                inside = slice(lo, hi + 1)
+                assert rel_err(r.scores[inside], ref[inside]) < 1e-4, (family, lo, hi)
+                outside = torch.ones(ad.n_layers, dtype=torch.bool)
+                outside[inside] = False
+                assert torch.count_nonzero(r.scores[outside]) == 0
+                assert r.p_gold == pytest.approx(p0, rel=1e-4) and r.gold_rank == rank
+    with pytest.raises(ValueError, match="the model has layers"):
+        attribute(model, ad, items, IGConfig(steps=2, mask_token_id=MASK, layers=(0, ad.n_layers)))
+    with pytest.raises(ValueError, match="0 <= lo <= hi"):
+        IGConfig(layers=(2, 1))
