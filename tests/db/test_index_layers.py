@@ -7,29 +7,17 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from atlas.db.datasets import Dataset, Fact, Relation, make_prompt
-from atlas.db.facts import load_dataset
 from atlas.db.runs import get_run
 from atlas.db.schema import knowledge_neurons, prompt_scores, runs
 from atlas.errors import InputError
 from indexer.job.options import parse_layers
 from indexer.job.run import IndexOptions, index
-from tests.support.kn_world import RELATIONS, save_model
-
-
-def _load(store) -> None:
-    rels = [Relation(rel, label, "N-1") for rel, (label, *_rest) in RELATIONS.items()]
-    facts = [
-        Fact(f"{rel}-{i}", rel, subj, obj, tuple(make_prompt(t, subj) for t in tpls))
-        for rel, (_, subjects, objects, tpls) in RELATIONS.items()
-        for i, (subj, obj) in enumerate(zip(subjects, objects))
-    ]
-    load_dataset(store, Dataset("kn-world", rels, facts))
+from tests.support.kn_world import load_world_facts, save_model
 
 
 def test_only_the_chosen_layers_are_attributed(store, tmp_path) -> None:
     model = save_model(tmp_path / "tiny")
-    _load(store)
+    load_world_facts(store)
     opts = IndexOptions(model=str(model), dataset="kn-world", steps=4, layers=(1, 2), run_name="top")
     summary = index(store, opts)
     assert summary.run.status == "done" and get_run(store, "top").params["params"]["layers"] == [1, 2]

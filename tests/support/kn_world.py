@@ -157,13 +157,11 @@ def build_world(store: Store, tmp_path: Path, seed: int = 0, family: str = "llam
     return World(lm, "tiny-run", int(run_id), model_dir, fact_ids)
 
 
-def index_world(store: Store, tmp_path: Path, seed: int = 0, steps: int = 4) -> World:
-    """The same facts, loaded as a dataset and indexed by the real indexer (a small real run)."""
+def load_world_facts(store: Store) -> list[str]:
+    """The world's facts loaded as the dataset "kn-world" (for the real indexer); their ids."""
     from atlas.db.datasets import Dataset, Fact, Relation, make_prompt
     from atlas.db.facts import load_dataset
-    from indexer.job.run import IndexOptions, index
 
-    model_dir = save_model(tmp_path / "tiny-llama-indexed", seed)
     rels = [Relation(rel, label, "N-1") for rel, (label, *_rest) in RELATIONS.items()]
     fs = [
         Fact(f"{rel}-{i}", rel, subj, obj, tuple(make_prompt(t, subj) for t in tpls))
@@ -171,6 +169,15 @@ def index_world(store: Store, tmp_path: Path, seed: int = 0, steps: int = 4) -> 
         for i, (subj, obj) in enumerate(zip(subjects, objects))
     ]
     load_dataset(store, Dataset("kn-world", rels, fs))
+    return [f.id for f in fs]
+
+
+def index_world(store: Store, tmp_path: Path, seed: int = 0, steps: int = 4) -> World:
+    """The same facts, loaded as a dataset and indexed by the real indexer (a small real run)."""
+    from indexer.job.run import IndexOptions, index
+
+    model_dir = save_model(tmp_path / "tiny-llama-indexed", seed)
+    fact_ids = load_world_facts(store)
     index(store, IndexOptions(model=str(model_dir), dataset="kn-world", steps=steps, run_name="tiny-indexed"))
     lm = load_model(str(model_dir))
-    return World(lm, "tiny-indexed", 0, model_dir, [f.id for f in fs])
+    return World(lm, "tiny-indexed", 0, model_dir, fact_ids)
