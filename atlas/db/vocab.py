@@ -28,14 +28,16 @@ def run_neuron_coords(store: Store, run_id: int) -> list[tuple[int, int]]:
 def write_tokens(store: Store, model_id: int, rows: Sequence[dict[str, Any]]) -> int:
     """Store ``rows`` (layer, neuron, rank, token_id, token, logit) for ``model_id``, replacing
     the earlier rows of the same neurons."""
-    coords = sorted({(r["layer"], r["neuron"]) for r in rows})
+    by_layer: dict[int, set[int]] = {}
+    for r in rows:
+        by_layer.setdefault(r["layer"], set()).add(r["neuron"])
     with store.begin() as conn:
-        for layer, neuron in coords:
+        for layer, neurons in sorted(by_layer.items()):  # one statement per layer, not per neuron
             conn.execute(
                 sa.delete(neuron_tokens).where(
                     neuron_tokens.c.model_id == model_id,
                     neuron_tokens.c.layer == layer,
-                    neuron_tokens.c.neuron == neuron,
+                    neuron_tokens.c.neuron.in_(sorted(neurons)),
                 )
             )
         columns = {c: [r[c] for r in rows] for c in ("layer", "neuron", "rank", "token_id", "token", "logit")}

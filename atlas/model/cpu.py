@@ -52,8 +52,7 @@ def check_cpu_precision(precision: str, device: str, cpuinfo: str | None = None)
     """Refuse bf16/fp16 on a CPU that would emulate them (see the module docstring)."""
     if not device.startswith("cpu") or precision not in NATIVE_FLAGS:
         return
-    text = cpuinfo_text() if cpuinfo is None else cpuinfo
-    flags = cpu_flags(text)
+    text, flags = _read(cpuinfo)
     if not flags:  # not Linux, or no flags line: nothing to judge by
         return
     if not native_precision(precision, flags):
@@ -66,9 +65,14 @@ def check_cpu_precision(precision: str, device: str, cpuinfo: str | None = None)
 
 def fastest_cpu_precision(cpuinfo: str | None = None) -> tuple[str, str]:
     """bf16 where this processor runs it natively, else fp32; with the reason, for people."""
-    text = cpuinfo_text() if cpuinfo is None else cpuinfo
-    flags = cpu_flags(text)
+    text, flags = _read(cpuinfo)
     if flags and native_precision("bf16", flags):
         found = next(f for f in NATIVE_FLAGS["bf16"] if f in flags)
         return "bf16", f"{cpu_name(text)} has {found.upper()}"
     return "fp32", f"{cpu_name(text)} has no native bf16"
+
+
+def _read(cpuinfo: str | None) -> tuple[str, set[str]]:
+    """The cpuinfo text (this machine's when None) and its flags."""
+    text = cpuinfo_text() if cpuinfo is None else cpuinfo
+    return text, cpu_flags(text)

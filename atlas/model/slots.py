@@ -64,8 +64,7 @@ def top_tokens(adapter: Adapter, layer: int, neurons: Sequence[int], k: int) -> 
     """The ``k`` tokens each value slot raises most, read through the unembedding and the final
     norm's scale (LM-Debugger's projection of a value vector): token ids and logits, `[n, k]` each."""
     slots = read_slots(adapter, layer, neurons).float()  # [n, hidden]
-    emb = adapter.unembedding().detach().float().cpu()  # [vocab, hidden]
-    scale = adapter.final_norm_scale()
-    logits = slots @ (emb if scale is None else emb * scale.detach().float().cpu()).T  # [n, vocab]
+    every_token = torch.arange(adapter.unembedding().shape[0])
+    logits = slots @ adapter.answer_directions(every_token).float().T  # [n, vocab]
     values, ids = logits.topk(min(k, logits.shape[1]), dim=1)
     return ids, values

@@ -59,10 +59,12 @@ def masked_group(model: nn.Module, ad: Adapter, items: list[PromptItem], cfg: IG
         logp0, rank0 = _masked_logp(model, batch)
     chosen = cfg.layer_range(ad.n_layers)
     scores = [
-        _layer_scores(model, ad, batch, acts[layer], layer, cfg) if layer in chosen else torch.zeros_like(acts[layer])
+        _layer_scores(model, ad, batch, acts[layer], layer, cfg)
+        if layer in chosen
+        else torch.zeros(acts[layer].shape, device=dev)  # fp32, as `_layer_scores` returns
         for layer in range(ad.n_layers)
     ]
-    return Attributions(torch.stack(scores, dim=1).float(), logp0.exp(), rank0)
+    return Attributions(torch.stack(scores, dim=1), logp0.exp(), rank0)
 
 
 @dataclass
