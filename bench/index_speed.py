@@ -91,7 +91,8 @@ def _steady_rate(samples: list[tuple[float, int]]) -> float:
     return (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
 
 
-def measure(store: Store, args: argparse.Namespace, model: str, workers: int) -> dict:
+def measure(store: Store, args: argparse.Namespace, model: str, workers: int | str) -> dict:
+    """One indexing run; `workers` may be "auto" (one per visible GPU)."""
     from indexer.job.options import IndexOptions
     from indexer.job.run import index
 
@@ -114,7 +115,9 @@ def measure(store: Store, args: argparse.Namespace, model: str, workers: int) ->
         steps=args.steps,
         stop_at=time.time() + args.time_box if args.time_box else None,
     )
+    t_index = time.perf_counter()
     summary = index(store, opts, lambda done, total, rel: samples.append((time.perf_counter(), done)))
+    workers = summary.workers
     total = run_prompt_total(store, summary.run.id, True)
     done = summary.counts.prompts
     stats = summary.run.stats
@@ -144,6 +147,9 @@ def measure(store: Store, args: argparse.Namespace, model: str, workers: int) ->
         "skipped": summary.counts.skipped,
         "neurons": summary.counts.neurons,
         "wall_s": round(wall, 2),
+        # until the run is open and the first worker ready (spawn, load, hash, pass measured)
+        "startup_s": round(samples[0][0] - t_index, 2) if samples else None,
+        "worker_start_s": [round(s, 1) for s in summary.worker_start_s],
         "prompts_per_s": round(done / wall, 2) if wall else 0.0,
         "steady_prompts_per_s": round(steady, 2),
         "model_s": round(model_s, 2),

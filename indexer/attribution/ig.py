@@ -65,29 +65,16 @@ __all__ = [
 ]
 
 
-def default_batch_size(
-    device: str | torch.device, adapter: Adapter = None, steps: int = 20, dtype: torch.dtype | None = None
-) -> int:
-    """Prompts per pass.
+def default_batch_size(device: str | torch.device) -> int:
+    """Prompts per pass before anything is measured.
 
     CPU: 4. A SmolLM2-sized pass (30 layers x 1536, m = 20) keeps ~0.35 GB of autograd state per
     prompt and larger passes are no faster (2 cores are saturated by 4 x 600 rows).
-    GPU: as many as half the free memory holds, at most 512. A pass is bound by the host launching
-    kernels until it is large (an H100 was busy a third of the time at 128 SmolLM2 prompts per
-    pass), so bigger is faster as long as it fits. Per prompt, a decoder's scaled pass keeps about
-    steps x n_layers^2 / 2 re-run rows x (6 hidden + 5 neuron) values: 0.19 GiB in bf16 for
-    SmolLM2 at m = 20, where 0.13 GiB was measured - an upper estimate. 16 when the adapter (the
-    model's shape) is not given, or for masked LMs, whose passes re-run whole sequences.
+    GPU: 16, a size every supported model fits; the indexer then measures how many fit
+    (`indexer.attribution.memory`): bigger passes are faster there, a pass being bound by the host
+    launching kernels until it is large.
     """
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        return 4
-    if adapter is None or adapter.is_masked_lm or dev.type != "cuda":
-        return 16
-    width = 2 if dtype in (torch.bfloat16, torch.float16) else 4
-    per_prompt = steps * adapter.n_layers**2 / 2 * (6 * adapter.hidden_size + 5 * adapter.n_neurons) * width
-    free, _ = torch.cuda.mem_get_info(dev)
-    return int(max(1, min(512, 0.5 * free // per_prompt)))
+    return 4 if torch.device(device).type == "cpu" else 16
 
 
 def attribute(

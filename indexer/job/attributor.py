@@ -3,12 +3,20 @@
 No database here: the loop (`indexer.job.loop`) reads the rows and writes the `BatchResult`; this
 module encodes the prompts, runs the attribution engine and keeps, per prompt, its outputs and
 the few scores worth storing, selected on the model's device (`indexer.attribution.sparse`).
+
+On a GPU, `--precision bf16` (or fp16) loads the weights in that dtype and keeps no fp32 master
+(an 8B model: 16 GB instead of 32 + 16); P(gold) and every softmax sum stay fp32. Those weights
+are the run's model (their hash differs from the fp32 load's), recorded as `weights` in the run's
+parameters so that edits and probes load the same bytes. The pass size is measured on the loaded
+model (`indexer.attribution.memory`) and halved whenever a pass runs out of memory.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,19 +29,28 @@ from atlas.db.workqueue import WorkItem
 from atlas.errors import InputError, ModelError
 from atlas.model.adapters import model_class_name
 from atlas.model.encode import PromptItem, encode_causal, encode_masked
-from atlas.model.loading import LoadedModel, load_model
-from indexer.attribution import refine
-from indexer.attribution.ig import IGConfig, attribute_stacked, default_batch_size
+from atlas.model.loading import WEIGHT_DTYPES, LoadedModel, load_model
+from indexer.attribution import memory, refine
+from indexer.attribution.ig import Attributions, IGConfig, attribute_stacked, default_batch_size
 from indexer.attribution.sparse import sparse_rows
 from indexer.job.options import IndexOptions
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CODE_VERSION = "ig-1"
+# the prompt of the trial passes that measure a GPU pass (a PARAREL-like prompt, a little long)
+TRIAL_PROMPT = ("In the last years of the old century, the capital of the country north of Spain was [Y] .", "Paris")
+log = logging.getLogger("atlas.index")
 
 Rows = list[tuple[int, str, str]]  # (prompt_id, text, object) of an item's prompts
 
 
-def load_for_index(spec: str, device: str) -> LoadedModel:
+def weights_dtype(opts: IndexOptions) -> torch.dtype:
+    """The dtype the model loads in: bf16/fp16 weights on a GPU run at that precision, else fp32 (a
+    CPU keeps fp32 weights and runs the scaled pass on a low-precision copy)."""
+    return WEIGHT_DTYPES[opts.precision] if opts.on_gpu() else torch.float32
+
+
+def load_for_index(spec: str, device: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """The model `spec` on `device`, or a `ModelError` saying in one line why it cannot be loaded."""
     if spec.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(spec)):
         raise ModelError(f"cannot load model {spec!r}: no such directory")
@@ -41,7 +58,7 @@ def load_for_index(spec: str, device: str) -> LoadedModel:
 
     hf_logging.disable_progress_bar()  # the indexer draws its own bar; a second one garbles it
     try:
-        return load_model(spec, device=device)
+        return load_model(spec, device=device, dtype=dtype)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/... with long texts
@@ -49,10 +66,10 @@ def load_for_index(spec: str, device: str) -> LoadedModel:
         raise ModelError(f"cannot load model {spec!r}: {reason}") from exc
 
 
-def check_layers(layers: tuple[int, int] | None, lm: LoadedModel) -> None:
+def check_layers(layers: tuple[int, int] | None, info: ModelInfo) -> None:
     """Refuse a `--layers` range the model does not have, before any run is opened."""
-    if layers is not None and layers[1] >= lm.adapter.n_layers:
-        raise InputError(f"--layers {layers[0]}:{layers[1]}: model {lm.name} has layers 0:{lm.adapter.n_layers - 1}")
+    if layers is not None and layers[1] >= info.n_layers:
+        raise InputError(f"--layers {layers[0]}:{layers[1]}: model {info.name} has layers 0:{info.n_layers - 1}")
 
 
 def model_info(lm: LoadedModel) -> ModelInfo:
@@ -62,11 +79,10 @@ def model_info(lm: LoadedModel) -> ModelInfo:
     )
 
 
-def ig_config(opts: IndexOptions, adapter: Any = None) -> IGConfig:
-    """The attribution settings of a run (pass size from the device's memory unless given)."""
-    dtype = DTYPES[opts.precision]
-    batch = opts.batch_size or default_batch_size(opts.device, adapter, opts.steps, dtype)
-    return IGConfig(steps=opts.steps, batch_size=batch, dtype=dtype, layers=opts.layers)
+def ig_config(opts: IndexOptions) -> IGConfig:
+    """The attribution settings of a run (on a GPU the pass size is then measured, unless given)."""
+    batch = opts.batch_size or default_batch_size(opts.device)
+    return IGConfig(steps=opts.steps, batch_size=batch, dtype=DTYPES[opts.precision], layers=opts.layers)
 
 
 def result_params(opts: IndexOptions) -> dict[str, Any]:
@@ -85,6 +101,7 @@ def result_params(opts: IndexOptions) -> dict[str, Any]:
         "p_start": refine.P_START,
         "p_step": refine.P_STEP,
         **({"layers": list(opts.layers)} if opts.layers else {}),  # absent by default: older runs keep their keys
+        **({"weights": opts.precision} if weights_dtype(opts) != torch.float32 else {}),
     }
 
 
@@ -99,9 +116,18 @@ class Attributor:
     def __init__(self, lm: LoadedModel, opts: IndexOptions) -> None:
         self.lm = lm
         self.opts = opts
-        self.cfg = ig_config(opts, lm.adapter)
+        self.cfg = ig_config(opts)
         self.causal = not lm.adapter.is_masked_lm
         self.max_len = _max_len(lm)
+        if opts.batch_size is None and next(lm.model.parameters()).device.type == "cuda":
+            self.cfg = replace(self.cfg, batch_size=self.measured_pass())
+
+    def measured_pass(self) -> int:
+        """Prompts per pass that fit this GPU, from two trial passes on the loaded model."""
+        trial = self.encode(*TRIAL_PROMPT)
+        if isinstance(trial, str):  # a tokenizer that cannot read the trial: keep the default
+            return self.cfg.batch_size
+        return memory.measure(self.lm.model, self.lm.adapter, trial, self.cfg).prompts()
 
     def encode(self, text: str, obj: str) -> PromptItem | str:
         tok = self.lm.tokenizer
@@ -131,7 +157,7 @@ class Attributor:
         self, todo: list[tuple[int, PromptItem]], outputs: dict[int, PromptOutput], result: BatchResult
     ) -> None:
         """Reduced on the model's device: per prompt only its outputs and kept scores come back."""
-        res = attribute_stacked(self.lm.model, self.lm.adapter, [p for _, p in todo], self.cfg)
+        res = self._fitting([p for _, p in todo])
         finite = torch.isfinite(res.scores).flatten(1).all(1) & torch.isfinite(res.p_gold)
         pi, result.score_layer, result.score_neuron, result.score_value = sparse_rows(
             res.scores[finite], self.opts.score_cap
@@ -149,3 +175,20 @@ class Attributor:
                     prompt_id, "skipped", "attribution is not finite (overflow)", n_answer_tokens=len(pitem.answer_ids)
                 )
         result.score_prompt = np.array(ok_ids, np.int64)[pi]
+
+    def _fitting(self, items: list[PromptItem]) -> Attributions:
+        """`attribute_stacked`, halving the pass after an out-of-memory error until it fits (the
+        scores do not depend on the pass size)."""
+        while True:
+            try:
+                return attribute_stacked(self.lm.model, self.lm.adapter, items, self.cfg)
+            except torch.OutOfMemoryError:
+                if self.cfg.batch_size == 1:
+                    raise ModelError(
+                        f"model {self.lm.name}: one prompt per pass does not fit in the device's memory"
+                    ) from None
+            # outside the handler: its traceback holds the failed pass's tensors
+            self.cfg = replace(self.cfg, batch_size=max(1, self.cfg.batch_size // 2))
+            log.warning("out of memory: %d prompts per pass from now on", self.cfg.batch_size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

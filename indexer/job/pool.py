@@ -9,7 +9,9 @@ the indexing loop (`indexer.job.loop`) is the same whichever runs the model:
   launches thousands of small kernels per pass from Python, and sharing the interpreter lock with
   the database work slowed it by a quarter (bench/item_profile.py --busy-thread); a DuckDB file
   admits one writer anyway. The processes start (and load the model) as soon as the pool is made,
-  so their start-up overlaps the run's set-up here.
+  so their start-up overlaps the run's set-up here. This process never loads the model: the first
+  worker ready reports what the run records of it (`Ready`), so an 8B model is never also held,
+  loaded or hashed on the host.
 """
 
 from __future__ import annotations
@@ -20,23 +22,45 @@ import queue as queue_mod
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from atlas.db.models import ModelInfo
 from atlas.db.results import BatchResult
 from atlas.db.workqueue import WorkItem
 from atlas.errors import AtlasError
-from indexer.job.attributor import Attributor, Rows, load_for_index
+from indexer.job.attributor import Attributor, Rows, load_for_index, model_info, weights_dtype
 from indexer.job.options import IndexOptions
 
 READY, RESULT, ERROR = "ready", "result", "error"
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a worker reports once its model is loaded: what the run records of the model, whether
+    it is a masked LM, its pass size and how long it took to start."""
+
+    model: ModelInfo
+    masked: bool
+    pass_size: int
+    start_s: float
+
+    @classmethod
+    def of(cls, attributor: Attributor, t0: float) -> Ready:
+        lm = attributor.lm
+        return cls(model_info(lm), lm.adapter.is_masked_lm, attributor.cfg.batch_size, time.perf_counter() - t0)
 
 
 class Pool(Protocol):
     n: int
     opts: IndexOptions
     pass_size: int | None
+    starts: list[float]
+
+    def ready(self) -> Ready:
+        """The first worker's report, waiting for it (a worker's load error is raised here)."""
 
     def submit(self, item: WorkItem, rows: Rows) -> None: ...
 
@@ -48,15 +72,19 @@ class Pool(Protocol):
 
 def _serve(attributor_of: Any, tasks: Any, results: Any, index: int) -> None:
     """A worker's life: load, report ready, attribute what it is handed, report each result with the
-    time it waited for it (the database side being slower). Errors travel back as text."""
+    time it waited for it (the database side being slower). A user's error travels back as itself,
+    any other as its traceback."""
+    t0 = time.perf_counter()
     try:
         attributor = attributor_of()
-        results.put((READY, index, attributor.cfg.batch_size))
+        results.put((READY, index, Ready.of(attributor, t0)))
         t_idle = time.perf_counter()
         while (task := tasks.get()) is not None:
             waited = time.perf_counter() - t_idle
             results.put((RESULT, attributor.compute(*task), waited))
             t_idle = time.perf_counter()
+    except AtlasError as exc:
+        results.put((ERROR, index, exc))
     except BaseException:
         results.put((ERROR, index, traceback.format_exc()))
 
@@ -67,27 +95,44 @@ class _Queues:
     def __init__(self, n: int, opts: IndexOptions, tasks: Any, results: Any) -> None:
         self.n, self.opts, self.tasks, self.results = n, opts, tasks, results
         self.pass_size: int | None = None
+        self.first: Ready | None = None
+        self.starts: list[float] = []  # each worker's start-up seconds, as they report ready
         self.used = False
+
+    def ready(self) -> Ready:
+        while self.first is None:
+            if self._take(5.0) not in (None, READY):
+                raise RuntimeError("a result before any worker was ready")
+        return self.first
 
     def submit(self, item: WorkItem, rows: Rows) -> None:
         self.used = True
         self.tasks.put((item, rows))
 
     def result(self, timeout: float = 5.0) -> tuple[BatchResult, float] | None:
-        while True:
-            try:
-                kind, payload, extra = self.results.get(timeout=timeout)
-            except queue_mod.Empty:
-                if not self.alive():
-                    raise AtlasError(
-                        "every model worker died; committed batches are kept, run the same command again to resume"
-                    ) from None
-                return None
-            if kind == ERROR:
-                raise AtlasError(f"model worker {payload} failed:\n{extra}")
-            if kind == RESULT:
-                return payload, extra
-            self.pass_size = self.pass_size or extra  # READY
+        while (got := self._take(timeout)) == READY:
+            pass
+        return got
+
+    def _take(self, timeout: float) -> tuple[BatchResult, float] | str | None:
+        """One message: a result is returned, a worker's ready report recorded (READY is returned),
+        an error raised; None when nothing came within `timeout`."""
+        try:
+            kind, payload, extra = self.results.get(timeout=timeout)
+        except queue_mod.Empty:
+            if not self.alive():
+                raise AtlasError(
+                    "every model worker died; committed batches are kept, run the same command again to resume"
+                ) from None
+            return None
+        if kind == ERROR:
+            raise extra if isinstance(extra, AtlasError) else AtlasError(f"model worker {payload} failed:\n{extra}")
+        if kind == RESULT:
+            return payload, extra
+        self.first = self.first or extra
+        self.pass_size = self.pass_size or extra.pass_size
+        self.starts.append(extra.start_s)
+        return READY
 
     def alive(self) -> bool:
         raise NotImplementedError
@@ -98,7 +143,6 @@ class LocalPool(_Queues):
 
     def __init__(self, attributor: Attributor) -> None:
         super().__init__(1, attributor.opts, queue_mod.Queue(), queue_mod.Queue())
-        self.pass_size = attributor.cfg.batch_size
         self.thread = threading.Thread(
             target=_serve, args=(lambda: attributor, self.tasks, self.results, 0), daemon=True, name="atlas-model"
         )
@@ -145,7 +189,8 @@ def _worker_main(index: int, n: int, opts: IndexOptions, tasks: Any, results: An
     on cores the writer needs."""
     cuda = opts.on_gpu()
     torch.set_num_threads(2 if cuda else max(1, (os.cpu_count() or 1) // n))
-    _serve(lambda: Attributor(load_for_index(opts.model, "cuda" if cuda else opts.device), opts), tasks, results, index)
+    device = "cuda" if cuda else opts.device
+    _serve(lambda: Attributor(load_for_index(opts.model, device, weights_dtype(opts)), opts), tasks, results, index)
 
 
 def _start_pinned(procs: list[Any], opts: IndexOptions) -> None:

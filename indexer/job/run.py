@@ -1,7 +1,8 @@
 """The batch indexer's entry point: a dataset in, a queryable atlas out.
 
 How a run proceeds (the modules of `indexer.job`):
-1. `options`: what was asked; `attributor.load_for_index`: the model, registered in `models`;
+1. `options`: what was asked; the model, loaded where it runs (`pool`: a worker process reports
+   what the run records of it; a CPU run with one worker loads it here), registered in `models`;
    `atlas.db.runs.open_run` finds or creates the run (its `params_key` hashes the model's
    weights, the dataset, the selection and every parameter that changes results) with its work
    items (batches of facts of one relation);
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from atlas.db.models import ModelInfo
 from atlas.db.results import run_prompt_total, run_prompts_done
 from atlas.db.retry import with_retries
 from atlas.db.runs import Run, RunCounts, RunSpec, add_stats, check_selection, get_run, open_run, run_counts
@@ -33,8 +35,7 @@ from atlas.db.store import Store
 from atlas.db.workqueue import WorkQueue
 from atlas.errors import InputError
 from atlas.model.cpu import check_cpu_precision
-from atlas.model.loading import LoadedModel
-from indexer.job.attributor import CODE_VERSION, Attributor, check_layers, load_for_index, model_info, result_params
+from indexer.job.attributor import CODE_VERSION, Attributor, check_layers, load_for_index, result_params
 from indexer.job.finalize import finish
 from indexer.job.loop import Timings, run_loop
 from indexer.job.options import IndexOptions, parse_device
@@ -53,6 +54,7 @@ class IndexSummary:
     workers: int
     pending_elsewhere: int = 0  # items other processes still hold (multi-machine runs)
     pass_size: int | None = None  # prompts per attribution pass (None: no item was attributed)
+    worker_start_s: tuple[float, ...] = ()  # each model worker's start-up (load, hash, pass measured)
 
     @property
     def prompts_per_s(self) -> float:
@@ -94,21 +96,20 @@ def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done,
     with store.kept_open():
         with_retries(lambda: check_selection(store, opts.dataset, opts.relations), what="checking the selection")
         # a GPU or several workers: model processes, started now so that they load while we set up
-        workers = WorkerPool(opts, n) if n > 1 or opts.on_gpu() else None
-        pool: Pool | None = workers
+        pool: Pool | None = WorkerPool(opts, n) if n > 1 or opts.on_gpu() else None
         try:
-            lm = load_for_index(opts.model, "cpu" if workers else opts.device)
-            check_layers(opts.layers, lm)
-            pool = workers or LocalPool(Attributor(lm, opts))
-            return _index(store, opts, on_progress, lm, pool, t_start)
+            pool = pool or LocalPool(Attributor(load_for_index(opts.model, opts.device), opts))
+            ready = pool.ready()
+            check_layers(opts.layers, ready.model)
+            return _index(store, opts, on_progress, ready.model, not ready.masked, pool, t_start)
         finally:
             if pool is not None:
                 pool.close()
 
 
-def _open(store: Store, opts: IndexOptions, lm: LoadedModel, causal: bool) -> tuple[Run, bool, WorkQueue]:
+def _open(store: Store, opts: IndexOptions, model: ModelInfo, causal: bool) -> tuple[Run, bool, WorkQueue]:
     spec = RunSpec(
-        model_info(lm),
+        model,
         opts.dataset,
         tuple(opts.relations) if opts.relations else None,
         opts.limit_per_relation,
@@ -124,12 +125,11 @@ def _open(store: Store, opts: IndexOptions, lm: LoadedModel, causal: bool) -> tu
 
 
 def _index(
-    store: Store, opts: IndexOptions, on_progress: Progress, lm: LoadedModel, pool: Pool, t_start: float
+    store: Store, opts: IndexOptions, on_progress: Progress, model: ModelInfo, causal: bool, pool: Pool, t_start: float
 ) -> IndexSummary:
-    causal = not lm.adapter.is_masked_lm
     timings = Timings()
     with timings.db():
-        run, created, queue = _open(store, opts, lm, causal)
+        run, created, queue = _open(store, opts, model, causal)
         total = with_retries(lambda: run_prompt_total(store, run.id, causal), what="counting prompts")
         seen = [with_retries(lambda: run_prompts_done(store, run.id), what="counting prompts")]
     left, pass_size = 0, None
@@ -148,4 +148,5 @@ def _index(
         pass_size = pool.pass_size
     run = with_retries(lambda: get_run(store, run.id), what="reading the run")
     counts = with_retries(lambda: run_counts(store, run.id), what="counting results")
-    return IndexSummary(run, counts, created, time.perf_counter() - t_start, timings, pool.n, left, pass_size)
+    wall = time.perf_counter() - t_start
+    return IndexSummary(run, counts, created, wall, timings, pool.n, left, pass_size, tuple(pool.starts))

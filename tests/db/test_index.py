@@ -206,6 +206,7 @@ class _SlowAttributor:
 
     def __init__(self, inner, delay: float) -> None:
         self.inner, self.delay, self.causal, self.opts, self.cfg = inner, delay, inner.causal, inner.opts, inner.cfg
+        self.lm = inner.lm
 
     def compute(self, item, rows):
         import time
@@ -315,3 +316,24 @@ def test_database_tally_equals_the_python_tally_at_the_threshold_edge(indexed) -
         and (0, 1001) not in planted_coarse
         and planted_coarse == set(want_edge(planted, top))
     )
+
+
+def test_a_run_of_bf16_weights_is_reloaded_in_bf16_by_the_jobs(store: Store, model_dir: Path) -> None:
+    """A GPU run at bf16 records its weights' dtype; probes, edits and audits load those bytes (an
+    fp32 load would not hash to the run's model)."""
+    import torch
+
+    from atlas.db.runs import RunSpec, open_run
+    from atlas.jobs.weights import check_weights, resolve_model
+    from indexer.job.attributor import load_for_index, model_info, result_params
+
+    load_world(store)
+    opts = _opts(model_dir, relations=("P103",), device="cuda", precision="bf16")  # what a GPU run records
+    lm = load_for_index(opts.model, "cpu", torch.bfloat16)
+    run, _ = open_run(store, RunSpec(model_info(lm), DATASET, ("P103",), None, True, result_params(opts)), None, 1)
+    assert run.weights == "bf16"
+    again = resolve_model(store, None, run)
+    assert {p.dtype for p in again.model.parameters()} == {torch.bfloat16}
+    check_weights(again, run)  # the same bytes
+    named = resolve_model(store, str(model_dir), run.id)
+    assert named.sha256 == lm.sha256  # a model named by the user loads in the run's dtype too

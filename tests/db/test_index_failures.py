@@ -34,11 +34,13 @@ def _opts(model_dir: Path | str, **kw: object) -> IndexOptions:
     return IndexOptions(model=str(model_dir), dataset=DATASET, facts_per_item=1, **kw)  # type: ignore[arg-type]
 
 
-def test_unknown_model_is_refused_before_anything_is_written(store: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_unknown_model_is_refused_before_anything_is_written(store: Store, tmp_path: Path, workers: int) -> None:
+    """In this process or in worker processes (which alone load the model then), one line."""
     load_world(store)
     before = snapshot(store)
-    with pytest.raises(ModelError, match=r"cannot load model '.*no-such-model': no such directory"):
-        index(store, _opts(tmp_path / "no-such-model"))
+    with pytest.raises(ModelError, match=r"^cannot load model '.*no-such-model': no such directory$"):
+        index(store, _opts(tmp_path / "no-such-model", workers=workers))
     assert snapshot(store) == before
 
 
