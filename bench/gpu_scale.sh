@@ -9,9 +9,10 @@
 set -uo pipefail
 mode=${1:-smoke}
 out=${OUT:-/tmp/out}; mkdir -p "$out" /tmp/bg
-if [ ! -e /tmp/site/.ready ]; then
+wheels=$(ls .whl 2>/dev/null | md5sum | cut -c1-12)  # once per machine and set of wheels
+if [ "$(cat /tmp/site/.ready 2>/dev/null)" != "$wheels" ] && [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    touch /tmp/site/.ready
+    echo "$wheels" > /tmp/site/.ready
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false ATLAS_CACHE=/tmp/cache
 scale() { python3 bench/scale.py --tokenizer bench/.tokenizer --label "${LABEL:-}" "$@" 2>&1 | grep -v -E "Loading weights|Writing model|it/s\]$"; }
@@ -26,9 +27,12 @@ case "$mode" in
     [ -n "${FPI:-}" ] && scale --shapes smollm2 --limit "${LIMIT:-24}" --gpus 1 --facts-per-item "$FPI" --out "$out/scale.jsonl" ;;
   big-bg)
     cp -r "$PWD" /tmp/bg/code  # the next call replaces this tree; the run keeps its own copy
-    (cd /tmp/bg/code && setsid nohup bash -c "PYTHONPATH=/tmp/site:/tmp/bg/code python3 bench/scale.py \
-        --tokenizer bench/.tokenizer --label '${LABEL:-}' --shapes llama-8b --limit ${LIMIT:-100} --db postgres \
-        --gpus 1,$gpus --engine-prompts 256 --out /tmp/bg/scale.jsonl > /tmp/bg/log.txt 2>&1" < /dev/null &)
+    # all GPUs first, over the whole subset; then one GPU, time-boxed by ONE_GPU_BOX_S when set
+    # (its steady rate is measured; its wall time for the whole subset is then a projection)
+    big="PYTHONPATH=/tmp/site:/tmp/bg/code python3 bench/scale.py --tokenizer bench/.tokenizer --label '${LABEL:-}' \
+        --shapes llama-8b --limit ${LIMIT:-100} --db postgres --out /tmp/bg/scale.jsonl"
+    (cd /tmp/bg/code && setsid nohup bash -c "$big --gpus $gpus --engine-prompts 256 && \
+        $big --gpus 1 --engine-prompts 0 ${ONE_GPU_BOX_S:+--time-box $ONE_GPU_BOX_S}" > /tmp/bg/log.txt 2>&1 < /dev/null &)
     sleep "${SLEEP_S:-120}"; grep -v -E "Loading weights|it/s\]$" /tmp/bg/log.txt | tail -5
     nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv ;;
   wait)

@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=24, help="PARAREL facts per relation (24: 5,136 prompts)")
     ap.add_argument("--db", default="duckdb", help="duckdb | postgres (embedded) | a postgresql+psycopg:// URL")
     ap.add_argument("--gpus", default="1", help="GPU counts to index with, one child run each ('' for none)")
-    ap.add_argument("--engine-prompts", type=int, default=512)
+    ap.add_argument("--engine-prompts", type=int, default=512, help="(0: no engine-alone measurement)")
     ap.add_argument("--fidelity", type=int, default=0, help="prompts of the bf16-vs-fp32 comparison (0: none)")
     ap.add_argument("--facts-per-item", type=int)
     ap.add_argument("--time-box", type=float)
@@ -284,15 +284,17 @@ def main(argv: list[str] | None = None) -> None:
         base = {"bench": "scale", "shape": shape, "prompts_in_subset": len(rows), "build_s": time.perf_counter() - t0}
         if args.fidelity:
             record(dict(base, **fidelity(model, args.device, rows, args.fidelity)), args)
-        engine = engine_alone(model, args.device, rows, args.precision, args.engine_prompts) if args.gpus else {}
+        measure_engine = args.gpus and args.engine_prompts
+        engine = engine_alone(model, args.device, rows, args.precision, args.engine_prompts) if measure_engine else {}
         _free()
         first = None
         for gpus in [int(g) for g in args.gpus.split(",") if g]:
             store = dbs.fresh(f"{Path(shape).name.replace('-', '_')}_{gpus}")
             url = store.url
             store.dispose()
-            row = dict(base, **engine, **index_in_child(args, Path(model), url, gpus), gpus=gpus, bench="scale")
-            row["indexer_vs_engine"] = round(row["steady_prompts_per_s"] / gpus / engine["engine_prompts_per_s"], 3)
+            row = {**base, **engine, **index_in_child(args, Path(model), url, gpus), "gpus": gpus, "bench": "scale"}
+            if engine:
+                row["indexer_vs_engine"] = round(row["steady_prompts_per_s"] / gpus / engine["engine_prompts_per_s"], 3)
             row["projected_pararel_s"] = round(row["startup_s"] + PARAREL_L2R / row["steady_prompts_per_s"], 1)
             first = first or row
             row["scaling_steady"] = round(row["steady_prompts_per_s"] / first["steady_prompts_per_s"], 3)
