@@ -9,7 +9,7 @@ Imports nothing of the atlas: every layer can define options.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -41,3 +41,14 @@ def opt(
         cli=cli,
     )
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The weights a command names (`--model`; None: the run's own) and where they run (`--device`).
+
+    The jobs load it in the dtype the run's weights were indexed in (`atlas.jobs.weights.resolve_model`).
+    """
+
+    spec: str | None = None
+    device: str = "cpu"

@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def pararel_prompts(data: Path, tok, n: int) -> list[tuple[str, str, list[int], list[int]]]:
-    """First n (prompt, answer) pairs whose template ends in [Y] and whose answer is ONE token."""
+def pararel_prompts(data: Path, tok, n: int, answers: str = "one") -> list[tuple[str, str, list[int], list[int]]]:
+    """First n (prompt, answer) pairs whose template ends in [Y] and whose answer is ONE token
+    (answers="one") or several ("multi": person names, places of several words)."""
     out = []
     for pat_file in sorted((data / "patterns").glob("P*.jsonl")):
         facts_file = data / "trex_lms_vocab" / pat_file.name
@@ -45,7 +46,7 @@ def pararel_prompts(data: Path, tok, n: int) -> list[tuple[str, str, list[int], 
             for p in pats[:2]:
                 prompt, answer = p.replace("[X]", f["sub_label"]), " " + f["obj_label"]
                 a_ids = tok(answer).input_ids
-                if len(a_ids) == 1:
+                if (len(a_ids) == 1) == (answers == "one"):
                     out.append((prompt, answer, tok(prompt).input_ids, a_ids))
                 if len(out) == n:
                     return out
@@ -155,26 +156,30 @@ def precisions_of(args) -> list[str]:
     return ["fp32", "bf16"] if args.precision == "both" else [args.precision]
 
 
-def bench_smollm2(lm, items, args) -> dict:
+def bench_smollm2(lm, items, args, tag: str = "") -> dict:
+    """s/prompt per precision on `items`; keys carry `tag` (e.g. "multi_" for multi-token answers)."""
     precisions = precisions_of(args)
     secs, res = time_precisions(lm, items, precisions, args.smol_batch, args.device)
-    rec: dict = {"smol_n": len(items), "smol_batch": args.smol_batch}
+    tokens = sum(len(it.answer_ids) for it in items) / len(items)
+    rec: dict = {f"smol_{tag}n": len(items), "smol_batch": args.smol_batch, f"smol_{tag}answer_tokens_mean": tokens}
     for pr in precisions:
-        rec[f"smol_{pr}_s_per_prompt"] = secs[pr] / len(items)
+        rec[f"smol_{tag}{pr}_s_per_prompt"] = secs[pr] / len(items)
         print(
-            f"SmolLM2-135M-Instruct ({pr}, {args.smol_batch} prompts/pass): {len(items)} prompts in "
-            f"{secs[pr]:.1f} s = {secs[pr] / len(items):.3f} s/prompt"
+            f"SmolLM2-135M-Instruct ({pr}, {args.smol_batch} prompts/pass, {tokens:.1f} answer tokens): "
+            f"{len(items)} prompts in {secs[pr]:.1f} s = {secs[pr] / len(items):.3f} s/prompt"
         )
     if len(precisions) == 2:
         ov = [topk_overlap(a.scores, b.scores) for a, b in zip(res["fp32"], res["bf16"])]
         rec.update(
-            bf16_speedup=secs["fp32"] / secs["bf16"],
-            bf16_top20_overlap_mean=sum(ov) / len(ov),
-            bf16_top20_overlap_min=min(ov),
+            {
+                f"{tag}bf16_speedup": secs["fp32"] / secs["bf16"],
+                f"{tag}bf16_top20_overlap_mean": sum(ov) / len(ov),
+                f"{tag}bf16_top20_overlap_min": min(ov),
+            }
         )
         print(
-            f"bf16 vs fp32: {rec['bf16_speedup']:.2f}x faster; mean top-20 neuron overlap "
-            f"{rec['bf16_top20_overlap_mean']:.3f} (min {min(ov):.2f}) over {len(ov)} prompts"
+            f"bf16 vs fp32: {secs['fp32'] / secs['bf16']:.2f}x faster; mean top-20 neuron overlap "
+            f"{sum(ov) / len(ov):.3f} (min {min(ov):.2f}) over {len(ov)} prompts"
         )
     return rec
 
@@ -189,6 +194,7 @@ def main() -> None:
     ap.add_argument("--smol-n", type=int, default=16, help="SmolLM2 prompts (0: skip SmolLM2)")
     ap.add_argument("--smol-batch", type=int, default=None, help="SmolLM2 prompts per pass (default: per device)")
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    ap.add_argument("--multi-n", type=int, default=0, help="SmolLM2 prompts with multi-token answers (0: none)")
     ap.add_argument(
         "--tokenizer",
         help="SmolLM2 tokenizer directory: use a RANDOM model of the SmolLM2 architecture "
@@ -229,8 +235,11 @@ def main() -> None:
         rec.update(n_prompts=args.n, batch_size=args.batch_size, **bench_gpt2(items[: args.n], prompts, tok, args))
     if args.smol_n:
         rec.update(precision=args.precision, **bench_smollm2(lm, items[: args.smol_n], args))
+    if args.multi_n:
+        multi = [PromptItem(p, a) for _, _, p, a in pararel_prompts(find_data(args.data), tok, args.multi_n, "multi")]
+        rec.update(precision=args.precision, **bench_smollm2(lm, multi, args, "multi_"))
     wall = time.perf_counter() - t_all
-    n_done = args.n + args.smol_n * (2 if args.precision == "both" else 1)
+    n_done = args.n + (args.smol_n + args.multi_n) * (2 if args.precision == "both" else 1)
     print(json.dumps(append_result("ig_throughput", vars(args), wall, n_done, **rec)))
 
 

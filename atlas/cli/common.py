@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import click
 from atlas.db.migrate import require_current
 from atlas.db.store import Store
 from atlas.errors import InputError, SchemaOutOfDate
+from atlas.options import ModelChoice
 
 db_option = click.option(
     "--db",
@@ -22,13 +24,38 @@ db_option = click.option(
     help="Database URL: duckdb:///FILE (default ./atlas.duckdb) or postgresql+psycopg://USER@HOST/DB. Env: ATLAS_DB.",
 )
 
-model_option = click.option(
-    "--model",
-    "model",
-    metavar="NAME|DIR",
-    default=None,
-    help="Weights to use (default: the run's model); must hash to the run's model.",
-)
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from indexer.job.options import parse_device
+
+    try:
+        return parse_device(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def model_option(fn: Callable) -> Callable:
+    """`--model` and `--device`, handed to the command as one `model` (`atlas.options.ModelChoice`)."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, model: str | None, device: str, **kw: Any) -> Any:
+        return fn(*args, model=ModelChoice(model, device), **kw)
+
+    command = click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        metavar="cpu|cuda[:N]",
+        callback=_device,
+        help="Where the model runs.",
+    )(command)
+    return click.option(
+        "--model",
+        "model",
+        metavar="NAME|DIR",
+        default=None,
+        help="Weights to use (default: the run's model); must hash to the run's model.",
+    )(command)
 
 
 def open_store(db_url: str | None, *, check_schema: bool = True) -> Store:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from atlas.cli.common import db_option, model_option, open_store
 from atlas.cli.progress import progress_bar
+from atlas.options import ModelChoice
 
 
 @click.group()
@@ -18,7 +19,7 @@ def probe() -> None:
 
 
 def _probe(kind: str) -> click.Command:
-    def command(db_url: str | None, run: str, relation: str | None, seed: int, model: str | None) -> None:
+    def command(db_url: str | None, run: str, relation: str | None, seed: int, model: ModelChoice) -> None:
         from atlas.jobs.probe import count_facts
         from atlas.jobs.probe import probe as run_probe
 

@@ -31,10 +31,11 @@ from atlas.db.edits import EditRows, SlotBytes, applied_stack
 from atlas.db.runs import Run, get_run, resolve_run
 from atlas.db.store import Store
 from atlas.errors import EditError, WeightsMismatch
-from atlas.model.loading import WEIGHT_DTYPES, LoadedModel, load_model, weights_sha256
+from atlas.model.loading import WEIGHT_DTYPES, LoadedModel, check_device, load_model, weights_sha256
 from atlas.model.slots import dtype_name, read_slots, slots_bytes, slots_from_bytes, write_slots
+from atlas.options import ModelChoice
 
-ModelArg = LoadedModel | str | None  # a loaded model, a load_model spec, or None: the run's own model
+ModelArg = LoadedModel | ModelChoice | str | None  # loaded; named (and where it runs); a spec; None: the run's own
 
 
 @dataclass
@@ -80,7 +81,9 @@ def resolve_model(store: Store, lm: ModelArg, run: Run | str | int) -> LoadedMod
     if isinstance(lm, LoadedModel):
         return lm
     run = run if isinstance(run, Run) else get_run(store, run)
-    return load_model(run.model_spec() if lm is None else lm, dtype=run_weights_dtype(run))
+    choice = lm if isinstance(lm, ModelChoice) else ModelChoice(lm)
+    check_device(choice.device)
+    return load_model(choice.spec or run.model_spec(), device=choice.device, dtype=run_weights_dtype(run))
 
 
 def run_weights_dtype(run: Run) -> torch.dtype:

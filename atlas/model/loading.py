@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from atlas.errors import InputError
 from atlas.model.adapters import Adapter, adapter_for
 
 SMOLLM2_SPEC = "smollm2"
@@ -159,6 +160,16 @@ def _load_hf(source: str, device: str, dtype: torch.dtype, local: bool) -> tuple
     model = auto.from_pretrained(source, dtype=dtype, local_files_only=local, **placed)
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
     return model.to(device).eval(), tok
+
+
+def check_device(device: str) -> None:
+    """Refuse a GPU this machine does not have, in one line, before any model loads."""
+    if device.startswith("cuda"):
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            seen = f"{count} CUDA device(s) visible" if count else "no CUDA GPU is visible on this machine"
+            raise InputError(f"--device {device}: {seen}; use --device cpu")
 
 
 def load_model(spec: str = SMOLLM2_SPEC, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:

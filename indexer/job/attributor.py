@@ -44,10 +44,14 @@ log = logging.getLogger("atlas.index")
 Rows = list[tuple[int, str, str]]  # (prompt_id, text, object) of an item's prompts
 
 
-def weights_dtype(opts: IndexOptions) -> torch.dtype:
+def weights_name(opts: IndexOptions) -> str:
     """The dtype the model loads in: bf16/fp16 weights on a GPU run at that precision, else fp32 (a
     CPU keeps fp32 weights and runs the scaled pass on a low-precision copy)."""
-    return WEIGHT_DTYPES[opts.precision] if opts.on_gpu() else torch.float32
+    return opts.precision if opts.on_gpu() else "fp32"
+
+
+def weights_dtype(opts: IndexOptions) -> torch.dtype:
+    return WEIGHT_DTYPES[weights_name(opts)]
 
 
 def load_for_index(spec: str, device: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -101,7 +105,7 @@ def result_params(opts: IndexOptions) -> dict[str, Any]:
         "p_start": refine.P_START,
         "p_step": refine.P_STEP,
         **({"layers": list(opts.layers)} if opts.layers else {}),  # absent by default: older runs keep their keys
-        **({"weights": opts.precision} if weights_dtype(opts) != torch.float32 else {}),
+        **({"weights": weights_name(opts)} if weights_name(opts) != "fp32" else {}),
     }
 
 

@@ -35,7 +35,15 @@ from atlas.db.store import Store
 from atlas.db.workqueue import WorkQueue
 from atlas.errors import InputError
 from atlas.model.cpu import check_cpu_precision
-from indexer.job.attributor import CODE_VERSION, Attributor, check_layers, load_for_index, result_params
+from atlas.model.loading import check_device
+from indexer.job.attributor import (
+    CODE_VERSION,
+    Attributor,
+    check_layers,
+    load_for_index,
+    result_params,
+    weights_dtype,
+)
 from indexer.job.finalize import finish
 from indexer.job.loop import Timings, run_loop
 from indexer.job.options import IndexOptions, parse_device
@@ -71,18 +79,6 @@ def n_workers(opts: IndexOptions) -> int:
     return n
 
 
-def check_device(device: str) -> None:
-    """Refuse a device this machine lacks before any model loads (a GPU that is not there)."""
-    device = parse_device(device)
-    if device == "cpu":
-        return
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    if index >= count:
-        seen = f"{count} CUDA device(s) visible" if count else "no CUDA GPU is visible on this machine"
-        raise InputError(f"--device {device}: {seen}; use --device cpu")
-
-
 def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done, total, relation: None) -> IndexSummary:
     """Index `opts.dataset` with `opts.model` into `store`: create or resume the run, attribute
     every pending item, finalise relations, and return counts and timings.
@@ -90,7 +86,7 @@ def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done,
     On DuckDB the file is held open from the start (before the model loads), so a second writer
     is refused at once with `DatabaseBusy`, whenever it starts."""
     t_start = time.perf_counter()
-    check_device(opts.device)
+    check_device(parse_device(opts.device))
     check_cpu_precision(opts.precision, opts.device)
     n = n_workers(opts)
     with store.kept_open():
@@ -98,7 +94,7 @@ def index(store: Store, opts: IndexOptions, on_progress: Progress = lambda done,
         # a GPU or several workers: model processes, started now so that they load while we set up
         pool: Pool | None = WorkerPool(opts, n) if n > 1 or opts.on_gpu() else None
         try:
-            pool = pool or LocalPool(Attributor(load_for_index(opts.model, opts.device), opts))
+            pool = pool or LocalPool(Attributor(load_for_index(opts.model, opts.device, weights_dtype(opts)), opts))
             ready = pool.ready()
             check_layers(opts.layers, ready.model)
             return _index(store, opts, on_progress, ready.model, not ready.masked, pool, t_start)

@@ -75,6 +75,9 @@ def test_bad_input_gives_one_line_errors(store, world) -> None:
         (["edit", "erase-relation", "P36", "--run", world.run, "--form", "blur"], "unknown --form 'blur'"),
         (["probe", "suppress", "--run", "nope"], "unknown run 'nope'"),
         (["audit", "77"], "unknown edit 77"),
+        (["edit", "erase-relation", "P36", "--run", world.run, "--device", "cuda:99"], "--device cuda:99: "),
+        (["probe", "suppress", "--run", world.run, "--device", "gpu"], "'gpu': give cpu, cuda or cuda:N"),
+        (["audit", "--sample", "1", "--run", world.run, "--device", "cuda:99"], "use --device cpu"),
     ]
     for args, message in cases:
         out = _run(store, *args, *model, ok=False)

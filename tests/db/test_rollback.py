@@ -15,6 +15,7 @@ from atlas.jobs.specs import EraseSpec, UpdateSpec
 from atlas.jobs.update import update_fact
 from atlas.jobs.weights import current_weights
 from atlas.model.loading import weights_sha256
+from atlas.options import ModelChoice
 from tests.support.kn_world import build_world
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 12]])
@@ -87,3 +88,22 @@ def test_export_loads_with_from_pretrained_and_gives_identical_logits(store, tmp
         want = w.lm.model(IDS).logits
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, want)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
+def test_edits_of_a_bf16_weights_run_roll_back_bit_exactly(store, tmp_path, device: str) -> None:
+    """A run of bf16 weights (a GPU run at bf16): the jobs load the run's model in bf16 themselves,
+    on the device asked for, edit its bf16 slots and roll back to the exact bytes."""
+    w = build_world(store, tmp_path, weights="bf16")
+    assert {p.dtype for p in w.lm.model.parameters()} == {torch.bfloat16}
+    base, on = weights_sha256(w.lm.model), ModelChoice(None, device)
+    e1 = erase_relation(store, on, w.run, "P37", EraseSpec(select="frequent", top=2, form="project", **QUICK))
+    e2 = update_fact(store, on, w.run, "P36-0", "Berlin", UpdateSpec(other_facts=1))
+    assert e1.sha256_before == base and e2.sha256_before == e1.sha256_after != base
+    rollback(store, on, e2.id)
+    rollback(store, on, e1.id)
+    with current_weights(store, w.lm, w.run) as sha:
+        assert sha == weights_sha256(w.lm.model) == base

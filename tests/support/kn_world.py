@@ -10,6 +10,7 @@ Word-level tokens make every object a single token, so the update rule has a rea
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from transformers import PreTrainedTokenizerFast
 from atlas.db.models import ModelInfo, register_model
 from atlas.db.schema import facts, knowledge_neurons, prompt_outputs, prompt_scores, prompts, relations, runs
 from atlas.db.store import Store
-from atlas.model.loading import LoadedModel, load_model
+from atlas.model.loading import WEIGHT_DTYPES, LoadedModel, load_model
 from tests.support.tiny_hf import tiny_model
 
 RELATIONS = {
@@ -72,11 +73,11 @@ def save_model(path: Path, seed: int = 0, family: str = "llama") -> Path:
     return path
 
 
-def build_world(store: Store, tmp_path: Path, seed: int = 0, family: str = "llama") -> World:
+def build_world(store: Store, tmp_path: Path, seed: int = 0, family: str = "llama", weights: str = "fp32") -> World:
     """The planted run over a tiny `family` model (llama; bert for a masked LM: every prompt is
-    usable by both kinds)."""
+    usable by both kinds); `weights="bf16"`: the run of bf16 weights a GPU run at bf16 records."""
     model_dir = save_model(tmp_path / f"tiny-{family}", seed, family)
-    lm = load_model(str(model_dir))
+    lm = load_model(str(model_dir), dtype=WEIGHT_DTYPES[weights])
     row, _ = register_model(
         store,
         ModelInfo(lm.name, lm.source, type(lm.model).__name__, lm.adapter.n_layers, lm.adapter.n_neurons, lm.sha256),
@@ -96,7 +97,7 @@ def build_world(store: Store, tmp_path: Path, seed: int = 0, family: str = "llam
                 model_id=row.id,
                 dataset="test",
                 method="ig",
-                params="{}",
+                params=json.dumps({"params": {"weights": weights}} if weights != "fp32" else {}),
                 params_key="k",
                 code_version="test",
                 status="done",
