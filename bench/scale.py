@@ -101,10 +101,15 @@ def engine_alone(model: str, device: str, rows: list[tuple[str, str]], precision
     """The engine's prompts/s on `n` prompts at the indexer's measured pass size (warmed up)."""
     import torch
 
+    from atlas.model.loading import WEIGHT_DTYPES, hash_cache_path
     from indexer.attribution.ig import attribute_stacked
 
     cuda = device.startswith("cuda")
-    att = _attributor(model, device, precision, precision if cuda else None)
+    weights = precision if cuda else "fp32"
+    cached = hash_cache_path(Path(model), WEIGHT_DTYPES[weights]).exists() if Path(model).is_dir() else None
+    t0 = time.perf_counter()
+    att = _attributor(model, device, precision, weights)
+    load_s = time.perf_counter() - t0
     items = _encoded(att, _spread(rows, n))
 
     model_, adapter, cfg = att.lm.model, att.lm.adapter, att.cfg
@@ -119,6 +124,9 @@ def engine_alone(model: str, device: str, rows: list[tuple[str, str]], precision
     run(items)
     dt = time.perf_counter() - t0
     out = {
+        # load + hash + pass measured, in this process (the hash cached by an earlier load or not)
+        "engine_load_s": round(load_s, 1),
+        "engine_hash_was_cached": cached,
         "engine_prompts": len(items),
         "engine_prompts_per_s": round(len(items) / dt, 2),
         "engine_pass_size": cfg.batch_size,

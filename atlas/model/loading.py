@@ -124,14 +124,15 @@ def _stamp(directory: Path) -> list[list]:
     return sorted([f.name, st.st_size, st.st_mtime_ns] for f in directory.iterdir() if f.is_file() for st in [f.stat()])
 
 
-def _hash_cache(directory: Path, dtype: torch.dtype) -> Path:
+def hash_cache_path(directory: Path, dtype: torch.dtype) -> Path:
+    """Where the hash of `directory`'s weights loaded in `dtype` is kept (see `_cached_hash`)."""
     key = hashlib.sha256(f"{directory.resolve()}|{dtype}".encode()).hexdigest()[:32]
     return cache_root() / "weight-hashes" / f"{key}.json"
 
 
 def _cached_hash(directory: Path, dtype: torch.dtype, model: nn.Module) -> str:
     """The weights' hash, computed once per directory, dtype and version of its files."""
-    path, stamp = _hash_cache(directory, dtype), _stamp(directory)
+    path, stamp = hash_cache_path(directory, dtype), _stamp(directory)
     try:
         cached = json.loads(path.read_text())
         if cached["stamp"] == stamp:
