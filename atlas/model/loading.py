@@ -7,7 +7,7 @@ takes ~15-20 s, so it is converted ONCE into a safetensors directory under the c
 
 Big models: a model loads straight onto its device in the dtype asked (an 8B model in bf16 is
 16 GB on the GPU, never an fp32 copy on the host), and its hash streams one tensor at a time off
-the device. Hashing 16 GB still takes ~12 s, so the hash of a local directory is kept in the cache,
+the device. Hashing 16 GB still takes ~15 s, so the hash of a local directory is kept in the cache,
 keyed by the directory, the dtype and every file's size and modification time: a second load of
 unchanged files (the next worker, a resumed run) reads it back.
 """

@@ -131,7 +131,11 @@ class Attributor:
         trial = self.encode(*TRIAL_PROMPT)
         if isinstance(trial, str):  # a tokenizer that cannot read the trial: keep the default
             return self.cfg.batch_size
-        return memory.measure(self.lm.model, self.lm.adapter, trial, self.cfg).prompts()
+        try:
+            return memory.measure(self.lm.model, self.lm.adapter, trial, self.cfg).prompts()
+        except torch.OutOfMemoryError:  # not even the 4-prompt trial fits: start at one prompt a pass
+            torch.cuda.empty_cache()
+            return 1
 
     def encode(self, text: str, obj: str) -> PromptItem | str:
         tok = self.lm.tokenizer
