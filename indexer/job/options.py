@@ -92,18 +92,19 @@ class IndexOptions:
         "fp32",
         choices=PRECISIONS,
         result=True,
-        help="Precision of the scaled IG pass (a weight copy; P(gold) and activations stay fp32). "
-        "bf16 is ~2x faster on AMX CPUs and 1.5x on GPUs; top-20 neurons agree ~98-99% with "
-        "fp32 (BENCHMARKS.md).",
+        help="Precision of attribution. On a GPU, bf16/fp16 load the weights in that dtype (no fp32 copy: an "
+        "8B model takes 16 GB) and the run's weights are those; on a CPU the weights stay fp32 and the "
+        "scaled pass runs on a bf16 copy (~2.4x faster with AMX). P(gold) and softmax sums stay fp32; "
+        "top-20 neurons agree 96-99% with fp32 (BENCHMARKS.md).",
     )
     run_name: str | None = opt(
         flag="--run", metavar="NAME", help="Run name (default: model-dataset-<key>); the same name resumes it."
     )
     batch_size: int | None = opt(
         minimum=1,
-        help="Prompts per attribution pass [default: 4 on a CPU; on a GPU as many "
-        "as half its free memory holds, at most 512]. Larger passes are faster on a GPU "
-        "(SmolLM2-135M: ~0.13 GiB each).",
+        help="Prompts per attribution pass [default: 4 on a CPU; on a GPU measured by two trial passes: "
+        "as many as 90% of the free memory holds, at most 512, halved if a pass runs out of memory]. "
+        "Larger passes are faster on a GPU (~0.1 GiB each for SmolLM2, ~1.2 GiB for an 8B model).",
     )
     facts_per_item: int | None = opt(
         minimum=1,
