@@ -63,6 +63,7 @@ def format_summary(s: object) -> str:
         f"model {t.model_s:.1f} s, database {t.db_s:.1f} s ({100 * t.db_s / wall if wall else 0:.1f}% of wall), "
         f"model waiting for the database {t.wait_s:.1f} s"
         + (f"; {s.pass_size} prompts per pass, {s.workers} worker(s)" if s.pass_size else "")
+        + (f", started in {max(s.worker_start_s):.1f} s" if s.worker_start_s else "")  # type: ignore[attr-defined]
     )  # type: ignore[attr-defined]
     if s.pending_elsewhere:  # type: ignore[attr-defined]
         lines.append(f"  {s.pending_elsewhere} work item(s) are still held by other workers")  # type: ignore[attr-defined]

@@ -54,6 +54,7 @@ def test_index_then_runs_and_models(store: Store, model_dir: Path) -> None:
     assert "facts 9  prompts 36 (ok 28, skipped 8)" in first.output
     assert "skipped 4: answer has a token unknown to the tokenizer" in first.output
     assert "prompts/s" in first.output and "database" in first.output
+    assert re.search(r"\d+ prompts per pass, 1 worker\(s\), started in \d+\.\d s", first.output), first.output
 
     again = _atlas("index", "--db", store.url, "--model", str(model_dir), "--dataset", DATASET, "--run", "cli")
     assert again.exit_code == 0 and re.search(r"run cli \(id \d+, already complete\): done", again.output)
