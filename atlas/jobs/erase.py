@@ -48,7 +48,11 @@ def select_neurons(store: Store, conn: Any, ws: Workset, relation: str, spec: Er
         stats = ws.relation
         chosen = [s for s in stats if s.n_facts >= spec.min_facts] if spec.min_facts is not None else stats[: spec.top]
         if not chosen:
-            best = f"the most shared is in {stats[0].n_facts} facts" if stats else "it has no knowledge neurons"
+            if not stats:
+                raise EditError(
+                    f"relation {relation} has no knowledge neurons in run {ws.run.name!r}: nothing to erase"
+                )
+            best = f"the most shared is in {stats[0].n_facts} facts"
             raise EditError(f"no knowledge neuron of {relation} is shared by {spec.min_facts} or more facts ({best})")
         return [{"layer": s.layer, "neuron": s.neuron, "n_facts": s.n_facts, "share": s.share} for s in chosen]
     params = {

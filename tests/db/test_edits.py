@@ -10,7 +10,16 @@ from atlas.db.edits import list_edits
 from atlas.db.models import ModelInfo, register_model
 from atlas.db.neurons import preserved_facts, read_workset
 from atlas.db.queries import run_query
-from atlas.db.schema import edit_slots, facts, prompt_outputs, prompt_scores, prompts, relations, runs
+from atlas.db.schema import (
+    edit_slots,
+    facts,
+    knowledge_neurons,
+    prompt_outputs,
+    prompt_scores,
+    prompts,
+    relations,
+    runs,
+)
 from atlas.errors import EditError, InputError, NotFound, WeightsMismatch
 from atlas.jobs.erase import erase_relation
 from atlas.jobs.evaluate import EvalSet, object_candidates
@@ -281,6 +290,17 @@ def test_bad_input_is_refused_with_database_and_weights_unchanged(store, world, 
         store, world, lambda: update_fact(store, other, run, "P36-0", "Rome"), WeightsMismatch, "indexed with model"
     )
     _refused(store, world, lambda: erase_relation(store, other, run, "P36"), WeightsMismatch, "sha256")
+    with store.begin() as conn:  # a relation none of whose neurons passed refinement
+        of_p30 = sa.select(facts.c.id).where(facts.c.relation_id == "P30")
+        conn.execute(knowledge_neurons.delete().where(knowledge_neurons.c.fact_id.in_(of_p30)))
+    frequent = EraseSpec(select="frequent", form="zero")
+    _refused(
+        store,
+        world,
+        lambda: erase_relation(store, lm, run, "P30", frequent),
+        EditError,
+        "relation P30 has no knowledge neurons in run 'tiny-run': nothing to erase",
+    )
 
 
 def test_rollback_twice_or_out_of_order_is_refused(store, world, tmp_path) -> None:
