@@ -7,7 +7,8 @@ the base weights, as `atlas audit` measures) against two predictions:
 - the full first-order change, the ceiling of any first-order predictor: the model's true
   activations a and gradients g of log P(gold) at every position of every prompt, on every changed
   layer, P x sum_l sum_pos a_pos . (dV_l^T g_pos). It needs per prompt what the atlas does not store
-  (activations and gradients of every position, ~2,100 values per layer and position).
+  (activations and gradients of every position, ~2,100 values per layer and position);
+- the same first-order change over the answer positions alone (what an index could keep per prompt).
 Reported per edit and pooled: Spearman's rho over every fact of the run, and ROC AUC of |dP| / P
 for "disturbed" (|dP| / P >= 10%) over the facts outside the edit's target, as `atlas audit` does.
 
