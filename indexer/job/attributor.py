@@ -35,7 +35,8 @@ from indexer.attribution.ig import Attributions, IGConfig, attribute_stacked, de
 from indexer.attribution.sparse import sparse_rows
 from indexer.job.options import IndexOptions
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# IGConfig.dtype of each precision: None (the model's own) for fp32, else the scaled pass's dtype
+DTYPES = {name: (None if dtype == torch.float32 else dtype) for name, dtype in WEIGHT_DTYPES.items()}
 CODE_VERSION = "ig-1"
 # the prompt of the trial passes that measure a GPU pass (a PARAREL-like prompt, a little long)
 TRIAL_PROMPT = ("In the last years of the old century, the capital of the country north of Spain was [Y] .", "Paris")
