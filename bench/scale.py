@@ -84,13 +84,17 @@ def _spread(rows: list, n: int) -> list:
     return rows[::step][:n]
 
 
-def _attributor(model: str, device: str, precision: str, weights: str | None = None):
-    from atlas.model.loading import WEIGHT_DTYPES
-    from indexer.job.attributor import Attributor, load_for_index
+def _options(model: str, device: str, precision: str):
     from indexer.job.options import IndexOptions
 
-    opts = IndexOptions(model=model, dataset="pararel", device=device, precision=precision)
-    return Attributor(load_for_index(model, device, WEIGHT_DTYPES[weights or "fp32"]), opts)
+    return IndexOptions(model=model, dataset="pararel", device=device, precision=precision)
+
+
+def _attributor(opts, weights) -> object:
+    """The indexer's model side on `opts`, its weights loaded in `weights` (a torch dtype)."""
+    from indexer.job.attributor import Attributor, load_for_index
+
+    return Attributor(load_for_index(opts.model, opts.device, weights), opts)
 
 
 def _encoded(att, rows: list[tuple[str, str]]) -> list:
@@ -101,14 +105,16 @@ def engine_alone(model: str, device: str, rows: list[tuple[str, str]], precision
     """The engine's prompts/s on `n` prompts at the indexer's measured pass size (warmed up)."""
     import torch
 
-    from atlas.model.loading import WEIGHT_DTYPES, hash_cache_path
+    from atlas.model.loading import hash_cache_path
     from indexer.attribution.ig import attribute_stacked
+    from indexer.job.attributor import weights_dtype
 
     cuda = device.startswith("cuda")
-    weights = precision if cuda else "fp32"
-    cached = hash_cache_path(Path(model), WEIGHT_DTYPES[weights]).exists() if Path(model).is_dir() else None
+    opts = _options(model, device, precision)
+    weights = weights_dtype(opts)  # as the indexer loads them
+    cached = hash_cache_path(Path(model), weights).exists() if Path(model).is_dir() else None
     t0 = time.perf_counter()
-    att = _attributor(model, device, precision, weights)
+    att = _attributor(opts, weights)
     load_s = time.perf_counter() - t0
     items = _encoded(att, _spread(rows, n))
 
@@ -147,12 +153,12 @@ def fidelity(model: str, device: str, rows: list[tuple[str, str]], n: int) -> di
         res = attribute_stacked(att.lm.model, att.lm.adapter, items, cfg)
         return res.scores.flatten(1).float().cpu(), res.p_gold.double().cpu(), res.gold_rank.cpu()
 
-    full = _attributor(model, device, "fp32")
+    full = _attributor(_options(model, device, "fp32"), torch.float32)
     items = _encoded(full, _spread(rows, n))
     ref = scores(full, full.cfg)
     modes = {"bf16 scaled pass, fp32 weights": scores(full, replace(full.cfg, dtype=torch.bfloat16))}
     del full
-    low = _attributor(model, device, "bf16", "bf16")
+    low = _attributor(_options(model, device, "bf16"), torch.bfloat16)  # bf16 weights, on a CPU too
     modes["bf16 weights"] = scores(low, low.cfg)
     out = {"fidelity_prompts": len(items)}
     top_ref = ref[0].topk(20, dim=1).indices

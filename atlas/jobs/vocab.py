@@ -22,8 +22,8 @@ from atlas.db.runs import Run, get_run
 from atlas.db.store import Store
 from atlas.db.vocab import run_neuron_coords, write_tokens
 from atlas.errors import AtlasError
-from atlas.jobs.weights import check_weights, resolve_model, run_weights_dtype
-from atlas.model.loading import SMOLLM2_SPEC, LoadedModel, load_model
+from atlas.jobs.weights import check_weights, resolve_model
+from atlas.model.loading import SMOLLM2_SPEC, LoadedModel
 from atlas.model.slots import top_tokens
 
 TOP_K = 20
@@ -93,7 +93,7 @@ class OnDemandVocab:
                 self._models[run.model_id] = f"The weights of {run.model_name} are not on this machine."
             else:
                 try:
-                    lm = load_model(spec, dtype=run_weights_dtype(run))
+                    lm = resolve_model(self.store, spec, run)
                     check_weights(lm, run)
                     self._models[run.model_id] = lm
                 except AtlasError as exc:

@@ -83,12 +83,8 @@ def resolve_model(store: Store, lm: ModelArg, run: Run | str | int) -> LoadedMod
     run = run if isinstance(run, Run) else get_run(store, run)
     choice = lm if isinstance(lm, ModelChoice) else ModelChoice(lm)
     check_device(choice.device)
-    return load_model(choice.spec or run.model_spec(), device=choice.device, dtype=run_weights_dtype(run))
-
-
-def run_weights_dtype(run: Run) -> torch.dtype:
-    """The dtype a run's weights were loaded in: fp32 unless it recorded bf16/fp16 weights (a GPU run)."""
-    return WEIGHT_DTYPES[run.weights]
+    # in the dtype the run's weights were loaded in: fp32, or bf16/fp16 for a GPU run at that precision
+    return load_model(choice.spec or run.model_spec(), device=choice.device, dtype=WEIGHT_DTYPES[run.weights])
 
 
 def check_weights(lm: LoadedModel, run: Run) -> None:

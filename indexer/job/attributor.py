@@ -33,6 +33,7 @@ from atlas.model.loading import WEIGHT_DTYPES, LoadedModel, load_model
 from indexer.attribution import memory, refine
 from indexer.attribution.ig import Attributions, IGConfig, attribute_stacked, default_batch_size
 from indexer.attribution.sparse import sparse_rows
+from indexer.attribution.tensors import device as model_device
 from indexer.job.options import IndexOptions
 
 # IGConfig.dtype of each precision: None (the model's own) for fp32, else the scaled pass's dtype
@@ -124,7 +125,7 @@ class Attributor:
         self.cfg = ig_config(opts)
         self.causal = not lm.adapter.is_masked_lm
         self.max_len = _max_len(lm)
-        if opts.batch_size is None and next(lm.model.parameters()).device.type == "cuda":
+        if opts.batch_size is None and model_device(lm.model).type == "cuda":
             self.cfg = replace(self.cfg, batch_size=self.measured_pass())
 
     def measured_pass(self) -> int:

@@ -94,10 +94,14 @@ class _Queues:
 
     def __init__(self, n: int, opts: IndexOptions, tasks: Any, results: Any) -> None:
         self.n, self.opts, self.tasks, self.results = n, opts, tasks, results
-        self.pass_size: int | None = None
         self.first: Ready | None = None
         self.starts: list[float] = []  # each worker's start-up seconds, as they report ready
         self.used = False
+
+    @property
+    def pass_size(self) -> int | None:
+        """Prompts per pass of the first worker ready (None before one is)."""
+        return self.first.pass_size if self.first else None
 
     def ready(self) -> Ready:
         while self.first is None:
@@ -130,7 +134,6 @@ class _Queues:
         if kind == RESULT:
             return payload, extra
         self.first = self.first or extra
-        self.pass_size = self.pass_size or extra.pass_size
         self.starts.append(extra.start_s)
         return READY
 
