@@ -6,6 +6,7 @@
 #   bash bench/gpu_index.sh wait      # (a later call) wait for full-bg and collect its results
 #   bash bench/gpu_index.sh scaling   # a PARAREL subset with 1 and 2 workers (embedded PostgreSQL)
 #   bash bench/gpu_index.sh defaults  # a PARAREL subset with the indexer's own pass and item sizes
+#   bash bench/gpu_index.sh sketch    # the same subset with --sketch-rank 0, 1, 4 (RANKS): their cost
 # A command of the device tool may run 10 minutes; the whole-PARAREL run takes longer, so it runs
 # in its own process session (setsid) and a later call collects it from /tmp/bg.
 set -uo pipefail
@@ -33,6 +34,10 @@ case "$mode" in
     while pgrep -f "gpu_index.sh full" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
     cp /tmp/bg/* /tmp/bg-launch.log "$out/" 2>/dev/null; cat /tmp/bg/log.txt ;;
+  sketch)  # what gradient sketches cost: the same subset without and with them
+    for r in ${RANKS:-0 1 4}; do
+        bench --limit-per-relation "${LIMIT:-30}" --workers 1 --sketch-rank "$r" --label "sketch rank $r, $gpu"
+    done ;;
   defaults)
     bench --limit-per-relation "${LIMIT:-100}" --workers 1 --label "indexer defaults, $gpu" ;;
   scaling)

@@ -26,6 +26,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+import sqlalchemy as sa
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shapes import SMOLLM2_ARCH  # noqa: E402
@@ -34,6 +36,7 @@ from atlas.db import migrate  # noqa: E402
 from atlas.db.datasets import read_dataset  # noqa: E402
 from atlas.db.facts import load_dataset  # noqa: E402
 from atlas.db.results import run_prompt_total  # noqa: E402
+from atlas.db.schema import prompt_sketches  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
 
 
@@ -113,6 +116,7 @@ def measure(store: Store, args: argparse.Namespace, model: str, workers: int | s
         batch_size=args.batch_size,
         facts_per_item=args.facts_per_item,
         steps=args.steps,
+        sketch_rank=args.sketch_rank,
         stop_at=time.time() + args.time_box if args.time_box else None,
     )
     t_index = time.perf_counter()
@@ -136,6 +140,8 @@ def measure(store: Store, args: argparse.Namespace, model: str, workers: int | s
         "batch_size": args.batch_size or f"default ({summary.pass_size})",
         "facts_per_item": args.facts_per_item or "default",
         "steps": args.steps,
+        "sketch_rank": args.sketch_rank,
+        "sketch_bytes": sketch_bytes(store, summary.run.id),
         "relations": args.relations,
         "limit_per_relation": args.limit_per_relation,
         "time_box_s": args.time_box,
@@ -159,6 +165,15 @@ def measure(store: Store, args: argparse.Namespace, model: str, workers: int | s
         "db_wait_share": round(wait_s / (wall * workers), 4) if wall else 0.0,
         "extrapolated_total_s": round(total / steady, 1) if steady and done < total else round(wall, 1),
     }
+
+
+def sketch_bytes(store: Store, run_id: int) -> int:
+    """Bytes of the run's gradient sketches (their packed payload, not the database's pages)."""
+    with store.begin() as conn:
+        got = conn.execute(
+            sa.select(sa.func.sum(sa.func.octet_length(prompt_sketches.c.sketch))).where(prompt_sketches.c.run_id == run_id)
+        ).scalar()
+    return int(got or 0)
 
 
 def _device_name(device: str) -> str:
@@ -194,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, help="prompts per pass (default: the indexer's, from memory on a GPU)")
     ap.add_argument("--facts-per-item", type=int, help="(default: the indexer's, 8 on a CPU, 96 on a GPU)")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sketch-rank", type=int, default=0, help="gradient sketches kept per prompt and layer")
     ap.add_argument("--relations", help="comma-separated relation ids (default: all)")
     ap.add_argument("--limit-per-relation", type=int)
     ap.add_argument("--time-box", type=float, help="stop claiming work after this many seconds (then extrapolate)")

@@ -20,8 +20,17 @@ def _line(s) -> str:
     return (
         f"edit {s.edit_id}: targets {s.n_targets} (P(gold) {_fmt(s.target_change, '+.1%')}), "
         f"predicted {s.n_predicted}, random {s.n_random}, disturbed {s.n_disturbed}; "
-        f"Spearman rho {_fmt(s.spearman)}; ROC AUC {_aucs(s.auc)}"
+        f"Spearman rho ({s.predictor}) {_fmt(s.spearman)}; ROC AUC {_aucs(s.auc)}"
     )
+
+
+def _note(predictor: str) -> None:
+    if predictor != "sketch":
+        click.echo(
+            "note: the run kept no gradient sketches, so the prediction is edit-impact's (stored IG scores "
+            "only; weaker on whole-layer edits). Index with --sketch-rank 1 to predict every edit form.",
+            err=True,
+        )
 
 
 @click.command()
@@ -33,10 +42,13 @@ def _line(s) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @model_option
 def audit(db_url, edit_id, sample, run, limit, seed, model) -> None:
-    """Predict which facts EDIT_ID disturbs (query edit-impact), measure, score the prediction.
+    """Predict which facts EDIT_ID disturbs from the atlas alone, measure, score the prediction.
 
-    Reports Spearman's rho between predicted and measured change of P(gold), and the ROC AUC of
-    edit-impact and of the earlier edit-interference for facts moved by >= 10 % and >= 50 %.
+    The prediction: the run's gradient sketches when it was indexed with `--sketch-rank` (the
+    first-order change of every prompt, any edit form), else the query edit-impact (stored IG
+    scores on the changed slots). Reports Spearman's rho between predicted and measured change of
+    P(gold), and the ROC AUC of each predictor (sketch, impact, and the earlier edit-interference)
+    for facts moved by >= 10 % and >= 50 %.
     With --sample N --run RUN: make N trial updates of random facts (never applied), audit each,
     and pool.
 
@@ -51,7 +63,9 @@ def audit(db_url, edit_id, sample, run, limit, seed, model) -> None:
     if sample is None:
         if edit_id is None:
             raise click.UsageError("give EDIT_ID, or --sample N --run RUN")
-        click.echo(_line(audit_edit(store, model, edit_id, limit=limit, seed=seed)))
+        summary = audit_edit(store, model, edit_id, limit=limit, seed=seed)
+        click.echo(_line(summary))
+        _note(summary.predictor)
         return
     if run is None or edit_id is not None:
         raise click.UsageError("--sample needs --run and no EDIT_ID")
@@ -60,6 +74,7 @@ def audit(db_url, edit_id, sample, run, limit, seed, model) -> None:
         res = audit_sample(store, model, run, sample, seed=seed, limit=limit, on_edit=lambda: bar.advance(task))
     for s in res.edits:
         click.echo(_line(s))
+    _note(res.edits[0].predictor if res.edits else "sketch")
     click.echo(
         f"overall: {len(res.edits)} edits, {res.n_facts} audited facts: Spearman rho {_fmt(res.spearman)} "
         f"(mean per edit {_fmt(res.mean_spearman)}); ROC AUC {_aucs(res.auc)}"

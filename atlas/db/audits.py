@@ -26,6 +26,7 @@ class AuditRow:
     p_before: float
     p_after: float
     predicted_dp: float | None = None  # edit-impact: first-order estimate of the change of P(gold)
+    predicted_sketch_dp: float | None = None  # the same from the run's gradient sketches (None: it has none)
 
 
 def write_audit(store: Store, edit_id: int, rows: list[AuditRow], metrics: dict[str, Any]) -> None:
@@ -36,13 +37,21 @@ def write_audit(store: Store, edit_id: int, rows: list[AuditRow], metrics: dict[
         set_metrics(conn, edit_id, metrics)
 
 
-def stored_rows(store: Store, edit_id: int) -> list[tuple[str, float, float, float, float]]:
-    """(role, predicted_score, p_before, p_after, predicted_dp) of an audited edit, for re-summarising."""
+def stored_rows(store: Store, edit_id: int) -> list[AuditRow]:
+    """The rows of an audited edit (by fact), for re-summarising."""
     with store.begin() as conn:
         rows = conn.execute(
             sa.select(audit_results).where(audit_results.c.edit_id == edit_id).order_by(audit_results.c.fact_id)
         ).all()
     return [
-        (r.role, float(r.predicted_score), float(r.p_before), float(r.p_after), float(r.predicted_dp or 0.0))
+        AuditRow(
+            r.fact_id,
+            r.role,
+            float(r.predicted_score),
+            float(r.p_before),
+            float(r.p_after),
+            float(r.predicted_dp or 0.0),
+            None if r.predicted_sketch_dp is None else float(r.predicted_sketch_dp),
+        )
         for r in rows
     ]

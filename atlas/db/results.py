@@ -21,6 +21,7 @@ from atlas.db.schema import (
     knowledge_neurons,
     prompt_outputs,
     prompt_scores,
+    prompt_sketches,
     prompts,
     relation_thresholds,
     work_items,
@@ -54,6 +55,10 @@ class BatchResult:
     score_layer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
     score_neuron: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     score_value: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # gradient sketches (runs with a sketch rank), one row per prompt and layer
+    sketch_prompt: list[int] = field(default_factory=list)
+    sketch_layer: list[int] = field(default_factory=list)
+    sketch_blob: list[bytes] = field(default_factory=list)
     model_s: float = 0.0
 
 
@@ -103,6 +108,16 @@ def write_batch(store: Store, queue: WorkQueue, result: BatchResult) -> None:
                     "layer": result.score_layer,
                     "neuron": result.score_neuron,
                     "score": result.score_value,
+                },
+            )
+            store.bulk_insert(
+                conn,
+                prompt_sketches,
+                {
+                    "run_id": [run_id] * len(result.sketch_prompt),
+                    "prompt_id": result.sketch_prompt,
+                    "layer": result.sketch_layer,
+                    "sketch": result.sketch_blob,
                 },
             )
     except sa.exc.IntegrityError as exc:

@@ -132,6 +132,16 @@ prompt_scores = sa.Table(
     sa.Index(None, "run_id", "prompt_id"),
 )
 
+prompt_sketches = sa.Table(
+    "prompt_sketches",
+    metadata,
+    sa.Column("run_id", sa.BigInteger, primary_key=True),
+    sa.Column("layer", sa.SmallInteger, primary_key=True),
+    sa.Column("prompt_id", sa.BigInteger, primary_key=True),
+    # top-r triplets of the prompt's gradient on the layer's value slots (indexer.attribution.sketch)
+    sa.Column("sketch", sa.LargeBinary, nullable=False),
+)
+
 knowledge_neurons = sa.Table(
     "knowledge_neurons",
     metadata,
@@ -217,6 +227,7 @@ audit_results = sa.Table(
     sa.Column("role", sa.Text, primary_key=True),  # target | predicted | random
     sa.Column("predicted_score", sa.REAL, nullable=False),  # edit-interference: share of attribution mass hit
     sa.Column("predicted_dp", sa.REAL),  # edit-impact: first-order estimate of the change of P(gold)
+    sa.Column("predicted_sketch_dp", sa.REAL),  # the same from the run's gradient sketches (migration 0007)
     sa.Column("p_before", sa.REAL, nullable=False),
     sa.Column("p_after", sa.REAL, nullable=False),
 )

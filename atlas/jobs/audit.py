@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from atlas.db.store import Store
 from atlas.errors import EditError
 from atlas.jobs import metrics as m
 from atlas.jobs.evaluate import fact_p
+from atlas.jobs.predict import sketch_prediction
 from atlas.jobs.specs import UpdateSpec
 from atlas.jobs.update import update_fact
 from atlas.jobs.weights import ModelArg, check_weights, resolve_model, slots_of, slots_written
@@ -55,8 +56,10 @@ class AuditSummary:
     n_random: int
     n_disturbed: int  # at the first threshold, predicted + random facts
     target_change: float | None  # relative change of mean P(gold) over the targets
-    spearman: float | None  # predicted vs measured dP, every audited fact
-    auc: dict[str, float | None]  # "impact@0.1", "impact@0.5", "interference@0.1", ...
+    spearman: float | None  # the audit's predictor vs measured dP, every audited fact
+    auc: dict[str, float | None]  # "sketch@0.1", "impact@0.1", "interference@0.1", ... per threshold
+    predictor: str = "impact"  # "sketch" when the run kept gradient sketches, else "impact" (edit-impact)
+    spearman_by: dict[str, float | None] = field(default_factory=dict)  # per dP predictor
 
 
 @dataclass(frozen=True)
@@ -93,69 +96,98 @@ def audit_edit(store: Store, lm: ModelArg, edit_id: int, *, limit: int = 50, see
         run = resolve_run(conn, row.run_id)
         facts = run_facts(conn, run.id, store.backend)
         edit = next(e for e in model_edits(conn, store.backend, run.model_id) if e.id == edit_id)
+    sketched = sketch_prediction(store, run.id, edit)  # None: the run kept no sketches
     lm = resolve_model(store, lm, run)
     check_weights(lm, run)
-    roles = _roles(row, facts, impact, limit, seed)
+    roles = _roles(row, facts, impact if sketched is None else sketched, limit, seed)
     chosen = [facts[f] for f, _ in roles]
     before = fact_p(lm, chosen)
     with slots_written(lm, slots_of([edit])):
         after = fact_p(lm, chosen)
     # rounded as the REAL columns store them, so the summary can be recomputed from the table
     kept = [
-        AuditRow(f, role, _real(share.get(f, 0.0)), _real(b), _real(a), _real(impact.get(f, 0.0)))
+        AuditRow(
+            f,
+            role,
+            _real(share.get(f, 0.0)),
+            _real(b),
+            _real(a),
+            _real(impact.get(f, 0.0)),
+            None if sketched is None else _real(sketched.get(f, 0.0)),
+        )
         for (f, role), b, a in zip(roles, before, after)
         if b is not None
     ]
-    result = summarise(edit_id, [_tuple(r) for r in kept])
+    result = summarise(edit_id, kept)
     metrics = json.loads(row.metrics or "{}")
     metrics["audit"] = asdict(result)
     write_audit(store, edit_id, kept, metrics)
     return result
 
 
-def _roles(row, facts: dict[str, Fact], impact: dict[str, float], limit: int, seed: int) -> list[tuple[str, str]]:
+def _roles(row, facts: dict[str, Fact], predicted: dict[str, float], limit: int, seed: int) -> list[tuple[str, str]]:
     """(fact, role): the edit's targets, the facts predicted to move most, as many random ones."""
     targets = (
         [row.target] if row.kind == "update" else sorted(f.id for f in facts.values() if f.relation_id == row.target)
     )
-    ranked = sorted((f for f in impact if f in facts and f not in set(targets)), key=lambda f: (-abs(impact[f]), f))
-    predicted = ranked[:limit]
-    taken = set(targets) | set(predicted)
+    ranked = sorted(
+        (f for f in predicted if f in facts and f not in set(targets)), key=lambda f: (-abs(predicted[f]), f)
+    )
+    top = ranked[:limit]
+    taken = set(targets) | set(top)
     pool = sorted(f for f in facts if f not in taken)
-    rand = random.Random(f"{seed}:{row.id}").sample(pool, min(len(pool), max(len(predicted), 5)))
-    return [(f, "target") for f in targets] + [(f, "predicted") for f in predicted] + [(f, "random") for f in rand]
+    rand = random.Random(f"{seed}:{row.id}").sample(pool, min(len(pool), max(len(top), 5)))
+    return [(f, "target") for f in targets] + [(f, "predicted") for f in top] + [(f, "random") for f in rand]
 
 
 def _real(x: float) -> float:
     return float(np.float32(x))
 
 
-def _tuple(r: AuditRow) -> tuple[str, float, float, float, float]:
-    return (r.role, r.predicted_score, r.p_before, r.p_after, r.predicted_dp)
+#: the change of P(gold) each predictor gives a row (None: not available for it)
+DP_PREDICTORS: dict[str, Callable[[AuditRow], float | None]] = {
+    "sketch": lambda r: r.predicted_sketch_dp,
+    "impact": lambda r: r.predicted_dp or 0.0,
+}
 
 
-Row = tuple[str, float, float, float, float]  # role, interference score, p_before, p_after, predicted dP
+PREDICTOR_NAMES = {"sketch": "gradient sketches", "impact": "edit-impact", "interference": "edit-interference"}
 
 
-def _aucs(rows: Sequence[Row]) -> dict[str, float | None]:
-    ranked = [r for r in rows if r[0] != "target"]
+def predictor_of(rows: Sequence[AuditRow]) -> str:
+    """The audit's predictor: the gradient sketches where every row has them, else edit-impact."""
+    return "sketch" if rows and all(r.predicted_sketch_dp is not None for r in rows) else "impact"
+
+
+def rho_of(rows: Sequence[AuditRow], name: str) -> float | None:
+    return m.spearman([DP_PREDICTORS[name](r) for r in rows], [r.p_after - r.p_before for r in rows])
+
+
+def aucs(rows: Sequence[AuditRow]) -> dict[str, float | None]:
+    ranked = [r for r in rows if r.role != "target"]
+    names = [n for n in DP_PREDICTORS if n == "impact" or predictor_of(ranked) == n]
     out: dict[str, float | None] = {}
     for t in THRESHOLDS:
-        labels = [disturbed(b, a, t) for _, _, b, a, _ in ranked]
-        out[f"impact@{t}"] = m.roc_auc([abs(dp) / b if b > 0 else 0.0 for _, _, b, _, dp in ranked], labels)
-        out[f"interference@{t}"] = m.roc_auc([s for _, s, _, _, _ in ranked], labels)
+        labels = [disturbed(r.p_before, r.p_after, t) for r in ranked]
+        for name in names:
+            dps = [DP_PREDICTORS[name](r) for r in ranked]
+            out[f"{name}@{t}"] = m.roc_auc([abs(dp) / r.p_before for dp, r in zip(dps, ranked)], labels)
+        out[f"interference@{t}"] = m.roc_auc([r.predicted_score for r in ranked], labels)
     return out
 
 
-def summarise(edit_id: int, rows: Sequence[Row]) -> AuditSummary:
-    """AuditSummary from (role, interference score, p_before, p_after, predicted dP) rows."""
-    tb = [b for role, _, b, _, _ in rows if role == "target"]
-    ta = [a for role, _, _, a, _ in rows if role == "target"]
-    k = sum(1 for r in rows if r[0] == "predicted")
-    n_random = sum(1 for r in rows if r[0] == "random")
-    hit = sum(disturbed(b, a, THRESHOLDS[0]) for role, _, b, a, _ in rows if role != "target")
-    rho = m.spearman([dp for *_, dp in rows], [a - b for _, _, b, a, _ in rows])
-    return AuditSummary(edit_id, len(tb), k, n_random, hit, m.relative_change(tb, ta), rho, _aucs(rows))
+def summarise(edit_id: int, rows: Sequence[AuditRow]) -> AuditSummary:
+    """AuditSummary from an edit's audit rows."""
+    tb = [r.p_before for r in rows if r.role == "target"]
+    ta = [r.p_after for r in rows if r.role == "target"]
+    k = sum(1 for r in rows if r.role == "predicted")
+    n_random = sum(1 for r in rows if r.role == "random")
+    hit = sum(disturbed(r.p_before, r.p_after, THRESHOLDS[0]) for r in rows if r.role != "target")
+    main = predictor_of(rows)
+    rhos = {n: rho_of(rows, n) for n in DP_PREDICTORS if n == "impact" or n == main}
+    return AuditSummary(
+        edit_id, len(tb), k, n_random, hit, m.relative_change(tb, ta), rhos[main], aucs(rows), main, rhos
+    )
 
 
 def new_object_for(lm: LoadedModel, fact: Fact, facts: dict[str, Fact], rng: random.Random) -> str | None:
@@ -210,5 +242,5 @@ def pool(store: Store, summaries: list[AuditSummary]) -> SampleSummary:
     """Every audited fact of `summaries`, pooled (from the stored rows)."""
     rows = [r for e in summaries for r in stored_rows(store, e.edit_id)]
     rhos = [e.spearman for e in summaries if e.spearman is not None]
-    rho = m.spearman([dp for *_, dp in rows], [a - b for _, _, b, a, _ in rows]) if rows else None
-    return SampleSummary(summaries, rho, _aucs(rows), sum(rhos) / len(rhos) if rhos else None, len(rows))
+    rho = rho_of(rows, predictor_of(rows)) if rows else None
+    return SampleSummary(summaries, rho, aucs(rows), sum(rhos) / len(rhos) if rhos else None, len(rows))

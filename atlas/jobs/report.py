@@ -18,6 +18,7 @@ from statistics import mean
 from atlas.db.edits import list_edits
 from atlas.db.neurons import read_run_atlas
 from atlas.db.store import Store
+from atlas.jobs.audit import PREDICTOR_NAMES
 from atlas.jobs.probe import SummaryRow, summary
 from atlas.jobs.report_edits import audit_section, erase_section, num, pct, update_section
 from atlas.jobs.report_injections import injection_section
@@ -57,7 +58,8 @@ class Figures:
     update_inter_ppl_change: float | None = None
     n_updates: int = 0
     audit_spearman: float | None = None
-    audit_auc_impact: float | None = None
+    audit_predictor: str = "impact"  # sketch | impact (atlas.jobs.audit.predictor_of)
+    audit_auc: float | None = None
     audit_auc_interference: float | None = None
     n_audited: int = 0
 
@@ -234,8 +236,8 @@ def _comparison(fig: Figures) -> list[str]:
         f"{_pct(fig.amplify_random)} | {_pct(PAPER['amplify'])} / baseline -1.27 % / - |",
         f"| update success / change rate | {_num(fig.update_success, '.1%')} / {_num(fig.update_change, '.1%')} | "
         f"{PAPER['update_success']:.1%} / {PAPER['update_change']:.1%} |",
-        f"| audit: Spearman rho / ROC AUC at 10 % (edit-impact; edit-interference) | "
-        f"{_num(fig.audit_spearman, '.3f')} / {_num(fig.audit_auc_impact, '.3f')}; "
+        f"| audit: Spearman rho / ROC AUC at 10 % ({PREDICTOR_NAMES[fig.audit_predictor]}; edit-interference) | "
+        f"{_num(fig.audit_spearman, '.3f')} / {_num(fig.audit_auc, '.3f')}; "
         f"{_num(fig.audit_auc_interference, '.3f')} | (no counterpart) |",
         "",
     ]

@@ -13,8 +13,7 @@ from typing import Any
 
 from atlas.db.audits import stored_rows
 from atlas.db.store import Store
-from atlas.jobs import metrics as m
-from atlas.jobs.audit import THRESHOLDS, disturbed
+from atlas.jobs.audit import DP_PREDICTORS, PREDICTOR_NAMES, aucs, disturbed, predictor_of, rho_of
 
 
 def pct(x: float | None) -> str:
@@ -134,38 +133,40 @@ def audit_section(plt, out_dir: Path, store: Store, edits, fig) -> list[str]:
     audited = [e for e in edits if "audit" in e.metrics]
     if not audited:
         return md + ["No audits yet: `atlas audit --sample N --run RUN`.", ""]
-    rows = [r for e in audited for r in stored_rows(store, e.id)]  # (role, share, p before, p after, predicted dP)
-    ranked = [r for r in rows if r[0] != "target"]
+    rows = [r for e in audited for r in stored_rows(store, e.id)]
     fig.n_audited = len(audited)
-    fig.audit_spearman = m.spearman([r[4] for r in rows], [r[3] - r[2] for r in rows])
-    aucs = {}
-    for t in THRESHOLDS:
-        labels = [disturbed(b, a, t) for _, _, b, a, _ in ranked]
-        aucs[f"impact@{t}"] = m.roc_auc([abs(dp) / b if b > 0 else 0.0 for _, _, b, _, dp in ranked], labels)
-        aucs[f"interference@{t}"] = m.roc_auc([s for _, s, _, _, _ in ranked], labels)
-    fig.audit_auc_impact, fig.audit_auc_interference = aucs["impact@0.1"], aucs["interference@0.1"]
+    fig.audit_predictor = predictor_of(rows)
+    fig.audit_spearman = rho_of(rows, fig.audit_predictor)
+    a = aucs(rows)
+    fig.audit_auc, fig.audit_auc_interference = a[f"{fig.audit_predictor}@0.1"], a["interference@0.1"]
     by_role = defaultdict(list)
     for r in rows:
-        by_role[r[0]].append(r)
+        by_role[r.role].append(r)
     md += [
-        f"{len(audited)} audited edits, {len(rows)} audited facts. `edit-impact` predicts each fact's change of "
-        "P(gold) from its stored IG scores on the changed slots (first order); `edit-interference` (the earlier "
-        "predictor) scores the share of a fact's knowledge-neuron attribution on changed slots.",
+        f"{len(audited)} audited edits, {len(rows)} audited facts. The gradient sketches (runs indexed with "
+        "`--sketch-rank`) predict each fact's change of P(gold) from the first-order effect of the edit's slot "
+        "changes on every position of its prompts; `edit-impact` from its stored IG scores on the changed slots; "
+        "`edit-interference` (the earliest predictor) scores the share of a fact's knowledge-neuron attribution "
+        "on changed slots.",
         "",
-        f"Spearman's rho, predicted vs measured change of P(gold), all facts: {num(fig.audit_spearman, '.3f')}.",
+        f"Spearman's rho, predicted ({PREDICTOR_NAMES[fig.audit_predictor]}) vs measured change of P(gold), all "
+        f"facts: {num(fig.audit_spearman, '.3f')}.",
         "",
         "| predictor | ROC AUC, disturbed >= 10 % | ROC AUC, disturbed >= 50 % |",
         "|---|---|---|",
-        f"| edit-impact | {num(aucs['impact@0.1'], '.3f')} | {num(aucs['impact@0.5'], '.3f')} |",
-        f"| edit-interference | {num(aucs['interference@0.1'], '.3f')} | {num(aucs['interference@0.5'], '.3f')} |",
+        *(
+            f"| {PREDICTOR_NAMES[name]} | {num(a[f'{name}@0.1'], '.3f')} | {num(a[f'{name}@0.5'], '.3f')} |"
+            for name in ("sketch", "impact", "interference")
+            if f"{name}@0.1" in a
+        ),
         "",
         "| facts | n | disturbed >= 10 % | median relative change of P(gold) |",
         "|---|---|---|---|",
     ]
     for role in ("target", "predicted", "random"):
         rs = by_role.get(role, [])
-        share = mean(disturbed(b, a, 0.1) for _, _, b, a, _ in rs) if rs else None
-        change = median((a - b) / b if b else 0.0 for _, _, b, a, _ in rs) if rs else None
+        share = mean(disturbed(r.p_before, r.p_after, 0.1) for r in rs) if rs else None
+        change = median((r.p_after - r.p_before) / r.p_before if r.p_before else 0.0 for r in rs) if rs else None
         md.append(f"| {role} | {len(rs)} | {num(share, '.0%')} | {pct(change)} |")
     _audit_plot(plt, out_dir, by_role)
     return md + ["", "![audit](audit.png)", ""]
@@ -173,13 +174,15 @@ def audit_section(plt, out_dir: Path, store: Store, edits, fig) -> list[str]:
 
 def _audit_plot(plt, out_dir: Path, by_role: dict[str, list]) -> None:
     f3, ax = plt.subplots(figsize=(5.5, 3.8))
+    name = predictor_of([r for rs in by_role.values() for r in rs])
+    pairs = {role: [(DP_PREDICTORS[name](r), r.p_after - r.p_before) for r in rs] for role, rs in by_role.items()}
     for role, colour in (("target", "#4c72b0"), ("predicted", "#c44e52"), ("random", "#999999")):
-        rs = by_role.get(role, [])
-        ax.scatter([r[4] for r in rs], [r[3] - r[2] for r in rs], s=12, alpha=0.7, label=role, color=colour)
-    lim = max([abs(v) for rs in by_role.values() for r in rs for v in (r[4], r[3] - r[2])] + [1e-6])
+        xy = pairs.get(role, [])
+        ax.scatter([x for x, _ in xy], [y for _, y in xy], s=12, alpha=0.7, label=role, color=colour)
+    lim = max([abs(v) for xy in pairs.values() for pair in xy for v in pair] + [1e-6])
     ax.plot([-lim, lim], [-lim, lim], color="black", lw=0.6, ls="--")
     ax.set(
-        xlabel="predicted change of P(gold) (edit-impact)",
+        xlabel=f"predicted change of P(gold) ({PREDICTOR_NAMES[name]})",
         ylabel="measured change of P(gold)",
         title="Predicted vs measured interference",
         xscale="symlog",

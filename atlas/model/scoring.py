@@ -69,7 +69,7 @@ def single_token_id(tokenizer, text: str) -> int:
 
 
 @dataclass
-class _Batch:
+class AnswerBatch:
     ids: Tensor  # [B, S]
     attn: Tensor  # [B, S]
     pred: Tensor  # [B, T] where answer token j is predicted (padded with 0)
@@ -78,10 +78,10 @@ class _Batch:
     act: Tensor  # [B] where interventions act
 
 
-def _batch(items: Sequence[PromptItem], masked: bool, mask_id: int | None) -> _Batch:
+def answer_batch(items: Sequence[PromptItem], masked: bool, mask_id: int | None) -> AnswerBatch:
     seqs = [list(it.prompt_ids) if masked else list(it.prompt_ids) + list(it.answer_ids[:-1]) for it in items]
     width, T = max(len(s) for s in seqs), max(len(it.answer_ids) for it in items)
-    b = _Batch(
+    b = AnswerBatch(
         *(torch.zeros(len(items), n, dtype=torch.long) for n in (width, width, T, T)),
         torch.zeros(len(items), T, dtype=torch.bool),
         torch.zeros(len(items), dtype=torch.long),
@@ -121,7 +121,7 @@ def score(
     order = sorted(range(len(items)), key=lambda i: len(items[i].prompt_ids) + len(items[i].answer_ids))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        b = _batch([items[i] for i in chunk], adapter.is_masked_lm, adapter.mask_token_id)
+        b = answer_batch([items[i] for i in chunk], adapter.is_masked_lm, adapter.mask_token_id)
         extra = {"token_type_ids": torch.zeros_like(b.ids).to(dev)} if adapter.is_masked_lm else {}
         with applied(adapter, intervention, b.act):
             logits = model(input_ids=b.ids.to(dev), attention_mask=b.attn.to(dev), **extra).logits

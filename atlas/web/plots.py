@@ -81,16 +81,20 @@ def coverage_bars(page: Page) -> Spec | None:
 
 
 def audit_scatter(page: Page) -> Spec | None:
-    rows = [r for r in page.table("audit").to_pylist() if r["predicted_dp"] is not None]
+    rows = page.table("audit").to_pylist()
+    sketched = rows and all(r["predicted_sketch_dp"] is not None for r in rows)
+    column = "predicted_sketch_dp" if sketched else "predicted_dp"
+    rows = [r for r in rows if r[column] is not None]
     if not rows:
         return None
+    name = "gradient sketches" if column == "predicted_sketch_dp" else "edit-impact"
     return {
-        "x": [r["predicted_dp"] for r in rows],
+        "x": [r[column] for r in rows],
         "y": [r["measured_dp"] for r in rows],
         "labels": [f"{r['subject']} ({r['relation_id']})" for r in rows],
         "groups": [r["role"] for r in rows],
         "diagonal": True,
-        "title": "predicted (edit-impact) against measured change of P(gold)",
+        "title": f"predicted ({name}) against measured change of P(gold)",
         "xLabel": "predicted dP",
         "yLabel": "measured dP",
     }

@@ -32,6 +32,7 @@ from atlas.model.encode import PromptItem, encode_causal, encode_masked
 from atlas.model.loading import WEIGHT_DTYPES, LoadedModel, load_model
 from indexer.attribution import memory, refine
 from indexer.attribution.ig import Attributions, IGConfig, attribute_stacked, default_batch_size
+from indexer.attribution.sketch import sketch
 from indexer.attribution.sparse import sparse_rows
 from indexer.attribution.tensors import device as model_device
 from indexer.job.options import IndexOptions
@@ -108,6 +109,7 @@ def result_params(opts: IndexOptions) -> dict[str, Any]:
         "p_step": refine.P_STEP,
         **({"layers": list(opts.layers)} if opts.layers else {}),  # absent by default: older runs keep their keys
         **({"weights": weights_name(opts)} if weights_name(opts) != "fp32" else {}),
+        **({"sketch_rank": opts.sketch_rank} if opts.sketch_rank else {}),
     }
 
 
@@ -185,6 +187,21 @@ class Attributor:
                     prompt_id, "skipped", "attribution is not finite (overflow)", n_answer_tokens=len(pitem.answer_ids)
                 )
         result.score_prompt = np.array(ok_ids, np.int64)[pi]
+        if self.opts.sketch_rank:
+            ok = set(ok_ids)
+            self._sketch([(i, p) for i, p in todo if i in ok], result)
+
+    def _sketch(self, todo: list[tuple[int, PromptItem]], result: BatchResult) -> None:
+        """The gradient sketches of the ok prompts (`indexer.attribution.sketch`), one pass at a time."""
+        layers = list(self.cfg.layer_range(self.lm.adapter.n_layers))
+        step = self.cfg.batch_size
+        for start in range(0, len(todo), step):
+            part = todo[start : start + step]
+            sk = sketch(self.lm.model, self.lm.adapter, [p for _, p in part], layers, self.opts.sketch_rank)
+            for (prompt_id, _), blobs in zip(part, sk.packed()):
+                result.sketch_blob += blobs
+                result.sketch_prompt += [prompt_id] * len(layers)
+                result.sketch_layer += layers
 
     def _fitting(self, items: list[PromptItem]) -> Attributions:
         """`attribute_stacked`, halving the pass after an out-of-memory error until it fits (the

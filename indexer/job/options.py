@@ -112,6 +112,16 @@ class IndexOptions:
         "[default: 8 on a CPU, 96 on a GPU, enough to fill large passes].",
     )
     score_cap: int = opt(50, minimum=1, result=True, help="Stored scores per prompt (coarse ones always kept).")
+    sketch_rank: int = opt(
+        0,
+        minimum=0,
+        metavar="R",
+        result=True,
+        help="Also keep, per prompt and layer, the top-R singular triplets of the gradient of log P(gold) "
+        "on the value slots (one extra forward and backward pass per prompt), so that `atlas audit` can "
+        "predict what any edit does to every fact. Costs R x (hidden + neurons) x 2 bytes per prompt and "
+        "layer: 4 KB for SmolLM2 at R=1, 127 KB a prompt over its 30 layers. 0: none.",
+    )
     lease_s: int = opt(
         DEFAULT_LEASE_S,
         flag="--lease",

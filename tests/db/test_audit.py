@@ -6,17 +6,35 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
+import torch
 
-from atlas.db.audits import stored_rows
+from atlas.db.audits import AuditRow, stored_rows
+from atlas.db.datasets import causal_prefix
+from atlas.db.edits import model_edits
 from atlas.db.queries import run_query
-from atlas.db.schema import audit_results, knowledge_neurons, prompt_outputs, prompt_scores, prompts
+from atlas.db.schema import (
+    audit_results,
+    facts,
+    knowledge_neurons,
+    prompt_outputs,
+    prompt_scores,
+    prompt_sketches,
+    prompts,
+    runs,
+)
 from atlas.jobs import metrics as m
 from atlas.jobs.audit import audit_edit, audit_sample, disturbed, summarise
 from atlas.jobs.erase import erase_relation
+from atlas.jobs.predict import sketch_prediction
 from atlas.jobs.specs import EraseSpec
+from atlas.jobs.weights import slots_of
+from atlas.model.encode import encode_causal
+from indexer.attribution.sketch import sketch, unpack
 from tests.support.kn_world import build_world, index_world
 
 
@@ -75,14 +93,15 @@ def test_spearman_equals_the_rank_reference_with_ties(seed: int) -> None:
 
 
 def test_summary_from_rows() -> None:
-    rows = [  # role, interference score, p before, p after, predicted dP
-        ("target", 0.0, 0.5, 0.1, -0.45),
-        ("predicted", 0.9, 0.4, 0.1, -0.2),
-        ("predicted", 0.5, 0.4, 0.39, -0.05),
-        ("random", 0.0, 0.3, 0.3, 0.0),
-        ("random", 0.0, 0.2, 0.1, 0.0),
+    rows = [  # role, interference score, p before, p after, predicted dP (edit-impact)
+        AuditRow("a", "target", 0.0, 0.5, 0.1, -0.45),
+        AuditRow("b", "predicted", 0.9, 0.4, 0.1, -0.2),
+        AuditRow("c", "predicted", 0.5, 0.4, 0.39, -0.05),
+        AuditRow("d", "random", 0.0, 0.3, 0.3, 0.0),
+        AuditRow("e", "random", 0.0, 0.2, 0.1, 0.0),
     ]
     s = summarise(7, rows)
+    assert s.predictor == "impact" and "sketch@0.1" not in s.auc
     assert (s.n_targets, s.n_predicted, s.n_random, s.n_disturbed) == (1, 2, 2, 2)
     assert s.target_change == pytest.approx(-0.8)
     assert s.spearman == pytest.approx(brute_spearman([-0.45, -0.2, -0.05, 0.0, 0.0], [-0.4, -0.3, -0.01, 0.0, -0.1]))
@@ -90,6 +109,12 @@ def test_summary_from_rows() -> None:
     assert s.auc["interference@0.1"] == pytest.approx(brute_auc([0.9, 0.5, 0.0, 0.0], labels10))
     assert s.auc["impact@0.1"] == pytest.approx(brute_auc([0.5, 0.125, 0.0, 0.0], labels10))
     assert s.auc["impact@0.5"] == pytest.approx(brute_auc([0.5, 0.125, 0.0, 0.0], labels10))  # 75 % and 50 % drops
+    sketched = [replace(r, predicted_sketch_dp=dp) for r, dp in zip(rows, [-0.4, -0.1, 0.0, 0.01, -0.08])]
+    s2 = summarise(7, sketched)  # with sketches they are the audit's predictor; edit-impact stays beside them
+    assert s2.predictor == "sketch" and s2.spearman_by["impact"] == pytest.approx(s.spearman)
+    assert s2.spearman == pytest.approx(brute_spearman([-0.4, -0.1, 0.0, 0.01, -0.08], [-0.4, -0.3, -0.01, 0.0, -0.1]))
+    assert s2.auc["sketch@0.1"] == pytest.approx(brute_auc([0.25, 0.0, 0.01 / 0.3, 0.4], labels10))
+    assert s2.auc["impact@0.1"] == s.auc["impact@0.1"]
 
 
 def test_interference_query_matches_planted_neurons(store, tmp_path) -> None:
@@ -141,12 +166,16 @@ def test_audit_on_a_small_indexed_run(store, tmp_path) -> None:
         rows = stored_rows(store, s.edit_id)
         again = summarise(s.edit_id, rows)  # REAL columns: equal to float32 precision
         assert again.spearman == pytest.approx(s.spearman, rel=1e-6) and again.auc == pytest.approx(s.auc, rel=1e-6)
-        ranked = [(abs(dp) / b, disturbed(b, a, 0.1)) for role, _, b, a, dp in rows if role != "target"]
+        ranked = [
+            (abs(r.predicted_dp) / r.p_before, disturbed(r.p_before, r.p_after, 0.1))
+            for r in rows
+            if r.role != "target"
+        ]
         labels = [y for _, y in ranked]
         if any(labels) and not all(labels):
             assert s.auc["impact@0.1"] == pytest.approx(brute_auc([x for x, _ in ranked], labels))
-        target = [r for r in rows if r[0] == "target"]
-        assert len(target) == 1 and target[0][3] != target[0][2]  # the edit moved its own fact
+        target = [r for r in rows if r.role == "target"]
+        assert len(target) == 1 and target[0].p_after != target[0].p_before  # the edit moved its own fact
     # the audit's unedited P(gold) is the indexer's p_gold (an independent computation: the IG engine)
     with store.begin() as conn:
         edit_id = res.edits[0].edit_id
@@ -166,3 +195,58 @@ def test_audit_on_a_small_indexed_run(store, tmp_path) -> None:
         )
     assert fact.p_before == pytest.approx(sum(p) / len(p), rel=1e-4)
     assert res.n_facts == sum(s.n_targets + s.n_predicted + s.n_random for s in res.edits)
+
+
+def test_a_sketched_run_predicts_every_fact_from_its_sketches(store, tmp_path) -> None:
+    """A run indexed with --sketch-rank keeps per prompt and layer the top triplets of its value-slot
+    gradient (equal to a direct recompute), and the audit predicts from them: the prediction equals
+    a plain recompute from the rebuilt matrices, and for a small edit it tracks the measurement."""
+    w = index_world(store, tmp_path, sketch_rank=3)
+    ad = w.lm.adapter
+    with store.begin() as conn:
+        run_id, model_id = conn.execute(sa.select(runs.c.id, runs.c.model_id).where(runs.c.name == w.run)).one()
+        ok = conn.execute(
+            sa.select(prompts.c.id, prompts.c.fact_id, prompts.c.text, facts.c.object, prompt_outputs.c.p_gold)
+            .join(prompt_outputs, prompt_outputs.c.prompt_id == prompts.c.id)
+            .join(facts, facts.c.id == prompts.c.fact_id)
+            .where(prompt_outputs.c.status == "ok", prompt_outputs.c.run_id == run_id)
+        ).all()
+        blobs = {
+            (r.prompt_id, r.layer): bytes(r.sketch)
+            for r in conn.execute(sa.select(prompt_sketches).where(prompt_sketches.c.run_id == run_id))
+        }
+    assert len(blobs) == len(ok) * ad.n_layers
+    first = ok[0]
+    direct = sketch(w.lm.model, ad, [encode_causal(w.lm.tokenizer, causal_prefix(first.text), first.object)], [1], 3)
+    s, u, v = unpack(blobs[(first.id, 1)])
+    rebuilt = np.einsum("r,rh,rn->hn", s, u, v)
+    expected = torch.einsum("r,rh,rn->hn", direct.s[0, 0], direct.u[0, 0], direct.w[0, 0]).numpy()
+    assert np.allclose(rebuilt, expected, atol=2e-3 * np.abs(expected).max())
+
+    spec = EraseSpec(select="frequent", top=4, form="damp:0.9", eval_facts=2, other_facts=2, control=False)
+    with store.begin() as conn:  # a relation the tiny run found knowledge neurons for
+        fact = conn.execute(sa.select(knowledge_neurons.c.fact_id).order_by(knowledge_neurons.c.fact_id)).first()[0]
+    e = erase_relation(store, w.lm, w.run, fact.split("-")[0], spec)
+    with store.begin() as conn:
+        edit = next(x for x in model_edits(conn, store.backend, model_id) if x.id == e.id)
+    predicted = sketch_prediction(store, run_id, edit)
+    dense = {layer: np.zeros((ad.hidden_size, ad.n_neurons)) for layer in range(ad.n_layers)}
+    for sl in slots_of([edit]):
+        dense[sl.layer][:, sl.neuron] = (sl.edited.double() - sl.original.double()).numpy()
+    by_fact: dict[str, list[float]] = {}
+    for r in ok:  # the reference: <dV, s u w^T> summed over layers, in log space, mean over the fact's prompts
+        dlogp = sum(
+            float(np.sum(dense[layer] * np.einsum("r,rh,rn->hn", *unpack(blobs[(r.id, layer)]))))
+            for layer in range(ad.n_layers)
+        )
+        by_fact.setdefault(r.fact_id, []).append(r.p_gold * math.expm1(dlogp))
+    assert set(predicted) == set(by_fact)
+    for fact, dps in by_fact.items():
+        assert predicted[fact] == pytest.approx(sum(dps) / len(dps), rel=1e-3, abs=1e-9)
+
+    summary = audit_edit(store, w.lm, e.id, limit=100)
+    assert summary.predictor == "sketch" and {"sketch@0.1", "impact@0.1"} <= set(summary.auc)
+    rows = stored_rows(store, e.id)
+    assert all(r.predicted_sketch_dp == pytest.approx(predicted[r.fact_id], rel=1e-5, abs=1e-9) for r in rows)
+    # a 10 % damping is a small change: the first-order prediction orders the measured changes
+    assert summary.spearman > 0.8, summary

@@ -173,12 +173,15 @@ def load_world_facts(store: Store) -> list[str]:
     return [f.id for f in fs]
 
 
-def index_world(store: Store, tmp_path: Path, seed: int = 0, steps: int = 4) -> World:
+def index_world(store: Store, tmp_path: Path, seed: int = 0, steps: int = 4, sketch_rank: int = 0) -> World:
     """The same facts, loaded as a dataset and indexed by the real indexer (a small real run)."""
     from indexer.job.run import IndexOptions, index
 
     model_dir = save_model(tmp_path / "tiny-llama-indexed", seed)
     fact_ids = load_world_facts(store)
-    index(store, IndexOptions(model=str(model_dir), dataset="kn-world", steps=steps, run_name="tiny-indexed"))
+    opts = IndexOptions(
+        model=str(model_dir), dataset="kn-world", steps=steps, run_name="tiny-indexed", sketch_rank=sketch_rank
+    )
+    index(store, opts)
     lm = load_model(str(model_dir))
     return World(lm, "tiny-indexed", 0, model_dir, fact_ids)
