@@ -37,21 +37,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from atlas.db.audits import AuditRow, stored_rows  # noqa: E402
 from atlas.db.edits import TRIAL, edit_row, model_edits  # noqa: E402
 from atlas.db.neurons import read_run_atlas, run_facts  # noqa: E402
-from atlas.db.queries import run_query  # noqa: E402
 from atlas.db.runs import resolve_run  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
 from atlas.errors import EditError  # noqa: E402
 from atlas.jobs.audit import AuditSummary, audit_edit, new_object_for, pool  # noqa: E402
 from atlas.jobs.erase import erase_relation  # noqa: E402
-from atlas.jobs.evaluate import EvalSet, fact_p  # noqa: E402
+from atlas.jobs.evaluate import EvalSet  # noqa: E402
 from atlas.jobs.metrics import roc_auc, spearman  # noqa: E402
 from atlas.jobs.predict import sketch_prediction  # noqa: E402
 from atlas.jobs.specs import EraseSpec, UpdateSpec  # noqa: E402
 from atlas.jobs.update import update_fact  # noqa: E402
-from atlas.jobs.weights import resolve_model, slots_of, slots_written  # noqa: E402
+from atlas.jobs.weights import resolve_model, slots_of  # noqa: E402
 from atlas.model.hooks import hooks  # noqa: E402
+from atlas.options import ModelChoice  # noqa: E402
 
 QUICK = dict(eval_facts=4, other_facts=1, control=False)
 
@@ -121,27 +122,34 @@ def scores(pred: list[float], meas: list[float], base: list[float], target: list
 SKETCH_RANKS = (1, 2, 4)
 
 
-def predictions(store: Store, lm, run_id: int, e, fl: list[str], items, dV, ceiling: bool) -> dict[str, list[float]]:
-    """Each predictor's dP for every fact of `fl` under edit `e`."""
-    impact = run_query(store, "edit-impact", {"edit_id": e.id, "limit": 100_000})
-    cols = impact.columns
-    rec = {r[cols.index("fact_id")]: r[cols.index("predicted_dp")] for r in impact.rows}
-    preds = {"edit-impact": [float(rec.get(f) or 0.0) for f in fl]}
-    for r in SKETCH_RANKS:
-        sk = sketch_prediction(store, run_id, e, rank=r)
+def predictions(store: Store, run_id: int, e, rows: list[AuditRow]) -> dict[str, list[float]]:
+    """Each predictor's dP for the edit's audited facts: edit-impact, the sketches at each rank."""
+    preds = {"edit-impact": [r.predicted_dp or 0.0 for r in rows]}
+    for rank in SKETCH_RANKS:
+        sk = sketch_prediction(store, run_id, e, rank=rank)
         if sk is not None:
-            preds[f"sketch r={r}"] = [sk.get(f, 0.0) for f in fl]
-    if ceiling:
-        full = [first_order(lm, items[f], dV) for f in fl]
-        preds["first-order"] = [float(np.mean(every)) for every, _ in full]
-        preds["first-order, answer positions"] = [float(np.mean(answer)) for _, answer in full]
+            preds[f"sketch r={rank}"] = [sk.get(r.fact_id, 0.0) for r in rows]
     return preds
+
+
+def ceiling(lm, facts, rows: list[AuditRow], e) -> dict[str, list[float]]:
+    """The full first-order change of each audited fact (and at its answer positions alone)."""
+    dV: dict[int, torch.Tensor] = {}
+    for s in slots_of([e]):
+        w = lm.adapter.ffn_out(s.layer).weight  # [hidden, neurons] in Llama-family models
+        dV.setdefault(s.layer, torch.zeros_like(w))[:, s.neuron] = (s.edited - s.original).to(w.dtype)
+    full = [first_order(lm, EvalSet.of(r.fact_id, lm, [facts[r.fact_id]]).items, dV) for r in rows]
+    return {
+        "first-order": [float(np.mean(every)) for every, _ in full],
+        "first-order, answer positions": [float(np.mean(answer)) for _, answer in full],
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", required=True)
     ap.add_argument("--run", required=True)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--make-edits", action="store_true", help="make the edits below first")
     ap.add_argument("--lsq", default="P36,P19,P103,P1412")
     ap.add_argument("--zero", default="P47,P364,P937")
@@ -151,7 +159,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results.jsonl"))
     args = ap.parse_args()
     store = Store(args.db)
-    lm = resolve_model(store, None, args.run)
+    lm = resolve_model(store, ModelChoice(None, args.device), args.run)
     if args.make_edits:
         make_edits(store, lm, args.run, args.lsq.split(","), args.zero.split(","), args.updates, args.seed)
     with store.begin() as conn:
@@ -160,46 +168,44 @@ def main() -> None:
         edits = model_edits(conn, store.backend, run.model_id)
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    fl = sorted(facts)
-    base = fact_p(lm, [facts[f] for f in fl])
-    keep = [i for i, b in enumerate(base) if b]
-    fl, base = [fl[i] for i in keep], [base[i] for i in keep]
-    items = {f: EvalSet.of(f, lm, [facts[f]]).items for f in fl} if args.ceiling else {}
     pooled: dict[str, list] = defaultdict(list)
-    rows = []
+    out_rows = []
     for e in edits:
         t0 = time.perf_counter()
+        summary = audit_edit(store, lm, e.id)  # the product's audit: targets, 50 predicted, 50 random facts
+        rows = stored_rows(store, e.id)
+        meas = [r.p_after - r.p_before for r in rows]
+        base = [r.p_before for r in rows]
+        tgt = [r.role == "target" for r in rows]
+        preds = predictions(store, run.id, e, rows)
+        if args.ceiling:
+            preds.update(ceiling(lm, facts, rows, e))
         with store.begin() as conn:
             row = edit_row(conn, e.id)
-        kind, target = row.kind, row.target
-        dV: dict[int, torch.Tensor] = {}
-        for s in slots_of([e]):
-            w = lm.adapter.ffn_out(s.layer).weight  # [hidden, neurons] in Llama-family models
-            dV.setdefault(s.layer, torch.zeros_like(w))[:, s.neuron] = (s.edited - s.original).to(w.dtype)
-        with slots_written(lm, slots_of([e])):
-            after = fact_p(lm, [facts[f] for f in fl])
-        meas = [a - b for a, b in zip(after, base)]
-        tgt = [(f == target) if kind == "update" else (facts[f].relation_id == target) for f in fl]
-        row = {"edit": e.id, "kind": kind, "target": target, "slots": len(e.slots), "facts": len(fl)}
-        for name, pred in predictions(store, lm, run.id, e, fl, items, dV, args.ceiling).items():
+        out = {"edit": e.id, "kind": row.kind, "target": row.target, "slots": len(e.slots), "audit": asdict(summary)}
+        for name, pred in preds.items():
             rho, auc, n_dist = scores(pred, meas, base, tgt)
-            row[name] = {"spearman": rho, "auc10": auc}
-            row["disturbed_others"] = n_dist
+            out[name] = {"spearman": rho, "auc10": auc}
+            out["disturbed_others"] = n_dist
             pooled[name] += list(zip(pred, meas, base, tgt))
-        row["audit"] = asdict(audit_edit(store, lm, e.id))  # the product's audit, stored with the edit
-        row["seconds"] = round(time.perf_counter() - t0, 1)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        out["rows"] = [  # per audited fact, for later analysis: role, P before, measured dP, each prediction
+            [r.fact_id, r.role, r.p_before, m, *(p[i] for p in preds.values())]
+            for i, (r, m) in enumerate(zip(rows, meas))
+        ]
+        out["row_columns"] = ["fact", "role", "p_before", "measured_dp", *preds]
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(out), flush=True)
+        out_rows.append(out)
     summary = {
         name: dict(zip(("spearman", "auc10", "disturbed"), scores(*map(list, zip(*r))))) for name, r in pooled.items()
     }
-    audited = pool(store, [AuditSummary(**{**r["audit"]}) for r in rows])
+    audited = pool(store, [AuditSummary(**r["audit"]) for r in out_rows])
     summary["atlas audit (pooled)"] = {"spearman": audited.spearman, "auc": audited.auc, "facts": audited.n_facts}
     result = {
         "bench": "audit_ceiling",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "run": args.run,
-        "edits": rows,
+        "edits": out_rows,
         "pooled": summary,
         "command": "python bench/audit_ceiling.py " + " ".join(sys.argv[1:]),
     }

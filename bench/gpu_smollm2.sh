@@ -15,6 +15,8 @@
 # or, for the edit benchmarks (the atlas is indexed there, in the background, then the benchmark):
 #   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g4: starts index + bench/edit_quality.py
 #       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py)
+#   bash bench/gpu_smollm2.sh audit      # carrying .gpu/g4: bench/audit_ceiling.py on a sketched atlas (LIMIT facts
+#       per relation, indexed there with --sketch-rank 4), in the background; then 'collect'
 #   bash bench/gpu_smollm2.sh collect    # (later calls) waits up to WAIT_S for it, writes $OUT
 set -uo pipefail
 mode=${1:-stage}
@@ -75,9 +77,26 @@ SH
     (cd /tmp/bg/code && setsid nohup bash /tmp/bg/run.sh > /tmp/bg/edit_quality.log 2>&1 < /dev/null &)
     sleep "${SETTLE:-60}"; tail -20 /tmp/bg/edit_quality.log; exit 0
 fi
+if [ "$mode" = audit ]; then  # bench/audit_ceiling.py on a sketched atlas indexed here, in the background
+    mkdir -p /tmp/bg && rm -rf /tmp/bg/code && cp -r "$PWD" /tmp/bg/code
+    cat > /tmp/bg/audit.sh <<SH
+set -x
+export PYTHONPATH=/tmp/site:/tmp/bg/code
+db="duckdb:////tmp/bg/audit.duckdb"
+a() { python3 -c "from atlas.cli import main; main()" "\$@"; }
+a db upgrade --db "\$db" && a facts load kn-paper --db "\$db" || exit 1
+time a index --model smollm2 --dataset kn-paper --limit-per-relation ${LIMIT:-10} --device cuda --sketch-rank 4 \
+    --run lab --db "\$db" 2>&1 | tail -4
+python3 bench/audit_ceiling.py --db "\$db" --run lab --device cuda --make-edits --updates ${UPDATES:-13} \
+    --out /tmp/bg/audit.jsonl ${AUDIT_ARGS:-}
+SH
+    (cd /tmp/bg/code && setsid nohup bash /tmp/bg/audit.sh > /tmp/bg/audit.log 2>&1 < /dev/null &)
+    sleep "${SETTLE:-60}"; tail -20 /tmp/bg/audit.log; exit 0
+fi
 if [ "$mode" = collect ]; then
     end=$((SECONDS + ${WAIT_S:-540}))
-    while pgrep -f "/tmp/bg/run.sh" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+    while pgrep -f "/tmp/bg/(run|audit).sh" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+    cp /tmp/bg/audit.jsonl /tmp/bg/audit.log "$out/" 2>/dev/null
     if ! pgrep -f "/tmp/bg/run.sh" >/dev/null && [ -n "${REPORT:-}" ]; then
         (cd /tmp/bg/code && export PYTHONPATH=/tmp/site:/tmp/bg/code && for r in P19 P27 P106 P937 P36 P30; do
             atlas probe suppress --run smollm2-kn100 --relation $r --db duckdb:////tmp/bg/atlas.duckdb >/dev/null

@@ -1,21 +1,25 @@
 """Interference audits: predict from the atlas which facts an edit disturbs and by how much, then measure.
 
-Two predictors, both named queries that read only the atlas and the edit's recorded slots (so
-they can run before any weight is touched):
+The predictors read only the atlas and the edit's recorded slots, so they run before any weight is
+touched:
 
-* `edit-impact` (the audit's predictor): each fact's change of P(gold), to first order, from its
-  stored prompt-level IG scores on the changed slots times each slot's factor (the share of its own
-  direction the edit writes away); IG's completeness per layer makes minus the score of a zeroed
-  slot an estimate of the change of P(gold);
-* `edit-interference` (the earlier one, kept for comparison): the share of a fact's knowledge-neuron
+* the gradient sketches (the audit's predictor when the run kept them, `atlas index --sketch-rank`):
+  each prompt's first-order change of log P(gold) under the edit's slot changes, every position
+  included, for any edit form (`atlas.jobs.predict`);
+* `edit-impact` (the named query; the audit's predictor for a run without sketches): each fact's
+  change of P(gold), to first order, from its stored prompt-level IG scores on the changed slots
+  times each slot's factor (the share of its own direction the edit writes away); IG's
+  completeness per layer makes minus the score of a zeroed slot an estimate of the change of P(gold);
+* `edit-interference` (the earliest one, kept for comparison): the share of a fact's knowledge-neuron
   attribution mass that lies on changed slots.
 
 The measurement isolates the edit: P(gold) (mean over a fact's prompts) on the run's base weights
 and on the base weights with only this edit's slots written, for the edit's targets (the updated
-fact, or the erased relation's facts), the facts `edit-impact` lists first and as many random
-other facts. Reported: Spearman's rho between predicted and measured change of P(gold) over all
-of them, and the ROC AUC of each predictor for "disturbed" (|dP| / P >= threshold) at 10% and 50%,
-over the predicted and random facts (targets excluded: they are meant to move).
+fact, or the erased relation's facts), the facts the audit's predictor lists first and as many
+random other facts. Reported: Spearman's rho between predicted and measured change of P(gold) over
+all of them (per dP predictor), and the ROC AUC of each predictor for "disturbed" (|dP| / P >=
+threshold) at 10% and 50%, over the predicted and random facts (targets excluded: they are meant
+to move).
 """
 
 from __future__ import annotations

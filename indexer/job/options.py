@@ -119,8 +119,10 @@ class IndexOptions:
         result=True,
         help="Also keep, per prompt and layer, the top-R singular triplets of the gradient of log P(gold) "
         "on the value slots (one extra forward and backward pass per prompt), so that `atlas audit` can "
-        "predict what any edit does to every fact. Costs R x (hidden + neurons) x 2 bytes per prompt and "
-        "layer: 4 KB for SmolLM2 at R=1, 127 KB a prompt over its 30 layers. 0: none.",
+        "predict what any edit does to every fact (ROC AUC 0.92 on the real SmolLM2, where the stored IG scores "
+        "give 0.52; BENCHMARKS.md). Costs R x (hidden + neurons) x 2 bytes per prompt and layer: 4 KB for "
+        "SmolLM2 at R=1, 127 KB a prompt over its 30 layers; ~40 % of a GPU run's speed. 2 measured as well as 4. "
+        "0: none.",
     )
     lease_s: int = opt(
         DEFAULT_LEASE_S,

@@ -87,9 +87,10 @@ def test_demo_builds_a_small_atlas_and_is_rerunnable(tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_precise_erase_and_audit_on_the_real_model(tmp_path: Path) -> None:
-    """A small real run (capitals and continents), the default erase of P36 judged on both relations
-    with its control, its audit, and a rollback back to the base weights."""
+    """A small real run (capitals and continents) with gradient sketches, the default erase of P36
+    judged on both relations with its control, its audit, and a rollback back to the base weights."""
     from atlas.db import migrate
+    from atlas.db.audits import stored_rows
     from atlas.db.datasets import read_kn_paper
     from atlas.db.facts import load_dataset
     from atlas.db.store import Store
@@ -104,7 +105,7 @@ def test_precise_erase_and_audit_on_the_real_model(tmp_path: Path) -> None:
     store = Store(f"duckdb:///{tmp_path / 'atlas.duckdb'}")
     migrate.upgrade(store)
     load_dataset(store, read_kn_paper(["P36", "P30"], 3))
-    summary = index(store, IndexOptions(model="smollm2", dataset="kn-paper", run_name="real"))
+    summary = index(store, IndexOptions(model="smollm2", dataset="kn-paper", run_name="real", sketch_rank=2))
     assert summary.run.status == "done" and summary.counts.neurons > 0
     lm = load_model("smollm2")
     base = weights_sha256(lm.model)
@@ -116,5 +117,8 @@ def test_precise_erase_and_audit_on_the_real_model(tmp_path: Path) -> None:
     assert e.metrics["edited"]["nll_after"] > e.metrics["edited"]["nll_before"]  # the erased answers lost mass
     audit = audit_edit(store, lm, e.id)
     assert audit.n_targets == 3 and audit.spearman is not None
+    assert audit.predictor == "sketch"  # the run kept gradient sketches: predicted from them
+    targets = [r for r in stored_rows(store, e.id) if r.role == "target"]
+    assert sum(r.predicted_sketch_dp for r in targets) < 0  # the erase is predicted to take P36's answers away
     rollback(store, lm, e.id)
     assert weights_sha256(lm.model) == base

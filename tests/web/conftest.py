@@ -48,7 +48,7 @@ class Served:
 
 
 def build_served_world(store: Store, tmp_path: Path) -> tuple[World, int]:
-    world = index_world(store, tmp_path)
+    world = index_world(store, tmp_path, sketch_rank=1)  # the audit then predicts from gradient sketches
     edit_id = audit_sample(store, world.lm, world.run, 1, limit=10).edits[0].edit_id
     markup = Fact(XSS_FACT, "P36", XSS_SUBJECT, "Paris</td>", (make_prompt("The capital of [X] is [Y]", XSS_SUBJECT),))
     load_dataset(store, Dataset("markup", [Relation("P36", "capital", "N-1")], [markup]))

@@ -200,6 +200,8 @@ def test_edit_page_plots_the_audit(served: Served) -> None:
     assert page["info"]["edit"]["status"] == "trial" and page["tables"]["slots"]  # audit_sample's edits are trials
     roles = {r["role"] for r in page["tables"]["audit"]}
     assert "target" in roles and 'data-kind="scatter"' in html
+    assert all(r["predicted_sketch_dp"] is not None for r in page["tables"]["audit"])
+    assert "predicted (gradient sketches) against measured" in html
     assert [e["id"] for e in edits if e["kind"] != "inject"] == [served.edit_id]
 
 
