@@ -16,6 +16,10 @@ gets; the last 2 causal prompts of each fact are held out (`--heldout`).
    other, then the same measurement (`atlas.jobs.inject_audit`) on the same prompts, then rolled
    back (`--kn-forms paper,ls` also runs the default `ls` form).
 
+`--relations U1,U2` takes the facts of those relations of the atlas instead of the run's (a user
+file's: its relations are declared in the written JSONL); `--spec field=value,...` sets InjectSpec
+fields (e.g. `hard_negatives=200`), the rest keep their defaults.
+
 Example (this repo's CPU box; an atlas of P36/P27/P30, see BENCHMARKS.md):
     PYTHONPATH=. python bench/injection.py --db duckdb:////tmp/inj/bench.duckdb --run smol-inj
 """
@@ -28,11 +32,13 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from atlas.db.datasets import bundled_relations  # noqa: E402
 from atlas.db.facts import list_facts, show_fact  # noqa: E402
 from atlas.db.neurons import Fact, read_run_atlas  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
@@ -50,12 +56,15 @@ from atlas.model.loading import load_model, weights_sha256  # noqa: E402
 from bench.results import append_result  # noqa: E402
 
 
-def choose_facts(store: Store, lm, run: str, in_run: int, extra: int, seed: int) -> tuple[list[dict], list[str]]:
-    """JSONL rows of counterfactual facts and the ids of those that are in the run."""
+def choose_facts(
+    store: Store, lm, run: str, in_run: int, extra: int, seed: int, relations: list[str] | None = None
+) -> tuple[list[dict], list[str]]:
+    """JSONL rows of counterfactual facts and the ids of those that are in the run (`relations`:
+    those relations of the atlas instead of the run's, e.g. a user file's)."""
     _, facts, neurons = read_run_atlas(store, run)
     rng = random.Random(seed)
     rows, ids = [], []
-    for rel in sorted({f.relation_id for f in facts.values()}):
+    for rel in relations or sorted({f.relation_id for f in facts.values()}):
         everything = {
             f.id: Fact(f.id, f.relation_id, f.subject, f.object) for f in list_facts(store, relation=rel, limit=None)
         }
@@ -106,8 +115,12 @@ def kn_rule(store: Store, lm, run: str, rows: list[dict], ids: list[str], spec: 
 
 
 def _write(rows: list[dict]) -> Path:
+    """The facts as a user's JSONL file; relations that are not bundled (a user file's) declared."""
     path = Path(tempfile.mkdtemp()) / "counterfactuals.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bundled = bundled_relations()
+    rels = sorted({r["relation"] for r in rows} - set(bundled))
+    heads = [{"relation": rel, "label": rel, "type": "N-1"} for rel in rels]
+    path.write_text("".join(json.dumps(r) + "\n" for r in heads + rows))
     return path
 
 
@@ -151,12 +164,17 @@ def main() -> None:
     ap.add_argument("--skip-inject", action="store_true", help="only the update rule (same facts)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--kn-forms", default="paper", help="update forms compared, e.g. paper,ls")
+    ap.add_argument("--relations", default=None, help="facts of these relations of the atlas (e.g. U1,U2)")
+    ap.add_argument("--spec", default="", help="InjectSpec fields other than the defaults, e.g. gate_low=0.5")
     args = ap.parse_args()
     store = Store(args.db)
     lm = load_model("smollm2", device=args.device)
     base = weights_sha256(lm.model)
-    rows, ids = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed)
+    rels = args.relations.split(",") if args.relations else None
+    rows, ids = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
     spec = InjectSpec(layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None)
+    fields = dict(kv.split("=") for kv in args.spec.split(",") if kv)
+    spec = replace(spec, **{k: type(getattr(spec, k))(v) for k, v in fields.items()})
     t0 = time.time()
     result = {"n_facts": len(rows)}
     if not args.skip_inject:

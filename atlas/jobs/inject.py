@@ -3,8 +3,10 @@
 Read -> compute -> write, as every edit: one transaction reads the run, its facts, the model's
 applied edits and injections, the facts already injected, the default layers (the statement
 `inject_default_layer`: the weighted median layer of the relation's knowledge neurons in the run)
-and hard negatives (`injection_negatives`: prompts of other facts of the same relation and of other
-relations, from every fact loaded in the atlas); bad input is refused before the model runs. The
+and hard negatives (`injection_negatives`, from every fact loaded in the atlas: a shared pool of
+prompts of the injected relations and of the others, and one pool per injected relation); bad input
+is refused before the model runs. The facts the audit measures are left out of the negatives
+(`--audit-unseen`), so that its specificity is measured on prompts the keys never saw. The
 model then runs with no transaction open: on the working copy (`inject_weights.injected_copy`) it
 is measured, widened by two neurons per fact and layer, each fact's pair is built on the model
 that already holds the earlier ones (`atlas.model.inject.build`), and it is measured again
@@ -54,7 +56,7 @@ from atlas.jobs.weights import ModelArg, resolve_model
 from atlas.model.encode import PromptItem
 from atlas.model.inject import check_injectable, widened
 from atlas.model.inject.build import BuildParams, FactSlots, build_fact
-from atlas.model.inject.keys import answer_inputs, text_chunk, text_inputs
+from atlas.model.inject.keys import Negatives, answer_inputs, text_chunk, text_inputs
 from atlas.model.loading import LoadedModel, weights_sha256
 from atlas.model.scoring import encode
 
@@ -107,7 +109,7 @@ class _Atlas:
     known: list[InjectedFact]
     layers: dict[str, int | None]
     run_layer: int | None
-    negatives: list[tuple[str, str]]  # (prompt text, its fact's object)
+    negatives: list[tuple[str, str, str, str]]  # (pool: '' shared, else its relation; fact id, prompt text, object)
 
 
 def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: InjectSpec, causal: bool) -> _Atlas:
@@ -115,11 +117,17 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
         run = resolve_run(conn, run_name)
         be = store.backend
         rels = sorted({f.relation_id for f in facts})
+        subjects = sorted({f.subject for f in facts})
         negatives = []
-        for same in (True, False):
-            params = {"relation_ids": rels, "subjects": sorted({f.subject for f in facts}), "same": same}
-            params |= {"causal": causal, "limit": (spec.negatives + (not same)) // 2}
-            negatives += [(r.text, r.object) for r in conn.execute(sql_text("injection_negatives", be), params)]
+        for same in (True, False):  # the shared pool: the injected relations and the others, half each
+            params = {"relation_ids": rels, "subjects": subjects, "same": same, "causal": causal}
+            params["limit"] = (spec.negatives + (not same)) // 2
+            rows = conn.execute(sql_text("injection_negatives", be), params)
+            negatives += [("", r.fact_id, r.text, r.object) for r in rows]
+        for rel in rels:  # each injected relation's own pool: its templates with other subjects
+            params = {"relation_ids": [rel], "subjects": subjects, "same": True, "causal": causal}
+            rows = conn.execute(sql_text("injection_negatives", be), params | {"limit": spec.relation_negatives})
+            negatives += [(rel, r.fact_id, r.text, r.object) for r in rows]
         return _Atlas(
             run,
             run_facts(conn, run.id, be),
@@ -179,19 +187,36 @@ def _encode_fact(lm: LoadedModel, f: NewFact, heldout: int) -> tuple[list[Prompt
     return items[:keep], items[keep:], texts
 
 
-def _negative_inputs(lm: LoadedModel, at: _Atlas, layers: list[int]) -> dict[int, torch.Tensor]:
+def _negative_inputs(
+    lm: LoadedModel, at: _Atlas, layers: list[int], rel_layers: dict[str, set[int]], audited: set[str]
+) -> tuple[dict[int, Negatives], dict[tuple[str, int], Negatives]]:
     """FFN inputs of the hard negatives at every position (their answer positions, and every other
-    position as ordinary text), and of the general text's start."""
-    items = [
-        i for t, o in at.negatives if not isinstance(i := encode(lm.tokenizer, t, o, lm.adapter.is_masked_lm), str)
-    ]
-    xs = answer_inputs(lm.model, lm.adapter, items, layers, every_position=True)
-    if not lm.adapter.is_masked_lm:
+    position as ordinary text): the shared pool and the general text's start per layer, and each
+    relation's own pool at the layers of its facts. Prompts of the facts the audit measures are left
+    out, so that specificity is measured on prompts the keys and gates never saw."""
+    masked = lm.adapter.is_masked_lm
+
+    def inputs(pool: str, at_layers: list[int]) -> dict[int, torch.Tensor]:
+        items = [
+            i
+            for p, fid, t, o in at.negatives
+            if p == pool and fid not in audited and not isinstance(i := encode(lm.tokenizer, t, o, masked), str)
+        ]
+        return answer_inputs(lm.model, lm.adapter, items, at_layers, every_position=True)
+
+    xs = inputs("", layers)
+    if not masked:
         text = audit.GENERAL_TEXT.read_text()[: audit.NEGATIVE_TEXT_CHARS]
         ids = list(lm.tokenizer(text, add_special_tokens=False).input_ids)
         gen = text_inputs(lm.model, lm.adapter, ids, layers, text_chunk(lm.adapter))
         xs = {layer: torch.cat([xs[layer], gen[layer]]) for layer in layers}
-    return xs
+    shared = {layer: Negatives.of(xs[layer]) for layer in layers}
+    own: dict[tuple[str, int], Negatives] = {}
+    for rel, at_layers in rel_layers.items():
+        for layer, x in inputs(rel, sorted(at_layers)).items():
+            if x.shape[0]:
+                own[(rel, layer)] = Negatives.of(x)
+    return shared, own
 
 
 def inject_facts(
@@ -209,8 +234,8 @@ def inject_facts(
     check_injectable(lm.adapter)
     layers = [_layers_of(lm, f, spec, at) for f in facts]
     encoded = [_encode_fact(lm, f, spec.heldout) for f in facts]
-    plan = _plan(lm, at, facts, encoded, spec)
-    out = _compute(lm, at, plan, [lay for lay, _ in layers], spec)
+    plan, audited = _plan(lm, at, facts, encoded, spec)
+    out = _compute(lm, at, plan, facts, [lay for lay, _ in layers], spec, audited)
     rows = [
         InjectedFact(
             i,
@@ -232,38 +257,68 @@ def _run_of(store: Store, run_name: str | int) -> Run:
         return resolve_run(conn, run_name)
 
 
-def _plan(lm: LoadedModel, at: _Atlas, facts: Sequence[NewFact], encoded: list, spec: InjectSpec) -> audit.AuditPlan:
+def _plan(
+    lm: LoadedModel, at: _Atlas, facts: Sequence[NewFact], encoded: list, spec: InjectSpec
+) -> tuple[audit.AuditPlan, set[str]]:
+    """What the audit measures, and the ids of the other facts it measures (never negatives)."""
     injected = {(f.subject, f.relation_id) for f in facts}
     others = [f for f in at.facts.values() if (f.subject, f.relation_id) not in injected]
     chosen = sample(others, spec.audit_facts, f"inject-audit:{spec.seed}")
-    return audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], EvalSet.of("others", lm, chosen))
+    plan = audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], EvalSet.of("others", lm, chosen))
+    return plan, {f.id for f in chosen} if spec.audit_unseen else set()
 
 
-def _compute(lm: LoadedModel, at: _Atlas, plan: audit.AuditPlan, layers: list[list[int]], spec: InjectSpec) -> dict:
+def _compute(
+    lm: LoadedModel,
+    at: _Atlas,
+    plan: audit.AuditPlan,
+    facts: Sequence[NewFact],
+    layers: list[list[int]],
+    spec: InjectSpec,
+    audited: set[str],
+) -> dict:
     """Measure, widen, build every fact's pairs in order, measure again (no transaction open)."""
-    params = BuildParams(spec.ridge, spec.gate_low, spec.gate_high, spec.sharpness, spec.margin, spec.value)
+    params = BuildParams(
+        spec.ridge,
+        spec.pos_scatter,
+        spec.hard_negatives,
+        spec.hard_rounds,
+        spec.gate_low,
+        spec.gate_high,
+        spec.gate_overlap,
+        spec.sharpness,
+        spec.margin,
+        spec.value,
+    )
     used = sorted({layer for ls in layers for layer in ls})
+    rel_layers: dict[str, set[int]] = {}
+    for f, ls in zip(facts, layers):
+        rel_layers.setdefault(f.relation_id, set()).update(ls)
     with injected_copy(lm, at.run, at.edits, at.stack) as sha_before:
         width_before = lm.adapter.n_neurons
         width_after = width_before + 2 * sum(len(ls) for ls in layers)
         before = audit.measure(lm, plan)
         with widened(lm.adapter, [], width_after):
-            shared = _negative_inputs(lm, at, used)
+            shared, own_pool = _negative_inputs(lm, at, used, rel_layers, audited)
             own = [answer_inputs(lm.model, lm.adapter, items, used) for items in plan.train]
             built: list[FactSlots] = []
             index = width_before
             for i, items in enumerate(plan.train):
-                negs = {
-                    layer: torch.cat([shared[layer], *(o[layer] for j, o in enumerate(own) if j != i)])
-                    for layer in used
-                }
+                negs = {}
+                for layer in layers[i]:
+                    pool = shared[layer]
+                    if (facts[i].relation_id, layer) in own_pool:
+                        pool = pool + own_pool[(facts[i].relation_id, layer)]
+                    rest = [o[layer] for j, o in enumerate(own) if j != i]
+                    negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
                 built.append(build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params))
                 index += 2 * len(layers[i])
             sha_after = weights_sha256(lm.model)
             pairs = [p for b in built for p in b.pairs]
             after = audit.measure(lm, plan, pairs)
     verdict = audit.judge(plan, before, after, [b.value.hits if b.value else 0 for b in built])
-    verdict["n_negatives"] = int(shared[used[0]].shape[0])
+    verdict["n_negatives"] = int(shared[used[0]].n)
+    verdict["n_relation_negatives"] = {f"{r}@{lay}": n.n for (r, lay), n in sorted(own_pool.items())}
     return dict(
         built=built, sha_before=sha_before, sha_after=sha_after, width=(width_before, width_after), audit=verdict
     )

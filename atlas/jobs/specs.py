@@ -240,8 +240,27 @@ class InjectSpec:
         2, minimum=0, metavar="K", help="Prompts per fact held out of the slot for generalisation (>= 2 kept)."
     )
     ridge: float = opt(0.05, help="Key: ridge of the negatives' covariance, relative to its mean eigenvalue.")
-    gate_low: float = opt(0.5, help="Gate: the slot starts at this share of the gap from negatives' max score.")
+    pos_scatter: float = opt(
+        1.0,
+        help="Key: weight of the training prompts' own scatter in the covariance (pooled within-class: "
+        "directions in which a fact's paraphrases differ are discounted; 0: the negatives' only).",
+    )
+    hard_negatives: int = opt(
+        0,
+        minimum=0,
+        help="Key: the negatives that score highest on the key, whose scatter is added to the "
+        "covariance and the key solved again, --hard-rounds times (0: none; 200 generalises better "
+        "but opens on unseen general text, BENCHMARKS.md).",
+    )
+    hard_rounds: int = opt(3, minimum=0, help="Key: rounds of hard-negative weighting.")
+    gate_low: float = opt(0.25, help="Gate: the slot starts at this share of the gap from negatives' max score.")
     gate_high: float = opt(0.9, help="Gate: the slot saturates at this share of the gap.")
+    gate_overlap: str = opt(
+        "silent",
+        choices=("silent", "open"),
+        help="Gate, where some negatives score above a training prompt: stay shut on every negative "
+        "and give up those prompts (silent), or open on every training prompt and those negatives.",
+    )
     sharpness: float = opt(64.0, help="Gate: k in act(k t) / k ~ relu(t) (larger: closer to an exact clamp).")
     margin: float = opt(1.5, help="Value: scale x the smallest line-search scale that makes the new object win.")
     value: str = opt(
@@ -251,13 +270,28 @@ class InjectSpec:
         "or the closed form final-norm scale x (E_new - E_old).",
     )
     negatives: int = opt(
-        400, minimum=1, help="Hard negatives: prompts of other facts (same relation first), from the bundled data."
+        1000,
+        minimum=1,
+        help="Hard negatives, shared pool: prompts of other facts of the atlas (half of the injected "
+        "relations, half of the others), every position.",
+    )
+    relation_negatives: int = opt(
+        300,
+        minimum=0,
+        help="Hard negatives, per injected relation: prompts of its other facts (its templates, other "
+        "subjects), every position.",
     )
     audit_facts: int = opt(200, minimum=1, help="Other facts of the run measured for specificity (all when fewer).")
+    audit_unseen: bool = opt(
+        True,
+        flag="--audit-unseen/--audit-seen",
+        help="Leave the audited facts' prompts out of the negatives, so that specificity is measured on "
+        "prompts the keys and gates never saw (--audit-seen: a small atlas keeps them as negatives).",
+    )
     seed: int = opt(0, help="Seed of the negative and audit samples.")
 
     def check(self) -> None:
         if not 0.0 <= self.gate_low < self.gate_high <= 1.0:
             raise InputError("need 0 <= --gate-low < --gate-high <= 1")
-        if self.ridge <= 0 or self.sharpness <= 0 or self.margin < 1.0:
-            raise InputError("--ridge and --sharpness must be > 0 and --margin >= 1")
+        if self.ridge <= 0 or self.sharpness <= 0 or self.margin < 1.0 or self.pos_scatter < 0:
+            raise InputError("--ridge and --sharpness must be > 0, --pos-scatter >= 0 and --margin >= 1")

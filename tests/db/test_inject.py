@@ -6,6 +6,7 @@ refused with the database and the model left as they were."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -30,7 +31,9 @@ from tests.support.db import snapshot
 from tests.support.kn_world import RELATIONS, build_world, index_world, save_model
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 12]])
-QUICK = InjectSpec(heldout=1, audit_facts=20, negatives=60)
+# a tiny atlas (every other fact is audited: kept as negatives) of tiny random models, which
+# separate subjects poorly: a gate that overlaps opens on every training prompt (efficacy is tested)
+QUICK = InjectSpec(heldout=1, audit_facts=20, negatives=60, audit_unseen=False, gate_overlap="open")
 
 
 def _fact(subject: str, relation: str, obj: str) -> NewFact:
@@ -175,7 +178,7 @@ def test_an_exported_injected_model_is_indexed_and_its_slot_is_a_knowledge_neuro
     """Injected slots are ordinary neurons: `atlas index` on the exported model attributes the
     injected fact to its own slot, which `fact-neurons` then lists."""
     w = index_world(store, tmp_path)  # a run made by the indexer (its prompts come from a loaded dataset)
-    spec = InjectSpec(heldout=0, audit_facts=5, negatives=60)  # the slot is built on all three prompts
+    spec = replace(QUICK, heldout=0, audit_facts=5)  # the slot is built on all three prompts
     rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
     (layer, slot) = rec.facts[0].info["slots"][0]
     out = export_injection(store, w.lm, rec.id, tmp_path / "exported")

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 from atlas.errors import ModelError
 from atlas.model.adapters import adapter_for
 from atlas.model.inject import SlotPair, widened, write_pair
-from atlas.model.inject.keys import discriminant, gate
+from atlas.model.inject.keys import Negatives, discriminant, gate
 from atlas.model.loading import weights_sha256
 from tests.support.tiny_hf import tiny_model
 
@@ -152,3 +152,70 @@ def test_discriminant_separates_what_the_mean_does_not() -> None:
     w = discriminant(pos, neg)
     gt = gate(pos @ w, neg @ w)
     assert gt.separable and (neg @ w).max() < gt.threshold < gt.saturation <= (pos @ w).min()
+
+
+def test_moments_of_parts_add_up_to_the_whole() -> None:
+    """The key's negatives come in pools whose moments are added: the same mean and covariance as
+    the rows stacked, and the gate sees every row."""
+    g = torch.Generator().manual_seed(1)
+    parts = [torch.randn(n, 8, generator=g, dtype=torch.float64) + j for j, n in enumerate((30, 5, 12))]
+    whole = torch.cat(parts)
+    neg = Negatives.of(parts[0]) + Negatives.of(parts[1])
+    neg = neg.plus(parts[2])
+    assert neg.n == 47 and torch.allclose(neg.moments.mean(), whole.mean(0))
+    assert torch.allclose(neg.moments.cov(), torch.cov(whole.T), atol=1e-5)
+    w = torch.randn(8, generator=g, dtype=torch.float64)
+    assert torch.allclose(neg.scores(w), whole.float().double() @ w)
+    assert torch.allclose(discriminant(whole[:3], neg), discriminant(whole[:3], whole), atol=1e-5)
+
+
+def test_pooled_scatter_keeps_a_held_out_paraphrase_above_the_gate() -> None:
+    """A fact's training prompts agree on its own direction (e0) and differ along a template
+    direction (e1) on which they also sit apart from the negatives: the negatives-only key leans on
+    e1 and a paraphrase with another template value falls below the gate; with the positives'
+    scatter pooled in (pos_scatter=1) the key keeps to e0 and the paraphrase passes."""
+    g = torch.Generator().manual_seed(2)
+    neg = torch.randn(500, 16, generator=g, dtype=torch.float64)
+    pos = torch.zeros(3, 16, dtype=torch.float64)
+    pos[:, 0], pos[:, 1] = 5.0, torch.tensor([2.0, 6.0, 10.0])
+    held = torch.zeros(16, dtype=torch.float64)
+    held[0], held[1] = 5.0, -2.0
+    opened = []
+    for lam in (0.0, 1.0):
+        w = discriminant(pos, neg, pos_scatter=lam)
+        gt = gate(pos @ w, neg @ w)
+        assert gt.separable and (neg @ w).max() < gt.threshold
+        opened.append(float(held @ w) > gt.threshold)
+    assert opened == [False, True]
+
+
+def test_the_gate_never_opens_on_a_negative() -> None:
+    """Sides that overlap: the slot starts at the negatives' highest score and gives up the
+    training prompts below it (the old gate opened below the positives' lowest score)."""
+    pos = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    neg = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+    gt = gate(pos, neg)
+    assert not gt.separable and gt.threshold == 1.0 and gt.saturation == 2.5
+    opened = gate(pos, neg, overlap="open")  # every training prompt saturated, the top negative opens it
+    assert opened.saturation == 0.5 and opened.threshold < 0.5 < 1.0
+    sep = gate(pos + 1.0, neg, low=0.25, high=0.9)
+    assert sep.separable and sep.threshold == 1.0 + 0.25 * 0.5 and sep.saturation == 1.0 + 0.9 * 0.5
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_pair_far_below_its_threshold_outputs_exactly_zero(family: str) -> None:
+    """SiLU and GELU are not zero below 0, but in fp32 they are once k t < -89 (SiLU) or -10 (GELU):
+    the pair's two neurons then feed exactly 0 to the value projection, whatever v is."""
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    p = _pairs(adapter, 1)[0]
+    p.threshold, p.slope = 1e3, 1.0  # every input lies far below
+    seen = {}
+    hook = adapter.ffn_out(p.layer).register_forward_pre_hook(lambda _m, args: seen.__setitem__("a", args[0]))
+    try:
+        with widened(adapter, [p], adapter.n_neurons + 2):
+            _logits(model)
+    finally:
+        hook.remove()
+    assert seen["a"].dtype == torch.float32
+    assert torch.equal(seen["a"][..., p.index : p.index + 2], torch.zeros_like(seen["a"][..., :2]))

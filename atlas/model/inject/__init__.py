@@ -6,15 +6,17 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
 
     clamp(a (w . x - b), 0, 1) * v        (x: the FFN input at layer l, post-norm)
 
-* key w (`keys`): the discriminant direction (S- + eps I)^-1 (mu+ - mu-), normalised, between the
-  FFN inputs at the answer position of the fact's training prompts (+) and of hard negatives (-):
-  prompts of other facts of the same and other relations, and general text;
+* key w (`keys`): the Fisher discriminant direction (S- + lambda S+ + eps I)^-1 (mu+ - mu-),
+  normalised, between the FFN inputs at the answer position of the fact's training prompts (+,
+  S+ their scatter: paraphrase directions are discounted) and hard negatives (-, S- and mu- their
+  covariance and mean): every position of prompts of other facts of the same and other relations
+  (a shared pool and one per injected relation), and general text;
 * gate b, a (`keys.gate`): silent up to b, set between the negatives' highest and the positives'
-  lowest score w . x, saturated at b + 1/a;
+  lowest score w . x and never below the negatives' highest, saturated at b + 1/a;
 * value v (`values`): u = the gradient of mean log P(o') at the answer position with respect to the
   layer's FFN output (or the closed form g * (E_o' - E_o), `--value embedding`), of length r * s
   with r the residual norm after layer l and s the smallest scale of a line search that makes o'
-  the greedy answer on every training prompt, times 1.5 when that keeps them all;
+  the greedy answer on every training prompt the gate opens for, times 1.5 when that keeps them all;
 * widening (`widen`): the clamp is the difference of two activations act(k t) - act(k (t - 1)),
   divided by k, in every supported family (LLaMA's gated MLP with mlp_bias=True, GPT-2, NeoX, BERT);
   every layer gets the same width, zero where it holds no pair, so the result is a standard

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from atlas.model.adapters import Adapter
 from atlas.model.encode import PromptItem
-from atlas.model.inject.keys import Gate, answer_inputs, discriminant, gate
+from atlas.model.inject.keys import Gate, Negatives, answer_inputs, discriminant, gate
 from atlas.model.inject.values import (
     ValueChoice,
     current_answer,
@@ -34,8 +34,12 @@ class BuildParams:
     """The method's constants (their flags live on `atlas.jobs.specs.InjectSpec`)."""
 
     ridge: float = 0.05
-    gate_low: float = 0.5
+    pos_scatter: float = 1.0
+    hard: int = 0
+    hard_rounds: int = 3
+    gate_low: float = 0.25
     gate_high: float = 0.9
+    gate_overlap: str = "silent"  # or "open" (`keys.gate`)
     sharpness: float = 64.0
     margin: float = 1.5
     value_form: str = "gradient"  # or "embedding" (`values` says why gradient is the default)
@@ -57,13 +61,13 @@ def build_fact(
     model: torch.nn.Module,
     adapter: Adapter,
     train: Sequence[PromptItem],
-    negatives: dict[int, Tensor],
+    negatives: dict[int, Negatives],
     layers: Sequence[int],
     first_index: int,
     params: BuildParams = BuildParams(),
 ) -> FactSlots:
     """Pairs for the fact whose training prompts `train` are encoded with its NEW object as answer;
-    `negatives[layer]` `[n-, hidden]` are the hard negatives' FFN inputs. Written into the model."""
+    `negatives[layer]` are the hard negatives' FFN inputs. Written into the model."""
     new_tok = train[0].answer_ids[0]
     old_tok = current_answer(score(model, adapter, train), new_tok)
     units = value_directions(adapter, train, layers, new_tok, old_tok, params.value_form)
@@ -71,8 +75,9 @@ def build_fact(
     negatives = _with_continuations(model, adapter, train, layers, negatives)
     out = FactSlots([], new_tok, old_tok, residual=residual_norm(model, adapter, train, max(layers)))
     for i, layer in enumerate(layers):
-        w = discriminant(pos[layer], negatives[layer], params.ridge)
-        g = gate(pos[layer] @ w, negatives[layer] @ w, params.gate_low, params.gate_high)
+        hard = (params.hard, params.hard_rounds)
+        w = discriminant(pos[layer], negatives[layer], params.ridge, params.pos_scatter, *hard)
+        g = gate(pos[layer] @ w, negatives[layer].scores(w), params.gate_low, params.gate_high, params.gate_overlap)
         pair = SlotPair(layer, first_index + 2 * i, w, g.threshold, g.slope, torch.zeros_like(w), params.sharpness)
         write_pair(adapter, pair)
         out.pairs.append(pair)
@@ -82,13 +87,19 @@ def build_fact(
         for p in out.pairs:
             set_pair_value(adapter, p, units[p.layer] * (out.residual * s / len(out.pairs)))
 
-    out.value = line_search(model, adapter, train, set_scale, params.margin)
+    # the scale is searched on the training prompts that some gate opens for: where a gate gave up
+    # prompts below the negatives, a longer value would only push harder wherever else it opens
+    opens = torch.zeros(len(train), dtype=torch.bool)
+    for p in out.pairs:
+        opens |= pos[p.layer] @ p.key > p.threshold
+    reach = [it for it, o in zip(train, opens.tolist()) if o] or list(train)
+    out.value = line_search(model, adapter, reach, set_scale, params.margin)
     return out
 
 
 def _with_continuations(
     model: torch.nn.Module, adapter: Adapter, train: Sequence[PromptItem], layers: Sequence[int], negatives: dict
-) -> dict[int, Tensor]:
+) -> dict[int, Negatives]:
     """Add to the negatives the positions where a decoder spells the rest of a multi-token object:
     a slot that fired there would push the first token again instead of letting the word finish."""
     if adapter.is_masked_lm:
@@ -101,7 +112,7 @@ def _with_continuations(
     if not cont:
         return negatives
     xs = answer_inputs(model, adapter, cont, layers)
-    return {layer: torch.cat([negatives[layer], xs[layer]]) for layer in layers}
+    return {layer: negatives[layer].plus(xs[layer]) for layer in layers}
 
 
 def value_directions(

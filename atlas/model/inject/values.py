@@ -13,7 +13,9 @@ Direction u (unit, per layer), one of:
 
 Length r * s: r the mean residual norm after the slot's layer at the answer position, s the
 smallest scale of a doubling grid (then one geometric-midpoint refinement) that makes o' the greedy
-answer on every training prompt, times a margin (1.5) when the margin keeps every prompt right.
+answer on every training prompt that a gate opens for (`build`: a gate that overlaps the negatives
+gives up the prompts below them, and a longer value could not reach those), times a margin (1.5)
+when the margin keeps every such prompt right.
 """
 
 from __future__ import annotations
