@@ -55,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "audit": (
         "atlas.cli.audit",
         "audit",
-        "Predict which facts EDIT_ID disturbs (query edit-impact), measure, score the prediction.",
+        "Predict which facts EDIT_ID disturbs from the atlas alone, measure, score the prediction.",
     ),
     "report": (
         "atlas.cli.report",

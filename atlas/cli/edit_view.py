@@ -61,7 +61,8 @@ def describe(e: EditRecord) -> str:
         lines.append(_table(e))
     if e.metrics.get("audit"):
         a = e.metrics["audit"]
-        lines.append(f"audit: Spearman rho {a.get('spearman')}, ROC AUC {a.get('auc')}")
+        how = a.get("predictor", "impact")
+        lines.append(f"audit (predictor: {how}): Spearman rho {a.get('spearman')}, ROC AUC {a.get('auc')}")
     return "\n".join(lines)
 
 
