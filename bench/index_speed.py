@@ -170,9 +170,8 @@ def measure(store: Store, args: argparse.Namespace, model: str, workers: int | s
 def sketch_bytes(store: Store, run_id: int) -> int:
     """Bytes of the run's gradient sketches (their packed payload, not the database's pages)."""
     with store.begin() as conn:
-        got = conn.execute(
-            sa.select(sa.func.sum(sa.func.octet_length(prompt_sketches.c.sketch))).where(prompt_sketches.c.run_id == run_id)
-        ).scalar()
+        size = sa.func.sum(sa.func.octet_length(prompt_sketches.c.sketch))
+        got = conn.execute(sa.select(size).where(prompt_sketches.c.run_id == run_id)).scalar()
     return int(got or 0)
 
 
