@@ -109,6 +109,27 @@ def test_four_indexers_started_together_on_a_fresh_database(store: Store, model_
     assert statuses and set(statuses) == {"done"} and outputs > 0
 
 
+def _stop_between_transactions(proc: subprocess.Popen, store: Store) -> None:
+    """SIGSTOP `proc` at a moment when none of its connections has a transaction open. Stopped inside
+    one (between a claim's UPDATE and its COMMIT, say), it would keep that row locked, and the other
+    worker's SKIP LOCKED claim would pass the item by until the stopped process resumed: a process
+    frozen mid-transaction, not the lease that ran out which this test is about."""
+    for _ in range(200):
+        proc.send_signal(signal.SIGSTOP)
+        with store.begin() as conn:
+            open_elsewhere = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+                )
+            ).scalar()
+        if not open_elsewhere:
+            return
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("the worker was inside a transaction at every attempt to stop it")
+
+
 def test_worker_paused_past_its_lease_drops_its_result_and_carries_on(
     store: Store, model_dir: Path, tmp_path: Path
 ) -> None:
@@ -120,7 +141,7 @@ def test_worker_paused_past_its_lease_drops_its_result_and_carries_on(
         index_command(model_dir, "paused", lease=2), env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
     _wait_for_items(paused, 1)
-    paused.send_signal(signal.SIGSTOP)
+    _stop_between_transactions(paused, store)
     try:
         time.sleep(3)  # past its lease: the items it holds may be claimed by another worker
         other = subprocess.run(
