@@ -104,6 +104,16 @@ def answer_batch(items: Sequence[PromptItem], masked: bool, mask_id: int | None)
     return b
 
 
+def answer_logprobs(model: nn.Module, adapter: Adapter, b: AnswerBatch, **inputs: Tensor) -> Tensor:
+    """The model on batch `b` (`inputs`: its `input_ids`, or `inputs_embeds` for a caller that needs
+    gradients) -> log-softmax `[B, T, V]` (fp32) at the positions that predict each answer token."""
+    dev = next(iter(inputs.values())).device
+    extra = {"token_type_ids": torch.zeros_like(b.ids).to(dev)} if adapter.is_masked_lm else {}
+    logits = model(attention_mask=b.attn.to(dev), **inputs, **extra).logits
+    rows = logits.gather(1, b.pred.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])).float()
+    return torch.log_softmax(rows, dim=-1)
+
+
 @torch.no_grad()
 def score(
     model: nn.Module,
@@ -122,11 +132,8 @@ def score(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         b = answer_batch([items[i] for i in chunk], adapter.is_masked_lm, adapter.mask_token_id)
-        extra = {"token_type_ids": torch.zeros_like(b.ids).to(dev)} if adapter.is_masked_lm else {}
         with applied(adapter, intervention, b.act):
-            logits = model(input_ids=b.ids.to(dev), attention_mask=b.attn.to(dev), **extra).logits
-        rows = logits.gather(1, b.pred.to(dev)[..., None].expand(-1, -1, logits.shape[-1])).float()  # [B,T,V]
-        logp = torch.log_softmax(rows, dim=-1).cpu()
+            logp = answer_logprobs(model, adapter, b, input_ids=b.ids.to(dev)).cpu()
         for r, i in enumerate(chunk):
             n = int(b.valid[r].sum())
             lps = logp[r, torch.arange(n), b.gold[r, :n]]

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from atlas.model.encode import PromptItem
 from atlas.model.hooks import hooks
-from atlas.model.scoring import answer_batch
+from atlas.model.scoring import AnswerBatch, answer_batch, answer_logprobs
 
 #: how a sketch travels to the database: a header (int32 r, hidden, neurons), then s (float32, r),
 #: u (float16, r x hidden) and w (float16, r x neurons)
@@ -103,14 +103,11 @@ def _keep(store: dict[int, Tensor], layer: int):
     return fn
 
 
-def gold_logprob(model: nn.Module, adapter, items: Sequence[PromptItem], embeds: Tensor, batch) -> Tensor:
-    """log P(gold) of each item, joint over its answer tokens (teacher-forced): `[B]`, differentiable."""
-    extra = {"token_type_ids": torch.zeros_like(batch.ids).to(embeds.device)} if adapter.is_masked_lm else {}
-    logits = model(inputs_embeds=embeds, attention_mask=batch.attn.to(embeds.device), **extra).logits
-    dev = logits.device
-    rows = logits.gather(1, batch.pred.to(dev)[..., None].expand(-1, -1, logits.shape[-1])).float()  # [B, T, V]
-    lp = torch.log_softmax(rows, dim=-1).gather(-1, batch.gold.to(dev)[..., None])[..., 0]  # [B, T]
-    return (lp * batch.valid.to(dev)).sum(-1)
+def gold_logprob(model: nn.Module, adapter, embeds: Tensor, b: AnswerBatch) -> Tensor:
+    """log P(gold) of each row of `b`, joint over its answer tokens (teacher-forced): `[B]`, differentiable."""
+    lp = answer_logprobs(model, adapter, b, inputs_embeds=embeds)  # [B, T, V]
+    dev = lp.device
+    return (lp.gather(-1, b.gold.to(dev)[..., None])[..., 0] * b.valid.to(dev)).sum(-1)
 
 
 def sketch(model: nn.Module, adapter, items: Sequence[PromptItem], layers: Sequence[int], rank: int) -> Sketches:
@@ -122,7 +119,7 @@ def sketch(model: nn.Module, adapter, items: Sequence[PromptItem], layers: Seque
     embeds = model.get_input_embeddings()(b.ids.to(dev)).detach().requires_grad_(True)  # so the FFNs get gradients
     with torch.enable_grad(), hooks(adapter, {layer: _keep(acts, layer) for layer in layers}):
         with hooks(adapter, {layer: _keep(outs, layer) for layer in layers}, site="output"):
-            logp = gold_logprob(model, adapter, items, embeds, b).sum()  # rows are independent
+            logp = gold_logprob(model, adapter, embeds, b).sum()  # rows are independent
             grads = torch.autograd.grad(logp, [outs[layer] for layer in layers])  # no parameter gradients
     trip = [top_triplets(g, acts[layer].detach(), rank) for g, layer in zip(grads, layers)]
     s, u, w = (torch.stack([t[i] for t in trip], 1) for i in range(3))
