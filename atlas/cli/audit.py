@@ -74,7 +74,8 @@ def audit(db_url, edit_id, sample, run, limit, seed, model) -> None:
         res = audit_sample(store, model, run, sample, seed=seed, limit=limit, on_edit=lambda: bar.advance(task))
     for s in res.edits:
         click.echo(_line(s))
-    _note(res.edits[0].predictor if res.edits else "sketch")
+    if res.edits:
+        _note(res.edits[0].predictor)
     click.echo(
         f"overall: {len(res.edits)} edits, {res.n_facts} audited facts: Spearman rho {_fmt(res.spearman)} "
         f"(mean per edit {_fmt(res.mean_spearman)}); ROC AUC {_aucs(res.auc)}"

@@ -6,6 +6,7 @@ metrics, in one transaction. Torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,17 @@ import sqlalchemy as sa
 from atlas.db.edits import set_metrics
 from atlas.db.schema import audit_results
 from atlas.db.store import Store
+
+#: the audit's predictors of the change of P(gold): the audit_results column each fills
+DP_COLUMNS = {"sketch": "predicted_sketch_dp", "impact": "predicted_dp"}
+PREDICTOR_NAMES = {"sketch": "gradient sketches", "impact": "edit-impact", "interference": "edit-interference"}
+
+
+def predictor_of(sketch_dps: Iterable[float | None]) -> str:
+    """The audit's predictor of rows with these sketch predictions: the gradient sketches where
+    every row has one (a run indexed with `--sketch-rank`), else edit-impact."""
+    dps = list(sketch_dps)
+    return "sketch" if dps and all(d is not None for d in dps) else "impact"
 
 
 @dataclass(frozen=True)

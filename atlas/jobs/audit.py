@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from atlas.db.audits import AuditRow, stored_rows, write_audit
+from atlas.db.audits import DP_COLUMNS, AuditRow, predictor_of, stored_rows, write_audit
 from atlas.db.edits import TRIAL, edit_row, model_edits
 from atlas.db.neurons import Fact, read_run_atlas, run_facts
 from atlas.db.queries import run_query
@@ -148,33 +148,33 @@ def _real(x: float) -> float:
     return float(np.float32(x))
 
 
-#: the change of P(gold) each predictor gives a row (None: not available for it)
-DP_PREDICTORS: dict[str, Callable[[AuditRow], float | None]] = {
-    "sketch": lambda r: r.predicted_sketch_dp,
-    "impact": lambda r: r.predicted_dp or 0.0,
-}
+def dp_of(r: AuditRow, name: str) -> float | None:
+    """The change of P(gold) predictor `name` (a key of `DP_COLUMNS`) gave row r (sketch: None when
+    the run kept none)."""
+    value = getattr(r, DP_COLUMNS[name])
+    return 0.0 if value is None and name == "impact" else value
 
 
-PREDICTOR_NAMES = {"sketch": "gradient sketches", "impact": "edit-impact", "interference": "edit-interference"}
+def predictor(rows: Sequence[AuditRow]) -> str:
+    return predictor_of(r.predicted_sketch_dp for r in rows)
 
 
-def predictor_of(rows: Sequence[AuditRow]) -> str:
-    """The audit's predictor: the gradient sketches where every row has them, else edit-impact."""
-    return "sketch" if rows and all(r.predicted_sketch_dp is not None for r in rows) else "impact"
+def dp_predictors(rows: Sequence[AuditRow]) -> list[str]:
+    """The dP predictors these rows carry: edit-impact always, the sketches on a sketched run."""
+    return ["sketch", "impact"] if predictor(rows) == "sketch" else ["impact"]
 
 
 def rho_of(rows: Sequence[AuditRow], name: str) -> float | None:
-    return m.spearman([DP_PREDICTORS[name](r) for r in rows], [r.p_after - r.p_before for r in rows])
+    return m.spearman([dp_of(r, name) for r in rows], [r.p_after - r.p_before for r in rows])
 
 
 def aucs(rows: Sequence[AuditRow]) -> dict[str, float | None]:
     ranked = [r for r in rows if r.role != "target"]
-    names = [n for n in DP_PREDICTORS if n == "impact" or predictor_of(ranked) == n]
     out: dict[str, float | None] = {}
     for t in THRESHOLDS:
         labels = [disturbed(r.p_before, r.p_after, t) for r in ranked]
-        for name in names:
-            dps = [DP_PREDICTORS[name](r) for r in ranked]
+        for name in dp_predictors(ranked):
+            dps = [dp_of(r, name) for r in ranked]
             out[f"{name}@{t}"] = m.roc_auc([abs(dp) / r.p_before for dp, r in zip(dps, ranked)], labels)
         out[f"interference@{t}"] = m.roc_auc([r.predicted_score for r in ranked], labels)
     return out
@@ -187,8 +187,8 @@ def summarise(edit_id: int, rows: Sequence[AuditRow]) -> AuditSummary:
     k = sum(1 for r in rows if r.role == "predicted")
     n_random = sum(1 for r in rows if r.role == "random")
     hit = sum(disturbed(r.p_before, r.p_after, THRESHOLDS[0]) for r in rows if r.role != "target")
-    main = predictor_of(rows)
-    rhos = {n: rho_of(rows, n) for n in DP_PREDICTORS if n == "impact" or n == main}
+    rhos = {n: rho_of(rows, n) for n in dp_predictors(rows)}
+    main = predictor(rows)
     return AuditSummary(
         edit_id, len(tb), k, n_random, hit, m.relative_change(tb, ta), rhos[main], aucs(rows), main, rhos
     )
@@ -246,5 +246,5 @@ def pool(store: Store, summaries: list[AuditSummary]) -> SampleSummary:
     """Every audited fact of `summaries`, pooled (from the stored rows)."""
     rows = [r for e in summaries for r in stored_rows(store, e.edit_id)]
     rhos = [e.spearman for e in summaries if e.spearman is not None]
-    rho = rho_of(rows, predictor_of(rows)) if rows else None
+    rho = rho_of(rows, predictor(rows)) if rows else None
     return SampleSummary(summaries, rho, aucs(rows), sum(rhos) / len(rhos) if rhos else None, len(rows))

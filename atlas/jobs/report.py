@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
+from atlas.db.audits import PREDICTOR_NAMES
 from atlas.db.edits import list_edits
 from atlas.db.neurons import read_run_atlas
 from atlas.db.store import Store
-from atlas.jobs.audit import PREDICTOR_NAMES
 from atlas.jobs.probe import SummaryRow, summary
 from atlas.jobs.report_edits import audit_section, erase_section, num, pct, update_section
 from atlas.jobs.report_injections import injection_section
@@ -58,7 +58,7 @@ class Figures:
     update_inter_ppl_change: float | None = None
     n_updates: int = 0
     audit_spearman: float | None = None
-    audit_predictor: str = "impact"  # sketch | impact (atlas.jobs.audit.predictor_of)
+    audit_predictor: str = "impact"  # sketch | impact (atlas.db.audits.predictor_of)
     audit_auc: float | None = None
     audit_auc_interference: float | None = None
     n_audited: int = 0

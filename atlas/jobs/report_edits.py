@@ -11,9 +11,9 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
-from atlas.db.audits import stored_rows
+from atlas.db.audits import PREDICTOR_NAMES, stored_rows
 from atlas.db.store import Store
-from atlas.jobs.audit import DP_PREDICTORS, PREDICTOR_NAMES, aucs, disturbed, predictor_of, rho_of
+from atlas.jobs.audit import aucs, disturbed, dp_of, predictor, rho_of
 
 
 def pct(x: float | None) -> str:
@@ -135,7 +135,7 @@ def audit_section(plt, out_dir: Path, store: Store, edits, fig) -> list[str]:
         return md + ["No audits yet: `atlas audit --sample N --run RUN`.", ""]
     rows = [r for e in audited for r in stored_rows(store, e.id)]
     fig.n_audited = len(audited)
-    fig.audit_predictor = predictor_of(rows)
+    fig.audit_predictor = predictor(rows)
     fig.audit_spearman = rho_of(rows, fig.audit_predictor)
     a = aucs(rows)
     fig.audit_auc, fig.audit_auc_interference = a[f"{fig.audit_predictor}@0.1"], a["interference@0.1"]
@@ -168,14 +168,13 @@ def audit_section(plt, out_dir: Path, store: Store, edits, fig) -> list[str]:
         share = mean(disturbed(r.p_before, r.p_after, 0.1) for r in rs) if rs else None
         change = median((r.p_after - r.p_before) / r.p_before if r.p_before else 0.0 for r in rs) if rs else None
         md.append(f"| {role} | {len(rs)} | {num(share, '.0%')} | {pct(change)} |")
-    _audit_plot(plt, out_dir, by_role)
+    _audit_plot(plt, out_dir, by_role, fig.audit_predictor)
     return md + ["", "![audit](audit.png)", ""]
 
 
-def _audit_plot(plt, out_dir: Path, by_role: dict[str, list]) -> None:
+def _audit_plot(plt, out_dir: Path, by_role: dict[str, list], name: str) -> None:
     f3, ax = plt.subplots(figsize=(5.5, 3.8))
-    name = predictor_of([r for rs in by_role.values() for r in rs])
-    pairs = {role: [(DP_PREDICTORS[name](r), r.p_after - r.p_before) for r in rs] for role, rs in by_role.items()}
+    pairs = {role: [(dp_of(r, name), r.p_after - r.p_before) for r in rs] for role, rs in by_role.items()}
     for role, colour in (("target", "#4c72b0"), ("predicted", "#c44e52"), ("random", "#999999")):
         xy = pairs.get(role, [])
         ax.scatter([x for x, _ in xy], [y for _, y in xy], s=12, alpha=0.7, label=role, color=colour)

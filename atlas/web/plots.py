@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from atlas.db.audits import DP_COLUMNS, PREDICTOR_NAMES, predictor_of
 from atlas.db.browse import Page
 from atlas.web.views import href
 
@@ -82,19 +83,18 @@ def coverage_bars(page: Page) -> Spec | None:
 
 def audit_scatter(page: Page) -> Spec | None:
     rows = page.table("audit").to_pylist()
-    sketched = rows and all(r["predicted_sketch_dp"] is not None for r in rows)
-    column = "predicted_sketch_dp" if sketched else "predicted_dp"
+    name = predictor_of(r["predicted_sketch_dp"] for r in rows)
+    column = DP_COLUMNS[name]
     rows = [r for r in rows if r[column] is not None]
     if not rows:
         return None
-    name = "gradient sketches" if column == "predicted_sketch_dp" else "edit-impact"
     return {
         "x": [r[column] for r in rows],
         "y": [r["measured_dp"] for r in rows],
         "labels": [f"{r['subject']} ({r['relation_id']})" for r in rows],
         "groups": [r["role"] for r in rows],
         "diagonal": True,
-        "title": f"predicted ({name}) against measured change of P(gold)",
+        "title": f"predicted ({PREDICTOR_NAMES[name]}) against measured change of P(gold)",
         "xLabel": "predicted dP",
         "yLabel": "measured dP",
     }
