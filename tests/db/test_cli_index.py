@@ -96,6 +96,7 @@ def test_models_add_registers_once(store: Store, model_dir: Path) -> None:
         ),
         (["--dataset", DATASET, "--workers", "0"], "Invalid value for '--workers': '0': give a number >= 1 or auto"),
         (["--dataset", DATASET, "--precision", "fp8"], "Invalid value for '--precision'"),
+        (["--dataset", DATASET, "--sketch-rank", "-1"], "'--sketch-rank': -1 is not in the range x>=0"),
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
