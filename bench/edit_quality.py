@@ -14,9 +14,10 @@ plus `--other` more of them, all measured once before and after every edit.
    project} x k {10, 20, 50, 100}, plus the null-space preservation for some; the control (same
    form, layer-matched random neurons) for every k = 20; and the whole-layer `lsq` form (layers x
    strength, preserved, plus one unpreserved), each with its control (as many random layers);
-2. updates: `--updates` facts of the run, each with the paper's rule, `ls` and `ls` with the
-   covariance preservation (trial edits);
-3. audits: the updates and the default erasures, audited (`edit-impact` vs measured dP).
+2. updates: `--updates` facts of the run, each with the paper's rule, `ls` without preservation and
+   the default (`ls` with the covariance preservation), trial edits (`--update-forms`);
+3. audits: the default updates and the default erasures, audited (the audit's predictor, sketches
+   where the run has them, against the measured dP).
 
 Results: one JSON line per measurement in `--out` (and a summary line in bench/results.jsonl).
 
@@ -50,11 +51,12 @@ from atlas.model.loading import load_model  # noqa: E402
 from bench.results import append_result  # noqa: E402
 
 PAPER_RELATIONS = ("P19", "P27", "P106", "P937")
-UPDATE_FORMS = {  # each update fact is edited (trial) with each
+UPDATE_FORMS = {  # each update fact is edited (trial) with each (`--update-forms`)
     "paper": UpdateSpec(form="paper"),
-    "ls": UpdateSpec(),
-    "ls+covariance": UpdateSpec(preserve="covariance"),
+    "ls": UpdateSpec(preserve="none"),
+    "ls+covariance": UpdateSpec(),  # the default: ls with `auto` preservation
 }
+AUDITED_FORM = "ls+covariance"  # the updates the audit part audits: the default form's
 FORMS = ("zero", "damp:0.25", "project")
 KS = (10, 20, 50, 100)
 
@@ -206,8 +208,9 @@ def _emit(out: Path, row: dict[str, Any]) -> None:
     )
 
 
-def updates(store, lm, run: str, n: int, out: Path, seed: int) -> list[int]:
-    """`n` facts with knowledge neurons, each updated (trial) with both forms; returns the ls edit ids."""
+def updates(store, lm, run: str, n: int, out: Path, seed: int, forms: list[str]) -> list[int]:
+    """`n` facts with knowledge neurons, each updated (trial) with each of `forms`; returns the edit
+    ids of the default form's updates (AUDITED_FORM)."""
     _, facts, neurons = read_run_atlas(store, run)
     rng = random.Random(seed)
     order = sorted(f for f in facts if f in neurons)
@@ -223,12 +226,13 @@ def updates(store, lm, run: str, n: int, out: Path, seed: int) -> list[int]:
             eds = {
                 name: update_fact(store, lm, run, fact_id, obj, spec, status="trial")
                 for name, spec in UPDATE_FORMS.items()
+                if name in forms
             }
         except Exception as exc:  # noqa: BLE001
             _emit(out, {"part": "update", "fact": fact_id, "error": str(exc)})
             continue
         done += 1
-        ids.append(eds["ls"].id)
+        ids += [eds[AUDITED_FORM].id] if AUDITED_FORM in eds else []
         for form, e in eds.items():
             _emit(
                 out,
@@ -299,6 +303,7 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=40)
     ap.add_argument("--audits", type=int, default=20)
     ap.add_argument("--parts", default="erase,update,audit")
+    ap.add_argument("--update-forms", default=",".join(UPDATE_FORMS), help="update forms tried on each fact")
     ap.add_argument("--grid", choices=("full", "core", "key", "small"), default="full", help="erase configurations")
     ap.add_argument("--eval-relations", default=None, help="judge on these relations only (a smoke test)")
     ap.add_argument("--out", default="edit_quality.jsonl")
@@ -318,15 +323,18 @@ def main() -> None:
         for f in user
         if f.id not in indexed and (not args.eval_relations or f.relation_id in relations)
     ]
-    sets = held_out(lm, run_facts, relations, args.known, args.other, args.seed, extra)
-    before = RelationPlan("", sets).measure(lm)
-    _emit(
-        out, {"part": "plan", "relations": {s.name: len(s.items) for s in sets}, "seconds": time.perf_counter() - t_all}
-    )
-    erased = [(args.run, args.relations), (args.user_run, args.user_relations)] if "erase" in parts else []
-    for run_name, rels in [(r, rels) for r, rels in erased if r]:
-        erase_grid(store, lm, run_name, sets, before, [r for r in rels.split(",") if r], out, args.grid)
-    audit_ids = updates(store, lm, args.run, args.updates, out, args.seed) if "update" in parts else []
+    if "erase" in parts:  # the held-out facts judge the erase grid (updates and audits measure their own)
+        sets = held_out(lm, run_facts, relations, args.known, args.other, args.seed, extra)
+        before = RelationPlan("", sets).measure(lm)
+        plan = {"part": "plan", "relations": {s.name: len(s.items) for s in sets}}
+        _emit(out, {**plan, "seconds": time.perf_counter() - t_all})
+        for run_name, rels in [(args.run, args.relations), (args.user_run, args.user_relations)]:
+            if run_name:
+                erase_grid(store, lm, run_name, sets, before, [r for r in rels.split(",") if r], out, args.grid)
+    forms = [f for f in args.update_forms.split(",") if f]
+    if unknown := set(forms) - set(UPDATE_FORMS):
+        sys.exit(f"--update-forms: unknown {sorted(unknown)}; use {', '.join(UPDATE_FORMS)}")
+    audit_ids = updates(store, lm, args.run, args.updates, out, args.seed, forms) if "update" in parts else []
     if "audit" in parts:
         audits(store, lm, args, audit_ids, out)
     wall = time.perf_counter() - t_all

@@ -14,7 +14,9 @@
 #   bash bench/gpu_smollm2.sh atlas      # carrying .gpu/g4: indexes, scores, writes $OUT (Parquet)
 # or, for the edit benchmarks (the atlas is indexed there, in the background, then the benchmark):
 #   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g4: starts index + bench/edit_quality.py
-#       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py)
+#       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py;
+#        SKETCH=R indexes smollm2-kn100 with --sketch-rank R, so its audits predict from sketches;
+#        REPORT=1 then probes 6 relations and writes its `atlas report`, which 'collect' returns)
 #   bash bench/gpu_smollm2.sh audit      # carrying .gpu/g4: bench/audit_ceiling.py on a sketched atlas (LIMIT facts
 #       per relation, indexed there with --sketch-rank 4), in the background; then 'collect'
 #   bash bench/gpu_smollm2.sh collect    # (later calls) waits up to WAIT_S for it, writes $OUT
@@ -52,7 +54,7 @@ a facts load bench/data/user_facts.jsonl --dataset user --db "\$db" || exit 1
 if [ -d /tmp/pq ]; then  # the runs of an earlier call, exported by 'collect' with PQ=1 (same fact and prompt ids)
     python3 bench/gpu_smollm2_import.py /tmp/bg/atlas.duckdb /tmp/pq || exit 1
 else
-    time a index --model smollm2 --dataset kn-paper --limit-per-relation ${LIMIT:-100} --device cuda --run smollm2-kn100 --db "\$db" 2>&1 | tail -4
+    time a index --model smollm2 --dataset kn-paper --limit-per-relation ${LIMIT:-100} --device cuda ${SKETCH:+--sketch-rank $SKETCH} --run smollm2-kn100 --db "\$db" 2>&1 | tail -4
     a index --model smollm2 --dataset user --limit-per-relation 20 --device cuda --run smollm2-user --db "\$db" 2>&1 | tail -3
 fi
 # EQ_JOBS: ';'-separated argument lists, one bench/edit_quality.py process each, side by side on the
@@ -73,6 +75,13 @@ for i in "\${!injs[@]}"; do
         \${injs[\$i]} > /tmp/bg/injection.\$i.log 2>&1 &
 done
 wait
+if [ -n "${REPORT:-}" ]; then  # the probes and the report of smollm2-kn100, after its edits and audits
+    for r in P19 P27 P106 P937 P36 P30; do
+        a probe suppress --run smollm2-kn100 --relation \$r --db "\$db" >/dev/null
+        a probe amplify --run smollm2-kn100 --relation \$r --db "\$db" >/dev/null
+    done
+    a report --run smollm2-kn100 --output /tmp/bg/report --db "\$db" | tail -25
+fi
 SH
     (cd /tmp/bg/code && setsid nohup bash /tmp/bg/run.sh > /tmp/bg/edit_quality.log 2>&1 < /dev/null &)
     sleep "${SETTLE:-60}"; tail -20 /tmp/bg/edit_quality.log; exit 0
@@ -97,17 +106,13 @@ if [ "$mode" = collect ]; then
     end=$((SECONDS + ${WAIT_S:-540}))
     while pgrep -f "/tmp/bg/(run|audit).sh" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
     cp /tmp/bg/audit.jsonl /tmp/bg/audit.log "$out/" 2>/dev/null
-    if ! pgrep -f "/tmp/bg/run.sh" >/dev/null && [ -n "${REPORT:-}" ]; then
-        (cd /tmp/bg/code && export PYTHONPATH=/tmp/site:/tmp/bg/code && for r in P19 P27 P106 P937 P36 P30; do
-            atlas probe suppress --run smollm2-kn100 --relation $r --db duckdb:////tmp/bg/atlas.duckdb >/dev/null
-            atlas probe amplify --run smollm2-kn100 --relation $r --db duckdb:////tmp/bg/atlas.duckdb >/dev/null; done
-         atlas report --run smollm2-kn100 --output /tmp/bg/report --db duckdb:////tmp/bg/atlas.duckdb | tail -25)
-        cp /tmp/bg/report/* "$out/" 2>/dev/null
-    fi
+    # at most 8 files come back from a call: the report's files and the logs travel as one archive each
+    [ -d /tmp/bg/report ] && tar -czf "$out/report.tgz" -C /tmp/bg report
     # PQ_DB: a copy no job holds any more (a running job keeps its DuckDB file locked)
     [ -n "${PQ:-}" ] && python3 bench/gpu_smollm2_import.py "${PQ_DB:-/tmp/bg/atlas.duckdb}" "$out" export
     cat /tmp/bg/eq.*.jsonl > "$out/edit_quality.jsonl" 2>/dev/null
-    cp /tmp/bg/*.log /tmp/bg/code/bench/results.jsonl "$out/" 2>/dev/null
+    tar -czf "$out/logs.tgz" -C /tmp/bg $(cd /tmp/bg && ls *.log) 2>/dev/null
+    cp /tmp/bg/code/bench/results.jsonl "$out/" 2>/dev/null
     tail -n 4 /tmp/bg/*.log; exit 0
 fi
 db="duckdb:///$out/atlas.duckdb"  # exported to Parquet at the end

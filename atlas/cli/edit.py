@@ -33,8 +33,12 @@ def _show(e: EditRecord) -> None:
 def update(db_url, fact_id, new_object, run, model, **spec) -> None:
     """Rewrite FACT_ID <h, r, t> to <h, r, t'> through its own knowledge neurons.
 
-    The default (`--form ls`: the smallest change of the fact's slots that makes t' win) spared
-    other facts best on the real SmolLM2 (BENCHMARKS.md); `--form paper` is Dai et al.'s rule.
+    The default, `--form ls` with `--preserve auto` (covariance): the least-squares change of the
+    layers holding the fact's own knowledge neurons that makes t' win on its prompts, weighed against
+    1,000 other facts' activations (MEMIT). On the real SmolLM2 (BENCHMARKS.md, 44 facts) it
+    succeeded on 62.6 % of prompts at a median +1.1 % perplexity on other relations, which kept 89.5 %
+    of their right answers; without the preservation 60.3 % at +18.9 % (66 %); `--form paper` (Dai
+    et al.'s rule) 22.9 % at +201 % (48 %).
 
     \b
     Example:

@@ -291,6 +291,7 @@ def erase_relation(
     unit = "edited_layers" if spec.whole_layers else "neurons"
     params = {
         **spec.__dict__,
+        "preserve": spec.preservation,
         "relation": relation,
         f"n_{unit.removeprefix('edited_')}": len(made.chosen),
         unit: made.chosen,

@@ -42,7 +42,7 @@ def update_section(edits, fig, paper: dict[str, Any]) -> list[str]:
         ]
     by_form: dict[str, list] = defaultdict(list)
     for e in ups:
-        by_form[e.params.get("form", "paper")].append(e)
+        by_form[_update_how(e.params)].append(e)
     md += [
         "Per form: the paper's success rate (the fact's prompts now answered t') and change rate (answered t "
         "before, no longer after), and the damage elsewhere: perplexity change of the fact's own relation "
@@ -71,6 +71,12 @@ def update_section(edits, fig, paper: dict[str, Any]) -> list[str]:
             fig.update_intra_ppl_change = avg("edited.ppl_change", median)
             fig.update_inter_ppl_change = avg("others_pooled.ppl_change", median)
     return md + ["", f"Paper (BERT): success {paper['update_success']:.1%}, change {paper['update_change']:.1%}.", ""]
+
+
+def _update_how(params: dict[str, Any]) -> str:
+    """'form[, preservation]': updates recorded before `auto` preservation have none."""
+    keep = params.get("preserve")
+    return params.get("form", "paper") + (f", {keep}" if keep not in (None, "none", "auto") else "")
 
 
 def _get(metrics: dict[str, Any], dotted: str) -> Any:

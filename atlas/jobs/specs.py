@@ -18,6 +18,14 @@ PRESERVE = ("none", "nullspace", "covariance")
 ERASE_PRESERVE = ("auto", *PRESERVE)
 
 
+def resolved_preservation(preserve: str, least_squares: bool) -> str:
+    """`auto` is MEMIT's covariance constraint where a form solves a least-squares change (it spared
+    other facts best on the real SmolLM2: BENCHMARKS.md), and none for the forms that set slots."""
+    if preserve == "auto":
+        return "covariance" if least_squares else "none"
+    return preserve
+
+
 def preserve_weight_opt() -> Any:
     """`--preserve-weight`, the same for erases and updates."""
     return opt(
@@ -106,9 +114,7 @@ class EraseSpec:
     @property
     def preservation(self) -> str:
         """The preservation that applies: `auto` resolved (covariance for lsq, none otherwise)."""
-        if self.preserve == "auto":
-            return "covariance" if self.whole_layers else "none"
-        return self.preserve
+        return resolved_preservation(self.preserve, self.whole_layers)
 
     @property
     def preserving(self) -> bool:
@@ -181,11 +187,12 @@ class UpdateSpec:
     )
     max_scale: float = opt(64.0, help="ls: largest step tried, in units of the residual's norm at the answer.")
     preserve: str = opt(
-        "none",
-        choices=PRESERVE,
-        help="ls: nullspace: restrict each edited layer's change to the null space of other relations' "
-        "activations; covariance: the layers' least-squares change weighed against other facts' "
-        "answer-position activations (MEMIT). Both change every slot of those layers.",
+        "auto",
+        choices=ERASE_PRESERVE,
+        help="ls: covariance: the layers' least-squares change weighed against other facts' "
+        "answer-position activations (MEMIT); nullspace: restrict each edited layer's change to the null "
+        "space of other relations' activations; auto: covariance for ls, none for paper. Both change every "
+        "slot of those layers.",
     )
     energy: float = opt(0.99, help="nullspace: share of the activations' energy kept out of the edit's way.")
     preserve_weight: float = preserve_weight_opt()
@@ -196,18 +203,23 @@ class UpdateSpec:
     other_facts: int = opt(5, minimum=1, help="Facts of each relation measured for collateral damage.")
     seed: int = opt(0, help="Seed of the evaluation sample.")
 
+    @property
+    def preservation(self) -> str:
+        """The preservation that applies: `auto` resolved (covariance for ls, none for the paper's rule)."""
+        return resolved_preservation(self.preserve, self.form == "ls")
+
     def check(self) -> None:
         if self.form not in UPDATE_FORMS:
             raise InputError(f"unknown update form {self.form!r}: use {' or '.join(UPDATE_FORMS)}")
         if self.target not in TARGETS:
             raise InputError(f"unknown target {self.target!r}: use {' or '.join(TARGETS)}")
-        if self.preserve not in PRESERVE:
-            raise InputError(f"unknown preservation {self.preserve!r}: use {' or '.join(PRESERVE)}")
-        if self.form == "paper" and (self.preserve != "none" or self.target != "swap"):
+        if self.preserve not in ERASE_PRESERVE:
+            raise InputError(f"unknown preservation {self.preserve!r}: use {' or '.join(ERASE_PRESERVE)}")
+        if self.form == "paper" and (self.preservation != "none" or self.target != "swap"):
             raise InputError("--preserve and --target go with --form ls, not the paper's rule")
         if self.lam < 0 or self.max_scale <= 0:
             raise InputError("--lam must be >= 0 and --max-scale > 0")
-        if self.preserve != "covariance" and self.preserve_weight != UpdateSpec.preserve_weight:
+        if self.preservation != "covariance" and self.preserve_weight != UpdateSpec.preserve_weight:
             raise InputError("--preserve-weight goes with --preserve covariance")
 
 

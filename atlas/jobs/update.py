@@ -12,11 +12,13 @@ Slots: the fact's knowledge neurons minus those in more than `max_share` of its 
   with beta the smallest of 1/4, 1/2, 1, ..., `max_scale` that makes t' the greedy answer on at
   least half of the fact's prompts (if none does, the one that did best: a large step can
   overshoot through a norm). Other inputs see the change only in proportion to how
-  much they use those same neurons. With `preserve="nullspace"` each layer's change is restricted
-  to the null space of other relations' activations; with `preserve="covariance"` each layer of
-  those slots changes as a whole, by the least-squares change that makes the same move on the
-  fact's prompts weighed against the answer-position activations of `preserve_facts` other facts
-  of the model's runs (MEMIT's constraint; `atlas.model.forms.lsq_change`).
+  much they use those same neurons. With `preserve="covariance"` (the default for `ls`, `auto`)
+  each layer of those slots changes as a whole, by the least-squares change that makes the same move
+  on the fact's prompts weighed against the answer-position activations of `preserve_facts` other
+  facts of the model's runs (MEMIT's constraint; `atlas.model.forms.lsq_change`): on the real
+  SmolLM2 it keeps the success rate and cuts the other relations' damage by an order of magnitude
+  (BENCHMARKS.md). With `preserve="nullspace"` each layer's change is restricted to the null space
+  of other relations' activations; `preserve="none"` is the rank-one change of the slots alone.
 
 Metrics: the paper's success rate (the fact's prompts now answered t') and change rate (prompts
 answered t before, no longer after), P(t) and P(t'), and the relation-level judgement of
@@ -83,6 +85,7 @@ def update_fact(
     }
     params = {
         **spec.__dict__,
+        "preserve": spec.preservation,
         "new_object": new_object,
         "new_token": new_tok,
         "old_token": old_tok,
@@ -134,7 +137,7 @@ class _Maker:
         units = forms.logit_gradients(lm.adapter, self.target.items, layers, self.new_tok, down)
         change = self._unit_change(lm, acts, rms, units, layers)
         projectors = {}
-        if self.spec.preserve == "nullspace":
+        if self.spec.preservation == "nullspace":
             moments = forms.activation_moments(lm.adapter, self.preserve, layers)
             projectors = {k: forms.nullspace_projector(*m, energy=self.spec.energy)[0] for k, m in moments.items()}
         best: tuple[tuple[int, float], float, list[Slot]] | None = None
@@ -161,7 +164,7 @@ class _Maker:
         the fact's answer moves by `rms / (1 + lam)` along its direction. Rank-one on the chosen
         slots; with `covariance`, the whole layer's least-squares change on the fact's prompts
         weighed against the preserved activations (`forms.lsq_change`)."""
-        if self.spec.preserve != "covariance":
+        if self.spec.preservation != "covariance":
             rows = [
                 forms.rank_one_change(acts, units[layer] * rms, self.spec.lam)[i]
                 for i, (layer, _) in enumerate(self.chosen)
@@ -186,9 +189,9 @@ def _preserved(store: Store, conn: Any, ws: Workset, fact_id: str, spec: UpdateS
     """The facts whose activations an update preserves, `preserve_facts` of them from every run of
     the model: of other relations for the null space (it must leave room for the change), of any
     relation but the fact itself for `covariance` (a weight, not a wall)."""
-    if spec.preserve == "none":
+    if spec.preservation == "none":
         return []
-    relation = ws.facts[fact_id].relation_id if spec.preserve == "nullspace" else ""
+    relation = ws.facts[fact_id].relation_id if spec.preservation == "nullspace" else ""
     keep = preserved_facts(conn, store.backend, ws.run.model_id, relation, spec.preserve_facts + 1)
     return [f for f in keep if f.id != fact_id][: spec.preserve_facts]
 

@@ -142,5 +142,6 @@ def test_report_covers_every_section(store, world, tmp_path) -> None:
     for section in ("Suppressing", "Updating facts", "Erasing relations", "Interference audit", "Against the paper"):
         assert f"## {section}" in text
     assert re.search(r"\| \d+ \| P30 \| frequent, zero \| 2 / 2 \|", text), text
+    assert re.search(r"\| ls, covariance \| 1 \|", text), text  # the sample's update: the default form
     for png in ("neurons.png", "probe.png", "audit.png"):
         assert (tmp_path / "r1" / png).stat().st_size > 1000

@@ -43,21 +43,27 @@ def _slots(store, edit_id):
         return conn.execute(sa.select(edit_slots).where(edit_slots.c.edit_id == edit_id)).all()
 
 
-@pytest.mark.parametrize("form", ["paper", "ls"])
-def test_update_edits_fact_neurons_but_not_relation_hubs(store, world, form: str) -> None:
-    e = update_fact(store, world.lm, world.run, "P36-2", "Berlin", UpdateSpec(form=form, other_facts=4))
-    assert (e.kind, e.target, e.status, e.params["new_object"], e.params["form"]) == (
+@pytest.mark.parametrize(("form", "preserve"), [("paper", "auto"), ("ls", "none"), ("ls", "auto")])
+def test_update_edits_fact_neurons_but_not_relation_hubs(store, world, form: str, preserve: str) -> None:
+    spec = UpdateSpec(form=form, preserve=preserve, other_facts=4)
+    e = update_fact(store, world.lm, world.run, "P36-2", "Berlin", spec)
+    assert (e.kind, e.target, e.status, e.params["new_object"], e.params["form"], e.params["preserve"]) == (
         "update",
         "P36-2",
         "applied",
         "Berlin",
         form,
+        spec.preservation,  # auto: covariance for ls, none for the paper's rule
     )
     rows = _slots(store, e.id)
-    assert {(r.layer, r.neuron) for r in rows} == {(1, 12), (2, 32)}  # the fact's own neurons; the hub (0, 40) left
+    assert e.params["neurons"] == [[1, 12], [2, 32]]  # the fact's own neurons; the hub (0, 40) left
     assert e.params["dropped_hub_neurons"] == 1
-    for r in rows:
-        assert not torch.equal(slots_from_bytes(r.original, r.dtype), slots_from_bytes(r.edited, r.dtype))
+    if spec.preservation == "covariance":  # the layers of those neurons change as a whole; layer 0 not at all
+        assert {r.layer for r in rows} == {1, 2} and len(rows) == 2 * world.lm.adapter.n_neurons
+    else:
+        assert {(r.layer, r.neuron) for r in rows} == {(1, 12), (2, 32)}
+        for r in rows:
+            assert not torch.equal(slots_from_bytes(r.original, r.dtype), slots_from_bytes(r.edited, r.dtype))
     for key in ("change_rate", "success_rate", "edited", "others", "others_pooled", "fluency", "headline"):
         assert key in e.metrics
     assert 0 <= e.metrics["success_rate"] <= 1 and e.metrics["applied_edits"] == []
@@ -179,8 +185,9 @@ def test_update_with_covariance_spares_other_facts_per_unit_of_change_and_rolls_
     own = [it for it in EvalSet.of("P36-2", world.lm, [ws.facts["P36-2"]]).items]
     others = [it for f in ws.facts.values() if f.id != "P36-2" for it in EvalSet.of(f.id, world.lm, [f]).items]
     ratios = {}
-    for preserve in ("none", "covariance"):
-        e = update_fact(store, world.lm, world.run, "P36-2", "Berlin", UpdateSpec(preserve=preserve, other_facts=2))
+    specs = {"none": UpdateSpec(preserve="none", other_facts=2), "covariance": UpdateSpec(other_facts=2)}
+    for preserve, spec in specs.items():  # the default (auto) is covariance
+        e = update_fact(store, world.lm, world.run, "P36-2", "Berlin", spec)
         assert e.params["preserve"] == preserve and e.n_slots >= 1
         ratios[preserve] = _moved(store, world, e, others) / _moved(store, world, e, own)
         rollback(store, world.lm, e.id)
@@ -223,7 +230,7 @@ def test_erase_lsq_with_preservation_moves_other_relations_less_and_rolls_back(s
     free = erase_relation(store, world.lm, world.run, "P30", EraseSpec(form="lsq", preserve="none", eval_facts=2))
     rollback(store, world.lm, free.id)
     kept = erase_relation(store, world.lm, world.run, "P30", EraseSpec(form="lsq", eval_facts=2, **keep))
-    assert kept.params["preserve"] == keep.get("preserve", "auto") and kept.n_slots >= 1
+    assert kept.params["preserve"] == keep.get("preserve", "covariance") and kept.n_slots >= 1
     assert kept.params["edited_layers"] == free.params["edited_layers"]
     ws = read_workset(store, world.run, lambda run, facts, neurons: "P30")
     others = [f for f in ws.facts.values() if f.relation_id != "P30"]

@@ -94,6 +94,7 @@ def test_erase_metrics_equal_a_recompute_with_the_slots_zeroed(store, bert) -> N
 
 def test_update_raises_the_new_object_at_the_mask(store, bert) -> None:
     e = update_fact(store, bert.lm, bert.run, "P36-2", "Berlin", UpdateSpec(other_facts=1))
-    assert e.metrics["p_new_after"] > e.metrics["p_new_before"] and e.n_slots == 2
+    assert e.metrics["p_new_after"] > e.metrics["p_new_before"] and e.params["preserve"] == "covariance"
+    assert e.n_slots == 2 * bert.lm.adapter.n_neurons  # the 2 layers of the fact's 2 neurons, as a whole
     paper = update_fact(store, bert.lm, bert.run, "P36-2", "Berlin", UpdateSpec(form="paper", other_facts=1))
     assert paper.n_slots == 2 and paper.metrics["applied_edits"] == [e.id]
