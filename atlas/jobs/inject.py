@@ -278,18 +278,7 @@ def _compute(
     audited: set[str],
 ) -> dict:
     """Measure, widen, build every fact's pairs in order, measure again (no transaction open)."""
-    params = BuildParams(
-        spec.ridge,
-        spec.pos_scatter,
-        spec.hard_negatives,
-        spec.hard_rounds,
-        spec.gate_low,
-        spec.gate_high,
-        spec.gate_overlap,
-        spec.sharpness,
-        spec.margin,
-        spec.value,
-    )
+    params = BuildParams.of(spec)
     used = sorted({layer for ls in layers for layer in ls})
     rel_layers: dict[str, set[int]] = {}
     for f, ls in zip(facts, layers):

@@ -9,7 +9,7 @@ that already holds the earlier ones (stacking is measured, not assumed). The for
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -31,18 +31,24 @@ from atlas.model.scoring import score
 
 @dataclass(frozen=True)
 class BuildParams:
-    """The method's constants (their flags live on `atlas.jobs.specs.InjectSpec`)."""
+    """The method's constants. Their defaults and flags are defined once, on
+    `atlas.jobs.specs.InjectSpec` (same field names), which fills this by name."""
 
-    ridge: float = 0.05
-    pos_scatter: float = 1.0
-    hard: int = 0
-    hard_rounds: int = 3
-    gate_low: float = 0.25
-    gate_high: float = 0.9
-    gate_overlap: str = "silent"  # or "open" (`keys.gate`)
-    sharpness: float = 64.0
-    margin: float = 1.5
-    value_form: str = "gradient"  # or "embedding" (`values` says why gradient is the default)
+    ridge: float
+    pos_scatter: float
+    hard_negatives: int
+    hard_rounds: int
+    gate_low: float
+    gate_high: float
+    gate_overlap: str  # "silent" or "open" (`keys.gate`)
+    sharpness: float
+    margin: float
+    value: str  # "gradient" or "embedding" (`values` says why gradient is the default)
+
+    @classmethod
+    def of(cls, spec: object) -> BuildParams:
+        """The fields of `spec` (an InjectSpec) that the method reads."""
+        return cls(**{f.name: getattr(spec, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -64,18 +70,18 @@ def build_fact(
     negatives: dict[int, Negatives],
     layers: Sequence[int],
     first_index: int,
-    params: BuildParams = BuildParams(),
+    params: BuildParams,
 ) -> FactSlots:
     """Pairs for the fact whose training prompts `train` are encoded with its NEW object as answer;
     `negatives[layer]` are the hard negatives' FFN inputs. Written into the model."""
     new_tok = train[0].answer_ids[0]
     old_tok = current_answer(score(model, adapter, train), new_tok)
-    units = value_directions(adapter, train, layers, new_tok, old_tok, params.value_form)
+    units = value_directions(adapter, train, layers, new_tok, old_tok, params.value)
     pos = answer_inputs(model, adapter, train, layers)
     negatives = _with_continuations(model, adapter, train, layers, negatives)
     out = FactSlots([], new_tok, old_tok, residual=residual_norm(model, adapter, train, max(layers)))
     for i, layer in enumerate(layers):
-        hard = (params.hard, params.hard_rounds)
+        hard = (params.hard_negatives, params.hard_rounds)
         w = discriminant(pos[layer], negatives[layer], params.ridge, params.pos_scatter, *hard)
         g = gate(pos[layer] @ w, negatives[layer].scores(w), params.gate_low, params.gate_high, params.gate_overlap)
         pair = SlotPair(layer, first_index + 2 * i, w, g.threshold, g.slope, torch.zeros_like(w), params.sharpness)
