@@ -74,9 +74,9 @@ def update_section(edits, fig, paper: dict[str, Any]) -> list[str]:
 
 
 def _update_how(params: dict[str, Any]) -> str:
-    """'form[, preservation]': updates recorded before `auto` preservation have none."""
+    """'form[, preservation]' (updates record the preservation that applied; older ones have none)."""
     keep = params.get("preserve")
-    return params.get("form", "paper") + (f", {keep}" if keep not in (None, "none", "auto") else "")
+    return params.get("form", "paper") + (f", {keep}" if keep not in (None, "none") else "")
 
 
 def _get(metrics: dict[str, Any], dotted: str) -> Any:

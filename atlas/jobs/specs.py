@@ -14,13 +14,14 @@ from atlas.options import opt
 
 SELECTIONS = ("specific", "frequent")
 FORMS = ("zero", "unk", "token:T", "damp:F", "project", "lsq")
-PRESERVE = ("none", "nullspace", "covariance")
-ERASE_PRESERVE = ("auto", *PRESERVE)
+PRESERVE = ("auto", "none", "nullspace", "covariance")  # erases and updates alike
 
 
 def resolved_preservation(preserve: str, least_squares: bool) -> str:
     """`auto` is MEMIT's covariance constraint where a form solves a least-squares change (it spared
     other facts best on the real SmolLM2: BENCHMARKS.md), and none for the forms that set slots."""
+    if preserve not in PRESERVE:
+        raise InputError(f"unknown preservation {preserve!r}: use {' or '.join(PRESERVE)}")
     if preserve == "auto":
         return "covariance" if least_squares else "none"
     return preserve
@@ -87,7 +88,7 @@ class EraseSpec:
     ridge: float = opt(1e-3, help="project: ridge, relative to the answer directions' squared norm.")
     preserve: str = opt(
         "auto",
-        choices=ERASE_PRESERVE,
+        choices=PRESERVE,
         help="What other relations keep: covariance (lsq only): weigh the change against the activations "
         "other relations' prompts produce at their answer position (MEMIT); nullspace: restrict each edited "
         "layer's change to the null space of other relations' activations at every position (AlphaEdit); "
@@ -135,15 +136,14 @@ class EraseSpec:
             raise InputError("--layers and --strength go with --form lsq")
         if self.select not in SELECTIONS:
             raise InputError(f"unknown selection {self.select!r}: use {' or '.join(SELECTIONS)}")
-        if self.preserve not in ERASE_PRESERVE:
-            raise InputError(f"unknown preservation {self.preserve!r}: use {' or '.join(ERASE_PRESERVE)}")
+        how = self.preservation  # resolving `auto` refuses an unknown value
         if self.select == "frequent" and self.max_other_share != EraseSpec.max_other_share:
             raise InputError("--max-other-share goes with --select specific (frequent neurons are not screened)")
-        if self.preservation != "nullspace" and self.energy != default.energy:
+        if how != "nullspace" and self.energy != default.energy:
             raise InputError("--energy goes with --preserve nullspace")
-        if self.preservation != "covariance" and self.preserve_weight != default.preserve_weight:
+        if how != "covariance" and self.preserve_weight != default.preserve_weight:
             raise InputError("--preserve-weight goes with --preserve covariance")
-        if self.preservation == "covariance" and not self.whole_layers:
+        if how == "covariance" and not self.whole_layers:
             raise InputError("--preserve covariance goes with --form lsq (use nullspace for chosen neurons)")
         if self.preserve_weight < 0:
             raise InputError(f"--preserve-weight {self.preserve_weight}: give a weight >= 0")
@@ -188,7 +188,7 @@ class UpdateSpec:
     max_scale: float = opt(64.0, help="ls: largest step tried, in units of the residual's norm at the answer.")
     preserve: str = opt(
         "auto",
-        choices=ERASE_PRESERVE,
+        choices=PRESERVE,
         help="ls: covariance: the layers' least-squares change weighed against other facts' "
         "answer-position activations (MEMIT); nullspace: restrict each edited layer's change to the null "
         "space of other relations' activations; auto: covariance for ls, none for paper. Both change every "
@@ -213,13 +213,12 @@ class UpdateSpec:
             raise InputError(f"unknown update form {self.form!r}: use {' or '.join(UPDATE_FORMS)}")
         if self.target not in TARGETS:
             raise InputError(f"unknown target {self.target!r}: use {' or '.join(TARGETS)}")
-        if self.preserve not in ERASE_PRESERVE:
-            raise InputError(f"unknown preservation {self.preserve!r}: use {' or '.join(ERASE_PRESERVE)}")
-        if self.form == "paper" and (self.preservation != "none" or self.target != "swap"):
+        how = self.preservation  # resolving `auto` refuses an unknown value
+        if self.form == "paper" and (how != "none" or self.target != "swap"):
             raise InputError("--preserve and --target go with --form ls, not the paper's rule")
         if self.lam < 0 or self.max_scale <= 0:
             raise InputError("--lam must be >= 0 and --max-scale > 0")
-        if self.preservation != "covariance" and self.preserve_weight != UpdateSpec.preserve_weight:
+        if how != "covariance" and self.preserve_weight != UpdateSpec.preserve_weight:
             raise InputError("--preserve-weight goes with --preserve covariance")
 
 

@@ -288,10 +288,15 @@ def test_bad_input_is_refused_with_database_and_weights_unchanged(store, world, 
         (EraseSpec(form="lsq", preserve="nullspace", preserve_weight=5.0), "--preserve-weight goes with"),
         (EraseSpec(form="lsq", energy=0.9), "--energy goes with --preserve nullspace"),  # auto: covariance
         (EraseSpec(form="lsq", preserve_weight=-1.0), "--preserve-weight -1.0"),
+        (EraseSpec(form="lsq", preserve="memit"), "unknown preservation 'memit'"),
     ):
         _refused(store, world, lambda spec=spec: erase_relation(store, lm, run, "P36", spec), InputError, message)
-    paper_ns = UpdateSpec(form="paper", preserve="nullspace")
-    _refused(store, world, lambda: update_fact(store, lm, run, "P36-0", "Rome", paper_ns), InputError, "go with")
+    for spec, message in (
+        (UpdateSpec(form="paper", preserve="nullspace"), "go with"),
+        (UpdateSpec(preserve="memit"), "unknown preservation 'memit'"),
+    ):
+        update = lambda spec=spec: update_fact(store, lm, run, "P36-0", "Rome", spec)  # noqa: E731
+        _refused(store, world, update, InputError, message)
     other = load_model(str(save_model(tmp_path / "other", seed=5)))
     _refused(
         store, world, lambda: update_fact(store, other, run, "P36-0", "Rome"), WeightsMismatch, "indexed with model"
