@@ -16,7 +16,9 @@
 #   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g4: starts index + bench/edit_quality.py
 #       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py;
 #        SKETCH=R indexes smollm2-kn100 with --sketch-rank R, so its audits predict from sketches;
-#        REPORT=1 then probes 6 relations and writes its `atlas report`, which 'collect' returns)
+#        REPORT=1 then probes 6 relations and writes its `atlas report`, which 'collect' returns;
+#        OMP=N threads per job, 1 by default: OMP=8 for a single job; a machine goes back after 30
+#        minutes held, and an update with its evaluation takes ~100 s: 14 updates and 6 audited erasures fit in one machine, the report after them did not)
 #   bash bench/gpu_smollm2.sh audit      # carrying .gpu/g4: bench/audit_ceiling.py on a sketched atlas (LIMIT facts
 #       per relation, indexed there with --sketch-rank 4), in the background; then 'collect'
 #   bash bench/gpu_smollm2.sh collect    # (later calls) waits up to WAIT_S for it, writes $OUT
@@ -61,7 +63,7 @@ fi
 # GPU (the model is small: one process leaves it mostly idle). The first works on the atlas itself
 # (its updates and audits are what 'collect' reports); the others on copies (one DuckDB writer each).
 IFS=';' read -ra jobs <<< "${EQ_JOBS:-${EQ_ARGS:-}}"
-export OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=${OMP:-1}  # OMP=8 for a single job: its least-squares solves run on the CPU
 IFS=';' read -ra injs <<< "${INJ_JOBS:-}"  # the same for bench/injection.py
 for i in "\${!jobs[@]}"; do cp /tmp/bg/atlas.duckdb /tmp/bg/copy\$i.duckdb; done  # before any job writes
 for i in "\${!injs[@]}"; do cp /tmp/bg/atlas.duckdb /tmp/bg/inj\$i.duckdb; done

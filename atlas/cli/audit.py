@@ -28,7 +28,7 @@ def _note(predictor: str) -> None:
     if predictor != "sketch":
         click.echo(
             "note: the run kept no gradient sketches, so the prediction is edit-impact's (stored IG scores "
-            "only; weaker on whole-layer edits). Index with --sketch-rank 1 to predict every edit form.",
+            "only; weaker on whole-layer edits). Index with --sketch-rank 4 to predict every edit form.",
             err=True,
         )
 
