@@ -18,7 +18,8 @@
 #        SKETCH=R indexes smollm2-kn100 with --sketch-rank R, so its audits predict from sketches;
 #        REPORT=1 then probes 6 relations and writes its `atlas report`, which 'collect' returns;
 #        OMP=N threads per job, 1 by default: OMP=8 for a single job; a machine goes back after 30
-#        minutes held, and an update with its evaluation takes ~100 s: 14 updates and 6 audited erasures fit in one machine, the report after them did not)
+#        minutes held, and an update with its evaluation takes ~100 s: 14 updates and 6 audited
+#        erasures fit in one machine, the report after them did not)
 #   bash bench/gpu_smollm2.sh audit      # carrying .gpu/g4: bench/audit_ceiling.py on a sketched atlas (LIMIT facts
 #       per relation, indexed there with --sketch-rank 4), in the background; then 'collect'
 #   bash bench/gpu_smollm2.sh collect    # (later calls) waits up to WAIT_S for it, writes $OUT
