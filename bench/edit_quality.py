@@ -97,8 +97,9 @@ def erase_specs(grid: str) -> list[EraseSpec]:
     the default `lsq`, then the whole-layer variants (strength, preservation weight, layers, the
     null space, none), then neuron forms x selections x k with the null-space variants. `core`: the
     paper's erase, every `lsq` and the specific project/damp at k 20 and 50; `key`: the paper's
-    erase, the default `lsq`, its strongest and its null-space form; `small`: the paper's erase and
-    the default `lsq`, a smoke test of the whole path."""
+    erase, the default `lsq`, its strongest and its null-space form; `layers`: the default `lsq`,
+    with w = 1000, and without the last layer; `small`: the paper's erase and the default `lsq`, a
+    smoke test of the whole path."""
     paper = EraseSpec(select="frequent", top=20, form="zero", preserve="none")
     lsq = [EraseSpec(form="lsq")] + [
         EraseSpec(form="lsq", **change)
@@ -108,6 +109,7 @@ def erase_specs(grid: str) -> list[EraseSpec]:
             {"preserve_weight": 1000.0},
             {"layers": 1},
             {"layers": 5},
+            {"last_layer": False},
             {"preserve": "nullspace"},
             {"preserve": "none"},
         )
@@ -124,6 +126,8 @@ def erase_specs(grid: str) -> list[EraseSpec]:
         neurons = [s for s in neurons if s.select == "specific" and s.top in (20, 50) and s.form != "zero"]
     if grid == "key":
         lsq, neurons = [lsq[0], lsq[1], EraseSpec(form="lsq", preserve="nullspace")], []
+    if grid == "layers":  # the layer choice: the default (the last layer leads) against attribution alone
+        return [lsq[0], lsq[3], EraseSpec(form="lsq", last_layer=False)]
     if grid == "small":
         lsq, neurons = lsq[:1], []
     return [paper] + lsq + [s for s in neurons if s != paper]
@@ -138,6 +142,7 @@ def _config(spec: EraseSpec) -> dict[str, Any]:
             "strength": spec.strength,
             "preserve": spec.preservation,
             "weight": spec.preserve_weight if spec.preservation == "covariance" else None,
+            "last_layer": spec.last_layer,
         }
     return {"select": spec.select, "form": spec.form, "k": spec.top, "preserve": spec.preserve}
 
@@ -304,7 +309,8 @@ def main() -> None:
     ap.add_argument("--audits", type=int, default=20)
     ap.add_argument("--parts", default="erase,update,audit")
     ap.add_argument("--update-forms", default=",".join(UPDATE_FORMS), help="update forms tried on each fact")
-    ap.add_argument("--grid", choices=("full", "core", "key", "small"), default="full", help="erase configurations")
+    grids = ("full", "core", "key", "layers", "small")
+    ap.add_argument("--grid", choices=grids, default="full", help="erase configurations")
     ap.add_argument("--eval-relations", default=None, help="judge on these relations only (a smoke test)")
     ap.add_argument("--out", default="edit_quality.jsonl")
     ap.add_argument("--seed", type=int, default=0)

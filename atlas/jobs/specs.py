@@ -51,8 +51,8 @@ def preserve_facts_opt() -> Any:
 class EraseSpec:
     """How to erase: which neurons (selection and its parameters), how (form), what to preserve.
 
-    `lsq` is a whole-layer form: it edits the `layers` layers holding most of the relation's
-    attribution (not chosen neurons), so the neuron options do not apply to it."""
+    `lsq` is a whole-layer form: it edits the last layer and the `layers` - 1 others holding most of
+    the relation's attribution (not chosen neurons), so the neuron options do not apply to it."""
 
     select: str = opt(
         "specific",
@@ -83,7 +83,13 @@ class EraseSpec:
         help="What the slots become: zero | unk | token:T | damp:F (x F) | "
         "project (remove the relation's answer directions) | lsq (least-squares erase of whole layers).",
     )
-    layers: int = opt(3, minimum=1, help="lsq: how many layers (those with the most of the relation's attribution).")
+    layers: int = opt(3, minimum=1, help="lsq: how many layers (see --last-layer).")
+    last_layer: bool = opt(
+        True,
+        flag="--last-layer/--no-last-layer",
+        help="lsq: always edit the last layer in range, then those with the most attribution (nothing after "
+        "it can restore what the erase removes; attribution alone may leave it out, and the erase then fails).",
+    )
     strength: float = opt(0.5, help="lsq: share of the answer-direction output removed on the relation's prompts.")
     ridge: float = opt(1e-3, help="project: ridge, relative to the answer directions' squared norm.")
     preserve: str = opt(
@@ -132,8 +138,9 @@ class EraseSpec:
         neuron_options = ("select", "top", "min_facts", "max_other_share")
         if self.whole_layers and (used := [o for o in neuron_options if getattr(self, o) != getattr(default, o)]):
             raise InputError(f"--{used[0].replace('_', '-')} chooses neurons; --form lsq edits whole layers (--layers)")
-        if not self.whole_layers and (self.layers != default.layers or self.strength != default.strength):
-            raise InputError("--layers and --strength go with --form lsq")
+        layer_options = ("layers", "strength", "last_layer")
+        if not self.whole_layers and any(getattr(self, o) != getattr(default, o) for o in layer_options):
+            raise InputError("--layers, --strength and --no-last-layer go with --form lsq")
         if self.select not in SELECTIONS:
             raise InputError(f"unknown selection {self.select!r}: use {' or '.join(SELECTIONS)}")
         how = self.preservation  # resolving `auto` refuses an unknown value

@@ -196,7 +196,7 @@ def test_update_with_covariance_spares_other_facts_per_unit_of_change_and_rolls_
 
 
 def test_erase_lsq_removes_its_share_of_the_answer_directions_in_the_top_layer(store, world) -> None:
-    spec = EraseSpec(form="lsq", layers=1, preserve="none", eval_facts=3, other_facts=2)
+    spec = EraseSpec(form="lsq", layers=1, last_layer=False, preserve="none", eval_facts=3, other_facts=2)
     before_sha = weights_sha256(world.lm.model)
     top = run_query(store, "relation-layers", {"run_id": world.run_id, "relation_id": "P36", "min_layer": 1}).rows
     layer = top[0][0]  # 3 layers: the floor is layer 1
@@ -214,6 +214,17 @@ def test_erase_lsq_removes_its_share_of_the_answer_directions_in_the_top_layer(s
     assert 0.45 < ratio < 0.6  # strength 0.5 (the ridge keeps a little)
     rollback(store, world.lm, e.id)
     assert weights_sha256(world.lm.model) == before_sha
+
+
+def test_erase_lsq_edits_the_last_layer_first_by_default(store, world) -> None:
+    spec = EraseSpec(form="lsq", layers=2, preserve="none", eval_facts=2, other_facts=2, control=False)
+    top = run_query(store, "relation-layers", {"run_id": world.run_id, "relation_id": "P36", "min_layer": 1}).rows
+    e = erase_relation(store, world.lm, world.run, "P36", spec)
+    last = world.lm.adapter.n_layers - 1
+    rest = [row[0] for row in top if row[0] != last][:1]
+    assert [row["layer"] for row in e.params["edited_layers"]] == [last, *rest]
+    assert {r.layer for r in _slots(store, e.id)} == {last, *rest}
+    rollback(store, world.lm, e.id)
 
 
 @pytest.mark.parametrize(
@@ -277,8 +288,9 @@ def test_bad_input_is_refused_with_database_and_weights_unchanged(store, world, 
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", EraseSpec(form="blur")), InputError, "blur")
     lsq_top = EraseSpec(form="lsq", top=5)
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", lsq_top), InputError, "--top chooses neurons")
-    layers = EraseSpec(form="project", layers=2)
-    _refused(store, world, lambda: erase_relation(store, lm, run, "P36", layers), InputError, "go with --form lsq")
+    for layers in (EraseSpec(form="project", layers=2), EraseSpec(form="zero", last_layer=False)):
+        erase = lambda layers=layers: erase_relation(store, lm, run, "P36", layers)  # noqa: E731
+        _refused(store, world, erase, InputError, "go with --form lsq")
     strong = EraseSpec(form="lsq", strength=2.0)
     _refused(store, world, lambda: erase_relation(store, lm, run, "P36", strong), InputError, "--strength 2.0")
     conflicting = EraseSpec(select="frequent", form="zero", max_other_share=0.2)
