@@ -66,8 +66,16 @@ fi
 IFS=';' read -ra jobs <<< "${EQ_JOBS:-${EQ_ARGS:-}}"
 export OMP_NUM_THREADS=${OMP:-1}  # OMP=8 for a single job: its least-squares solves run on the CPU
 IFS=';' read -ra injs <<< "${INJ_JOBS:-}"  # the same for bench/injection.py
-for i in "\${!jobs[@]}"; do cp /tmp/bg/atlas.duckdb /tmp/bg/copy\$i.duckdb; done  # before any job writes
-for i in "\${!injs[@]}"; do cp /tmp/bg/atlas.duckdb /tmp/bg/inj\$i.duckdb; done
+src=/tmp/bg/atlas.duckdb  # the copies are made before any job writes
+if [ -n "${SKETCH:-}" ] && [ \${#jobs[@]} -gt 1 -o \${#injs[@]} -gt 0 ]; then
+    # copies without the sketches (10 GB at rank 4: 8 full copies filled the 64 GB disk), through Parquet
+    mkdir -p /tmp/bg/pqx && python3 bench/gpu_smollm2_import.py /tmp/bg/atlas.duckdb /tmp/bg/pqx export || exit 1
+    t=duckdb:////tmp/bg/template.duckdb src=/tmp/bg/template.duckdb
+    a db upgrade --db "\$t" && a facts load kn-paper --db "\$t" && a facts load bench/data/user_facts.jsonl \
+        --dataset user --db "\$t" && python3 bench/gpu_smollm2_import.py \$src /tmp/bg/pqx || exit 1
+fi
+for i in "\${!jobs[@]}"; do [ \$i -gt 0 ] && cp \$src /tmp/bg/copy\$i.duckdb; done
+for i in "\${!injs[@]}"; do cp \$src /tmp/bg/inj\$i.duckdb; done
 for i in "\${!jobs[@]}"; do
     dbi=/tmp/bg/copy\$i.duckdb; [ \$i -eq 0 ] && dbi=/tmp/bg/atlas.duckdb
     python3 bench/edit_quality.py --db "duckdb:///\$dbi" --run smollm2-kn100 --user-run smollm2-user --device cuda \
