@@ -15,7 +15,7 @@
 # or, for the edit benchmarks (the atlas is indexed there, in the background, then the benchmark):
 #   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g4: starts index + bench/edit_quality.py
 #       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py;
-#        SKETCH=R indexes smollm2-kn100 with --sketch-rank R, so its audits predict from sketches;
+#        SKETCH=R indexes smollm2-knLIMIT (LIMIT facts a relation, 100) with --sketch-rank R, so its audits predict from sketches;
 #        REPORT=1 then probes 6 relations and writes its `atlas report`, which 'collect' returns;
 #        OMP=N threads per job, 1 by default: OMP=8 for a single job; a machine goes back after 30
 #        minutes held, and an update with its evaluation takes ~100 s: 14 updates and 6 audited
@@ -57,7 +57,7 @@ a facts load bench/data/user_facts.jsonl --dataset user --db "\$db" || exit 1
 if [ -d /tmp/pq ]; then  # the runs of an earlier call, exported by 'collect' with PQ=1 (same fact and prompt ids)
     python3 bench/gpu_smollm2_import.py /tmp/bg/atlas.duckdb /tmp/pq || exit 1
 else
-    time a index --model smollm2 --dataset kn-paper --limit-per-relation ${LIMIT:-100} --device cuda ${SKETCH:+--sketch-rank $SKETCH} --run smollm2-kn100 --db "\$db" 2>&1 | tail -4
+    time a index --model smollm2 --dataset kn-paper --limit-per-relation ${LIMIT:-100} --device cuda ${SKETCH:+--sketch-rank $SKETCH} --run smollm2-kn${LIMIT:-100} --db "\$db" 2>&1 | tail -4
     a index --model smollm2 --dataset user --limit-per-relation 20 --device cuda --run smollm2-user --db "\$db" 2>&1 | tail -3
 fi
 # EQ_JOBS: ';'-separated argument lists, one bench/edit_quality.py process each, side by side on the
@@ -78,20 +78,20 @@ for i in "\${!jobs[@]}"; do [ \$i -gt 0 ] && cp \$src /tmp/bg/copy\$i.duckdb; do
 for i in "\${!injs[@]}"; do cp \$src /tmp/bg/inj\$i.duckdb; done
 for i in "\${!jobs[@]}"; do
     dbi=/tmp/bg/copy\$i.duckdb; [ \$i -eq 0 ] && dbi=/tmp/bg/atlas.duckdb
-    python3 bench/edit_quality.py --db "duckdb:///\$dbi" --run smollm2-kn100 --user-run smollm2-user --device cuda \
+    python3 bench/edit_quality.py --db "duckdb:///\$dbi" --run smollm2-kn${LIMIT:-100} --user-run smollm2-user --device cuda \
         --out /tmp/bg/eq.\$i.jsonl \${jobs[\$i]} > /tmp/bg/eq.\$i.log 2>&1 &
 done
 for i in "\${!injs[@]}"; do
-    python3 bench/injection.py --db duckdb:////tmp/bg/inj\$i.duckdb --run smollm2-kn100 --device cuda \
+    python3 bench/injection.py --db duckdb:////tmp/bg/inj\$i.duckdb --run smollm2-kn${LIMIT:-100} --device cuda \
         \${injs[\$i]} > /tmp/bg/injection.\$i.log 2>&1 &
 done
 wait
-if [ -n "${REPORT:-}" ]; then  # the probes and the report of smollm2-kn100, after its edits and audits
+if [ -n "${REPORT:-}" ]; then  # the probes and the report of the run, after its edits and audits
     for r in P19 P27 P106 P937 P36 P30; do
-        a probe suppress --run smollm2-kn100 --relation \$r --db "\$db" >/dev/null
-        a probe amplify --run smollm2-kn100 --relation \$r --db "\$db" >/dev/null
+        a probe suppress --run smollm2-kn${LIMIT:-100} --relation \$r --db "\$db" >/dev/null
+        a probe amplify --run smollm2-kn${LIMIT:-100} --relation \$r --db "\$db" >/dev/null
     done
-    a report --run smollm2-kn100 --output /tmp/bg/report --db "\$db" | tail -25
+    a report --run smollm2-kn${LIMIT:-100} --output /tmp/bg/report --db "\$db" | tail -25
 fi
 SH
     (cd /tmp/bg/code && setsid nohup bash /tmp/bg/run.sh > /tmp/bg/edit_quality.log 2>&1 < /dev/null &)
