@@ -287,6 +287,12 @@ class InjectSpec:
         help="Value direction: gradient of log P(new object) at the layer's FFN output, "
         "or the closed form final-norm scale x (E_new - E_old).",
     )
+    value_steps: int = opt(
+        0,
+        minimum=0,
+        help="Value: where no line-search scale makes the new object win on every training prompt its "
+        "gates open for, at most this many Adam steps on the fact's values alone (0: none).",
+    )
     negatives: int = opt(
         1000,
         minimum=1,

@@ -12,9 +12,13 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from atlas.errors import ModelError
 from atlas.model.adapters import adapter_for
+from atlas.model.encode import PromptItem
 from atlas.model.inject import SlotPair, widened, write_pair
 from atlas.model.inject.keys import Negatives, discriminant, gate
+from atlas.model.inject.values import ValueChoice, refine_values, value_gradients
+from atlas.model.inject.widen import set_pair_value
 from atlas.model.loading import weights_sha256
+from atlas.model.scoring import score
 from tests.support.tiny_hf import tiny_model
 
 FAMILIES = ("llama", "gpt2", "neox", "neox_seq", "bert")
@@ -219,3 +223,52 @@ def test_a_pair_far_below_its_threshold_outputs_exactly_zero(family: str) -> Non
         hook.remove()
     assert seen["a"].dtype == torch.float32
     assert torch.equal(seen["a"][..., p.index : p.index + 2], torch.zeros_like(seen["a"][..., :2]))
+
+
+def _open_pairs(adapter, layers, seed: int = 3) -> list[SlotPair]:
+    """Pairs whose threshold no input reaches from below: open everywhere, so v matters everywhere."""
+    return [
+        SlotPair(p.layer, p.index, p.key, -1e3, p.slope, p.value * 0.05, p.sharpness)
+        for p in _pairs(adapter, layers, seed)
+    ]
+
+
+ITEMS = [PromptItem([5, 17, 3, 44], [9]), PromptItem([12, 30, 7], [9, 21]), PromptItem([8, 2, 40, 11, 6], [9])]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "neox"])
+def test_value_gradients_are_the_finite_differences_of_the_loss(family: str) -> None:
+    model = tiny_model(family).double()
+    adapter = adapter_for(model)
+    pairs = _pairs(adapter, 3)
+    d = [
+        torch.randn(adapter.hidden_size, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        for i in range(3)
+    ]
+    with widened(adapter, pairs, adapter.n_neurons + 6):
+        _, grads = value_gradients(model, adapter, ITEMS, pairs)
+        base, eps, losses = [p.value.clone() for p in pairs], 1e-3, []  # the loss is fp32 (answer_logprobs)
+        for sign in (1, -1):
+            for p, v, dv in zip(pairs, base, d):
+                set_pair_value(adapter, p, v + sign * eps * dv)
+            losses.append(value_gradients(model, adapter, ITEMS, pairs)[0])
+    want = (losses[0] - losses[1]) / (2 * eps)
+    got = sum(float(g @ dv) for g, dv in zip(grads, d))
+    assert abs(want) > 1e-2 and got == pytest.approx(want, rel=2e-3)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_refine_values_lowers_the_loss_within_its_steps_and_keeps_the_best(family: str) -> None:
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    pairs = _open_pairs(adapter, 2)
+    with widened(adapter, pairs, adapter.n_neurons + 4):
+        start_loss, _ = value_gradients(model, adapter, ITEMS, pairs)
+        start = sum(s.greedy for s in score(model, adapter, ITEMS))
+        none = refine_values(model, adapter, ITEMS, pairs, 0, ValueChoice(1.0, False, start))
+        assert none.steps == 0 and value_gradients(model, adapter, ITEMS, pairs)[0] == start_loss
+        got = refine_values(model, adapter, ITEMS, pairs, 40, ValueChoice(1.0, False, start))
+        loss, _ = value_gradients(model, adapter, ITEMS, pairs)
+        hits = sum(s.greedy for s in score(model, adapter, ITEMS))
+    assert 1 <= got.steps <= 40 and got.hits == hits >= start and got.reached == (hits == len(ITEMS))
+    assert loss < start_loss

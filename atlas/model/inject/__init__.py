@@ -17,6 +17,8 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   layer's FFN output (or the closed form g * (E_o' - E_o), `--value embedding`), of length r * s
   with r the residual norm after layer l and s the smallest scale of a line search that makes o'
   the greedy answer on every training prompt the gate opens for, times 1.5 when that keeps them all;
+  where no scale does, `--value-steps` N (0 by default) then takes up to N Adam steps on v alone,
+  minimising -sum log P(o' tokens) on those prompts (`values.refine_values`);
 * widening (`widen`): the clamp is the difference of two activations act(k t) - act(k (t - 1)),
   divided by k, in every supported family (LLaMA's gated MLP with mlp_bias=True, GPT-2, NeoX, BERT);
   every layer gets the same width, zero where it holds no pair, so the result is a standard

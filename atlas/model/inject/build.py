@@ -22,6 +22,7 @@ from atlas.model.inject.values import (
     current_answer,
     line_search,
     logprob_directions,
+    refine_values,
     residual_norm,
     value_direction,
 )
@@ -44,6 +45,7 @@ class BuildParams:
     sharpness: float
     margin: float
     value: str  # "gradient" or "embedding" (`values` says why gradient is the default)
+    value_steps: int  # `values.refine_values` steps where the line search reaches not every prompt
 
     @classmethod
     def of(cls, spec: object) -> BuildParams:
@@ -100,6 +102,8 @@ def build_fact(
         opens |= pos[p.layer] @ p.key > p.threshold
     reach = [it for it, o in zip(train, opens.tolist()) if o] or list(train)
     out.value = line_search(model, adapter, reach, set_scale, params.margin)
+    if not out.value.reached and params.value_steps:
+        out.value = refine_values(model, adapter, reach, out.pairs, params.value_steps, out.value)
     return out
 
 

@@ -16,6 +16,12 @@ smallest scale of a doubling grid (then one geometric-midpoint refinement) that 
 answer on every training prompt that a gate opens for (`build`: a gate that overlaps the negatives
 gives up the prompts below them, and a longer value could not reach those), times a margin (1.5)
 when the margin keeps every such prompt right.
+
+Where no scale reaches every such prompt (a single direction cannot serve paraphrases that need
+different ones), `refine_values` optimises the fact's values and nothing else: at most
+`value_steps` Adam steps on -sum log P(new answer tokens) over those prompts, from the line search's
+best, stopping once the new object is the greedy answer on all of them. The keys and gates stay as
+built, so where the slot is silent nothing changes.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from atlas.model.adapters import Adapter
 from atlas.model.encode import PromptItem
 from atlas.model.forms import answer_positions
 from atlas.model.hooks import hooks
-from atlas.model.scoring import Scored, score
+from atlas.model.inject.widen import SlotPair, is_gated, set_pair_value
+from atlas.model.scoring import Scored, answer_batch, answer_logprobs, score
 
 GRID = tuple(0.025 * 2**k for k in range(10))  # 0.025 ... 12.8 residual norms
 VALUE_FORMS = ("gradient", "embedding")
@@ -91,8 +98,9 @@ def residual_norm(model: torch.nn.Module, adapter: Adapter, items: Sequence[Prom
 @dataclass(frozen=True)
 class ValueChoice:
     scale: float  # the chosen length of v, in units of the residual norm (margin included)
-    reached: bool  # some scale made the new object the greedy answer on every training prompt
-    hits: int  # training prompts answered with the new object at the chosen scale
+    reached: bool  # the new object is the greedy answer on every training prompt it was chosen on
+    hits: int  # training prompts answered with the new object with the chosen value
+    steps: int = 0  # `refine_values` steps taken after the line search (0: none needed or allowed)
 
 
 def line_search(
@@ -127,3 +135,69 @@ def line_search(
     assert best is not None
     set_scale(best[1])
     return ValueChoice(best[1], False, best[0][0])
+
+
+def value_gradients(
+    model: torch.nn.Module, adapter: Adapter, items: Sequence[PromptItem], pairs: Sequence[SlotPair]
+) -> tuple[float, list[Tensor]]:
+    """-sum of the answer tokens' log-probabilities over `items` (teacher-forced) and its gradient
+    `[hidden]` (float64, CPU) with respect to each pair's value v. A pair writes (v, -v) (or
+    (v, -v) / k, `widen.pair_values`) into its two value slots, so dL/dv = (g0 - g1) (/ k) with g
+    the gradients of those slots."""
+    gated = is_gated(adapter)
+    weights = {p.layer: adapter.ffn_out(p.layer).weight for p in pairs}
+    was = {layer: w.requires_grad for layer, w in weights.items()}
+    for w in weights.values():
+        w.requires_grad_(True)
+    try:
+        b = answer_batch(items, adapter.is_masked_lm, adapter.mask_token_id)
+        dev = next(model.parameters()).device
+        with torch.enable_grad():
+            logp = answer_logprobs(model, adapter, b, input_ids=b.ids.to(dev))
+            gold = logp.gather(2, b.gold.to(dev)[..., None])[..., 0]
+            loss = -(gold * b.valid.to(dev)).sum()
+            grads = torch.autograd.grad(loss, list(weights.values()))
+    finally:
+        for layer, w in weights.items():
+            w.requires_grad_(was[layer])
+    by_layer = dict(zip(weights, grads))
+    out = []
+    for p in pairs:
+        g = by_layer[p.layer]
+        rows = (g[p.index : p.index + 2] if adapter.slots_are_rows else g[:, p.index : p.index + 2].T).double().cpu()
+        out.append((rows[0] - rows[1]) / (1.0 if gated else p.sharpness))
+    return float(loss.detach()), out
+
+
+def refine_values(
+    model: torch.nn.Module,
+    adapter: Adapter,
+    items: Sequence[PromptItem],
+    pairs: Sequence[SlotPair],
+    steps: int,
+    choice: ValueChoice,
+    lr: float = 0.05,
+) -> ValueChoice:
+    """Up to `steps` Adam steps on the pairs' values (see the module docstring), each of step size
+    `lr` x the values' length at the start; the values left written are the best seen (most greedy
+    hits, then lowest loss)."""
+    values = [p.value.double().clone().requires_grad_(True) for p in pairs]
+    opt = torch.optim.Adam(values, lr=lr * float(torch.stack([v.norm() for v in values]).norm()))
+    best: tuple[int, float, list[Tensor]] | None = None
+    for taken in range(steps + 1):
+        loss, grads = value_gradients(model, adapter, items, pairs)
+        hits = sum(x.greedy for x in score(model, adapter, items))
+        if best is None or (hits, -loss) > best[:2]:
+            best = (hits, -loss, [v.detach().clone() for v in values])
+        if hits == len(items) or taken == steps:
+            break
+        opt.zero_grad()
+        for v, g in zip(values, grads):
+            v.grad = g
+        opt.step()
+        for p, v in zip(pairs, values):
+            set_pair_value(adapter, p, v.detach().clone())
+    assert best is not None
+    for p, v in zip(pairs, best[2]):
+        set_pair_value(adapter, p, v)
+    return ValueChoice(choice.scale, best[0] == len(items), best[0], taken)
