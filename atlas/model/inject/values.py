@@ -182,7 +182,7 @@ def refine_values(
     `lr` x the values' length at the start; the values left written are the best seen (most greedy
     hits, then lowest loss)."""
     values = [p.value.double().clone().requires_grad_(True) for p in pairs]
-    opt = torch.optim.Adam(values, lr=lr * float(torch.stack([v.norm() for v in values]).norm()))
+    opt = torch.optim.Adam(values, lr=lr * float(torch.stack([v.detach().norm() for v in values]).norm()))
     best: tuple[int, float, list[Tensor]] | None = None
     for taken in range(steps + 1):
         loss, grads = value_gradients(model, adapter, items, pairs)
