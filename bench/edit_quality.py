@@ -127,7 +127,7 @@ def erase_specs(grid: str) -> list[EraseSpec]:
     if grid == "key":
         lsq, neurons = [lsq[0], lsq[1], EraseSpec(form="lsq", preserve="nullspace")], []
     if grid == "layers":  # the layer choice: the default (the last layer leads) against attribution alone
-        return [lsq[0], lsq[3], EraseSpec(form="lsq", last_layer=False)]
+        return [lsq[0]] + [EraseSpec(form="lsq", **c) for c in ({"preserve_weight": 1000.0}, {"last_layer": False})]
     if grid == "small":
         lsq, neurons = lsq[:1], []
     return [paper] + lsq + [s for s in neurons if s != paper]

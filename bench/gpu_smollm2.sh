@@ -15,7 +15,8 @@
 # or, for the edit benchmarks (the atlas is indexed there, in the background, then the benchmark):
 #   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g4: starts index + bench/edit_quality.py
 #       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py;
-#        SKETCH=R indexes smollm2-knLIMIT (LIMIT facts a relation, 100) with --sketch-rank R, so its audits predict from sketches;
+#        SKETCH=R indexes smollm2-knLIMIT (LIMIT facts a relation, 100 by default) with --sketch-rank R,
+#        so its audits predict from sketches;
 #        REPORT=1 then probes 6 relations and writes its `atlas report`, which 'collect' returns;
 #        OMP=N threads per job, 1 by default: OMP=8 for a single job; a machine goes back after 30
 #        minutes held, and an update with its evaluation takes ~100 s: 14 updates and 6 audited

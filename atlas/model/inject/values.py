@@ -27,16 +27,17 @@ built, so where the slot is silent nothing changes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+from torch.autograd.functional import vjp
 
 from atlas.model.adapters import Adapter
 from atlas.model.encode import PromptItem
 from atlas.model.forms import answer_positions
 from atlas.model.hooks import hooks
-from atlas.model.inject.widen import SlotPair, is_gated, set_pair_value
+from atlas.model.inject.widen import SlotPair, is_gated, pair_values, set_pair_value
 from atlas.model.scoring import Scored, answer_batch, answer_logprobs, score
 
 GRID = tuple(0.025 * 2**k for k in range(10))  # 0.025 ... 12.8 residual norms
@@ -139,12 +140,11 @@ def line_search(
 
 def value_gradients(
     model: torch.nn.Module, adapter: Adapter, items: Sequence[PromptItem], pairs: Sequence[SlotPair]
-) -> tuple[float, list[Tensor]]:
-    """-sum of the answer tokens' log-probabilities over `items` (teacher-forced) and its gradient
-    `[hidden]` (float64, CPU) with respect to each pair's value v. A pair writes (v, -v) (or
-    (v, -v) / k, `widen.pair_values`) into its two value slots, so dL/dv = (g0 - g1) (/ k) with g
-    the gradients of those slots."""
-    gated = is_gated(adapter)
+) -> tuple[float, int, list[Tensor]]:
+    """-sum of the answer tokens' log-probabilities over `items` (teacher-forced), how many items
+    are answered greedily (`Scored.greedy`, from the same pass), and the loss's gradient `[hidden]`
+    (float64, CPU) with respect to each pair's value v: the gradients of its two value slots pulled
+    back through `widen.pair_values`, the map from v to those slots."""
     weights = {p.layer: adapter.ffn_out(p.layer).weight for p in pairs}
     was = {layer: w.requires_grad for layer, w in weights.items()}
     for w in weights.values():
@@ -152,21 +152,23 @@ def value_gradients(
     try:
         b = answer_batch(items, adapter.is_masked_lm, adapter.mask_token_id)
         dev = next(model.parameters()).device
+        gold, valid = b.gold.to(dev), b.valid.to(dev)
         with torch.enable_grad():
             logp = answer_logprobs(model, adapter, b, input_ids=b.ids.to(dev))
-            gold = logp.gather(2, b.gold.to(dev)[..., None])[..., 0]
-            loss = -(gold * b.valid.to(dev)).sum()
+            loss = -(logp.gather(2, gold[..., None])[..., 0] * valid).sum()
             grads = torch.autograd.grad(loss, list(weights.values()))
     finally:
         for layer, w in weights.items():
             w.requires_grad_(was[layer])
-    by_layer = dict(zip(weights, grads))
+    hits = int(((logp.detach().argmax(-1) == gold) | ~valid).all(dim=1).sum())
+    by_layer, gated = dict(zip(weights, grads)), is_gated(adapter)
     out = []
     for p in pairs:
         g = by_layer[p.layer]
-        rows = (g[p.index : p.index + 2] if adapter.slots_are_rows else g[:, p.index : p.index + 2].T).double().cpu()
-        out.append((rows[0] - rows[1]) / (1.0 if gated else p.sharpness))
-    return float(loss.detach()), out
+        rows = (g if adapter.slots_are_rows else g.T)[p.index : p.index + 2].double().cpu()  # [2, hidden]
+        slots = lambda v, p=p: pair_values(replace(p, value=v), gated)  # noqa: E731
+        out.append(vjp(slots, p.value.double(), rows)[1])
+    return float(loss.detach()), hits, out
 
 
 def refine_values(
@@ -185,8 +187,7 @@ def refine_values(
     opt = torch.optim.Adam(values, lr=lr * float(torch.stack([v.detach().norm() for v in values]).norm()))
     best: tuple[int, float, list[Tensor]] | None = None
     for taken in range(steps + 1):
-        loss, grads = value_gradients(model, adapter, items, pairs)
-        hits = sum(x.greedy for x in score(model, adapter, items))
+        loss, hits, grads = value_gradients(model, adapter, items, pairs)
         if best is None or (hits, -loss) > best[:2]:
             best = (hits, -loss, [v.detach().clone() for v in values])
         if hits == len(items) or taken == steps:
