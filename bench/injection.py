@@ -46,7 +46,8 @@ from atlas.errors import AtlasError  # noqa: E402
 from atlas.jobs import inject_audit as audit  # noqa: E402
 from atlas.jobs.audit import new_object_for  # noqa: E402
 from atlas.jobs.evaluate import EvalSet  # noqa: E402
-from atlas.jobs.inject import _encode_fact, facts_from_file, inject_facts  # noqa: E402
+from atlas.jobs.inject import facts_from_file, inject_facts
+from atlas.jobs.inject_prompts import encode_fact  # noqa: E402
 from atlas.jobs.inject_weights import rollback_injection  # noqa: E402
 from atlas.jobs.rollback import rollback  # noqa: E402
 from atlas.jobs.specs import InjectSpec, UpdateSpec  # noqa: E402
@@ -90,7 +91,7 @@ def choose_facts(
 def kn_rule(store: Store, lm, run: str, rows: list[dict], ids: list[str], spec: InjectSpec, form: str) -> dict:
     """The update rule on the in-run facts, applied one after another, judged like the injection."""
     facts = [f for f in facts_from_file(_write(rows)) if f.id in ids]
-    encoded = [_encode_fact(lm, f, spec.heldout) for f in facts]
+    encoded = [encode_fact(lm, f, spec.heldout) for f in facts]
     _, run_facts, _ = read_run_atlas(store, run)
     injected = {(f.subject, f.relation_id) for f in facts}
     others = [f for f in run_facts.values() if (f.subject, f.relation_id) not in injected]

@@ -52,6 +52,12 @@ def describe(i: InjectionRecord, per_fact: bool = True) -> str:
             f"slot firing rate {_pct(a.get('others_firing_rate'))}"
         )
         lines.append(
+            f"  same subjects, other relations ({a.get('same_subject_prompts', 0)} prompts): mean |dP/P| "
+            f"{_pct(a.get('same_subject_mean_abs_rel_dp'))}, right answers kept "
+            f"{a.get('same_subject_right_kept')}/{a.get('same_subject_right_before')}, "
+            f"slot firing rate {_pct(a.get('same_subject_firing_rate'))}"
+        )
+        lines.append(
             f"  fluency: perplexity {_pct(a.get('fluency_ppl_change'), True)} "
             f"(text never used as negatives: {_pct(a.get('fluency_unseen_ppl_change'), True)})"
         )

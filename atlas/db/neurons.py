@@ -46,10 +46,10 @@ class SlotStat:
 
 def run_facts(conn: Connection, run_id: int, backend: str) -> dict[str, Fact]:
     """Facts of the run with their scored causal prompts, ordered by relation then id."""
-    return _facts(conn.execute(sql_text("run_facts", backend), {"run_id": run_id}))
+    return facts_of_rows(conn.execute(sql_text("run_facts", backend), {"run_id": run_id}))
 
 
-def _facts(rows) -> dict[str, Fact]:
+def facts_of_rows(rows) -> dict[str, Fact]:
     """Rows of (fact_id, relation_id, subject, object, ..., text), one per prompt, as facts."""
     out: dict[str, Fact] = {}
     for r in rows:
@@ -65,7 +65,7 @@ def preserved_facts(conn: Connection, backend: str, model_id: int, relation: str
     those prompts (round-robin over relations): what an edit of `relation` should leave alone, also
     when the edited run holds only a relation or two (a user's own file)."""
     params = {"model_id": model_id, "relation_id": relation, "limit": limit}
-    return list(_facts(conn.execute(sql_text("preserved_facts", backend), params)).values())
+    return list(facts_of_rows(conn.execute(sql_text("preserved_facts", backend), params)).values())
 
 
 def run_neurons(conn: Connection, run_id: int, backend: str) -> dict[str, list[tuple[int, int, float]]]:

@@ -13,9 +13,11 @@ that already holds the earlier ones (`atlas.model.inject.build`), and it is meas
 (`inject_audit`). One transaction writes the injection, its facts, pairs and audit, after checking
 that the applied edits and injections did not change meanwhile.
 
-Default layer: `--layers`, else the relation's weighted median knowledge-neuron layer in the run,
-else that of all the run's knowledge neurons, else 80% of the depth (recorded per fact as
-`layer_source`: layers / relation / run / depth).
+Default layer: `--layers`; else, for keys read at the subject (the default), a third of the depth
+(where the subject's representation is built, and attention still has the layers above it to
+carry the value to the answer); for keys read at the answer position, the relation's weighted
+median knowledge-neuron layer in the run, else that of all the run's knowledge neurons, else 80%
+of the depth (recorded per fact as `layer_source`: layers / subject / relation / run / depth).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 
-from atlas.db.datasets import is_causal, make_prompt, pararel_templates, read_jsonl
+from atlas.db.datasets import make_prompt, pararel_templates, read_jsonl
 from atlas.db.edits import EditRows, applied_stack, check_stack
 from atlas.db.injections import (
     APPLIED,
@@ -43,17 +45,17 @@ from atlas.db.injections import (
     insert_injection,
     set_audit,
 )
-from atlas.db.neurons import Fact, run_facts
+from atlas.db.neurons import Fact, facts_of_rows, run_facts
 from atlas.db.runs import Run, resolve_run
 from atlas.db.sqlfile import sql_text
 from atlas.db.store import Store
 from atlas.errors import ConflictError, InputError
 from atlas.jobs import inject_audit as audit
 from atlas.jobs.evaluate import EvalSet, sample
+from atlas.jobs.inject_prompts import encode_fact, keep_items, key_positions
 from atlas.jobs.inject_weights import injected_copy, pair_bytes
 from atlas.jobs.specs import InjectSpec
 from atlas.jobs.weights import ModelArg, resolve_model
-from atlas.model.encode import PromptItem
 from atlas.model.inject import check_injectable, widened
 from atlas.model.inject.build import BuildParams, FactSlots, build_fact
 from atlas.model.inject.keys import Negatives, answer_inputs, text_chunk, text_inputs
@@ -110,6 +112,7 @@ class _Atlas:
     layers: dict[str, int | None]
     run_layer: int | None
     negatives: list[tuple[str, str, str, str]]  # (pool: '' shared, else its relation; fact id, prompt text, object)
+    same_subject: list[Fact]  # facts of the atlas about an injected subject (other relations too)
 
 
 def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: InjectSpec, causal: bool) -> _Atlas:
@@ -128,6 +131,8 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             params = {"relation_ids": [rel], "subjects": subjects, "same": True, "causal": causal}
             rows = conn.execute(sql_text("injection_negatives", be), params | {"limit": spec.relation_negatives})
             negatives += [(rel, r.fact_id, r.text, r.object) for r in rows]
+        params = {"subjects": subjects, "causal": causal, "limit": 20 * spec.audit_facts}
+        same = facts_of_rows(conn.execute(sql_text("injection_same_subject", be), params))
         return _Atlas(
             run,
             run_facts(conn, run.id, be),
@@ -137,6 +142,7 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             {r: default_layer(conn, be, run.id, r) for r in rels},
             default_layer(conn, be, run.id, ""),
             negatives,
+            list(same.values()),
         )
 
 
@@ -161,30 +167,13 @@ def _layers_of(lm: LoadedModel, f: NewFact, spec: InjectSpec, at: _Atlas) -> tup
             if not 0 <= layer < n:
                 raise InputError(f"layer {layer} is out of range: model {lm.name!r} has layers 0..{n - 1}")
         return sorted(set(spec.layers)), "layers"
+    if spec.key_position == "subject":
+        return [round((n - 1) / 3)], "subject"
     if at.layers.get(f.relation_id) is not None:
         return [at.layers[f.relation_id]], "relation"
     if at.run_layer is not None:
         return [at.run_layer], "run"
     return [round(0.8 * (n - 1))], "depth"
-
-
-def _encode_fact(lm: LoadedModel, f: NewFact, heldout: int) -> tuple[list[PromptItem], list[PromptItem], list[str]]:
-    """Training and held-out prompts of a fact (answer: its new object) and their texts in that
-    order, or a one-line refusal when none can be read with that object."""
-    masked = lm.adapter.is_masked_lm
-    items, texts, reasons = [], [], []
-    for t in (t for t in f.prompts if masked or is_causal(t)):
-        item = encode(lm.tokenizer, t, f.object, masked)
-        if isinstance(item, str):
-            reasons.append(item)
-        else:
-            items.append(item)
-            texts.append(t)
-    if not items:
-        why = reasons[0] if reasons else "no prompt a " + ("masked" if masked else "left-to-right") + " LM can read"
-        raise InputError(f"fact {f.id!r}: object {f.object!r} cannot be used with model {lm.name!r}: {why}")
-    keep = max(len(items) - heldout, min(2, len(items)))
-    return items[:keep], items[keep:], texts
 
 
 def _negative_inputs(
@@ -233,9 +222,9 @@ def inject_facts(
     _refuse_contradictions(facts, at.known)
     check_injectable(lm.adapter)
     layers = [_layers_of(lm, f, spec, at) for f in facts]
-    encoded = [_encode_fact(lm, f, spec.heldout) for f in facts]
+    encoded = [encode_fact(lm, f, spec.heldout) for f in facts]
     plan, audited = _plan(lm, at, facts, encoded, spec)
-    out = _compute(lm, at, plan, facts, [lay for lay, _ in layers], spec, audited)
+    out = _compute(lm, at, plan, facts, encoded, [lay for lay, _ in layers], spec, audited)
     rows = [
         InjectedFact(
             i,
@@ -264,7 +253,13 @@ def _plan(
     injected = {(f.subject, f.relation_id) for f in facts}
     others = [f for f in at.facts.values() if (f.subject, f.relation_id) not in injected]
     chosen = sample(others, spec.audit_facts, f"inject-audit:{spec.seed}")
-    plan = audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], EvalSet.of("others", lm, chosen))
+    same = [f for f in at.same_subject if (f.subject, f.relation_id) not in injected]
+    plan = audit.AuditPlan(
+        [e[0] for e in encoded],
+        [e[1] for e in encoded],
+        EvalSet.of("others", lm, chosen),
+        EvalSet.of("same_subject", lm, sample(same, spec.audit_facts, f"inject-same:{spec.seed}")),
+    )
     return plan, {f.id for f in chosen} if spec.audit_unseen else set()
 
 
@@ -273,6 +268,7 @@ def _compute(
     at: _Atlas,
     plan: audit.AuditPlan,
     facts: Sequence[NewFact],
+    encoded: list,
     layers: list[list[int]],
     spec: InjectSpec,
     audited: set[str],
@@ -289,7 +285,10 @@ def _compute(
         before = audit.measure(lm, plan)
         with widened(lm.adapter, [], width_after):
             shared, own_pool = _negative_inputs(lm, at, used, rel_layers, audited)
-            own = [answer_inputs(lm.model, lm.adapter, items, used) for items in plan.train]
+            key_at = [key_positions(lm, f, items, enc[2], spec) for f, items, enc in zip(facts, plan.train, encoded)]
+            own = [
+                answer_inputs(lm.model, lm.adapter, items, used, at=where) for items, where in zip(plan.train, key_at)
+            ]
             built: list[FactSlots] = []
             index = width_before
             for i, items in enumerate(plan.train):
@@ -300,7 +299,8 @@ def _compute(
                         pool = pool + own_pool[(facts[i].relation_id, layer)]
                     rest = [o[layer] for j, o in enumerate(own) if j != i]
                     negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
-                built.append(build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params))
+                keep = keep_items(lm, facts[i]) if key_at[i] is not None else []
+                built.append(build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep))
                 index += 2 * len(layers[i])
             sha_after = weights_sha256(lm.model)
             pairs = [p for b in built for p in b.pairs]

@@ -6,7 +6,10 @@
 * specificity, over every other fact of the run (up to `audit_facts`, facts sharing an injected
   subject and relation left out): the mean |dP/P| of P(gold), the share of right (greedy) answers
   kept, and the slot firing rate - the share of those prompts on which any injected pair is
-  above its threshold (clamp(a (w . x - b), 0, 1) > 0 at the answer position);
+  above its threshold (clamp(a (w . x - b), 0, 1) > 0 at any position of the prompt);
+* the same for the atlas's facts about an injected subject in other relations (`same_subject`):
+  a slot keyed on the subject (`--key-position subject`) fires on all of them, and its value may
+  move their answers too;
 * fluency: perplexity of the bundled general text (left-to-right models), the whole text and the
   part after the first `NEGATIVE_TEXT_CHARS` characters (never used as negatives);
 * stacking: every figure is measured with all the injection's facts (and earlier injections) in
@@ -40,7 +43,7 @@ class AuditPlan:
     train: list[list[PromptItem]]
     heldout: list[list[PromptItem]]
     others: EvalSet
-    fact_of_other: list[str] = field(default_factory=list)
+    same_subject: EvalSet = field(default_factory=lambda: EvalSet("same_subject"))
 
 
 def measure(lm: LoadedModel, plan: AuditPlan, pairs: Sequence[SlotPair] = ()) -> dict[str, Any]:
@@ -52,6 +55,7 @@ def measure(lm: LoadedModel, plan: AuditPlan, pairs: Sequence[SlotPair] = ()) ->
         "train": score(lm.model, lm.adapter, flat_train) if flat_train else [],
         "heldout": score(lm.model, lm.adapter, flat_held) if flat_held else [],
         "others": plan.others.measure(lm) if plan.others.items else [],
+        "same_subject": plan.same_subject.measure(lm) if plan.same_subject.items else [],
         "fluency": None,
     }
     if not lm.adapter.is_masked_lm:
@@ -62,18 +66,24 @@ def measure(lm: LoadedModel, plan: AuditPlan, pairs: Sequence[SlotPair] = ()) ->
             text_nll(lm.model, lm.tokenizer, text[NEGATIVE_TEXT_CHARS:], chunk),
         )
     out["firing"] = firing(lm, plan.others.items, pairs) if pairs else None
+    out["same_subject_firing"] = firing(lm, plan.same_subject.items, pairs) if pairs else None
     return out
 
 
 @torch.no_grad()
 def firing(lm: LoadedModel, items: Sequence[PromptItem], pairs: Sequence[SlotPair]) -> list[bool]:
-    """Per item: does any pair's clamp exceed 0 at its answer position?"""
+    """Per item: does any pair's clamp exceed 0 at any of its positions? (A slot open before the
+    answer position reaches it through attention: a subject-keyed slot opens at the subject.)"""
+    if not items:
+        return []
     layers = sorted({p.layer for p in pairs})
-    xs = answer_inputs(lm.model, lm.adapter, items, layers)
-    fired = torch.zeros(len(items), dtype=torch.bool)
+    xs = answer_inputs(lm.model, lm.adapter, items, layers, every_position=True)
+    owner = torch.cat([torch.full((len(it.prompt_ids),), k) for k, it in enumerate(items)])
+    fired = torch.zeros(len(owner), dtype=torch.bool)
     for p in pairs:
         fired |= (xs[p.layer] @ p.key.double()) > p.threshold
-    return fired.tolist()
+    per_item = torch.zeros(len(items), dtype=torch.long).index_add_(0, owner, fired.long())
+    return (per_item > 0).tolist()
 
 
 def _split(scored: list[Scored], groups: Sequence[Sequence[Any]]) -> list[list[Scored]]:
@@ -92,6 +102,21 @@ def _ppl(nll: tuple[float, int]) -> float:
     return math.exp(nll[0] / nll[1])
 
 
+def _specificity(name: str, before: list[Scored], after: list[Scored], fired: list[bool] | None) -> dict:
+    """A group of facts the injection should leave alone: its prompts' mean |dP/P| of P(gold), the
+    right (greedy) answers kept, and the share of its prompts on which a slot fires."""
+    rel = [abs(a.p_gold - b.p_gold) / b.p_gold for b, a in zip(before, after) if b.p_gold > 0]
+    right = [a.greedy for b, a in zip(before, after) if b.greedy]
+    return {
+        f"{name}_prompts": len(after),
+        f"{name}_mean_abs_rel_dp": sum(rel) / len(rel) if rel else None,
+        f"{name}_right_before": len(right),
+        f"{name}_right_kept": sum(right),
+        f"{name}_kept": _rate(right),
+        f"{name}_firing_rate": _rate(fired or []),
+    }
+
+
 def judge(plan: AuditPlan, before: dict[str, Any], after: dict[str, Any], built_hits: Sequence[int]) -> dict:
     """The stored audit: per fact and pooled (see the module docstring)."""
     train_b, train_a = _split(before["train"], plan.train), _split(after["train"], plan.train)
@@ -107,9 +132,6 @@ def judge(plan: AuditPlan, before: dict[str, Any], after: dict[str, Any], built_
         }
         for i, (tb, ta, ha) in enumerate(zip(train_b, train_a, held_a))
     ]
-    ob, oa = before["others"], after["others"]
-    rel = [abs(a.p_gold - b.p_gold) / b.p_gold for b, a in zip(ob, oa) if b.p_gold > 0]
-    right = [a.greedy for b, a in zip(ob, oa) if b.greedy]
     out: dict[str, Any] = {
         "efficacy": _rate([s.greedy for s in after["train"]]),
         "efficacy_facts": _rate([f["efficacy"] == 1.0 for f in per_fact if f["efficacy"] is not None]),
@@ -117,12 +139,8 @@ def judge(plan: AuditPlan, before: dict[str, Any], after: dict[str, Any], built_
         "generalisation_before": _rate([s.greedy for s in before["heldout"]]),
         "n_train_prompts": len(after["train"]),
         "n_heldout_prompts": len(after["heldout"]),
-        "others_prompts": len(oa),
-        "others_mean_abs_rel_dp": sum(rel) / len(rel) if rel else None,
-        "others_right_before": len(right),
-        "others_right_kept": sum(right),
-        "others_kept": _rate(right),
-        "others_firing_rate": _rate(after["firing"] or []),
+        **_specificity("others", before["others"], after["others"], after["firing"]),
+        **_specificity("same_subject", before["same_subject"], after["same_subject"], after["same_subject_firing"]),
         "facts": per_fact,
     }
     if before["fluency"] and after["fluency"]:

@@ -23,23 +23,25 @@ def injection_section(store: Store, run: str) -> list[str]:
     if not rows:
         return md + ["No injections yet: `atlas inject FACTS.jsonl --run RUN` (or `--fact S|R|O`).", ""]
     md += [
-        "Facts added as new FFN slot pairs (key: discriminant direction of the FFN input; gate: clamped ramp; "
-        "value: output-embedding difference, line-searched). Efficacy: the new object is the greedy answer on "
-        "the prompts the slots were built on; held-out: on prompts they never saw; others: every other fact of "
-        "the run (mean |dP/P| of P(gold), right answers kept, share of their prompts on which a slot fires); "
-        "fluency: perplexity of the bundled general text.",
+        "Facts added as new FFN slot pairs (key: discriminant direction of the FFN input, read at the subject "
+        "or the answer position; gate: clamped ramp; value: log-probability gradient, line-searched and "
+        "refined). Efficacy: the new object is the greedy answer on the prompts the slots were built on; "
+        "held-out: on prompts they never saw; others: every other fact of the run (mean |dP/P| of P(gold), "
+        "right answers kept, share of their prompts on which a slot fires); same subject: the atlas's other "
+        "facts about an injected subject; fluency: perplexity of the bundled general text.",
         "",
         "| id | status | facts | layers | width | efficacy | held-out | others mean abs dP/P | others kept | "
-        "slot firing | fluency ppl |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "slot firing | same subject kept | fluency ppl |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i in rows:
         a = i.audit
         kept = f"{a.get('others_right_kept')}/{a.get('others_right_before')}" if a else "n/a"
+        same = f"{a.get('same_subject_right_kept')}/{a.get('same_subject_right_before')}" if a else "n/a"
         md.append(
             f"| {i.id} | {i.status} | {i.n_facts} | {', '.join(map(str, i.layers))} | "
             f"{i.width_before} -> {i.width_after} | {_p(a.get('efficacy'))} | {_p(a.get('generalisation'))} | "
-            f"{_p(a.get('others_mean_abs_rel_dp'))} | {kept} | {_p(a.get('others_firing_rate'))} | "
+            f"{_p(a.get('others_mean_abs_rel_dp'))} | {kept} | {_p(a.get('others_firing_rate'))} | {same} | "
             f"{_p(a.get('fluency_ppl_change'), True)} |"
         )
     return md + [""]

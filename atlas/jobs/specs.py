@@ -250,12 +250,18 @@ class InjectSpec:
         None,
         metavar="L[,L...]",
         parse=_layers,
-        help="Layers that hold each fact's slot pair [default: the weighted median layer of the "
-        "relation's knowledge neurons in the run; of all its neurons when the relation has none; "
-        "else 80% of the depth].",
+        help="Layers that hold each fact's slot pair [default: a third of the depth for keys read at "
+        "the subject; for keys read at the answer, the weighted median layer of the relation's "
+        "knowledge neurons in the run, of all its neurons when the relation has none, else 80% of the depth].",
     )
     heldout: int = opt(
         2, minimum=0, metavar="K", help="Prompts per fact held out of the slot for generalisation (>= 2 kept)."
+    )
+    key_position: str = opt(
+        "subject",
+        choices=("answer", "subject"),
+        help="Where the key reads a prompt: its answer position, or the subject's last token (the slot "
+        "then fires wherever the subject is read, and attention carries its value to the answer).",
     )
     ridge: float = opt(0.05, help="Key: ridge of the negatives' covariance, relative to its mean eigenvalue.")
     pos_scatter: float = opt(
@@ -288,10 +294,17 @@ class InjectSpec:
         "or the closed form final-norm scale x (E_new - E_old).",
     )
     value_steps: int = opt(
-        0,
+        100,
         minimum=0,
         help="Value: where no line-search scale makes the new object win on every training prompt its "
-        "gates open for, at most this many Adam steps on the fact's values alone (0: none).",
+        "gates open for (and, with --keep-weight above 0, for every fact), at most this many Adam steps "
+        "on the fact's values alone (0: none).",
+    )
+    keep_weight: float = opt(
+        0.0,
+        help="Value, for subject keys: weight of the KL divergence of generic prompts about the subject "
+        "('[X] is', ...: their next-token distributions left alone) in up to --value-steps steps, run for "
+        "every fact (0: none; slow, and not measured at scale: BENCHMARKS.md).",
     )
     negatives: int = opt(
         1000,
@@ -317,5 +330,7 @@ class InjectSpec:
     def check(self) -> None:
         if not 0.0 <= self.gate_low < self.gate_high <= 1.0:
             raise InputError("need 0 <= --gate-low < --gate-high <= 1")
+        if self.keep_weight < 0:
+            raise InputError(f"--keep-weight must be >= 0, got {self.keep_weight}")
         if self.ridge <= 0 or self.sharpness <= 0 or self.margin < 1.0 or self.pos_scatter < 0:
             raise InputError("--ridge and --sharpness must be > 0, --pos-scatter >= 0 and --margin >= 1")

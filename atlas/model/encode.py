@@ -104,3 +104,19 @@ def _special_frame(tok: Any) -> tuple[list[int], list[int]]:
         if full[i : i + len(word)] == word:
             return full[:i], full[i + len(word) :]
     return [], []
+
+
+def subject_position(tok: Any, item: PromptItem, text: str, subject: str) -> int | None:
+    """The position of the subject's last token in `item` (encoded from the prompt `text`, [Y] kept),
+    or None where it cannot be found: the subject is not in the text before [Y], or its tokens
+    there differ from the whole prompt's (a word split across the subject's end)."""
+    before = text.split(SLOT, 1)[0]
+    start = before.find(subject)
+    if start < 0 or not subject:
+        return None
+    head = _ids(tok, before[: start + len(subject)].rstrip(), False)
+    ids = item.prompt_ids
+    for o in range(len(ids) - len(head) + 1):
+        if ids[o : o + len(head)] == head:
+            return o + len(head) - 1
+    return None

@@ -15,7 +15,10 @@ from tests.db.test_cli_edit import _run
 from tests.support.db import snapshot
 from tests.support.kn_world import build_world
 
-QUICK = ["--heldout", "1", "--audit-facts", "10", "--negatives", "60", "--audit-seen", "--gate-overlap", "open"]
+QUICK = [
+    "--heldout", "1", "--audit-facts", "10", "--negatives", "60", "--audit-seen", "--gate-overlap", "open",
+    "--key-position", "answer",
+]  # fmt: skip
 
 
 def test_inject_show_list_report_export_rollback(store, tmp_path) -> None:

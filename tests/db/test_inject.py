@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from atlas.db import schema
 from atlas.db.datasets import Dataset, Relation, make_prompt
 from atlas.db.datasets import Fact as DFact
 from atlas.db.edits import applied_stack
@@ -32,8 +33,11 @@ from tests.support.kn_world import RELATIONS, build_world, index_world, save_mod
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 12]])
 # a tiny atlas (every other fact is audited: kept as negatives) of tiny random models, which
-# separate subjects poorly: a gate that overlaps opens on every training prompt (efficacy is tested)
-QUICK = InjectSpec(heldout=1, audit_facts=20, negatives=60, audit_unseen=False, gate_overlap="open")
+# separate subjects poorly: a gate that overlaps opens on every training prompt (efficacy is tested);
+# keys at the answer position (the subject-keyed default has its own test)
+QUICK = InjectSpec(
+    heldout=1, audit_facts=20, negatives=60, audit_unseen=False, gate_overlap="open", key_position="answer"
+)
 
 
 def _fact(subject: str, relation: str, obj: str) -> NewFact:
@@ -82,6 +86,27 @@ def test_injection_is_recorded_with_its_slots_and_audit(store, tmp_path) -> None
     key = slots_from_bytes(rows.pairs[0].key, rows.pairs[0].dtype)
     assert key.shape == (32,) and abs(float(key.norm()) - 1) < 1e-9
     assert [(p.layer, p.neuron, p.position) for p in rows.pairs] == [(rec.layers[0], 48, 0), (rec.layers[0], 50, 1)]
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_a_subject_keyed_slot_reads_the_subject_and_is_audited_on_its_other_facts(store, tmp_path, family) -> None:
+    """The default keys read the subject's last token at a third of the depth (a decoder and a
+    masked LM); the audit measures the atlas's other facts about the injected subject, on which
+    such a slot fires."""
+    w = build_world(store, tmp_path, family=family)
+    with store.begin() as conn:  # another fact about France, in the atlas but not in the run
+        conn.execute(
+            schema.facts.insert().values(id="fr", relation_id="P30", subject="France", object="Europe", dataset="x")
+        )
+        for k, t in enumerate(RELATIONS["P30"][3]):
+            row = dict(fact_id="fr", template=t, text=t.replace("[X]", "France"), causal=True, masked=True)
+            conn.execute(schema.prompts.insert().values(id=9000 + k, **row))
+    rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], replace(QUICK, key_position="subject"))
+    info, a = rec.facts[0].info, rec.audit
+    assert info["layer_source"] == "subject" and info["slots"] == [[1, 48]] and rec.layers == [1]
+    assert a["n_train_prompts"] == 2
+    assert a["same_subject_prompts"] == 3 and a["same_subject_firing_rate"] == 1.0  # it reads France there too
+    assert a["others_prompts"] == 14 * 3 and a["others_firing_rate"] < 0.1
 
 
 def test_stacked_injections_roll_back_newest_first_to_each_sha(store, tmp_path) -> None:
@@ -148,6 +173,7 @@ def test_bad_input_is_refused_and_changes_nothing(store, tmp_path) -> None:
         ([_fact("Italy", "P36", "Rome"), _fact("Italy", "P36", "Lima")], QUICK, ConflictError, "contradicts fact"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(layers=(3,)), InputError, "layer 3 is out of range"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(gate_low=0.9), InputError, "gate-low"),
+        ([_fact("Italy", "P36", "Rome")], InjectSpec(keep_weight=-1.0), InputError, "keep-weight must be >= 0"),
     ]
     for facts, spec, err, msg in cases:
         with pytest.raises(err, match=msg) as info:

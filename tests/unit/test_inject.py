@@ -15,7 +15,7 @@ from atlas.model.adapters import adapter_for
 from atlas.model.encode import PromptItem
 from atlas.model.inject import SlotPair, widened, write_pair
 from atlas.model.inject.keys import Negatives, discriminant, gate
-from atlas.model.inject.values import ValueChoice, refine_values, value_gradients
+from atlas.model.inject.values import ValueChoice, keep_of, refine_values, value_gradients
 from atlas.model.inject.widen import set_pair_value
 from atlas.model.loading import weights_sha256
 from atlas.model.scoring import score
@@ -236,22 +236,26 @@ def _open_pairs(adapter, layers, seed: int = 3) -> list[SlotPair]:
 ITEMS = [PromptItem([5, 17, 3, 44], [9]), PromptItem([12, 30, 7], [9, 21]), PromptItem([8, 2, 40, 11, 6], [9])]
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "neox"])
-def test_value_gradients_are_the_finite_differences_of_the_loss(family: str) -> None:
+KEEP = [PromptItem([3, 44, 2], [1]), PromptItem([17, 9], [1])]
+
+
+@pytest.mark.parametrize(("family", "with_keep"), [("llama", False), ("gpt2", False), ("neox", False), ("llama", True)])
+def test_value_gradients_are_the_finite_differences_of_the_loss(family: str, with_keep: bool) -> None:
     model = tiny_model(family).double()
     adapter = adapter_for(model)
-    pairs = _pairs(adapter, 3)
+    pairs = _open_pairs(adapter, 3) if with_keep else _pairs(adapter, 3)
     d = [
         torch.randn(adapter.hidden_size, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
         for i in range(3)
     ]
     with widened(adapter, pairs, adapter.n_neurons + 6):
-        _, _, grads = value_gradients(model, adapter, ITEMS, pairs)
+        keep = keep_of(model, adapter, KEEP, pairs, 2.0) if with_keep else None
+        _, _, grads = value_gradients(model, adapter, ITEMS, pairs, keep)
         base, eps, losses = [p.value.clone() for p in pairs], 1e-3, []  # the loss is fp32 (answer_logprobs)
         for sign in (1, -1):
             for p, v, dv in zip(pairs, base, d):
                 set_pair_value(adapter, p, v + sign * eps * dv)
-            losses.append(value_gradients(model, adapter, ITEMS, pairs)[0])
+            losses.append(value_gradients(model, adapter, ITEMS, pairs, keep)[0])
     want = (losses[0] - losses[1]) / (2 * eps)
     got = sum(float(g @ dv) for g, dv in zip(grads, d))
     assert abs(want) > 1e-2 and got == pytest.approx(want, rel=2e-3)
@@ -272,3 +276,79 @@ def test_refine_values_lowers_the_loss_within_its_steps_and_keeps_the_best(famil
         hits = sum(s.greedy for s in score(model, adapter, ITEMS))
     assert 1 <= got.steps <= 40 and got.hits == hits >= start and got.reached == (hits == len(ITEMS))
     assert loss < start_loss
+
+
+def test_keep_prompts_start_at_zero_divergence_and_refinement_trades_it_off() -> None:
+    """The keep reference is the model without the pairs: with zero values the divergence is 0 (the
+    loss is the answers' alone); the refinement with keep prompts runs every step and ends with a
+    lower total loss than it started from."""
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    pairs = _open_pairs(adapter, 2)
+    with widened(adapter, pairs, adapter.n_neurons + 4):
+        keep = keep_of(model, adapter, KEEP, pairs, 1.0)
+        values = [p.value for p in pairs]
+        for p in pairs:
+            set_pair_value(adapter, p, torch.zeros_like(p.value))
+        assert value_gradients(model, adapter, ITEMS, pairs, keep)[0] == pytest.approx(
+            value_gradients(model, adapter, ITEMS, pairs)[0], abs=1e-4
+        )
+        for p, v in zip(pairs, values):
+            set_pair_value(adapter, p, v)
+        start = value_gradients(model, adapter, ITEMS, pairs, keep)[0]
+        got = refine_values(model, adapter, ITEMS, pairs, 15, ValueChoice(1.0, False, 0), keep=keep)
+        assert got.steps == 15 and value_gradients(model, adapter, ITEMS, pairs, keep)[0] < start
+
+
+def test_subject_position_is_the_subjects_last_token() -> None:
+    from atlas.model.encode import encode_causal, encode_masked, subject_position
+    from tests.support.tiny_hf import char_tokenizer
+
+    tok = char_tokenizer()
+    item = encode_causal(tok, "The capital of France is", "Lyon")
+    at = subject_position(tok, item, "The capital of France is [Y].", "France")
+    assert at == len("The capital of France") - 1
+    assert tok.convert_ids_to_tokens(item.prompt_ids[at - 5 : at + 1]) == list("France")
+    masked = encode_masked(tok, "France has its capital in [Y].", "Lyon")
+    assert subject_position(tok, masked, "France has its capital in [Y].", "France") == len("France") - 1
+    assert subject_position(tok, item, "The capital of France is [Y].", "Spain") is None
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_inputs_and_value_directions_at_other_positions(family: str) -> None:
+    """`at` reads the FFN input where a causal prompt cut after that position ends, and the value
+    direction there is the gradient of mean log P(new) with respect to an offset added to the
+    layer's FFN output at exactly that position (an independent hook, by hand)."""
+    from atlas.model.inject.keys import answer_inputs
+    from atlas.model.inject.values import logprob_directions
+
+    model = tiny_model(family, seed=4)
+    adapter = adapter_for(model)
+    items = [PromptItem([5, 17, 3, 44, 9, 12], [30]), PromptItem([8, 2, 61, 7, 19], [30])]
+    at, layer = [2, 3], 1
+    got = answer_inputs(model, adapter, items, [layer], at=at)[layer]
+    cut = [PromptItem(it.prompt_ids[: a + 1], [0]) for it, a in zip(items, at)]
+    assert torch.allclose(got, answer_inputs(model, adapter, cut, [layer])[layer], atol=1e-5)
+
+    u = logprob_directions(adapter, items, [layer], 30, at)[layer]
+    delta = torch.zeros(len(items), adapter.hidden_size, requires_grad=True)
+
+    def shift(_m, _args, out):
+        out = out.clone()
+        out[torch.arange(len(items)), torch.tensor(at)] += delta
+        return out
+
+    handle = adapter.ffn_out(layer).register_forward_hook(shift)
+    try:
+        ids = torch.zeros(len(items), 6, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for r, it in enumerate(items):
+            ids[r, : len(it.prompt_ids)], attn[r, : len(it.prompt_ids)] = torch.tensor(it.prompt_ids), 1
+        logits = model(input_ids=ids, attention_mask=attn).logits
+        last = torch.tensor([len(it.prompt_ids) - 1 for it in items])
+        gain = torch.log_softmax(logits[torch.arange(len(items)), last], -1)[:, 30].mean()
+        (g,) = torch.autograd.grad(gain, [delta])
+    finally:
+        handle.remove()
+    ref = g.double().mean(0)
+    assert torch.allclose(u, ref / ref.norm(), atol=1e-4)

@@ -7,18 +7,26 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
     clamp(a (w . x - b), 0, 1) * v        (x: the FFN input at layer l, post-norm)
 
 * key w (`keys`): the Fisher discriminant direction (S- + lambda S+ + eps I)^-1 (mu+ - mu-),
-  normalised, between the FFN inputs at the answer position of the fact's training prompts (+,
-  S+ their scatter: paraphrase directions are discounted) and hard negatives (-, S- and mu- their
-  covariance and mean): every position of prompts of other facts of the same and other relations
-  (a shared pool and one per injected relation), and general text;
+  normalised, between the FFN inputs at the subject's last token of the fact's training prompts
+  (by default; `--key-position answer`: at their answer position) (+, S+ their scatter: paraphrase
+  directions are discounted) and hard negatives (-, S- and mu- their covariance and mean): every
+  position of prompts of other facts of the same and other relations (a shared pool and one per
+  injected relation), and general text. Read at the subject, a key recognises the subject however
+  the question is worded (held-out paraphrases), and attention carries the value to the answer;
+  read at the answer position, it must also recognise the wording, which a held-out template is not;
 * gate b, a (`keys.gate`): silent up to b, set between the negatives' highest and the positives'
   lowest score w . x and never below the negatives' highest, saturated at b + 1/a;
 * value v (`values`): u = the gradient of mean log P(o') at the answer position with respect to the
-  layer's FFN output (or the closed form g * (E_o' - E_o), `--value embedding`), of length r * s
-  with r the residual norm after layer l and s the smallest scale of a line search that makes o'
+  layer's FFN output where the key reads (the subject's last token, or the answer; or the closed
+  form g * (E_o' - E_o), `--value embedding`), of length r * s with r the residual norm after
+  layer l and s the smallest scale of a line search that makes o'
   the greedy answer on every training prompt the gate opens for, times 1.5 when that keeps them all;
-  where no scale does, `--value-steps` N (0 by default) then takes up to N Adam steps on v alone,
-  minimising -sum log P(o' tokens) on those prompts (`values.refine_values`);
+  then (`--value-steps` N = 100) where no scale reaches every such prompt, up to N Adam steps on v
+  alone, minimising -sum log P(o' tokens) on those prompts; `--keep-weight` W (0 by default) adds,
+  for subject keys, W x the KL divergence of the next-token distributions of generic prompts about
+  the subject ("[X] is", "[X] was", ...: the slot fires there too) from the model's without the
+  fact, and runs the steps for every fact (`values.refine_values`, `values.Keep`);
+* layer: a third of the depth for subject keys (`atlas.jobs.inject`);
 * widening (`widen`): the clamp is the difference of two activations act(k t) - act(k (t - 1)),
   divided by k, in every supported family (LLaMA's gated MLP with mlp_bias=True, GPT-2, NeoX, BERT);
   every layer gets the same width, zero where it holds no pair, so the result is a standard

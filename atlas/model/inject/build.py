@@ -20,6 +20,7 @@ from atlas.model.inject.keys import Gate, Negatives, answer_inputs, discriminant
 from atlas.model.inject.values import (
     ValueChoice,
     current_answer,
+    keep_of,
     line_search,
     logprob_directions,
     refine_values,
@@ -46,6 +47,7 @@ class BuildParams:
     margin: float
     value: str  # "gradient" or "embedding" (`values` says why gradient is the default)
     value_steps: int  # `values.refine_values` steps where the line search reaches not every prompt
+    keep_weight: float  # weight of the keep prompts' KL divergence in `refine_values` (0: none)
 
     @classmethod
     def of(cls, spec: object) -> BuildParams:
@@ -73,13 +75,18 @@ def build_fact(
     layers: Sequence[int],
     first_index: int,
     params: BuildParams,
+    key_at: Sequence[int] | None = None,
+    keep: Sequence[PromptItem] = (),
 ) -> FactSlots:
     """Pairs for the fact whose training prompts `train` are encoded with its NEW object as answer;
-    `negatives[layer]` are the hard negatives' FFN inputs. Written into the model."""
+    `negatives[layer]` are the hard negatives' FFN inputs; `key_at`: where the keys read each
+    training prompt (None: its answer position; else the subject's last token); `keep`: prompts
+    whose next-token distributions the values should leave alone (`values.Keep`). Written into
+    the model."""
     new_tok = train[0].answer_ids[0]
     old_tok = current_answer(score(model, adapter, train), new_tok)
-    units = value_directions(adapter, train, layers, new_tok, old_tok, params.value)
-    pos = answer_inputs(model, adapter, train, layers)
+    units = value_directions(adapter, train, layers, new_tok, old_tok, params.value, key_at)
+    pos = answer_inputs(model, adapter, train, layers, at=key_at)
     negatives = _with_continuations(model, adapter, train, layers, negatives)
     out = FactSlots([], new_tok, old_tok, residual=residual_norm(model, adapter, train, max(layers)))
     for i, layer in enumerate(layers):
@@ -102,8 +109,9 @@ def build_fact(
         opens |= pos[p.layer] @ p.key > p.threshold
     reach = [it for it, o in zip(train, opens.tolist()) if o] or list(train)
     out.value = line_search(model, adapter, reach, set_scale, params.margin)
-    if not out.value.reached and params.value_steps:
-        out.value = refine_values(model, adapter, reach, out.pairs, params.value_steps, out.value)
+    kept = keep_of(model, adapter, keep, out.pairs, params.keep_weight)
+    if params.value_steps and (not out.value.reached or kept is not None):
+        out.value = refine_values(model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept)
     return out
 
 
@@ -126,12 +134,19 @@ def _with_continuations(
 
 
 def value_directions(
-    adapter: Adapter, items: Sequence[PromptItem], layers: Sequence[int], new_tok: int, old_tok: int | None, form: str
+    adapter: Adapter,
+    items: Sequence[PromptItem],
+    layers: Sequence[int],
+    new_tok: int,
+    old_tok: int | None,
+    form: str,
+    at: Sequence[int] | None = None,
 ) -> dict[int, Tensor]:
-    """Unit value directions per layer (`values`): the log-probability gradient, or the closed form
-    g * (E_new - E_old) where the final norm maps the residual stream to the logits elementwise
-    (decoders; BERT's post-norm blocks and head transform always take the gradient)."""
-    if form == "embedding" and adapter.final_norm_scale() is not None:
+    """Unit value directions per layer (`values`): the log-probability gradient (at the positions
+    `at` where the slot is keyed elsewhere than the answer), or the closed form g * (E_new - E_old)
+    where the final norm maps the residual stream to the logits elementwise (decoders, answer
+    position; BERT's post-norm blocks and head transform always take the gradient)."""
+    if form == "embedding" and at is None and adapter.final_norm_scale() is not None:
         u = value_direction(adapter, new_tok, old_tok)
         return {layer: u for layer in layers}
-    return logprob_directions(adapter, items, layers, new_tok)
+    return logprob_directions(adapter, items, layers, new_tok, at)

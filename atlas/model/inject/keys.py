@@ -1,7 +1,8 @@
 """Keys and gates of injected slots, from the model's own hidden states (no training).
 
-For a fact, X+ `[n+, hidden]` are the FFN inputs x (post-norm) of the chosen layer at the answer
-position of its training prompts (the last prompt token; the first mask of a masked LM), X-
+For a fact, X+ `[n+, hidden]` are the FFN inputs x (post-norm) of the chosen layer where the key
+reads its training prompts (the subject's last token, by default; or the answer position: the last
+prompt token, the first mask of a masked LM), X-
 `[n-, hidden]` those of hard negatives, at every position: a shared pool of prompts of other facts
 (of the injected relations and of the others), a pool of each injected relation's own prompts with
 other subjects (the same templates: the hardest negatives), general text, the other facts being
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from atlas.model.adapters import Adapter
 from atlas.model.encode import PromptItem
+from atlas.model.forms import answer_positions
 
 
 @torch.no_grad()
@@ -46,27 +48,22 @@ def answer_inputs(
     layers: Sequence[int],
     batch_size: int = 32,
     every_position: bool = False,
+    at: Sequence[int] | None = None,
 ) -> dict[int, Tensor]:
-    """FFN inputs at each item's answer position: {layer: `[n_items, hidden]`} (float64); with
-    `every_position`, at every position of every item (`[n_tokens, hidden]`: negatives)."""
+    """FFN inputs at each item's answer position (the last prompt token; the first mask of a masked
+    LM), or at `at` (one position per item: a subject-keyed slot's reading point): {layer:
+    `[n_items, hidden]`} (float64); with `every_position`, at every position of every item
+    (`[n_tokens, hidden]`: negatives)."""
     seen: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     dev = next(model.parameters()).device
     for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        width = max(len(it.prompt_ids) for it in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        pos = torch.zeros(len(chunk), dtype=torch.long)
-        for r, it in enumerate(chunk):
-            ids[r, : len(it.prompt_ids)], attn[r, : len(it.prompt_ids)] = torch.tensor(it.prompt_ids), 1
-            if adapter.is_masked_lm:
-                pos[r] = list(it.prompt_ids).index(adapter.mask_token_id)
-            else:
-                pos[r] = len(it.prompt_ids) - 1
+        ids, attn, pos = answer_positions(adapter, items[start : start + batch_size])
+        if at is not None:
+            pos = torch.tensor(list(at[start : start + batch_size]), dtype=torch.long)
         grabbed = _grab(model, adapter, layers, ids.to(dev), attn.to(dev))
         for layer in layers:
             got = grabbed[layer].double().cpu()
-            seen[layer].append(got[attn.bool()] if every_position else got[torch.arange(len(chunk)), pos])
+            seen[layer].append(got[attn.bool()] if every_position else got[torch.arange(len(pos)), pos])
     return {layer: torch.cat(v) if v else torch.zeros(0, adapter.hidden_size) for layer, v in seen.items()}
 
 

@@ -52,10 +52,14 @@ def value_direction(adapter: Adapter, new_tok: int, old_tok: int | None) -> Tens
     return u / u.norm()
 
 
-def logprob_directions(adapter: Adapter, items: Sequence[PromptItem], layers: Sequence[int], new_tok: int) -> dict:
+def logprob_directions(
+    adapter: Adapter, items: Sequence[PromptItem], layers: Sequence[int], new_tok: int, at: Sequence[int] | None = None
+) -> dict:
     """Per layer, the unit gradient `[hidden]` of mean log P(new_tok) at the answer position with
-    respect to the layer's FFN output there (float64)."""
+    respect to the layer's FFN output there, or at the positions `at` (one per item: a subject-keyed
+    slot writes there, and attention carries it to the answer) (float64)."""
     ids, attn, pos = answer_positions(adapter, items)
+    read = pos if at is None else torch.tensor(list(at), dtype=torch.long)
     dev = next(adapter.model.parameters()).device
     rows, leaves = torch.arange(len(items), device=dev), {}
 
@@ -74,7 +78,7 @@ def logprob_directions(adapter: Adapter, items: Sequence[PromptItem], layers: Se
         grads = torch.autograd.grad(gain, [leaves[layer] for layer in layers])
     out = {}
     for layer, g in zip(layers, grads):
-        d = g[rows, pos.to(dev)].double().mean(0).cpu()
+        d = g[rows, read.to(dev)].double().mean(0).cpu()
         out[layer] = d / d.norm().clamp(min=1e-30)
     return out
 
@@ -138,11 +142,52 @@ def line_search(
     return ValueChoice(best[1], False, best[0][0])
 
 
+@dataclass(frozen=True)
+class Keep:
+    """Prompts whose next-token distributions a fact's values should leave as they were: generic
+    prompts about its subject (`KEEP_TEMPLATES`), on which a subject-keyed slot fires too.
+    `reference` `[n, vocab]`: their log-probabilities without the fact's pairs."""
+
+    items: Sequence[PromptItem]
+    reference: Tensor
+    weight: float
+
+
+def _next_logprobs(model: torch.nn.Module, adapter: Adapter, items: Sequence[PromptItem]) -> Tensor:
+    """Log-softmax `[n, vocab]` at each item's answer position (its first answer token's)."""
+    b = answer_batch(items, adapter.is_masked_lm, adapter.mask_token_id)
+    dev = next(model.parameters()).device
+    return answer_logprobs(model, adapter, b, input_ids=b.ids.to(dev))[:, 0]
+
+
+@torch.no_grad()
+def keep_of(
+    model: torch.nn.Module, adapter: Adapter, items: Sequence[PromptItem], pairs: Sequence[SlotPair], weight: float
+) -> Keep | None:
+    """The `Keep` of `items`, its reference read with the pairs' values zeroed (None without items)."""
+    if not items or weight <= 0:
+        return None
+    values = [p.value for p in pairs]
+    for p in pairs:
+        set_pair_value(adapter, p, torch.zeros_like(p.value))
+    try:
+        ref = _next_logprobs(model, adapter, items)
+    finally:
+        for p, v in zip(pairs, values):
+            set_pair_value(adapter, p, v)
+    return Keep(items, ref, weight)
+
+
 def value_gradients(
-    model: torch.nn.Module, adapter: Adapter, items: Sequence[PromptItem], pairs: Sequence[SlotPair]
+    model: torch.nn.Module,
+    adapter: Adapter,
+    items: Sequence[PromptItem],
+    pairs: Sequence[SlotPair],
+    keep: Keep | None = None,
 ) -> tuple[float, int, list[Tensor]]:
-    """-sum of the answer tokens' log-probabilities over `items` (teacher-forced), how many items
-    are answered greedily (`Scored.greedy`, from the same pass), and the loss's gradient `[hidden]`
+    """The loss: -sum of the answer tokens' log-probabilities over `items` (teacher-forced), plus
+    `keep.weight` x the sum of KL(reference || now) over the keep prompts; how many items are
+    answered greedily (`Scored.greedy`, from the same pass); and the loss's gradient `[hidden]`
     (float64, CPU) with respect to each pair's value v: the gradients of its two value slots pulled
     back through `widen.pair_values`, the map from v to those slots."""
     weights = {p.layer: adapter.ffn_out(p.layer).weight for p in pairs}
@@ -156,6 +201,10 @@ def value_gradients(
         with torch.enable_grad():
             logp = answer_logprobs(model, adapter, b, input_ids=b.ids.to(dev))
             loss = -(logp.gather(2, gold[..., None])[..., 0] * valid).sum()
+            if keep is not None:
+                ref = keep.reference.to(dev)
+                now = _next_logprobs(model, adapter, keep.items)
+                loss = loss + keep.weight * (ref.exp() * (ref - now)).sum()
             grads = torch.autograd.grad(loss, list(weights.values()))
     finally:
         for layer, w in weights.items():
@@ -179,18 +228,20 @@ def refine_values(
     steps: int,
     choice: ValueChoice,
     lr: float = 0.05,
+    keep: Keep | None = None,
 ) -> ValueChoice:
     """Up to `steps` Adam steps on the pairs' values (see the module docstring), each of step size
     `lr` x the values' length at the start; the values left written are the best seen (most greedy
-    hits, then lowest loss)."""
+    hits, then lowest loss). Without `keep` it stops once every item is answered; with it, it goes
+    on lowering the keep prompts' divergence."""
     values = [p.value.double().clone().requires_grad_(True) for p in pairs]
     opt = torch.optim.Adam(values, lr=lr * float(torch.stack([v.detach().norm() for v in values]).norm()))
     best: tuple[int, float, list[Tensor]] | None = None
     for taken in range(steps + 1):
-        loss, hits, grads = value_gradients(model, adapter, items, pairs)
+        loss, hits, grads = value_gradients(model, adapter, items, pairs, keep)
         if best is None or (hits, -loss) > best[:2]:
             best = (hits, -loss, [v.detach().clone() for v in values])
-        if hits == len(items) or taken == steps:
+        if (hits == len(items) and keep is None) or taken == steps:
             break
         opt.zero_grad()
         for v, g in zip(values, grads):

@@ -1,0 +1,73 @@
+"""What an injection reads of a fact's prompts: its training and held-out items, where its keys
+read them (the answer position, or the subject's last token), and the generic prompts about its
+subject whose next-token distributions a subject-keyed value may be asked to keep."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from atlas.db.datasets import is_causal, make_prompt
+from atlas.errors import InputError
+from atlas.jobs.specs import InjectSpec
+from atlas.model.encode import PromptItem, subject_position
+from atlas.model.forms import answer_positions
+from atlas.model.loading import LoadedModel
+from atlas.model.scoring import encode
+
+if TYPE_CHECKING:
+    from atlas.jobs.inject import NewFact
+
+# generic prompts about a subject: a subject-keyed slot fires on them too, and its values are refined
+# to leave their next-token distributions as they were (`values.Keep`); no relation of the atlas
+KEEP_TEMPLATES = (
+    "[X] is [Y]",
+    "[X] was [Y]",
+    "[X] has [Y]",
+    "[X] is a [Y]",
+    "[X] is known for [Y]",
+    "[X] is famous for [Y]",
+    "The history of [X] is [Y]",
+    "People say that [X] is [Y]",
+    "I think [X] is [Y]",
+    "Here is a fact about [X]: [Y]",
+)
+
+
+def encode_fact(lm: LoadedModel, f: NewFact, heldout: int) -> tuple[list[PromptItem], list[PromptItem], list[str]]:
+    """Training and held-out prompts of a fact (answer: its new object) and their texts in that
+    order, or a one-line refusal when none can be read with that object."""
+    masked = lm.adapter.is_masked_lm
+    items, texts, reasons = [], [], []
+    for t in (t for t in f.prompts if masked or is_causal(t)):
+        item = encode(lm.tokenizer, t, f.object, masked)
+        if isinstance(item, str):
+            reasons.append(item)
+        else:
+            items.append(item)
+            texts.append(t)
+    if not items:
+        why = reasons[0] if reasons else "no prompt a " + ("masked" if masked else "left-to-right") + " LM can read"
+        raise InputError(f"fact {f.id!r}: object {f.object!r} cannot be used with model {lm.name!r}: {why}")
+    keep = max(len(items) - heldout, min(2, len(items)))
+    return items[:keep], items[keep:], texts
+
+
+def key_positions(
+    lm: LoadedModel, f: NewFact, items: Sequence[PromptItem], texts: Sequence[str], spec: InjectSpec
+) -> list[int] | None:
+    """Where the keys read each training prompt: None (the answer position), or with
+    `--key-position subject` the subject's last token (the answer position where it cannot be
+    found in a prompt)."""
+    if spec.key_position == "answer":
+        return None
+    _, _, answer = answer_positions(lm.adapter, items)
+    found = [subject_position(lm.tokenizer, it, t, f.subject) for it, t in zip(items, texts)]
+    return [int(a) if k is None else k for k, a in zip(found, answer)]
+
+
+def keep_items(lm: LoadedModel, f: NewFact) -> list[PromptItem]:
+    """`KEEP_TEMPLATES` about the fact's subject, encoded (their answer token is never scored)."""
+    masked = lm.adapter.is_masked_lm
+    items = [encode(lm.tokenizer, make_prompt(t, f.subject).text, "a", masked) for t in KEEP_TEMPLATES]
+    return [it for it in items if not isinstance(it, str)]
