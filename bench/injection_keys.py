@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atlas.db.datasets import Fact, causal_prefix, read_kn_paper  # noqa: E402
 from atlas.jobs.evaluate import GENERAL_TEXT  # noqa: E402
 from atlas.jobs.inject_audit import NEGATIVE_TEXT_CHARS  # noqa: E402
+from atlas.jobs.inject_prompts import key_positions  # noqa: E402
+from atlas.jobs.specs import InjectSpec  # noqa: E402
 from atlas.model.encode import PromptItem  # noqa: E402
 from atlas.model.inject.keys import Negatives, answer_inputs, discriminant, gate, text_inputs  # noqa: E402
 from atlas.model.loading import load_model  # noqa: E402
@@ -102,21 +104,13 @@ def pick(args) -> tuple[list[Fact], dict[str, list[Fact]], list[Fact], list[Fact
     return targets, own, shared, evals
 
 
-def subject_item(tok, f: Fact, text: str) -> PromptItem:
-    """The prompt cut after the subject's last token (that token is the item's answer position)."""
-    prefix = causal_prefix(text)
-    end = prefix.find(f.subject)
-    end = len(prefix) if end < 0 else end + len(f.subject)
-    return PromptItem(tok(prefix[:end], add_special_tokens=False).input_ids, [0])
-
-
 def read_inputs(args, lm, layers: list[int]) -> dict:
     """Every FFN input the variants need, at `layers` (one forward pass per batch for all)."""
     tok = lm.tokenizer
     targets, own, shared, evals = pick(args)
 
-    def grab(items: list[PromptItem], every: bool = False) -> dict:
-        return answer_inputs(lm.model, lm.adapter, items, layers, every_position=every)
+    def grab(items: list[PromptItem], every: bool = False, at: list[int] | None = None) -> dict:
+        return answer_inputs(lm.model, lm.adapter, items, layers, every_position=every, at=at)
 
     text = GENERAL_TEXT.read_text()
     seen_ids = list(tok(text[:NEGATIVE_TEXT_CHARS], add_special_tokens=False).input_ids)
@@ -136,12 +130,12 @@ def read_inputs(args, lm, layers: list[int]) -> dict:
     for f in targets:
         texts = causal_texts(f)
         keep = len(texts) - args.heldout
-        subj = [subject_item(tok, f, t) for t in texts]
+        items = items_of(tok, texts)
         got["targets"].append(
             {
                 "fact": f,
-                "answer": grab(items_of(tok, texts)),
-                "subject": grab(subj),
+                "answer": grab(items),
+                "subject": grab(items, at=key_positions(lm, f, items, texts, InjectSpec(key_position="subject"))),
                 "every": grab(items_of(tok, texts[:keep]), every=True),
                 "keep": keep,
             }
