@@ -14,7 +14,8 @@
 #   bash bench/gpu_smollm2.sh atlas      # carrying .gpu/g4: indexes, scores, writes $OUT (Parquet)
 # or, for the edit benchmarks (the atlas is indexed there, in the background, then the benchmark):
 #   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g4: starts index + bench/edit_quality.py
-#       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py;
+#       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py,
+#        where 'args|args' runs one after the other in one job;
 #        SKETCH=R indexes smollm2-knLIMIT (LIMIT facts a relation, 100 by default) with --sketch-rank R,
 #        so its audits predict from sketches;
 #        REPORT=1 then probes 6 relations and writes its `atlas report`, which 'collect' returns;
@@ -82,9 +83,12 @@ for i in "\${!jobs[@]}"; do
     python3 bench/edit_quality.py --db "duckdb:///\$dbi" --run smollm2-kn${LIMIT:-100} --user-run smollm2-user --device cuda \
         --out /tmp/bg/eq.\$i.jsonl \${jobs[\$i]} > /tmp/bg/eq.\$i.log 2>&1 &
 done
-for i in "\${!injs[@]}"; do
-    python3 bench/injection.py --db duckdb:////tmp/bg/inj\$i.duckdb --run smollm2-kn${LIMIT:-100} --device cuda \
-        \${injs[\$i]} > /tmp/bg/injection.\$i.log 2>&1 &
+for i in "\${!injs[@]}"; do  # a job 'args|args|...' runs its argument lists one after the other
+    IFS='|' read -ra lane <<< "\${injs[\$i]}"
+    for args in "\${lane[@]}"; do
+        python3 bench/injection.py --db duckdb:////tmp/bg/inj\$i.duckdb --run smollm2-kn${LIMIT:-100} --device cuda \
+            \$args
+    done > /tmp/bg/injection.\$i.log 2>&1 &
 done
 wait
 if [ -n "${REPORT:-}" ]; then  # the probes and the report of the run, after its edits and audits

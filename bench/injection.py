@@ -11,7 +11,9 @@ gets; the last 2 causal prompts of each fact are held out (`--heldout`).
 1. `inject_facts` with the default spec (or `--layers`): every fact in one injection, built one
    after the other on the model holding the earlier ones; the stored audit is the measurement
    (efficacy, held-out generalisation, the run's other facts: mean |dP/P|, right answers kept,
-   slot firing; fluency), all facts active at once. Then rolled back; the sha256 must come back.
+   slot firing; fluency), all facts active at once; and the held-out generalisation over the
+   held-out prompts on which the model gave the fact's TRUE object before ("heldout_known": the
+   paraphrases it reads as the relation at all). Then rolled back; the sha256 must come back.
 2. The update rule (`atlas edit update --form paper`) on the in-run facts, applied one after the
    other, then the same measurement (`atlas.jobs.inject_audit`) on the same prompts, then rolled
    back (`--kn-forms paper,ls` also runs the default `ls` form).
@@ -48,23 +50,25 @@ from atlas.jobs.audit import new_object_for  # noqa: E402
 from atlas.jobs.evaluate import EvalSet  # noqa: E402
 from atlas.jobs.inject import facts_from_file, inject_facts
 from atlas.jobs.inject_prompts import encode_fact  # noqa: E402
-from atlas.jobs.inject_weights import rollback_injection  # noqa: E402
+from atlas.jobs.inject_weights import as_of_injection, rollback_injection  # noqa: E402
 from atlas.jobs.rollback import rollback  # noqa: E402
 from atlas.jobs.specs import InjectSpec, UpdateSpec  # noqa: E402
 from atlas.jobs.update import update_fact  # noqa: E402
 from atlas.jobs.weights import current_weights  # noqa: E402
+from atlas.model.encode import PromptItem  # noqa: E402
 from atlas.model.loading import load_model, weights_sha256  # noqa: E402
+from atlas.model.scoring import encode, score  # noqa: E402
 from bench.results import append_result  # noqa: E402
 
 
 def choose_facts(
     store: Store, lm, run: str, in_run: int, extra: int, seed: int, relations: list[str] | None = None
-) -> tuple[list[dict], list[str]]:
-    """JSONL rows of counterfactual facts and the ids of those that are in the run (`relations`:
-    those relations of the atlas instead of the run's, e.g. a user file's)."""
+) -> tuple[list[dict], list[str], dict[str, str]]:
+    """JSONL rows of counterfactual facts, the ids of those that are in the run, and each one's
+    true object (`relations`: those relations of the atlas instead of the run's, e.g. a user file's)."""
     _, facts, neurons = read_run_atlas(store, run)
     rng = random.Random(seed)
-    rows, ids = [], []
+    rows, ids, truth = [], [], {}
     for rel in relations or sorted({f.relation_id for f in facts.values()}):
         everything = {
             f.id: Fact(f.id, f.relation_id, f.subject, f.object) for f in list_facts(store, relation=rel, limit=None)
@@ -84,13 +88,47 @@ def choose_facts(
                 continue
             rows.append({"id": f"cf-{f.id}", "relation": rel, "subject": f.subject, "object": new, "prompts": prompts})
             ids += [f"cf-{f.id}"] if inside else []
+            truth[f"cf-{f.id}"] = f.object
             n_extra += not inside
-    return rows, ids
+    return rows, ids, truth
 
 
-def kn_rule(store: Store, lm, run: str, rows: list[dict], ids: list[str], spec: InjectSpec, form: str) -> dict:
+def heldout_pairs(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> list[tuple[PromptItem, PromptItem]]:
+    """Every held-out prompt of the facts (the split `encode_fact` makes), encoded with the new
+    object and with the true one (where both can be)."""
+    out = []
+    for f in facts_from_file(_write(rows)):
+        _, held, texts = encode_fact(lm, f, heldout)
+        for item, text in zip(held, texts[len(texts) - len(held) :]):
+            true = encode(lm.tokenizer, text, truth[f.id], lm.adapter.is_masked_lm)
+            if not isinstance(true, str):
+                out.append((item, true))
+    return out
+
+
+def known_generalisation(pairs: list[tuple[PromptItem, PromptItem]], knew: list[bool], lm) -> dict:
+    """Held-out generalisation (new object greedy, on `lm` as it is now) over the held-out prompts
+    on which the model gave the TRUE object greedily before: a paraphrase it reads as the relation
+    at all (one it never completes with the true object cannot be expected to show the new one)."""
+    hits = [s.greedy for s in score(lm.model, lm.adapter, [new for new, _ in pairs])]
+    n = sum(knew)
+    return {
+        "heldout_true_known": n,
+        "heldout_prompts": len(pairs),
+        "generalisation_where_known": sum(h and k for h, k in zip(hits, knew)) / n if n else None,
+        "generalisation_where_unknown": sum(h and not k for h, k in zip(hits, knew)) / (len(pairs) - n)
+        if len(pairs) > n
+        else None,
+    }
+
+
+def kn_rule(
+    store: Store, lm, run: str, rows: list[dict], ids: list[str], truth: dict[str, str], spec: InjectSpec, form: str
+) -> dict:
     """The update rule on the in-run facts, applied one after another, judged like the injection."""
     facts = [f for f in facts_from_file(_write(rows)) if f.id in ids]
+    pairs = heldout_pairs(lm, [r for r in rows if r["id"] in ids], truth, spec.heldout)
+    knew = [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
     encoded = [encode_fact(lm, f, spec.heldout) for f in facts]
     _, run_facts, _ = read_run_atlas(store, run)
     injected = {(f.subject, f.relation_id) for f in facts}
@@ -108,10 +146,11 @@ def kn_rule(store: Store, lm, run: str, rows: list[dict], ids: list[str], spec: 
             print(f"  update {f.id}: {exc}", file=sys.stderr)
     with current_weights(store, lm, run):
         after = audit.measure(lm, plan)
+        known = known_generalisation(pairs, knew, lm)
     for e in reversed(done):
         rollback(store, lm, e.id)
     out = audit.judge(plan, before, after, [0] * len(facts))
-    out["updated"], out["failed"] = len(done), failed
+    out["updated"], out["failed"], out["heldout_known"] = len(done), failed, known
     return out
 
 
@@ -136,17 +175,25 @@ def subset(a: dict[str, Any], positions: list[int]) -> dict[str, float | None]:
     }
 
 
-def inject_and_audit(store: Store, lm, run: str, rows: list[dict], ids: list[str], spec: InjectSpec, base: str) -> dict:
-    """Inject every fact at once, read the stored audit, roll back and check the sha256."""
+def inject_and_audit(
+    store: Store, lm, run: str, rows: list[dict], ids: list[str], truth: dict[str, str], spec: InjectSpec, base: str
+) -> dict:
+    """Inject every fact at once, read the stored audit (and the held-out generalisation where the
+    model knew the true object), roll back and check the sha256."""
+    pairs = heldout_pairs(lm, rows, truth, spec.heldout)
+    knew = [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
     t0 = time.time()
     rec = inject_facts(store, lm, run, facts_from_file(_write(rows)), spec)
     wall = time.time() - t0
+    with as_of_injection(store, lm, rec.id) as (now, _, _):
+        known = known_generalisation(pairs, knew, now)
     rolled = rollback_injection(store, lm, rec.id)
     with current_weights(store, lm, run) as sha:
         restored = sha == base == rec.sha256_before
     a = {k: v for k, v in rec.audit.items() if k != "facts"}
     in_run_pos = [f.position for f in rec.facts if f.fact_id in ids]
     result = {"n_facts": len(rows), "layers": rec.layers, "audit": a, "in_run": subset(rec.audit, in_run_pos)}
+    result["heldout_known"] = known
     result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
     result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)
@@ -172,18 +219,18 @@ def main() -> None:
     lm = load_model("smollm2", device=args.device)
     base = weights_sha256(lm.model)
     rels = args.relations.split(",") if args.relations else None
-    rows, ids = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
+    rows, ids, truth = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
     spec = InjectSpec(layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None)
     fields = dict(kv.split("=") for kv in args.spec.split(",") if kv)
     spec = replace(spec, **{k: type(getattr(spec, k))(v) for k, v in fields.items()})
     t0 = time.time()
     result = {"n_facts": len(rows)}
     if not args.skip_inject:
-        result = inject_and_audit(store, lm, args.run, rows, ids, spec, base)
+        result = inject_and_audit(store, lm, args.run, rows, ids, truth, spec, base)
     wall = time.time() - t0
     if not args.skip_kn:
         for form in args.kn_forms.split(","):
-            kn = kn_rule(store, lm, args.run, rows, ids, spec, form)
+            kn = kn_rule(store, lm, args.run, rows, ids, truth, spec, form)
             result[f"kn_{form}"] = {k: v for k, v in kn.items() if k != "facts"}
     print(json.dumps(result, indent=1))
     append_result("injection", vars(args), wall, len(rows), result=result)

@@ -113,6 +113,7 @@ class _Atlas:
     run_layer: int | None
     negatives: list[tuple[str, str, str, str]]  # (pool: '' shared, else its relation; fact id, prompt text, object)
     same_subject: list[Fact]  # facts of the atlas about an injected subject (other relations too)
+    keep_templates: dict[str, str]  # relation -> the template its keep prompts use (injection_keep_templates.sql)
 
 
 def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: InjectSpec, causal: bool) -> _Atlas:
@@ -131,7 +132,16 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             params = {"relation_ids": [rel], "subjects": subjects, "same": True, "causal": causal}
             rows = conn.execute(sql_text("injection_negatives", be), params | {"limit": spec.relation_negatives})
             negatives += [(rel, r.fact_id, r.text, r.object) for r in rows]
-        params = {"subjects": subjects, "causal": causal, "limit": 20 * spec.audit_facts}
+        kept = {
+            r.relation_id: r.template
+            for r in conn.execute(sql_text("injection_keep_templates", be), {"causal": causal})
+        }
+        params = {
+            "subjects": subjects,
+            "causal": causal,
+            "kept": sorted(set(kept.values())),
+            "limit": 20 * spec.audit_facts,
+        }
         same = facts_of_rows(conn.execute(sql_text("injection_same_subject", be), params))
         return _Atlas(
             run,
@@ -143,6 +153,7 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             default_layer(conn, be, run.id, ""),
             negatives,
             list(same.values()),
+            kept,
         )
 
 
@@ -299,7 +310,7 @@ def _compute(
                         pool = pool + own_pool[(facts[i].relation_id, layer)]
                     rest = [o[layer] for j, o in enumerate(own) if j != i]
                     negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
-                keep = keep_items(lm, facts[i]) if key_at[i] is not None else []
+                keep = keep_items(lm, facts[i], at.keep_templates) if key_at[i] is not None else []
                 built.append(build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep))
                 index += 2 * len(layers[i])
             sha_after = weights_sha256(lm.model)

@@ -1,10 +1,11 @@
 """What an injection reads of a fact's prompts: its training and held-out items, where its keys
-read them (the answer position, or the subject's last token), and the generic prompts about its
-subject whose next-token distributions a subject-keyed value may be asked to keep."""
+read them (the answer position, or the subject's last token), and the prompts about its subject
+(generic ones, and other relations' templates) whose next-token distributions a subject-keyed value
+may be asked to keep."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from atlas.db.datasets import is_causal, make_prompt
@@ -66,8 +67,13 @@ def key_positions(
     return [int(a) if k is None else k for k, a in zip(found, answer)]
 
 
-def keep_items(lm: LoadedModel, f: NewFact) -> list[PromptItem]:
-    """`KEEP_TEMPLATES` about the fact's subject, encoded (their answer token is never scored)."""
+def keep_items(lm: LoadedModel, f: NewFact, relation_templates: Mapping[str, str]) -> list[PromptItem]:
+    """Prompts about the fact's subject whose next-token distributions its values keep, encoded
+    (their answer token is never scored): `KEEP_TEMPLATES`, and one template of every other relation
+    of the atlas (`relation_templates`, relation -> template), which asks for what a subject-keyed
+    slot must not move: the subject's other attributes."""
     masked = lm.adapter.is_masked_lm
-    items = [encode(lm.tokenizer, make_prompt(t, f.subject).text, "a", masked) for t in KEEP_TEMPLATES]
+    others = [t for rel, t in sorted(relation_templates.items()) if rel != f.relation_id]
+    texts = [make_prompt(t, f.subject).text for t in (*KEEP_TEMPLATES, *others)]
+    items = [encode(lm.tokenizer, text, "a", masked) for text in texts]
     return [it for it in items if not isinstance(it, str)]

@@ -115,18 +115,26 @@ def rollback_injection(store: Store, lm: ModelArg, injection_id: int) -> Injecti
     return get_injection(store, injection_id)
 
 
+@contextmanager
+def as_of_injection(store: Store, lm: ModelArg, injection_id: int) -> Iterator[tuple[LoadedModel, Run, str]]:
+    """The model as of injection `injection_id` (the applied stack up to it): the loaded model, its
+    run and the weights' hash, for reading; the model is left as it came on exit."""
+    row, run, edits, every = _read(store, injection_id)
+    if row.status == ROLLED_BACK:
+        raise EditError(f"injection {injection_id} was rolled back; there is no such model")
+    stack = [i for i in every if i.status == APPLIED and i.id <= injection_id]
+    lm = resolve_model(store, lm, run)
+    with injected_copy(lm, run, edits, stack) as sha:
+        yield lm, run, sha
+
+
 def export_injection(store: Store, lm: ModelArg, injection_id: int, out_dir: Path) -> Path:
     """Write the model as of injection `injection_id` (its stack) as a Hugging Face safetensors
     directory; the config says the wider `intermediate_size` (and `mlp_bias` for LLaMA)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise EditError(f"output folder {str(out_dir)!r} exists and is not empty")
-    row, run, edits, every = _read(store, injection_id)
-    if row.status == ROLLED_BACK:
-        raise EditError(f"injection {injection_id} was rolled back; there is no such model to export")
-    stack = [i for i in every if i.status == APPLIED and i.id <= injection_id]
-    lm = resolve_model(store, lm, run)
-    with injected_copy(lm, run, edits, stack) as sha, torch.no_grad():
+    with as_of_injection(store, lm, injection_id) as (lm, run, sha), torch.no_grad():
         out_dir.mkdir(parents=True, exist_ok=True)
         lm.model.save_pretrained(out_dir, safe_serialization=True)
         lm.tokenizer.save_pretrained(out_dir)

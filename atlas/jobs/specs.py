@@ -302,9 +302,10 @@ class InjectSpec:
     )
     keep_weight: float = opt(
         0.0,
-        help="Value, for subject keys: weight of the KL divergence of generic prompts about the subject "
-        "('[X] is', ...: their next-token distributions left alone) in up to --value-steps steps, run for "
-        "every fact (0: none; slow, and not measured at scale: BENCHMARKS.md).",
+        help="Value, for subject keys: weight of the KL divergence of prompts about the subject (generic "
+        "ones, '[X] is', ..., and one template of each other relation of the atlas: their next-token "
+        "distributions left alone) in up to --value-steps steps, run for every fact until 10 steps bring "
+        "no 1% lower loss (0: none; BENCHMARKS.md).",
     )
     negatives: int = opt(
         1000,

@@ -249,7 +249,7 @@ def test_value_gradients_are_the_finite_differences_of_the_loss(family: str, wit
         for i in range(3)
     ]
     with widened(adapter, pairs, adapter.n_neurons + 6):
-        keep = keep_of(model, adapter, KEEP, pairs, 2.0) if with_keep else None
+        keep = keep_of(model, adapter, ITEMS, KEEP, pairs, 2.0) if with_keep else None
         _, _, grads = value_gradients(model, adapter, ITEMS, pairs, keep)
         base, eps, losses = [p.value.clone() for p in pairs], 1e-3, []  # the loss is fp32 (answer_logprobs)
         for sign in (1, -1):
@@ -286,7 +286,7 @@ def test_keep_prompts_start_at_zero_divergence_and_refinement_trades_it_off() ->
     adapter = adapter_for(model)
     pairs = _open_pairs(adapter, 2)
     with widened(adapter, pairs, adapter.n_neurons + 4):
-        keep = keep_of(model, adapter, KEEP, pairs, 1.0)
+        keep = keep_of(model, adapter, ITEMS, KEEP, pairs, 1.0)
         values = [p.value for p in pairs]
         for p in pairs:
             set_pair_value(adapter, p, torch.zeros_like(p.value))
@@ -298,6 +298,25 @@ def test_keep_prompts_start_at_zero_divergence_and_refinement_trades_it_off() ->
         start = value_gradients(model, adapter, ITEMS, pairs, keep)[0]
         got = refine_values(model, adapter, ITEMS, pairs, 15, ValueChoice(1.0, False, 0), keep=keep)
         assert got.steps == 15 and value_gradients(model, adapter, ITEMS, pairs, keep)[0] < start
+
+
+def test_refinement_with_keep_prompts_stops_once_answered_and_stale() -> None:
+    """Prompts answered already (their gold is the model's own greedy token) and a zero step size:
+    without keep prompts the refinement stops at once; with them it waits `PATIENCE` steps without
+    a 1 % lower loss, and stops there, not at its step limit."""
+    from atlas.model.inject.values import PATIENCE
+
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    pairs = _open_pairs(adapter, 2)
+    with widened(adapter, pairs, adapter.n_neurons + 4):
+        tops = [s.top1 for s in score(model, adapter, ITEMS)]
+        own = [PromptItem(it.prompt_ids, [t]) for it, t in zip(ITEMS, tops)]
+        keep = keep_of(model, adapter, own, KEEP, pairs, 1.0)
+        plain = refine_values(model, adapter, own, pairs, 50, ValueChoice(1.0, True, 3), lr=0.0)
+        kept = refine_values(model, adapter, own, pairs, 50, ValueChoice(1.0, True, 3), lr=0.0, keep=keep)
+    assert plain.steps == 0 and plain.reached
+    assert kept.steps == PATIENCE and kept.reached
 
 
 def test_subject_position_is_the_subjects_last_token() -> None:
@@ -352,3 +371,21 @@ def test_inputs_and_value_directions_at_other_positions(family: str) -> None:
         handle.remove()
     ref = g.double().mean(0)
     assert torch.allclose(u, ref / ref.norm(), atol=1e-4)
+
+
+def test_keep_prompts_are_the_generic_ones_and_every_other_relations_template(tmp_path) -> None:
+    """A fact's keep prompts: `KEEP_TEMPLATES` and one template of each other relation, filled with
+    its subject; never a template of its own relation (that answer is meant to change)."""
+    from atlas.jobs.inject import NewFact
+    from atlas.jobs.inject_prompts import KEEP_TEMPLATES, keep_items
+    from atlas.model.loading import load_model
+    from atlas.model.scoring import encode
+    from tests.support.kn_world import save_model
+
+    lm = load_model(str(save_model(tmp_path / "tiny", 0, "llama")))
+    f = NewFact("f", "P36", "France", "Berlin", ["The capital of France is [Y]."])
+    templates = {"P36": "The capital of [X] is [Y].", "P30": "[X] is located in [Y].", "P1": "[X] speaks [Y]."}
+    got = keep_items(lm, f, templates)
+    texts = [t.replace("[X]", "France") for t in (*KEEP_TEMPLATES, "[X] speaks [Y].", "[X] is located in [Y].")]
+    want = [encode(lm.tokenizer, t, "a", False) for t in texts]
+    assert [(g.prompt_ids, g.answer_ids) for g in got] == [(w.prompt_ids, w.answer_ids) for w in want]

@@ -109,7 +109,7 @@ def build_fact(
         opens |= pos[p.layer] @ p.key > p.threshold
     reach = [it for it, o in zip(train, opens.tolist()) if o] or list(train)
     out.value = line_search(model, adapter, reach, set_scale, params.margin)
-    kept = keep_of(model, adapter, keep, out.pairs, params.keep_weight)
+    kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
     if params.value_steps and (not out.value.reached or kept is not None):
         out.value = refine_values(model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept)
     return out

@@ -21,7 +21,10 @@ Where no scale reaches every such prompt (a single direction cannot serve paraph
 different ones), `refine_values` optimises the fact's values and nothing else: at most
 `value_steps` Adam steps on -sum log P(new answer tokens) over those prompts, from the line search's
 best, stopping once the new object is the greedy answer on all of them. The keys and gates stay as
-built, so where the slot is silent nothing changes.
+built, so where the slot is silent nothing changes. With keep prompts (`Keep`, `--keep-weight W`:
+prompts about a subject-keyed fact's subject, where its slot also fires) the loss adds
+W x sum KL(before || now) of their next-token distributions, and the steps run for every fact, until
+the new object wins everywhere and `PATIENCE` steps bring no 1 % lower loss.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from atlas.model.encode import PromptItem
 from atlas.model.forms import answer_positions
 from atlas.model.hooks import hooks
 from atlas.model.inject.widen import SlotPair, is_gated, pair_values, set_pair_value
-from atlas.model.scoring import Scored, answer_batch, answer_logprobs, score
+from atlas.model.scoring import AnswerBatch, Scored, answer_batch, answer_logprobs, score
 
 GRID = tuple(0.025 * 2**k for k in range(10))  # 0.025 ... 12.8 residual norms
+PATIENCE = 10  # refinement with keep prompts: steps without a 1 % lower loss before it stops
 VALUE_FORMS = ("gradient", "embedding")
 
 
@@ -144,38 +148,50 @@ def line_search(
 
 @dataclass(frozen=True)
 class Keep:
-    """Prompts whose next-token distributions a fact's values should leave as they were: generic
-    prompts about its subject (`KEEP_TEMPLATES`), on which a subject-keyed slot fires too.
-    `reference` `[n, vocab]`: their log-probabilities without the fact's pairs."""
+    """Prompts whose next-token distributions a fact's values should leave as they were: prompts
+    about its subject (`atlas.jobs.inject_prompts.keep_items`), on which a subject-keyed slot fires
+    too. `reference` `[n, vocab]`: their log-probabilities without the fact's pairs."""
 
     items: Sequence[PromptItem]
     reference: Tensor
     weight: float
 
 
-def _next_logprobs(model: torch.nn.Module, adapter: Adapter, items: Sequence[PromptItem]) -> Tensor:
-    """Log-softmax `[n, vocab]` at each item's answer position (its first answer token's)."""
-    b = answer_batch(items, adapter.is_masked_lm, adapter.mask_token_id)
+def _joint_logprobs(
+    model: torch.nn.Module, adapter: Adapter, items: Sequence[PromptItem], keep: Sequence[PromptItem]
+) -> tuple[AnswerBatch, Tensor, Tensor]:
+    """One pass over the training items and the keep prompts (a refinement step is launch-bound on a
+    GPU: one batch, not two): the batch, the items' answer log-probabilities `[n, T, vocab]`
+    (teacher-forced) and the keep prompts' next-token log-probabilities `[m, vocab]`."""
+    b = answer_batch([*items, *keep], adapter.is_masked_lm, adapter.mask_token_id)
     dev = next(model.parameters()).device
-    return answer_logprobs(model, adapter, b, input_ids=b.ids.to(dev))[:, 0]
+    logp = answer_logprobs(model, adapter, b, input_ids=b.ids.to(dev))
+    return b, logp[: len(items)], logp[len(items) :, 0]
 
 
 @torch.no_grad()
 def keep_of(
-    model: torch.nn.Module, adapter: Adapter, items: Sequence[PromptItem], pairs: Sequence[SlotPair], weight: float
+    model: torch.nn.Module,
+    adapter: Adapter,
+    items: Sequence[PromptItem],
+    keep: Sequence[PromptItem],
+    pairs: Sequence[SlotPair],
+    weight: float,
 ) -> Keep | None:
-    """The `Keep` of `items`, its reference read with the pairs' values zeroed (None without items)."""
-    if not items or weight <= 0:
+    """The `Keep` of the prompts `keep` (None without any), its reference read with the pairs'
+    values zeroed, in the same batch with `items` as `value_gradients` reads them (so that the
+    divergence starts at 0 exactly)."""
+    if not keep or weight <= 0:
         return None
     values = [p.value for p in pairs]
     for p in pairs:
         set_pair_value(adapter, p, torch.zeros_like(p.value))
     try:
-        ref = _next_logprobs(model, adapter, items)
+        ref = _joint_logprobs(model, adapter, items, keep)[2]
     finally:
         for p, v in zip(pairs, values):
             set_pair_value(adapter, p, v)
-    return Keep(items, ref, weight)
+    return Keep(keep, ref, weight)
 
 
 def value_gradients(
@@ -195,15 +211,12 @@ def value_gradients(
     for w in weights.values():
         w.requires_grad_(True)
     try:
-        b = answer_batch(items, adapter.is_masked_lm, adapter.mask_token_id)
-        dev = next(model.parameters()).device
-        gold, valid = b.gold.to(dev), b.valid.to(dev)
         with torch.enable_grad():
-            logp = answer_logprobs(model, adapter, b, input_ids=b.ids.to(dev))
+            b, logp, now = _joint_logprobs(model, adapter, items, keep.items if keep is not None else [])
+            gold, valid = b.gold[: len(items)].to(logp.device), b.valid[: len(items)].to(logp.device)
             loss = -(logp.gather(2, gold[..., None])[..., 0] * valid).sum()
             if keep is not None:
-                ref = keep.reference.to(dev)
-                now = _next_logprobs(model, adapter, keep.items)
+                ref = keep.reference.to(now.device)
                 loss = loss + keep.weight * (ref.exp() * (ref - now)).sum()
             grads = torch.autograd.grad(loss, list(weights.values()))
     finally:
@@ -233,15 +246,19 @@ def refine_values(
     """Up to `steps` Adam steps on the pairs' values (see the module docstring), each of step size
     `lr` x the values' length at the start; the values left written are the best seen (most greedy
     hits, then lowest loss). Without `keep` it stops once every item is answered; with it, it goes
-    on lowering the keep prompts' divergence."""
+    on lowering the keep prompts' divergence until `PATIENCE` steps bring no 1 % lower loss."""
     values = [p.value.double().clone().requires_grad_(True) for p in pairs]
     opt = torch.optim.Adam(values, lr=lr * float(torch.stack([v.detach().norm() for v in values]).norm()))
     best: tuple[int, float, list[Tensor]] | None = None
+    stale = 0  # steps since the best gained a hit or lost 1 % of its loss
     for taken in range(steps + 1):
         loss, hits, grads = value_gradients(model, adapter, items, pairs, keep)
+        gained = best is None or hits > best[0] or loss < -best[1] - 0.01 * abs(best[1])
+        stale = 0 if gained else stale + 1
         if best is None or (hits, -loss) > best[:2]:
             best = (hits, -loss, [v.detach().clone() for v in values])
-        if (hits == len(items) and keep is None) or taken == steps:
+        answered = best[0] == len(items)
+        if (answered and (keep is None or stale >= PATIENCE)) or taken == steps:
             break
         opt.zero_grad()
         for v, g in zip(values, grads):
