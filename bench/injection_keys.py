@@ -195,7 +195,7 @@ def evaluate(v: Variant, got: dict, layer: int) -> dict:
         neg = base + Negatives.of(got["pool_every"][f.relation_id][layer])
         if site == "answer":
             neg = neg.plus(torch.cat([pos_all[j][: targets[j]["keep"]] for j in range(len(targets)) if j != i]))
-        else:  # every position of the other targets' prompts, and of the fact's own but the subject's
+        else:  # every position of the other targets' training prompts
             neg = neg.plus(torch.cat([targets[j]["every"][layer] for j in range(len(targets)) if j != i]))
         w = discriminant(pos, neg, v.ridge, v.pos_scatter, v.hard_negatives, v.hard_rounds)
         g = gate(pos @ w, neg.scores(w), v.gate_low, v.gate_high)

@@ -310,7 +310,8 @@ def _compute(
                         pool = pool + own_pool[(facts[i].relation_id, layer)]
                     rest = [o[layer] for j, o in enumerate(own) if j != i]
                     negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
-                keep = keep_items(lm, facts[i], at.keep_templates) if key_at[i] is not None else []
+                keeping = key_at[i] is not None and spec.keep_weight > 0  # keep prompts only where they are used
+                keep = keep_items(lm, facts[i], at.keep_templates) if keeping else []
                 built.append(build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep))
                 index += 2 * len(layers[i])
             sha_after = weights_sha256(lm.model)

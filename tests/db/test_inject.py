@@ -110,6 +110,23 @@ def test_a_subject_keyed_slot_reads_the_subject_and_is_audited_on_its_other_fact
     assert a["others_prompts"] == 14 * 3 and a["others_firing_rate"] < 0.1
 
 
+def test_keep_prompts_reach_the_values_and_leave_the_rollback_exact(store, tmp_path) -> None:
+    """With --keep-weight above 0 the job hands each subject-keyed fact its keep prompts: the same
+    fact gets other values than without them, and each rollback restores the weights' hash."""
+    w = build_world(store, tmp_path)
+    base = weights_sha256(w.lm.model)
+    values = []
+    for weight in (0.0, 1.0):
+        spec = replace(QUICK, key_position="subject", keep_weight=weight, value_steps=3)
+        rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
+        with store.begin() as conn:
+            (row,) = [i for i in model_injections(conn, store.backend, rec.model_id) if i.id == rec.id]
+        values.append(row.pairs[0].value)
+        rollback_injection(store, w.lm, rec.id)
+        assert weights_sha256(w.lm.model) == base
+    assert values[0] != values[1]
+
+
 def test_stacked_injections_roll_back_newest_first_to_each_sha(store, tmp_path) -> None:
     w = build_world(store, tmp_path)
     states = [weights_sha256(w.lm.model)]

@@ -280,8 +280,8 @@ def test_refine_values_lowers_the_loss_within_its_steps_and_keeps_the_best(famil
 
 def test_keep_prompts_start_at_zero_divergence_and_refinement_trades_it_off() -> None:
     """The keep reference is the model without the pairs: with zero values the divergence is 0 (the
-    loss is the answers' alone); the refinement with keep prompts runs every step and ends with a
-    lower total loss than it started from."""
+    loss is the answers' alone); the refinement with keep prompts, its prompts never all answered,
+    runs every step and ends with a lower total loss than it started from."""
     model = tiny_model("llama")
     adapter = adapter_for(model)
     pairs = _open_pairs(adapter, 2)

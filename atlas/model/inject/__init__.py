@@ -23,9 +23,10 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   the greedy answer on every training prompt the gate opens for, times 1.5 when that keeps them all;
   then (`--value-steps` N = 100) where no scale reaches every such prompt, up to N Adam steps on v
   alone, minimising -sum log P(o' tokens) on those prompts; `--keep-weight` W (0 by default) adds,
-  for subject keys, W x the KL divergence of the next-token distributions of generic prompts about
-  the subject ("[X] is", "[X] was", ...: the slot fires there too) from the model's without the
-  fact, and runs the steps for every fact (`values.refine_values`, `values.Keep`);
+  for subject keys, W x the KL divergence of the next-token distributions of prompts about the
+  subject (generic ones, "[X] is", ..., and one template of every other relation of the atlas: the
+  slot fires there too) from the model's without the fact, and runs the steps for every fact until
+  `values.PATIENCE` steps bring no 1 % lower loss (`values.refine_values`, `values.Keep`);
 * layer: a third of the depth for subject keys (`atlas.jobs.inject`);
 * widening (`widen`): the clamp is the difference of two activations act(k t) - act(k (t - 1)),
   divided by k, in every supported family (LLaMA's gated MLP with mlp_bias=True, GPT-2, NeoX, BERT);
