@@ -22,8 +22,9 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   layer l and s the smallest scale of a line search that makes o'
   the greedy answer on every training prompt the gate opens for, times 1.5 when that keeps them all;
   then (`--value-steps` N = 100) where no scale reaches every such prompt, up to N Adam steps on v
-  alone, minimising -sum log P(o' tokens) on those prompts; `--keep-weight` W (0 by default) adds,
-  for subject keys, W x the KL divergence of the next-token distributions of prompts about the
+  alone, minimising the mean hinge max(0, -log P(o' tokens) - log(1 / 0.9)) on those prompts (a
+  prompt answered with probability 0.9 pulls no further); `--keep-weight` W (0 by default) adds,
+  for subject keys, W x the mean KL divergence of the next-token distributions of prompts about the
   subject (generic ones, "[X] is", ..., and one template of every other relation of the atlas: the
   slot fires there too) from the model's without the fact, and runs the steps for every fact until
   `values.PATIENCE` steps bring no 1 % lower loss (`values.refine_values`, `values.Keep`);

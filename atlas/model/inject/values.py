@@ -19,16 +19,27 @@ when the margin keeps every such prompt right.
 
 Where no scale reaches every such prompt (a single direction cannot serve paraphrases that need
 different ones), `refine_values` optimises the fact's values and nothing else: at most
-`value_steps` Adam steps on -sum log P(new answer tokens) over those prompts, from the line search's
-best, stopping once the new object is the greedy answer on all of them. The keys and gates stay as
-built, so where the slot is silent nothing changes. With keep prompts (`Keep`, `--keep-weight W`:
-prompts about a subject-keyed fact's subject, where its slot also fires) the loss adds
-W x sum KL(before || now) of their next-token distributions, and the steps run for every fact, until
-the new object wins everywhere and `PATIENCE` steps bring no 1 % lower loss.
+`value_steps` Adam steps from the line search's best, stopping once the new object is the greedy
+answer on all of them. The keys and gates stay as built, so where the slot is silent nothing
+changes. The loss is a hinge on each prompt's answer,
+
+    mean_i max(0, -log P_i(new answer tokens) - log(1 / GOAL)),
+
+so a prompt whose new answer already has probability GOAL pulls no further (pushing the answers
+past what they need is what moves everything else the slot touches). With keep prompts (`Keep`,
+`--keep-weight W`: prompts about a subject-keyed fact's subject, where its slot also fires) it adds
+
+    W x mean_j KL(before_j || now_j)
+
+of their next-token distributions (both parts are means, so W weighs a keep prompt against a
+training prompt whatever their numbers), and the steps run for every fact: once the answers sit at
+GOAL only the divergence moves, and the refinement stops when the new object wins everywhere and
+`PATIENCE` steps bring no 1 % lower loss, keeping the best state (most answers, then lowest loss).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -45,6 +56,7 @@ from atlas.model.scoring import AnswerBatch, Scored, answer_batch, answer_logpro
 
 GRID = tuple(0.025 * 2**k for k in range(10))  # 0.025 ... 12.8 residual norms
 PATIENCE = 10  # refinement with keep prompts: steps without a 1 % lower loss before it stops
+GOAL = 0.9  # probability of its new answer at which a training prompt stops pulling the values
 VALUE_FORMS = ("gradient", "embedding")
 
 
@@ -200,12 +212,14 @@ def value_gradients(
     items: Sequence[PromptItem],
     pairs: Sequence[SlotPair],
     keep: Keep | None = None,
+    goal: float = GOAL,
 ) -> tuple[float, int, list[Tensor]]:
-    """The loss: -sum of the answer tokens' log-probabilities over `items` (teacher-forced), plus
-    `keep.weight` x the sum of KL(reference || now) over the keep prompts; how many items are
-    answered greedily (`Scored.greedy`, from the same pass); and the loss's gradient `[hidden]`
-    (float64, CPU) with respect to each pair's value v: the gradients of its two value slots pulled
-    back through `widen.pair_values`, the map from v to those slots."""
+    """The loss of the module docstring: the mean over `items` of the hinge max(0, -log P(answer
+    tokens) - log(1 / goal)) (teacher-forced), plus `keep.weight` x the mean KL(reference || now)
+    over the keep prompts; how many items are answered greedily (`Scored.greedy`, from the same
+    pass); and the loss's gradient `[hidden]` (float64, CPU) with respect to each pair's value v:
+    the gradients of its two value slots pulled back through `widen.pair_values`, the map from v
+    to those slots."""
     weights = {p.layer: adapter.ffn_out(p.layer).weight for p in pairs}
     was = {layer: w.requires_grad for layer, w in weights.items()}
     for w in weights.values():
@@ -214,10 +228,11 @@ def value_gradients(
         with torch.enable_grad():
             b, logp, now = _joint_logprobs(model, adapter, items, keep.items if keep is not None else [])
             gold, valid = b.gold[: len(items)].to(logp.device), b.valid[: len(items)].to(logp.device)
-            loss = -(logp.gather(2, gold[..., None])[..., 0] * valid).sum()
+            nll = -(logp.gather(2, gold[..., None])[..., 0] * valid).sum(1)  # [n]
+            loss = torch.relu(nll + math.log(goal)).mean()
             if keep is not None:
                 ref = keep.reference.to(now.device)
-                loss = loss + keep.weight * (ref.exp() * (ref - now)).sum()
+                loss = loss + keep.weight * (ref.exp() * (ref - now)).sum(-1).mean()
             grads = torch.autograd.grad(loss, list(weights.values()))
     finally:
         for layer, w in weights.items():
@@ -246,7 +261,8 @@ def refine_values(
     """Up to `steps` Adam steps on the pairs' values (see the module docstring), each of step size
     `lr` x the values' length at the start; the values left written are the best seen (most greedy
     hits, then lowest loss). Without `keep` it stops once every item is answered; with it, it goes
-    on lowering the keep prompts' divergence until `PATIENCE` steps bring no 1 % lower loss."""
+    on lowering the keep prompts' divergence (the answers' hinge holds them at `GOAL`) until
+    `PATIENCE` steps bring no 1 % lower loss."""
     values = [p.value.double().clone().requires_grad_(True) for p in pairs]
     opt = torch.optim.Adam(values, lr=lr * float(torch.stack([v.detach().norm() for v in values]).norm()))
     best: tuple[int, float, list[Tensor]] | None = None
