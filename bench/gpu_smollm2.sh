@@ -125,7 +125,11 @@ if [ "$mode" = collect ]; then
     # at most 8 files come back from a call: the report's files and the logs travel as one archive each
     [ -d /tmp/bg/report ] && tar -czf "$out/report.tgz" -C /tmp/bg report
     # PQ_DB: a copy no job holds any more (a running job keeps its DuckDB file locked)
-    [ -n "${PQ:-}" ] && python3 bench/gpu_smollm2_import.py "${PQ_DB:-/tmp/bg/atlas.duckdb}" "$out" export
+    # one archive (at most 8 files come back): unpack it into .gpu/pq for the next machine
+    if [ -n "${PQ:-}" ]; then
+        rm -rf /tmp/pqx && mkdir -p /tmp/pqx && python3 bench/gpu_smollm2_import.py "${PQ_DB:-/tmp/bg/atlas.duckdb}" /tmp/pqx export \
+            && tar -cf "$out/atlas_pq.tar" -C /tmp/pqx .
+    fi
     cat /tmp/bg/eq.*.jsonl > "$out/edit_quality.jsonl" 2>/dev/null
     tar -czf "$out/logs.tgz" -C /tmp/bg $(cd /tmp/bg && ls *.log) 2>/dev/null
     cp /tmp/bg/code/bench/results.jsonl "$out/" 2>/dev/null

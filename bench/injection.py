@@ -13,7 +13,9 @@ gets; the last 2 causal prompts of each fact are held out (`--heldout`).
    (efficacy, held-out generalisation, the run's other facts: mean |dP/P|, right answers kept,
    slot firing; fluency), all facts active at once; and the held-out generalisation over the
    held-out prompts on which the model gave the fact's TRUE object before ("heldout_known": the
-   paraphrases it reads as the relation at all). Then rolled back; the sha256 must come back.
+   paraphrases it reads as the relation at all); and the run's other facts measured over all of
+   them ("whole_run", `whole_run_plan`: the audit samples them). Then rolled back; the sha256
+   must come back.
 2. The update rule (`atlas edit update --form paper`) on the in-run facts, applied one after the
    other, then the same measurement (`atlas.jobs.inject_audit`) on the same prompts, then rolled
    back (`--kn-forms paper,ls` also runs the default `ls` form).
@@ -129,11 +131,7 @@ def kn_rule(
     facts = [f for f in facts_from_file(_write(rows)) if f.id in ids]
     pairs = heldout_pairs(lm, [r for r in rows if r["id"] in ids], truth, spec.heldout)
     knew = [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
-    encoded = [encode_fact(lm, f, spec.heldout) for f in facts]
-    _, run_facts, _ = read_run_atlas(store, run)
-    injected = {(f.subject, f.relation_id) for f in facts}
-    others = [f for f in run_facts.values() if (f.subject, f.relation_id) not in injected]
-    plan = audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], EvalSet.of("others", lm, others))
+    plan = whole_run_plan(store, lm, run, facts, spec.heldout)
     before = audit.measure(lm, plan)
     done, failed = [], 0
     for f in facts:
@@ -152,6 +150,17 @@ def kn_rule(
     out = audit.judge(plan, before, after, [0] * len(facts))
     out["updated"], out["failed"], out["heldout_known"] = len(done), failed, known
     return out
+
+
+def whole_run_plan(store: Store, lm, run: str, facts: list, heldout: int) -> audit.AuditPlan:
+    """The audit plan of `facts` over EVERY other fact of the run (the stored audit samples
+    `audit_facts` of them, and measures the injected subjects' other facts apart): the issue's
+    "across all other facts of the run", the same prompts for the injection and the update rule."""
+    encoded = [encode_fact(lm, f, heldout) for f in facts]
+    _, run_facts, _ = read_run_atlas(store, run)
+    injected = {(f.subject, f.relation_id) for f in facts}
+    others = [f for f in run_facts.values() if (f.subject, f.relation_id) not in injected]
+    return audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], EvalSet.of("others", lm, others))
 
 
 def _write(rows: list[dict]) -> Path:
@@ -182,11 +191,16 @@ def inject_and_audit(
     model knew the true object), roll back and check the sha256."""
     pairs = heldout_pairs(lm, rows, truth, spec.heldout)
     knew = [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
+    facts = facts_from_file(_write(rows))
+    whole = whole_run_plan(store, lm, run, facts, spec.heldout)
+    whole_before = audit.measure(lm, whole)
     t0 = time.time()
-    rec = inject_facts(store, lm, run, facts_from_file(_write(rows)), spec)
+    rec = inject_facts(store, lm, run, facts, spec)
     wall = time.time() - t0
     with as_of_injection(store, lm, rec.id) as (now, _, _):
         known = known_generalisation(pairs, knew, now)
+        whole_after = audit.measure(now, whole)
+    verdict = audit.judge(whole, whole_before, whole_after, [0] * len(facts))
     rolled = rollback_injection(store, lm, rec.id)
     with current_weights(store, lm, run) as sha:
         restored = sha == base == rec.sha256_before
@@ -194,6 +208,7 @@ def inject_and_audit(
     in_run_pos = [f.position for f in rec.facts if f.fact_id in ids]
     result = {"n_facts": len(rows), "layers": rec.layers, "audit": a, "in_run": subset(rec.audit, in_run_pos)}
     result["heldout_known"] = known
+    result["whole_run"] = {k: v for k, v in verdict.items() if k.startswith("others")}
     result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
     result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)
