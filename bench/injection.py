@@ -131,7 +131,7 @@ def kn_rule(
     facts = [f for f in facts_from_file(_write(rows)) if f.id in ids]
     pairs = heldout_pairs(lm, [r for r in rows if r["id"] in ids], truth, spec.heldout)
     knew = [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
-    plan = whole_run_plan(store, lm, run, facts, spec.heldout)
+    plan, owners = whole_run_plan(store, lm, run, facts, spec.heldout)
     before = audit.measure(lm, plan)
     done, failed = [], 0
     for f in facts:
@@ -149,18 +149,36 @@ def kn_rule(
         rollback(store, lm, e.id)
     out = audit.judge(plan, before, after, [0] * len(facts))
     out["updated"], out["failed"], out["heldout_known"] = len(done), failed, known
+    out["lost"] = lost_answers(owners, before, after)
     return out
 
 
-def whole_run_plan(store: Store, lm, run: str, facts: list, heldout: int) -> audit.AuditPlan:
+def whole_run_plan(store: Store, lm, run: str, facts: list, heldout: int) -> tuple[audit.AuditPlan, list[str]]:
     """The audit plan of `facts` over EVERY other fact of the run (the stored audit samples
     `audit_facts` of them, and measures the injected subjects' other facts apart): the issue's
-    "across all other facts of the run", the same prompts for the injection and the update rule."""
+    "across all other facts of the run", the same prompts for the injection and the update rule;
+    and whose each of those prompts is ("RELATION subject -> object")."""
     encoded = [encode_fact(lm, f, heldout) for f in facts]
     _, run_facts, _ = read_run_atlas(store, run)
     injected = {(f.subject, f.relation_id) for f in facts}
-    others = [f for f in run_facts.values() if (f.subject, f.relation_id) not in injected]
-    return audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], EvalSet.of("others", lm, others))
+    others = EvalSet("others")
+    owners = []
+    for f in run_facts.values():
+        if (f.subject, f.relation_id) not in injected:
+            one = EvalSet.of("others", lm, [f])
+            others.items += one.items
+            others.candidates += one.candidates
+            owners += [f"{f.relation_id} {f.subject} -> {f.object}"] * len(one.items)
+    return audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], others), owners
+
+
+def lost_answers(owners: list[str], before: dict, after: dict) -> dict[str, int]:
+    """The facts whose right answers a change lost, with how many of their prompts."""
+    lost: dict[str, int] = {}
+    for who, b, a in zip(owners, before["others"], after["others"]):
+        if b.greedy and not a.greedy:
+            lost[who] = lost.get(who, 0) + 1
+    return lost
 
 
 def _write(rows: list[dict]) -> Path:
@@ -192,7 +210,7 @@ def inject_and_audit(
     pairs = heldout_pairs(lm, rows, truth, spec.heldout)
     knew = [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
     facts = facts_from_file(_write(rows))
-    whole = whole_run_plan(store, lm, run, facts, spec.heldout)
+    whole, owners = whole_run_plan(store, lm, run, facts, spec.heldout)
     whole_before = audit.measure(lm, whole)
     t0 = time.time()
     rec = inject_facts(store, lm, run, facts, spec)
@@ -209,6 +227,7 @@ def inject_and_audit(
     result = {"n_facts": len(rows), "layers": rec.layers, "audit": a, "in_run": subset(rec.audit, in_run_pos)}
     result["heldout_known"] = known
     result["whole_run"] = {k: v for k, v in verdict.items() if k.startswith("others")}
+    result["whole_run"]["lost"] = lost_answers(owners, whole_before, whole_after)
     result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
     result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)

@@ -33,6 +33,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -141,6 +142,133 @@ def answer_token(tok, obj: str) -> int:
     return tok(" " + obj, add_special_tokens=False).input_ids[0]
 
 
+@dataclass
+class Pools:
+    """The unflagged FFN inputs read once, per read layer: the shared negatives (other facts'
+    prompts and the general text's start), each target relation's own pool, the evaluation
+    prompts (every position, `owner`: the prompt of each row) and the unseen text."""
+
+    base: dict[int, Negatives]
+    own: dict[str, dict[int, torch.Tensor]]
+    eval_x: dict[int, torch.Tensor]
+    owner: torch.Tensor
+    unseen: dict[int, torch.Tensor]
+
+    @classmethod
+    def read(cls, lm, rd: Reader, p: dict) -> Pools:
+        layers, tok, text = rd.read_layers, lm.tokenizer, GENERAL_TEXT.read_text()
+
+        def every(items: list[PromptItem]) -> dict:
+            return answer_inputs(lm.model, lm.adapter, items, layers, every_position=True)
+
+        def text_ids(part: str) -> list[int]:
+            return tok(part, add_special_tokens=False).input_ids
+
+        shared = every([rd.item(t) for f in p["shared"] for t in causal(f)])
+        start = text_inputs(lm.model, lm.adapter, text_ids(text[:NEGATIVE_TEXT_CHARS]), layers)
+        evals = [rd.item(t) for f in p["evals"] for t in causal(f)]
+        return cls(
+            {layer: Negatives.of(shared[layer], start[layer]) for layer in layers},
+            {rel: every([rd.item(t) for f in fs for t in causal(f)]) for rel, fs in p["own"].items()},
+            every(evals),
+            torch.cat([torch.full((len(it.prompt_ids),), k) for k, it in enumerate(evals)]),
+            text_inputs(lm.model, lm.adapter, text_ids(text[NEGATIVE_TEXT_CHARS:]), layers),
+        )
+
+
+@dataclass
+class Tally:
+    """What one (beta, read layer) measured over the targets."""
+
+    train_sat: list[bool] = field(default_factory=list)
+    held_open: list[bool] = field(default_factory=list)
+    held_sat: list[bool] = field(default_factory=list)
+    same_open: list[bool] = field(default_factory=list)
+    eval_open: torch.Tensor | None = None  # `[eval rows]`: any target's gate opens there
+    text_open: torch.Tensor | None = None  # `[unseen text positions]`
+
+    def key(self, pools: Pools, layer: int, rel: str, train: list, held: list, keeps: list, same: list) -> None:
+        """Fit the answer key on the flagged training prompts (answer position) against the pools
+        and the flagged keep prompts (every position), and count where its gate opens."""
+        pos = torch.stack([x[layer][-1] for x, _, _ in train])
+        neg = (pools.base[layer] + Negatives.of(pools.own[rel][layer])).plus(torch.cat([x[layer] for x, _, _ in keeps]))
+        w = discriminant(pos, neg, 0.05, 1.0, 0, 3)
+        g = gate(pos @ w, neg.scores(w), 0.25, 0.9)
+        hx = torch.stack([x[layer][-1] for x, _, _ in held])
+        self.train_sat += (pos @ w >= g.saturation).tolist()
+        self.held_open += (hx @ w > g.threshold).tolist()
+        self.held_sat += (hx @ w >= g.saturation).tolist()
+        self.same_open += [bool((x[layer] @ w > g.threshold).any()) for x, _, _ in same]
+        ev, tx = pools.eval_x[layer] @ w > g.threshold, pools.unseen[layer] @ w > g.threshold
+        self.eval_open = ev if self.eval_open is None else self.eval_open | ev
+        self.text_open = tx if self.text_open is None else self.text_open | tx
+
+    def row(self, pools: Pools) -> dict:
+        n_eval = int(pools.owner.max()) + 1
+        opened = torch.zeros(n_eval, dtype=torch.bool).index_put_((pools.owner,), self.eval_open, accumulate=True)
+        return {
+            "train_saturated": _mean(self.train_sat),
+            "heldout_open": _mean(self.held_open),
+            "heldout_saturated": _mean(self.held_sat),
+            "same_subject_open": _mean(self.same_open),
+            "others_open": float(opened.float().mean()),
+            "unseen_text_open": float(self.text_open.float().mean()),
+        }
+
+
+@dataclass
+class FlagCost:
+    """What the flag alone changes on the other facts about the target subjects."""
+
+    top1_same: list[bool] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    right_kept: list[bool] = field(default_factory=list)
+
+    def add(self, tok, same: list, plain: list, flagged: list) -> None:
+        for (g, _), (_, lp0, _), (_, lp1, _) in zip(same, plain, flagged):
+            gold = answer_token(tok, g.object)
+            self.top1_same.append(bool(lp0.argmax() == lp1.argmax()))
+            self.kl.append(float((lp0.exp() * (lp0 - lp1)).sum()))
+            if int(lp0.argmax()) == gold:
+                self.right_kept.append(int(lp1.argmax()) == gold)
+
+    def row(self) -> dict:
+        return {
+            "flag_same_top1_unchanged": _mean(self.top1_same),
+            "flag_same_right_kept": f"{sum(self.right_kept)}/{len(self.right_kept)}",
+            "flag_same_mean_kl": _mean(self.kl),
+        }
+
+
+def _mean(xs: list) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def measure_target(args, lm, rd: Reader, pools: Pools, p: dict, f: Fact, gen, tallies: dict, costs: dict) -> None:
+    """One target: its flag (direction and length), then per beta the flagged reads, the flag's
+    cost and, per read layer, its answer key."""
+    texts = causal(f)
+    k = len(texts) - args.heldout
+    others = [t for rel, t in sorted(p["templates"].items()) if rel != f.relation_id]
+    keep_texts = [make_prompt(t, f.subject).text for t in (*KEEP_TEMPLATES, *others)]
+    same = [(g, t) for g in p["same"][f.id] for t in causal(g) if t not in set(keep_texts)]
+    resid = [r for _, _, r in (rd(t, f.subject, None) for t in texts[:k]) if r is not None]
+    if not resid:
+        return
+    d = torch.randn(lm.adapter.hidden_size, generator=gen, dtype=torch.float64)
+    if args.flag == "subject":
+        d = torch.stack(resid).mean(0)
+    d, r = d / d.norm(), float(torch.stack(resid).norm(dim=-1).mean())
+    same_plain = [rd(t, f.subject, None) for _, t in same]
+    for b in costs:
+        phi = (b * r * d) if b > 0 else None
+        train, held = [rd(t, f.subject, phi) for t in texts[:k]], [rd(t, f.subject, phi) for t in texts[k:]]
+        keeps, same_now = [rd(t, f.subject, phi) for t in keep_texts], [rd(t, f.subject, phi) for _, t in same]
+        costs[b].add(lm.tokenizer, same, same_plain, same_now)
+        for layer in rd.read_layers:
+            tallies[(b, layer)].key(pools, layer, f.relation_id, train, held, keeps, same_now)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--targets", type=int, default=24)
@@ -161,114 +289,21 @@ def main() -> None:
     betas = [float(x) for x in args.betas.split(",")]
     p = pick(args)
     rd = Reader(lm, args.flag_layer, read_layers)
-
-    def every(facts: list[Fact]) -> dict:
-        items = [rd.item(t) for f in facts for t in causal(f)]
-        return answer_inputs(lm.model, lm.adapter, items, read_layers, every_position=True)
-
-    text = GENERAL_TEXT.read_text()
-    tok = lm.tokenizer
-    base = {
-        layer: Negatives.of(s, t)
-        for (layer, s), t in zip(
-            every(p["shared"]).items(),
-            text_inputs(
-                lm.model, lm.adapter, tok(text[:NEGATIVE_TEXT_CHARS], add_special_tokens=False).input_ids, read_layers
-            ).values(),
-        )
-    }
-    own = {rel: every(fs) for rel, fs in p["own"].items()}
-    eval_items = [rd.item(t) for f in p["evals"] for t in causal(f)]
-    eval_x = answer_inputs(lm.model, lm.adapter, eval_items, read_layers, every_position=True)
-    owner = torch.cat([torch.full((len(it.prompt_ids),), k) for k, it in enumerate(eval_items)])
-    unseen = text_inputs(
-        lm.model, lm.adapter, tok(text[NEGATIVE_TEXT_CHARS:], add_special_tokens=False).input_ids, read_layers
-    )
+    pools = Pools.read(lm, rd, p)
     print(f"negatives read in {time.time() - t0:.0f} s; {len(p['targets'])} targets", flush=True)
-    stats = {
-        (b, layer): {"train_sat": [], "held_open": [], "held_sat": [], "same_open": []}
-        for b in betas
-        for layer in read_layers
-    }
-    cost = {b: {"top1_same": [], "right_kept": [], "right_before": 0, "kl": []} for b in betas}
-    eval_open = {
-        (b, layer): torch.zeros(eval_x[layer].shape[0], dtype=torch.bool) for b in betas for layer in read_layers
-    }
-    text_open = {
-        (b, layer): torch.zeros(unseen[layer].shape[0], dtype=torch.bool) for b in betas for layer in read_layers
-    }
+    tallies = {(b, layer): Tally() for b in betas for layer in read_layers}
+    costs = {b: FlagCost() for b in betas}
     gen = torch.Generator().manual_seed(args.seed)
     for n, f in enumerate(p["targets"]):
-        texts = causal(f)
-        k = len(texts) - args.heldout
-        others = [t for rel, t in sorted(p["templates"].items()) if rel != f.relation_id]
-        keep_texts = [make_prompt(t, f.subject).text for t in (*KEEP_TEMPLATES, *others)]
-        kept_set = set(keep_texts)
-        same = [(g, t) for g in p["same"][f.id] for t in causal(g) if t not in kept_set]
-        plain = [rd(t, f.subject, None) for t in texts[:k]]
-        resid = [r for _, _, r in plain if r is not None]
-        if not resid:
-            continue
-        r = float(torch.stack(resid).norm(dim=-1).mean())
-        d = torch.randn(lm.adapter.hidden_size, generator=gen, dtype=torch.float64)
-        if args.flag == "subject":
-            d = torch.stack(resid).mean(0)
-        d = d / d.norm()
-        same_plain = [rd(t, f.subject, None) for _, t in same]
-        for b in betas:
-            phi = (b * r * d) if b > 0 else None
-            train = [rd(t, f.subject, phi) for t in texts[:k]]
-            held = [rd(t, f.subject, phi) for t in texts[k:]]
-            keeps = [rd(t, f.subject, phi) for t in keep_texts]
-            same_now = [rd(t, f.subject, phi) for _, t in same]
-            for (g, _t), (_, lp0, _r0), (_, lp1, _r1) in zip(same, same_plain, same_now):
-                gold = answer_token(tok, g.object)
-                cost[b]["top1_same"].append(bool(lp0.argmax() == lp1.argmax()))
-                cost[b]["kl"].append(float((lp0.exp() * (lp0 - lp1)).sum()))
-                if int(lp0.argmax()) == gold:
-                    cost[b]["right_before"] += 1
-                    cost[b]["right_kept"].append(int(lp1.argmax()) == gold)
-            for layer in read_layers:
-                pos = torch.stack([x[layer][-1] for x, _, _ in train])
-                neg = (base[layer] + Negatives.of(own[f.relation_id][layer])).plus(
-                    torch.cat([x[layer] for x, _, _ in keeps])
-                )
-                w = discriminant(pos, neg, 0.05, 1.0, 0, 3)
-                g = gate(pos @ w, neg.scores(w), 0.25, 0.9)
-                s = stats[(b, layer)]
-                s["train_sat"] += (pos @ w >= g.saturation).tolist()
-                hx = torch.stack([x[layer][-1] for x, _, _ in held])
-                s["held_open"] += (hx @ w > g.threshold).tolist()
-                s["held_sat"] += (hx @ w >= g.saturation).tolist()
-                s["same_open"] += [bool((x[layer] @ w > g.threshold).any()) for x, _, _ in same_now]
-                eval_open[(b, layer)] |= eval_x[layer] @ w > g.threshold
-                text_open[(b, layer)] |= unseen[layer] @ w > g.threshold
+        measure_target(args, lm, rd, pools, p, f, gen, tallies, costs)
         print(f"target {n + 1}/{len(p['targets'])} {f.id} ({time.time() - t0:.0f} s)", flush=True)
-    n_eval = int(owner.max()) + 1
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    rows = []
-    for b in betas:
-        c = cost[b]
-        for layer in read_layers:
-            s = stats[(b, layer)]
-            opened = torch.zeros(n_eval, dtype=torch.bool).index_put_((owner,), eval_open[(b, layer)], accumulate=True)
-            rows.append(
-                {
-                    "beta": b,
-                    "flag": args.flag,
-                    "read_layer": layer,
-                    "train_saturated": mean(s["train_sat"]),
-                    "heldout_open": mean(s["held_open"]),
-                    "heldout_saturated": mean(s["held_sat"]),
-                    "same_subject_open": mean(s["same_open"]),
-                    "others_open": float(opened.float().mean()),
-                    "unseen_text_open": float(text_open[(b, layer)].float().mean()),
-                    "flag_same_top1_unchanged": mean(c["top1_same"]),
-                    "flag_same_right_kept": f"{sum(c['right_kept'])}/{c['right_before']}",
-                    "flag_same_mean_kl": mean(c["kl"]),
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+    rows = [
+        {"beta": b, "flag": args.flag, "read_layer": layer, **tallies[(b, layer)].row(pools), **costs[b].row()}
+        for b in betas
+        for layer in read_layers
+    ]
+    for row in rows:
+        print(json.dumps(row), flush=True)
     if args.out:
         with open(args.out, "a") as fh:
             for row in rows:

@@ -4,7 +4,8 @@ Read -> compute -> write, as every edit: one transaction reads the run, its fact
 applied edits and injections, the facts already injected, the default layers (the statement
 `inject_default_layer`: the weighted median layer of the relation's knowledge neurons in the run)
 and hard negatives (`injection_negatives`, from every fact loaded in the atlas: a shared pool of
-prompts of the injected relations and of the others, and one pool per injected relation); bad input
+prompts of the injected relations and of the others, and one pool per injected relation;
+`injection_namesakes`: one pool per injected subject, the facts whose subject contains it); bad input
 is refused before the model runs. The facts the audit measures are left out of the negatives
 (`--audit-unseen`), so that its specificity is measured on prompts the keys never saw. The
 model then runs with no transaction open: on the working copy (`inject_weights.injected_copy`) it
@@ -111,7 +112,7 @@ class _Atlas:
     known: list[InjectedFact]
     layers: dict[str, int | None]
     run_layer: int | None
-    negatives: list[tuple[str, str, str, str]]  # (pool: '' shared, else its relation; fact id, prompt text, object)
+    negatives: list[tuple[str, str, str, str]]  # (pool: '', a relation or `namesakes(s)`; fact id, text, object)
     same_subject: list[Fact]  # facts of the atlas about an injected subject (other relations too)
     keep_templates: dict[str, str]  # relation -> the template its keep prompts use (injection_keep_templates.sql)
 
@@ -132,6 +133,10 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             params = {"relation_ids": [rel], "subjects": subjects, "same": True, "causal": causal}
             rows = conn.execute(sql_text("injection_negatives", be), params | {"limit": spec.relation_negatives})
             negatives += [(rel, r.fact_id, r.text, r.object) for r in rows]
+        for subject in subjects if spec.namesake_negatives else ():  # each subject's namesakes
+            params = {"subject": subject, "causal": causal, "limit": spec.namesake_negatives}
+            rows = conn.execute(sql_text("injection_namesakes", be), params)
+            negatives += [(namesakes(subject), r.fact_id, r.text, r.object) for r in rows]
         kept = {
             r.relation_id: r.template
             for r in conn.execute(sql_text("injection_keep_templates", be), {"causal": causal})
@@ -155,6 +160,11 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             list(same.values()),
             kept,
         )
+
+
+def namesakes(subject: str) -> str:
+    """The name of a subject's pool of namesake negatives (`injection_namesakes`)."""
+    return f"namesakes:{subject}"
 
 
 def _refuse_contradictions(facts: Sequence[NewFact], known: Sequence[InjectedFact]) -> None:
@@ -188,12 +198,13 @@ def _layers_of(lm: LoadedModel, f: NewFact, spec: InjectSpec, at: _Atlas) -> tup
 
 
 def _negative_inputs(
-    lm: LoadedModel, at: _Atlas, layers: list[int], rel_layers: dict[str, set[int]], audited: set[str]
+    lm: LoadedModel, at: _Atlas, layers: list[int], pool_layers: dict[str, set[int]], audited: set[str]
 ) -> tuple[dict[int, Negatives], dict[tuple[str, int], Negatives]]:
     """FFN inputs of the hard negatives at every position (their answer positions, and every other
     position as ordinary text): the shared pool and the general text's start per layer, and each
-    relation's own pool at the layers of its facts. Prompts of the facts the audit measures are left
-    out, so that specificity is measured on prompts the keys and gates never saw."""
+    fact's own pools (its relation's, its subject's namesakes) at the layers of the facts that use
+    them. Prompts of the facts the audit measures are left out, so that specificity is measured on
+    prompts the keys and gates never saw."""
     masked = lm.adapter.is_masked_lm
 
     def inputs(pool: str, at_layers: list[int]) -> dict[int, torch.Tensor]:
@@ -212,10 +223,10 @@ def _negative_inputs(
         xs = {layer: torch.cat([xs[layer], gen[layer]]) for layer in layers}
     shared = {layer: Negatives.of(xs[layer]) for layer in layers}
     own: dict[tuple[str, int], Negatives] = {}
-    for rel, at_layers in rel_layers.items():
-        for layer, x in inputs(rel, sorted(at_layers)).items():
+    for pool, at_layers in pool_layers.items():
+        for layer, x in inputs(pool, sorted(at_layers)).items():
             if x.shape[0]:
-                own[(rel, layer)] = Negatives.of(x)
+                own[(pool, layer)] = Negatives.of(x)
     return shared, own
 
 
@@ -287,15 +298,16 @@ def _compute(
     """Measure, widen, build every fact's pairs in order, measure again (no transaction open)."""
     params = BuildParams.of(spec)
     used = sorted({layer for ls in layers for layer in ls})
-    rel_layers: dict[str, set[int]] = {}
+    pool_layers: dict[str, set[int]] = {}  # each fact's own pools of negatives, at its layers
     for f, ls in zip(facts, layers):
-        rel_layers.setdefault(f.relation_id, set()).update(ls)
+        for pool in (f.relation_id, namesakes(f.subject)):
+            pool_layers.setdefault(pool, set()).update(ls)
     with injected_copy(lm, at.run, at.edits, at.stack) as sha_before:
         width_before = lm.adapter.n_neurons
         width_after = width_before + 2 * sum(len(ls) for ls in layers)
         before = audit.measure(lm, plan)
         with widened(lm.adapter, [], width_after):
-            shared, own_pool = _negative_inputs(lm, at, used, rel_layers, audited)
+            shared, own_pool = _negative_inputs(lm, at, used, pool_layers, audited)
             key_at = [key_positions(lm, f, items, enc[2], spec) for f, items, enc in zip(facts, plan.train, encoded)]
             own = [
                 answer_inputs(lm.model, lm.adapter, items, used, at=where) for items, where in zip(plan.train, key_at)
@@ -306,8 +318,9 @@ def _compute(
                 negs = {}
                 for layer in layers[i]:
                     pool = shared[layer]
-                    if (facts[i].relation_id, layer) in own_pool:
-                        pool = pool + own_pool[(facts[i].relation_id, layer)]
+                    for name in (facts[i].relation_id, namesakes(facts[i].subject)):
+                        if (name, layer) in own_pool:
+                            pool = pool + own_pool[(name, layer)]
                     rest = [o[layer] for j, o in enumerate(own) if j != i]
                     negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
                 keeping = key_at[i] is not None and spec.keep_weight > 0  # keep prompts only where they are used

@@ -302,10 +302,11 @@ class InjectSpec:
     )
     keep_weight: float = opt(
         0.0,
-        help="Value, for subject keys: weight of the KL divergence of prompts about the subject (generic "
-        "ones, '[X] is', ..., and one template of each other relation of the atlas: their next-token "
-        "distributions left alone) in up to --value-steps steps, run for every fact until 10 steps bring "
-        "no 1% lower loss (0: none; BENCHMARKS.md).",
+        help="Value, for subject keys: weight of the mean KL divergence of prompts about the subject "
+        "(generic ones, '[X] is', ..., and one template of each other relation of the atlas: their "
+        "next-token distributions left alone) against the training prompts' mean answer hinge, in up to "
+        "--value-steps steps, run for every fact until 10 steps bring no 1% lower loss (0: none; "
+        "BENCHMARKS.md).",
     )
     negatives: int = opt(
         1000,
@@ -318,6 +319,12 @@ class InjectSpec:
         minimum=0,
         help="Hard negatives, per injected relation: prompts of its other facts (its templates, other "
         "subjects), every position.",
+    )
+    namesake_negatives: int = opt(
+        100,
+        minimum=0,
+        help="Hard negatives, per injected subject: prompts of facts whose subject contains it "
+        "('University of Chile' for 'Chile'), every position.",
     )
     audit_facts: int = opt(200, minimum=1, help="Other facts of the run measured for specificity (all when fewer).")
     audit_unseen: bool = opt(

@@ -110,6 +110,34 @@ def test_a_subject_keyed_slot_reads_the_subject_and_is_audited_on_its_other_fact
     assert a["others_prompts"] == 14 * 3 and a["others_firing_rate"] < 0.1
 
 
+def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
+    """Facts whose subject contains the injected one ("Bank of France" for "France") are read as a
+    pool of hard negatives for that fact (`injection_namesakes`, on both backends); the subject's
+    own facts are not its namesakes, and --namesake-negatives 0 reads none."""
+    w = build_world(store, tmp_path)
+    with store.begin() as conn:
+        for k, subject in enumerate(("Bank of France", "France")):
+            fid = f"ns{k}"
+            conn.execute(
+                schema.facts.insert().values(id=fid, relation_id="P30", subject=subject, object="Europe", dataset="x")
+            )
+            for j, t in enumerate(RELATIONS["P30"][3]):
+                row = dict(fact_id=fid, template=t, text=t.replace("[X]", subject), causal=True, masked=True)
+                conn.execute(schema.prompts.insert().values(id=9100 + 10 * k + j, **row))
+    n_tokens = sum(
+        len(w.lm.tokenizer(t.replace("[X]", "Bank of France").split("[Y]")[0].rstrip()).input_ids)
+        for t in RELATIONS["P30"][3]
+    )
+    pools = []
+    for n in (100, 0):
+        spec = replace(QUICK, key_position="subject", namesake_negatives=n)
+        rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
+        pools.append(rec.audit["n_relation_negatives"])
+        rollback_injection(store, w.lm, rec.id)
+    assert pools[0]["namesakes:France@1"] == n_tokens
+    assert "namesakes:France@1" not in pools[1] and pools[0]["P36@1"] == pools[1]["P36@1"]
+
+
 def test_keep_prompts_reach_the_values_and_leave_the_rollback_exact(store, tmp_path) -> None:
     """With --keep-weight above 0 the job hands each subject-keyed fact its keep prompts: the same
     fact gets other values than without them, and each rollback restores the weights' hash."""
