@@ -45,7 +45,10 @@ def describe(i: InjectionRecord, per_fact: bool = True) -> str:
             f"{a.get('others_prompts')} prompts of other facts; {a.get('n_negatives')} negatives):"
         )
         lines.append(f"  efficacy (new object greedy, training prompts): {_pct(a.get('efficacy'))}")
-        lines.append(f"  generalisation (held-out prompts): {_pct(a.get('generalisation'))}")
+        lines.append(
+            f"  generalisation (held-out prompts): {_pct(a.get('generalisation'))}, "
+            f"a slot open on {_pct(a.get('heldout_firing_rate'))} of them"
+        )
         lines.append(
             f"  specificity: mean |dP/P| {_pct(a.get('others_mean_abs_rel_dp'))}, right answers kept "
             f"{a.get('others_right_kept')}/{a.get('others_right_before')}, "

@@ -5,14 +5,14 @@ applied edits and injections, the facts already injected, the default layers (th
 `inject_default_layer`: the weighted median layer of the relation's knowledge neurons in the run)
 and hard negatives (`injection_negatives`, from every fact loaded in the atlas: a shared pool of
 prompts of the injected relations and of the others, and one pool per injected relation;
-`injection_namesakes`: one pool per injected subject, the facts whose subject contains it); bad input
-is refused before the model runs. The facts the audit measures are left out of the negatives
-(`--audit-unseen`), so that its specificity is measured on prompts the keys never saw. The
-model then runs with no transaction open: on the working copy (`inject_weights.injected_copy`) it
-is measured, widened by two neurons per fact and layer, each fact's pair is built on the model
-that already holds the earlier ones (`atlas.model.inject.build`), and it is measured again
-(`inject_audit`). One transaction writes the injection, its facts, pairs and audit, after checking
-that the applied edits and injections did not change meanwhile.
+`injection_namesakes`, with --namesake-negatives: one pool per injected subject, the facts whose
+subject contains it); bad input is refused before the model runs. The facts the audit measures
+are left out of the negatives (`--audit-unseen`), so that its specificity is measured on prompts
+the keys never saw. The model then runs with no transaction open: on the working copy
+(`inject_weights.injected_copy`) it is measured, widened by two neurons per fact and layer, each
+fact's pair is built on the model that already holds the earlier ones (`atlas.model.inject.build`),
+and it is measured again (`inject_audit`). One transaction writes the injection, its facts, pairs
+and audit, after checking that the applied edits and injections did not change meanwhile.
 
 Default layer: `--layers`; else, for keys read at the subject (the default), a third of the depth
 (where the subject's representation is built, and attention still has the layers above it to

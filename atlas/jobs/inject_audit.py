@@ -2,7 +2,9 @@
 
 * efficacy: the new object is the greedy answer on the fact's training prompts (the prompts the
   slot was built on), per fact and pooled over prompts;
-* generalisation: the same on its held-out prompts (templates the slot never saw);
+* generalisation: the same on its held-out prompts (templates the slot never saw), and the share
+  of them on which a slot opens (`heldout_firing`): a key that stays shut there, or a value too
+  weak where it opens, are two different failures;
 * specificity, over every other fact of the run (up to `audit_facts`, facts sharing an injected
   subject and relation left out): the mean |dP/P| of P(gold), the share of right (greedy) answers
   kept, and the slot firing rate - the share of those prompts on which any injected pair is
@@ -66,6 +68,7 @@ def measure(lm: LoadedModel, plan: AuditPlan, pairs: Sequence[SlotPair] = ()) ->
             text_nll(lm.model, lm.tokenizer, text[NEGATIVE_TEXT_CHARS:], chunk),
         )
     out["firing"] = firing(lm, plan.others.items, pairs) if pairs else None
+    out["heldout_firing"] = firing(lm, flat_held, pairs) if pairs else None
     out["same_subject_firing"] = firing(lm, plan.same_subject.items, pairs) if pairs else None
     return out
 
@@ -121,22 +124,25 @@ def judge(plan: AuditPlan, before: dict[str, Any], after: dict[str, Any], built_
     """The stored audit: per fact and pooled (see the module docstring)."""
     train_b, train_a = _split(before["train"], plan.train), _split(after["train"], plan.train)
     held_a = _split(after["heldout"], plan.heldout)
+    held_fired = _split(after["heldout_firing"] or [], plan.heldout)
     per_fact = [
         {
             "efficacy": _rate([s.greedy for s in ta]),
             "efficacy_before": _rate([s.greedy for s in tb]),
             "efficacy_when_built": built_hits[i] / len(ta) if ta else None,
             "generalisation": _rate([s.greedy for s in ha]),
+            "heldout_firing": _rate(hf),
             "n_train": len(ta),
             "n_heldout": len(ha),
         }
-        for i, (tb, ta, ha) in enumerate(zip(train_b, train_a, held_a))
+        for i, (tb, ta, ha, hf) in enumerate(zip(train_b, train_a, held_a, held_fired))
     ]
     out: dict[str, Any] = {
         "efficacy": _rate([s.greedy for s in after["train"]]),
         "efficacy_facts": _rate([f["efficacy"] == 1.0 for f in per_fact if f["efficacy"] is not None]),
         "generalisation": _rate([s.greedy for s in after["heldout"]]),
         "generalisation_before": _rate([s.greedy for s in before["heldout"]]),
+        "heldout_firing_rate": _rate(after["heldout_firing"] or []),
         "n_train_prompts": len(after["train"]),
         "n_heldout_prompts": len(after["heldout"]),
         **_specificity("others", before["others"], after["others"], after["firing"]),

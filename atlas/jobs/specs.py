@@ -321,10 +321,11 @@ class InjectSpec:
         "subjects), every position.",
     )
     namesake_negatives: int = opt(
-        100,
+        0,
         minimum=0,
         help="Hard negatives, per injected subject: prompts of facts whose subject contains it "
-        "('University of Chile' for 'Chile'), every position.",
+        "('University of Chile' for 'Chile'), every position (0: none; they keep those facts' answers "
+        "but cost efficacy and held-out paraphrases: BENCHMARKS.md).",
     )
     audit_facts: int = opt(200, minimum=1, help="Other facts of the run measured for specificity (all when fewer).")
     audit_unseen: bool = opt(

@@ -107,6 +107,7 @@ def test_a_subject_keyed_slot_reads_the_subject_and_is_audited_on_its_other_fact
     assert a["n_train_prompts"] == 2
     # it reads France there too; P30's first template is a keep prompt, left out of the audit
     assert a["same_subject_prompts"] == 2 and a["same_subject_firing_rate"] == 1.0
+    assert a["heldout_firing_rate"] == 1.0 == a["facts"][0]["heldout_firing"]  # its held-out prompt names France
     assert a["others_prompts"] == 14 * 3 and a["others_firing_rate"] < 0.1
 
 

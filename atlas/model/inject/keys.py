@@ -5,9 +5,9 @@ reads its training prompts (the subject's last token, by default; or the answer 
 prompt token, the first mask of a masked LM), X-
 `[n-, hidden]` those of hard negatives, at every position: a shared pool of prompts of other facts
 (of the injected relations and of the others), a pool of each injected relation's own prompts with
-other subjects (the same templates: the hardest negatives), a pool of the facts whose subject
-contains the injected one ("University of Chile" for "Chile"), general text, the other facts being
-injected (answer positions) and the fact's own object being spelled. A plain normalised mean of X+
+other subjects (the same templates: the hardest negatives), optionally a pool of the facts whose
+subject contains the injected one ("University of Chile" for "Chile"), general text, the other
+facts being injected (answer positions) and the fact's own object being spelled. A plain normalised mean of X+
 also fires on the relation's other facts (they share the template), so the key is the Fisher
 discriminant direction with a pooled within-class covariance
 
