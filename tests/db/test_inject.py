@@ -107,8 +107,19 @@ def test_a_subject_keyed_slot_reads_the_subject_and_is_audited_on_its_other_fact
     assert a["n_train_prompts"] == 2
     # it reads France there too; P30's first template is a keep prompt, left out of the audit
     assert a["same_subject_prompts"] == 2 and a["same_subject_firing_rate"] == 1.0
-    assert a["heldout_firing_rate"] == 1.0 == a["facts"][0]["heldout_firing"]  # its held-out prompt names France
     assert a["others_prompts"] == 14 * 3 and a["others_firing_rate"] < 0.1
+
+
+def test_the_audit_says_where_a_slot_opens_on_held_out_prompts(store, tmp_path) -> None:
+    """A causal model's input at the subject's last token depends only on the words up to it: a
+    held-out prompt that starts like a training prompt ("France ...") reads exactly that training
+    input there, so the subject-keyed slot (its gate opening on every training prompt) opens on it."""
+    w = build_world(store, tmp_path)
+    prompts = ("The capital of France is [Y]", "France has its capital in [Y]", "France is located in [Y]")
+    fact = NewFact("P36:France", "P36", "France", "Berlin", prompts)
+    rec = inject_facts(store, w.lm, w.run, [fact], replace(QUICK, key_position="subject"))
+    a = rec.audit
+    assert a["n_heldout_prompts"] == 1 and a["heldout_firing_rate"] == 1.0 == a["facts"][0]["heldout_firing"]
 
 
 def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
