@@ -48,7 +48,9 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 atlas() { python3 -c "from atlas.cli import main; main()" "$@"; }
 nvidia-smi -L
 if [ "$mode" = edits ]; then
-    mkdir -p /tmp/bg && cp -r "$PWD" /tmp/bg/code  # all of it keeps running after this call returns
+    # a fresh /tmp/bg: on a warm machine an earlier call's atlas would take the Parquet import twice
+    # (duplicate keys) and its code folder would take this copy inside it ('collect' first)
+    rm -rf /tmp/bg && mkdir -p /tmp/bg && cp -r "$PWD" /tmp/bg/code  # all of it keeps running after this call returns
     cat > /tmp/bg/run.sh <<SH
 set -x
 export PYTHONPATH=/tmp/site:/tmp/bg/code  # not the call's copy of the tree, which the next call replaces

@@ -108,6 +108,13 @@ def heldout_pairs(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> 
     return out
 
 
+def known_before(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> tuple[list, list[bool]]:
+    """The held-out pairs (`heldout_pairs`) and, per pair, whether the model as it is now answers
+    the TRUE object greedily: what `known_generalisation` compares with after the change."""
+    pairs = heldout_pairs(lm, rows, truth, heldout)
+    return pairs, [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
+
+
 def known_generalisation(pairs: list[tuple[PromptItem, PromptItem]], knew: list[bool], lm) -> dict:
     """Held-out generalisation (new object greedy, on `lm` as it is now) over the held-out prompts
     on which the model gave the TRUE object greedily before: a paraphrase it reads as the relation
@@ -129,8 +136,7 @@ def kn_rule(
 ) -> dict:
     """The update rule on the in-run facts, applied one after another, judged like the injection."""
     facts = [f for f in facts_from_file(_write(rows)) if f.id in ids]
-    pairs = heldout_pairs(lm, [r for r in rows if r["id"] in ids], truth, spec.heldout)
-    knew = [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
+    pairs, knew = known_before(lm, [r for r in rows if r["id"] in ids], truth, spec.heldout)
     plan, owners = whole_run_plan(store, lm, run, facts, spec.heldout)
     before = audit.measure(lm, plan)
     done, failed = [], 0
@@ -207,8 +213,7 @@ def inject_and_audit(
 ) -> dict:
     """Inject every fact at once, read the stored audit (and the held-out generalisation where the
     model knew the true object), roll back and check the sha256."""
-    pairs = heldout_pairs(lm, rows, truth, spec.heldout)
-    knew = [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
+    pairs, knew = known_before(lm, rows, truth, spec.heldout)
     facts = facts_from_file(_write(rows))
     whole, owners = whole_run_plan(store, lm, run, facts, spec.heldout)
     whole_before = audit.measure(lm, whole)

@@ -167,6 +167,11 @@ def namesakes(subject: str) -> str:
     return f"namesakes:{subject}"
 
 
+def _own_pools(f: NewFact) -> tuple[str, str]:
+    """The pools of negatives a fact adds to the shared one: its relation's and its namesakes'."""
+    return f.relation_id, namesakes(f.subject)
+
+
 def _refuse_contradictions(facts: Sequence[NewFact], known: Sequence[InjectedFact]) -> None:
     """A fact whose subject and relation an applied injection (or an earlier line) already gave an object."""
     held = {(k.subject, k.relation_id): (k.object, f"injection {k.injection_id}") for k in known if k.status == APPLIED}
@@ -206,14 +211,13 @@ def _negative_inputs(
     them. Prompts of the facts the audit measures are left out, so that specificity is measured on
     prompts the keys and gates never saw."""
     masked = lm.adapter.is_masked_lm
+    by_pool: dict[str, list] = {}  # pool -> its encoded prompts, in one pass over the negatives
+    for pool, fid, t, o in at.negatives:
+        if fid not in audited and not isinstance(item := encode(lm.tokenizer, t, o, masked), str):
+            by_pool.setdefault(pool, []).append(item)
 
     def inputs(pool: str, at_layers: list[int]) -> dict[int, torch.Tensor]:
-        items = [
-            i
-            for p, fid, t, o in at.negatives
-            if p == pool and fid not in audited and not isinstance(i := encode(lm.tokenizer, t, o, masked), str)
-        ]
-        return answer_inputs(lm.model, lm.adapter, items, at_layers, every_position=True)
+        return answer_inputs(lm.model, lm.adapter, by_pool.get(pool, []), at_layers, every_position=True)
 
     xs = inputs("", layers)
     if not masked:
@@ -224,6 +228,8 @@ def _negative_inputs(
     shared = {layer: Negatives.of(xs[layer]) for layer in layers}
     own: dict[tuple[str, int], Negatives] = {}
     for pool, at_layers in pool_layers.items():
+        if pool not in by_pool:  # e.g. no namesakes
+            continue
         for layer, x in inputs(pool, sorted(at_layers)).items():
             if x.shape[0]:
                 own[(pool, layer)] = Negatives.of(x)
@@ -300,7 +306,7 @@ def _compute(
     used = sorted({layer for ls in layers for layer in ls})
     pool_layers: dict[str, set[int]] = {}  # each fact's own pools of negatives, at its layers
     for f, ls in zip(facts, layers):
-        for pool in (f.relation_id, namesakes(f.subject)):
+        for pool in _own_pools(f):
             pool_layers.setdefault(pool, set()).update(ls)
     with injected_copy(lm, at.run, at.edits, at.stack) as sha_before:
         width_before = lm.adapter.n_neurons
@@ -318,7 +324,7 @@ def _compute(
                 negs = {}
                 for layer in layers[i]:
                     pool = shared[layer]
-                    for name in (facts[i].relation_id, namesakes(facts[i].subject)):
+                    for name in _own_pools(facts[i]):
                         if (name, layer) in own_pool:
                             pool = pool + own_pool[(name, layer)]
                     rest = [o[layer] for j, o in enumerate(own) if j != i]
