@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -57,7 +58,6 @@ from atlas.jobs.rollback import rollback  # noqa: E402
 from atlas.jobs.specs import InjectSpec, UpdateSpec  # noqa: E402
 from atlas.jobs.update import update_fact  # noqa: E402
 from atlas.jobs.weights import current_weights  # noqa: E402
-from atlas.model.encode import PromptItem  # noqa: E402
 from atlas.model.loading import load_model, weights_sha256  # noqa: E402
 from atlas.model.scoring import encode, score  # noqa: E402
 from bench.results import append_result  # noqa: E402
@@ -95,32 +95,39 @@ def choose_facts(
     return rows, ids, truth
 
 
-def heldout_pairs(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> list[tuple[PromptItem, PromptItem]]:
+def heldout_pairs(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> list[tuple]:
     """Every held-out prompt of the facts (the split `encode_fact` makes), encoded with the new
-    object and with the true one (where both can be)."""
+    object and with the true one (where both can be), and its template (the text, subject -> [X])."""
     out = []
     for f in facts_from_file(_write(rows)):
         _, held, texts = encode_fact(lm, f, heldout)
         for item, text in zip(held, texts[len(texts) - len(held) :]):
             true = encode(lm.tokenizer, text, truth[f.id], lm.adapter.is_masked_lm)
             if not isinstance(true, str):
-                out.append((item, true))
+                out.append((item, true, text.replace(f.subject, "[X]")))
     return out
 
 
-def known_before(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> tuple[list, list[bool]]:
-    """The held-out pairs (`heldout_pairs`) and, per pair, whether the model as it is now answers
-    the TRUE object greedily: what `known_generalisation` compares with after the change."""
+def known_before(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> tuple[list, list]:
+    """The held-out pairs (`heldout_pairs`) and, per pair, how the model as it is now scores the
+    TRUE object (`Scored`): what `known_generalisation` compares with after the change."""
     pairs = heldout_pairs(lm, rows, truth, heldout)
-    return pairs, [s.greedy for s in score(lm.model, lm.adapter, [true for _, true in pairs])]
+    return pairs, score(lm.model, lm.adapter, [true for _, true, _ in pairs])
 
 
-def known_generalisation(pairs: list[tuple[PromptItem, PromptItem]], knew: list[bool], lm) -> dict:
+def known_generalisation(pairs: list[tuple], before: list, lm) -> dict:
     """Held-out generalisation (new object greedy, on `lm` as it is now) over the held-out prompts
-    on which the model gave the TRUE object greedily before: a paraphrase it reads as the relation
-    at all (one it never completes with the true object cannot be expected to show the new one)."""
-    hits = [s.greedy for s in score(lm.model, lm.adapter, [new for new, _ in pairs])]
+    on which the model gave the TRUE object greedily before (a paraphrase it reads as the relation
+    at all: one it never completes with the true object cannot be expected to show the new one),
+    and per held-out template: prompts, new object greedy now, true object greedy before, and the
+    median P(true object) before (a template whose answer the model does not give even for the true
+    fact, "[X]'s state government sits in" -> " the", is read apart from the others)."""
+    hits = [s.greedy for s in score(lm.model, lm.adapter, [new for new, _, _ in pairs])]
+    knew = [s.greedy for s in before]
     n = sum(knew)
+    by_template: dict[str, list] = {}
+    for (_, _, template), hit, was in zip(pairs, hits, before):
+        by_template.setdefault(template, []).append((hit, was.greedy, was.p_gold))
     return {
         "heldout_true_known": n,
         "heldout_prompts": len(pairs),
@@ -128,6 +135,15 @@ def known_generalisation(pairs: list[tuple[PromptItem, PromptItem]], knew: list[
         "generalisation_where_unknown": sum(h and not k for h, k in zip(hits, knew)) / (len(pairs) - n)
         if len(pairs) > n
         else None,
+        "by_template": {
+            t: {
+                "prompts": len(v),
+                "new_greedy": sum(h for h, _, _ in v),
+                "true_greedy_before": sum(k for _, k, _ in v),
+                "median_p_true_before": round(statistics.median(p for _, _, p in v), 5),
+            }
+            for t, v in sorted(by_template.items())
+        },
     }
 
 
@@ -136,8 +152,8 @@ def kn_rule(
 ) -> dict:
     """The update rule on the in-run facts, applied one after another, judged like the injection."""
     facts = [f for f in facts_from_file(_write(rows)) if f.id in ids]
-    pairs, knew = known_before(lm, [r for r in rows if r["id"] in ids], truth, spec.heldout)
-    plan, owners = whole_run_plan(store, lm, run, facts, spec.heldout)
+    pairs, before_true = known_before(lm, [r for r in rows if r["id"] in ids], truth, spec.heldout)
+    plan, owners = whole_run_plan(store, lm, run, facts, spec.heldout, truth)
     before = audit.measure(lm, plan)
     done, failed = [], 0
     for f in facts:
@@ -150,31 +166,34 @@ def kn_rule(
             print(f"  update {f.id}: {exc}", file=sys.stderr)
     with current_weights(store, lm, run):
         after = audit.measure(lm, plan)
-        known = known_generalisation(pairs, knew, lm)
+        known = known_generalisation(pairs, before_true, lm)
     for e in reversed(done):
         rollback(store, lm, e.id)
     out = audit.judge(plan, before, after, [0] * len(facts))
     out["updated"], out["failed"], out["heldout_known"] = len(done), failed, known
     out["lost"] = lost_answers(owners, before, after)
+    out["moved_most"] = moved_most(owners, before, after)
     return out
 
 
-def whole_run_plan(store: Store, lm, run: str, facts: list, heldout: int) -> tuple[audit.AuditPlan, list[str]]:
+def whole_run_plan(
+    store: Store, lm, run: str, facts: list, heldout: int, truth: dict[str, str]
+) -> tuple[audit.AuditPlan, list[str]]:
     """The audit plan of `facts` over EVERY other fact of the run (the stored audit samples
     `audit_facts` of them, and measures the injected subjects' other facts apart): the issue's
-    "across all other facts of the run", the same prompts for the injection and the update rule;
-    and whose each of those prompts is ("RELATION subject -> object")."""
+    "across all other facts of the run" (`inject_audit.untouched`: not those that a fact's TRUE
+    object `truth` restates), the same prompts for the injection and the update rule; and whose
+    each of those prompts is ("RELATION subject -> object")."""
     encoded = [encode_fact(lm, f, heldout) for f in facts]
     _, run_facts, _ = read_run_atlas(store, run)
-    injected = {(f.subject, f.relation_id) for f in facts}
+    replaced = {(f.subject, f.relation_id): [truth[f.id]] for f in facts}
     others = EvalSet("others")
     owners = []
-    for f in run_facts.values():
-        if (f.subject, f.relation_id) not in injected:
-            one = EvalSet.of("others", lm, [f])
-            others.items += one.items
-            others.candidates += one.candidates
-            owners += [f"{f.relation_id} {f.subject} -> {f.object}"] * len(one.items)
+    for f in audit.untouched(run_facts.values(), replaced):
+        one = EvalSet.of("others", lm, [f])
+        others.items += one.items
+        others.candidates += one.candidates
+        owners += [f"{f.relation_id} {f.subject} -> {f.object}"] * len(one.items)
     return audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], others), owners
 
 
@@ -185,6 +204,20 @@ def lost_answers(owners: list[str], before: dict, after: dict) -> dict[str, int]
         if b.greedy and not a.greedy:
             lost[who] = lost.get(who, 0) + 1
     return lost
+
+
+def moved_most(owners: list[str], before: dict, after: dict, k: int = 5) -> list[dict]:
+    """The `k` prompts with the largest |dP/P| of P(gold) (what dominates the mean |dP/P|: one
+    prompt whose P(gold) rises from 1e-4 to 0.1 adds as much as a thousand that fall by 100 %)."""
+    moved = [
+        (abs(a.p_gold - b.p_gold) / b.p_gold, who, b.p_gold, a.p_gold)
+        for who, b, a in zip(owners, before["others"], after["others"])
+        if b.p_gold > 0
+    ]
+    return [
+        {"fact": who, "rel_dp": round(r, 3), "p_before": round(pb, 6), "p_after": round(pa, 6)}
+        for r, who, pb, pa in sorted(moved, reverse=True)[:k]
+    ]
 
 
 def _write(rows: list[dict]) -> Path:
@@ -213,15 +246,15 @@ def inject_and_audit(
 ) -> dict:
     """Inject every fact at once, read the stored audit (and the held-out generalisation where the
     model knew the true object), roll back and check the sha256."""
-    pairs, knew = known_before(lm, rows, truth, spec.heldout)
+    pairs, before_true = known_before(lm, rows, truth, spec.heldout)
     facts = facts_from_file(_write(rows))
-    whole, owners = whole_run_plan(store, lm, run, facts, spec.heldout)
+    whole, owners = whole_run_plan(store, lm, run, facts, spec.heldout, truth)
     whole_before = audit.measure(lm, whole)
     t0 = time.time()
     rec = inject_facts(store, lm, run, facts, spec)
     wall = time.time() - t0
     with as_of_injection(store, lm, rec.id) as (now, _, _):
-        known = known_generalisation(pairs, knew, now)
+        known = known_generalisation(pairs, before_true, now)
         whole_after = audit.measure(now, whole)
     verdict = audit.judge(whole, whole_before, whole_after, [0] * len(facts))
     rolled = rollback_injection(store, lm, rec.id)
@@ -233,6 +266,7 @@ def inject_and_audit(
     result["heldout_known"] = known
     result["whole_run"] = {k: v for k, v in verdict.items() if k.startswith("others")}
     result["whole_run"]["lost"] = lost_answers(owners, whole_before, whole_after)
+    result["whole_run"]["moved_most"] = moved_most(owners, whole_before, whole_after)
     result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
     result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)

@@ -6,7 +6,9 @@ applied edits and injections, the facts already injected, the default layers (th
 and hard negatives (`injection_negatives`, from every fact loaded in the atlas: a shared pool of
 prompts of the injected relations and of the others, and one pool per injected relation;
 `injection_namesakes`, with --namesake-negatives: one pool per injected subject, the facts whose
-subject contains it); bad input is refused before the model runs. The facts the audit measures
+subject contains it) and the facts the injected ones replace (`injection_replaced`: the atlas's
+facts of an injected subject and relation, whose objects the values push down); bad input is
+refused before the model runs. The facts the audit measures
 are left out of the negatives (`--audit-unseen`), so that its specificity is measured on prompts
 the keys never saw. The model then runs with no transaction open: on the working copy
 (`inject_weights.injected_copy`) it is measured, widened by two neurons per fact and layer, each
@@ -53,7 +55,7 @@ from atlas.db.store import Store
 from atlas.errors import ConflictError, InputError
 from atlas.jobs import inject_audit as audit
 from atlas.jobs.evaluate import EvalSet, sample
-from atlas.jobs.inject_prompts import encode_fact, keep_items, key_positions
+from atlas.jobs.inject_prompts import encode_fact, keep_items, key_positions, replaced_tokens
 from atlas.jobs.inject_weights import injected_copy, pair_bytes
 from atlas.jobs.specs import InjectSpec
 from atlas.jobs.weights import ModelArg, resolve_model
@@ -115,6 +117,7 @@ class _Atlas:
     negatives: list[tuple[str, str, str, str]]  # (pool: '', a relation or `namesakes(s)`; fact id, text, object)
     same_subject: list[Fact]  # facts of the atlas about an injected subject (other relations too)
     keep_templates: dict[str, str]  # relation -> the template its keep prompts use (injection_keep_templates.sql)
+    replaced: dict[tuple[str, str], list[str]]  # (subject, relation) -> the atlas's objects a fact replaces
 
 
 def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: InjectSpec, causal: bool) -> _Atlas:
@@ -148,6 +151,9 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             "limit": 20 * spec.audit_facts,
         }
         same = facts_of_rows(conn.execute(sql_text("injection_same_subject", be), params))
+        replaced: dict[tuple[str, str], list[str]] = {}
+        for r in conn.execute(sql_text("injection_replaced", be), {"subjects": subjects, "relation_ids": rels}):
+            replaced.setdefault((r.subject, r.relation_id), []).append(r.object)
         return _Atlas(
             run,
             run_facts(conn, run.id, be),
@@ -159,6 +165,7 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             negatives,
             list(same.values()),
             kept,
+            {(f.subject, f.relation_id): replaced.get((f.subject, f.relation_id), []) for f in facts},
         )
 
 
@@ -262,7 +269,7 @@ def inject_facts(
             f.object,
             enc[2][: len(enc[0])],
             enc[2][len(enc[0]) :],
-            _fact_info(lm, out["built"][i], layers[i][1]),
+            _fact_info(lm, out["built"][i], layers[i][1], at.replaced[(f.subject, f.relation_id)]),
         )
         for i, (f, enc) in enumerate(zip(facts, encoded))
     ]
@@ -278,10 +285,9 @@ def _plan(
     lm: LoadedModel, at: _Atlas, facts: Sequence[NewFact], encoded: list, spec: InjectSpec
 ) -> tuple[audit.AuditPlan, set[str]]:
     """What the audit measures, and the ids of the other facts it measures (never negatives)."""
-    injected = {(f.subject, f.relation_id) for f in facts}
-    others = [f for f in at.facts.values() if (f.subject, f.relation_id) not in injected]
+    others = audit.untouched(at.facts.values(), at.replaced)
     chosen = sample(others, spec.audit_facts, f"inject-audit:{spec.seed}")
-    same = [f for f in at.same_subject if (f.subject, f.relation_id) not in injected]
+    same = audit.untouched(at.same_subject, at.replaced)
     plan = audit.AuditPlan(
         [e[0] for e in encoded],
         [e[1] for e in encoded],
@@ -331,7 +337,10 @@ def _compute(
                     negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
                 keeping = key_at[i] is not None and spec.keep_weight > 0  # keep prompts only where they are used
                 keep = keep_items(lm, facts[i], at.keep_templates) if keeping else []
-                built.append(build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep))
+                old = replaced_tokens(lm, encoded[i][2][0], at.replaced[(facts[i].subject, facts[i].relation_id)])
+                built.append(
+                    build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep, old)
+                )
                 index += 2 * len(layers[i])
             sha_after = weights_sha256(lm.model)
             pairs = [p for b in built for p in b.pairs]
@@ -344,12 +353,13 @@ def _compute(
     )
 
 
-def _fact_info(lm: LoadedModel, b: FactSlots, source: str) -> dict[str, Any]:
+def _fact_info(lm: LoadedModel, b: FactSlots, source: str, replaced: list[str]) -> dict[str, Any]:
     tok = lm.tokenizer
     return {
         "layer_source": source,
         "new_token": tok.decode([b.new_tok]),
         "old_token": None if b.old_tok is None else tok.decode([b.old_tok]),
+        "replaces": replaced,
         "gates": [asdict(g) for g in b.gates],
         "value": asdict(b.value) if b.value else None,
         "residual_norm": b.residual,

@@ -5,10 +5,11 @@
 * generalisation: the same on its held-out prompts (templates the slot never saw), and the share
   of them on which a slot opens (`heldout_firing`): a key that stays shut there, or a value too
   weak where it opens, are two different failures;
-* specificity, over every other fact of the run (up to `audit_facts`, facts sharing an injected
-  subject and relation left out): the mean |dP/P| of P(gold), the share of right (greedy) answers
-  kept, and the slot firing rate - the share of those prompts on which any injected pair is
-  above its threshold (clamp(a (w . x - b), 0, 1) > 0 at any position of the prompt);
+* specificity, over every other fact of the run (up to `audit_facts`; `untouched`: facts sharing an
+  injected subject and relation, or restating one that an injected fact replaces, left out): the
+  mean |dP/P| of P(gold), the share of right (greedy) answers kept, and the slot firing rate - the
+  share of those prompts on which any injected pair is above its threshold
+  (clamp(a (w . x - b), 0, 1) > 0 at any position of the prompt);
 * the same for the atlas's facts about an injected subject in other relations (`same_subject`):
   a slot keyed on the subject (`--key-position subject`) fires on all of them, and its value may
   move their answers too;
@@ -21,12 +22,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from atlas.db.neurons import Fact
 from atlas.jobs.evaluate import GENERAL_TEXT, EvalSet
 from atlas.model.encode import PromptItem
 from atlas.model.inject import SlotPair
@@ -35,6 +37,15 @@ from atlas.model.loading import LoadedModel
 from atlas.model.scoring import Scored, score, text_nll
 
 NEGATIVE_TEXT_CHARS = 2000  # the start of the general text serves as negatives; fluency is also shown without it
+
+
+def untouched(facts: Iterable[Fact], replaced: dict[tuple[str, str], list[str]]) -> list[Fact]:
+    """The facts an injection should leave as they were, given what it replaces ((subject,
+    relation) -> the old objects): not one of the replaced pairs, and not a restatement of one (the
+    same subject and old object in another relation: 'P36 Indiana -> Indianapolis' restates a
+    user's 'U1 Indiana -> Indianapolis', which an injection of U1 Indiana is meant to change)."""
+    restated = {(s, o) for (s, _), objects in replaced.items() for o in objects}
+    return [f for f in facts if (f.subject, f.relation_id) not in replaced and (f.subject, f.object) not in restated]
 
 
 @dataclass

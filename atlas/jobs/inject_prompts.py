@@ -54,6 +54,13 @@ def encode_fact(lm: LoadedModel, f: NewFact, heldout: int) -> tuple[list[PromptI
     return items[:keep], items[keep:], texts
 
 
+def replaced_tokens(lm: LoadedModel, text: str, objects: Sequence[str]) -> list[int]:
+    """The first answer tokens of the `objects` a fact replaces, read as answers to one of its
+    prompts `text` (an object that cannot be read there is skipped)."""
+    items = [encode(lm.tokenizer, text, o, lm.adapter.is_masked_lm) for o in objects]
+    return list(dict.fromkeys(it.answer_ids[0] for it in items if not isinstance(it, str)))
+
+
 def key_positions(
     lm: LoadedModel, f: NewFact, items: Sequence[PromptItem], texts: Sequence[str], spec: InjectSpec
 ) -> list[int] | None:

@@ -122,6 +122,30 @@ def test_the_audit_says_where_a_slot_opens_on_held_out_prompts(store, tmp_path) 
     assert a["n_heldout_prompts"] == 1 and a["heldout_firing_rate"] == 1.0 == a["facts"][0]["heldout_firing"]
 
 
+def test_a_fact_pushes_down_the_object_it_replaces_and_its_restatements_leave_the_audit(store, tmp_path) -> None:
+    """The atlas's fact of the injected subject and relation (P36 France -> Paris) is the one the
+    injection replaces (`injection_replaced`, both backends): its object is recorded and its token
+    is the one the value pushes down; a fact restating it in another relation (the same subject
+    and object) is left out of the audit, which still measures the subject's other facts."""
+    w = build_world(store, tmp_path)
+    with store.begin() as conn:
+        for k, (rel, obj) in enumerate((("P30", "Europe"), ("P37", "Paris"))):
+            fact = dict(id=f"fr{k}", relation_id=rel, subject="France", object=obj, dataset="x")
+            conn.execute(schema.facts.insert().values(**fact))
+            for j, t in enumerate(RELATIONS[rel][3]):
+                row = dict(fact_id=f"fr{k}", template=t, text=t.replace("[X]", "France"), causal=True, masked=True)
+                conn.execute(schema.prompts.insert().values(id=9200 + 10 * k + j, **row))
+    spec = replace(QUICK, key_position="subject")
+    rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
+    info, a = rec.facts[0].info, rec.audit
+    assert info["replaces"] == ["Paris"] and info["old_token"] == "Paris"
+    # P30's first template is a keep prompt (left out); P37's restatement is not measured at all
+    assert a["same_subject_prompts"] == 2
+    rollback_injection(store, w.lm, rec.id)
+    new = inject_facts(store, w.lm, w.run, [_fact("Kenya", "P36", "Berlin")], spec)  # no Kenya capital in the atlas
+    assert new.facts[0].info["replaces"] == [] and new.facts[0].info["old_token"] != "Berlin"
+
+
 def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
     """Facts whose subject contains the injected one ("Bank of France" for "France") are read as a
     pool of hard negatives for that fact (`injection_namesakes`, on both backends); the subject's

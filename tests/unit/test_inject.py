@@ -352,10 +352,12 @@ def test_subject_position_is_the_subjects_last_token() -> None:
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_inputs_and_value_directions_at_other_positions(family: str) -> None:
+@pytest.mark.parametrize("against", [(), (7, 11)])
+def test_inputs_and_value_directions_at_other_positions(family: str, against: tuple[int, ...]) -> None:
     """`at` reads the FFN input where a causal prompt cut after that position ends, and the value
-    direction there is the gradient of mean log P(new) with respect to an offset added to the
-    layer's FFN output at exactly that position (an independent hook, by hand)."""
+    direction there is the gradient of mean log P(new) (minus mean log P of the replaced objects'
+    tokens `against`) with respect to an offset added to the layer's FFN output at exactly that
+    position (an independent hook, by hand)."""
     from atlas.model.inject.keys import answer_inputs
     from atlas.model.inject.values import logprob_directions
 
@@ -367,7 +369,7 @@ def test_inputs_and_value_directions_at_other_positions(family: str) -> None:
     cut = [PromptItem(it.prompt_ids[: a + 1], [0]) for it, a in zip(items, at)]
     assert torch.allclose(got, answer_inputs(model, adapter, cut, [layer])[layer], atol=1e-5)
 
-    u = logprob_directions(adapter, items, [layer], 30, at)[layer]
+    u = logprob_directions(adapter, items, [layer], 30, at, against)[layer]
     delta = torch.zeros(len(items), adapter.hidden_size, requires_grad=True)
 
     def shift(_m, _args, out):
@@ -383,7 +385,10 @@ def test_inputs_and_value_directions_at_other_positions(family: str) -> None:
             ids[r, : len(it.prompt_ids)], attn[r, : len(it.prompt_ids)] = torch.tensor(it.prompt_ids), 1
         logits = model(input_ids=ids, attention_mask=attn).logits
         last = torch.tensor([len(it.prompt_ids) - 1 for it in items])
-        gain = torch.log_softmax(logits[torch.arange(len(items)), last], -1)[:, 30].mean()
+        logp = torch.log_softmax(logits[torch.arange(len(items)), last], -1)
+        gain = logp[:, 30].mean() - sum(logp[r, a] for r in range(len(items)) for a in against) / max(
+            1, len(items) * len(against)
+        )
         (g,) = torch.autograd.grad(gain, [delta])
     finally:
         handle.remove()

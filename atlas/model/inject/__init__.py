@@ -16,9 +16,11 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   read at the answer position, it must also recognise the wording, which a held-out template is not;
 * gate b, a (`keys.gate`): silent up to b, set between the negatives' highest and the positives'
   lowest score w . x and never below the negatives' highest, saturated at b + 1/a;
-* value v (`values`): u = the gradient of mean log P(o') at the answer position with respect to the
-  layer's FFN output where the key reads (the subject's last token, or the answer; or the closed
-  form g * (E_o' - E_o), `--value embedding`), of length r * s with r the residual norm after
+* value v (`values`): u = the gradient of mean log P(o') - mean log P(o) at the answer position
+  (o: the objects the atlas holds for the fact's subject and relation, which it replaces; none
+  where the atlas has no such fact) with respect to the layer's FFN output where the key reads (the
+  subject's last token, or the answer; or the closed form g * (E_o' - E_o), `--value embedding`),
+  of length r * s with r the residual norm after
   layer l and s the smallest scale of a line search that makes o'
   the greedy answer on every training prompt the gate opens for, times 1.5 when that keeps them all;
   then (`--value-steps` N = 100) where no scale reaches every such prompt, up to N Adam steps on v

@@ -77,15 +77,18 @@ def build_fact(
     params: BuildParams,
     key_at: Sequence[int] | None = None,
     keep: Sequence[PromptItem] = (),
+    against: Sequence[int] = (),
 ) -> FactSlots:
     """Pairs for the fact whose training prompts `train` are encoded with its NEW object as answer;
     `negatives[layer]` are the hard negatives' FFN inputs; `key_at`: where the keys read each
     training prompt (None: its answer position; else the subject's last token); `keep`: prompts
-    whose next-token distributions the values should leave alone (`values.Keep`). Written into
-    the model."""
+    whose next-token distributions the values should leave alone (`values.Keep`); `against`: the
+    first tokens of the objects the fact replaces (the atlas's facts of its subject and relation),
+    which its values push down. Written into the model."""
     new_tok = train[0].answer_ids[0]
-    old_tok = current_answer(score(model, adapter, train), new_tok)
-    units = value_directions(adapter, train, layers, new_tok, old_tok, params.value, key_at)
+    against = [t for t in against if t != new_tok]
+    old_tok = against[0] if against else current_answer(score(model, adapter, train), new_tok)
+    units = value_directions(adapter, train, layers, new_tok, old_tok, params.value, key_at, against)
     pos = answer_inputs(model, adapter, train, layers, at=key_at)
     negatives = _with_continuations(model, adapter, train, layers, negatives)
     out = FactSlots([], new_tok, old_tok, residual=residual_norm(model, adapter, train, max(layers)))
@@ -141,12 +144,14 @@ def value_directions(
     old_tok: int | None,
     form: str,
     at: Sequence[int] | None = None,
+    against: Sequence[int] = (),
 ) -> dict[int, Tensor]:
-    """Unit value directions per layer (`values`): the log-probability gradient (at the positions
-    `at` where the slot is keyed elsewhere than the answer), or the closed form g * (E_new - E_old)
+    """Unit value directions per layer (`values`): the log-probability gradient, against the
+    replaced objects' tokens `against` (at the positions `at` where the slot is keyed elsewhere
+    than the answer), or the closed form g * (E_new - E_old)
     where the final norm maps the residual stream to the logits elementwise (decoders, answer
     position; BERT's post-norm blocks and head transform always take the gradient)."""
     if form == "embedding" and at is None and adapter.final_norm_scale() is not None:
         u = value_direction(adapter, new_tok, old_tok)
         return {layer: u for layer in layers}
-    return logprob_directions(adapter, items, layers, new_tok, at)
+    return logprob_directions(adapter, items, layers, new_tok, at, against)
