@@ -8,12 +8,12 @@ prompts of the injected relations and of the others, and one pool per injected r
 `injection_namesakes`, with --namesake-negatives: one pool per injected subject, the facts whose
 subject contains it) and the facts the injected ones replace (`injection_replaced`: the atlas's
 facts of an injected subject and relation, whose objects the values push down); bad input is
-refused before the model runs. The facts the audit measures
-are left out of the negatives (`--audit-unseen`), so that its specificity is measured on prompts
-the keys never saw. The model then runs with no transaction open: on the working copy
-(`inject_weights.injected_copy`) it is measured, widened by two neurons per fact and layer, each
-fact's pair is built on the model that already holds the earlier ones (`atlas.model.inject.build`),
-and it is measured again (`inject_audit`). One transaction writes the injection, its facts, pairs
+refused before the model runs. The facts the audit measures are left out of the negatives
+(`--audit-unseen`), so that its specificity is measured on prompts the keys never saw. The model
+then runs with no transaction open: on the working copy (`inject_weights.injected_copy`) it is
+measured, widened by two neurons per fact and layer, each fact's pair is built on the model that
+already holds the earlier ones (`atlas.model.inject.build`), and it is measured again
+(`inject_audit`). One transaction writes the injection, its facts, pairs
 and audit, after checking that the applied edits and injections did not change meanwhile.
 
 Default layer: `--layers`; else, for keys read at the subject (the default), a third of the depth
