@@ -69,8 +69,9 @@ def describe(i: InjectionRecord, per_fact: bool = True) -> str:
         for f in i.facts:
             fa = audits[f.position] if f.position < len(audits) else {}
             slots = " ".join(f"L{lay}.{n}+{n + 1}" for lay, n in f.info.get("slots", []))
+            was = ", ".join(f.info.get("replaces") or []) or repr(f.info.get("old_token"))
             lines.append(
-                f"  [{f.position}] {f.relation_id}: {f.subject} -> {f.object} (was {f.info.get('old_token')!r}), "
+                f"  [{f.position}] {f.relation_id}: {f.subject} -> {f.object} (was {was}), "
                 f"slots {slots} ({f.info.get('layer_source')}), efficacy {_pct(fa.get('efficacy'))}, "
                 f"held-out {_pct(fa.get('generalisation'))}"
             )

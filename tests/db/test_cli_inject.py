@@ -59,7 +59,7 @@ def test_inject_show_list_report_export_rollback(store, tmp_path) -> None:
     two = re.search(r"injection (\d+): 1 facts", out).group(1)
     assert "layers [1], FFN width 50 -> 52" in out
     shown = _run(store, "inject", "show", one)
-    assert "France -> Berlin" in shown and "L" in shown and "generalisation (held-out prompts)" in shown
+    assert "France -> Berlin (was Paris)" in shown and "generalisation (held-out prompts)" in shown
     assert "slots L" in shown and "+49 (relation)" in shown
     listed = _run(store, "inject", "list")
     assert listed.index(f"injection {two}:") < listed.index(f"injection {one}:")
