@@ -13,8 +13,8 @@ refused before the model runs. The facts the audit measures are left out of the 
 then runs with no transaction open: on the working copy (`inject_weights.injected_copy`) it is
 measured, widened by two neurons per fact and layer, each fact's pair is built on the model that
 already holds the earlier ones (`atlas.model.inject.build`), and it is measured again
-(`inject_audit`). One transaction writes the injection, its facts, pairs
-and audit, after checking that the applied edits and injections did not change meanwhile.
+(`inject_audit`). One transaction writes the injection, its facts, pairs and audit, after
+checking that the applied edits and injections did not change meanwhile.
 
 Default layer: `--layers`; else, for keys read at the subject (the default), a third of the depth
 (where the subject's representation is built, and attention still has the layers above it to

@@ -45,6 +45,14 @@ def _fact(subject: str, relation: str, obj: str) -> NewFact:
     return NewFact(f"{relation}:{subject}", relation, subject, obj, tuple(t.replace("[X]", subject) for t in templates))
 
 
+def _add_atlas_fact(conn, fid: str, relation: str, subject: str, obj: str, first_prompt_id: int) -> None:
+    """A fact in the atlas but not in the run, with its relation's templates as causal prompts."""
+    conn.execute(schema.facts.insert().values(id=fid, relation_id=relation, subject=subject, object=obj, dataset="x"))
+    for k, t in enumerate(RELATIONS[relation][3]):
+        row = dict(fact_id=fid, template=t, text=t.replace("[X]", subject), causal=True, masked=True)
+        conn.execute(schema.prompts.insert().values(id=first_prompt_id + k, **row))
+
+
 def _stack_of(store, w) -> tuple:
     """The run, its applied edits and its applied injections."""
     with store.begin() as conn:
@@ -95,12 +103,7 @@ def test_a_subject_keyed_slot_reads_the_subject_and_is_audited_on_its_other_fact
     such a slot fires."""
     w = build_world(store, tmp_path, family=family)
     with store.begin() as conn:  # another fact about France, in the atlas but not in the run
-        conn.execute(
-            schema.facts.insert().values(id="fr", relation_id="P30", subject="France", object="Europe", dataset="x")
-        )
-        for k, t in enumerate(RELATIONS["P30"][3]):
-            row = dict(fact_id="fr", template=t, text=t.replace("[X]", "France"), causal=True, masked=True)
-            conn.execute(schema.prompts.insert().values(id=9000 + k, **row))
+        _add_atlas_fact(conn, "fr", "P30", "France", "Europe", 9000)
     rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], replace(QUICK, key_position="subject"))
     info, a = rec.facts[0].info, rec.audit
     assert info["layer_source"] == "subject" and info["slots"] == [[1, 48]] and rec.layers == [1]
@@ -130,11 +133,7 @@ def test_a_fact_pushes_down_the_object_it_replaces_and_its_restatements_leave_th
     w = build_world(store, tmp_path)
     with store.begin() as conn:
         for k, (rel, obj) in enumerate((("P30", "Europe"), ("P37", "Paris"))):
-            fact = dict(id=f"fr{k}", relation_id=rel, subject="France", object=obj, dataset="x")
-            conn.execute(schema.facts.insert().values(**fact))
-            for j, t in enumerate(RELATIONS[rel][3]):
-                row = dict(fact_id=f"fr{k}", template=t, text=t.replace("[X]", "France"), causal=True, masked=True)
-                conn.execute(schema.prompts.insert().values(id=9200 + 10 * k + j, **row))
+            _add_atlas_fact(conn, f"fr{k}", rel, "France", obj, 9200 + 10 * k)
     spec = replace(QUICK, key_position="subject")
     rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
     info, a = rec.facts[0].info, rec.audit
@@ -153,13 +152,7 @@ def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
     w = build_world(store, tmp_path)
     with store.begin() as conn:
         for k, subject in enumerate(("Bank of France", "France")):
-            fid = f"ns{k}"
-            conn.execute(
-                schema.facts.insert().values(id=fid, relation_id="P30", subject=subject, object="Europe", dataset="x")
-            )
-            for j, t in enumerate(RELATIONS["P30"][3]):
-                row = dict(fact_id=fid, template=t, text=t.replace("[X]", subject), causal=True, masked=True)
-                conn.execute(schema.prompts.insert().values(id=9100 + 10 * k + j, **row))
+            _add_atlas_fact(conn, f"ns{k}", "P30", subject, "Europe", 9100 + 10 * k)
     n_tokens = sum(
         len(w.lm.tokenizer(t.replace("[X]", "Bank of France").split("[Y]")[0].rstrip()).input_ids)
         for t in RELATIONS["P30"][3]
