@@ -41,6 +41,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atlas.db.datasets import bundled_relations  # noqa: E402
@@ -108,14 +110,36 @@ def heldout_pairs(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> 
     return out
 
 
-def known_before(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> tuple[list, list]:
+CONTINUATION_TOKENS = 8
+
+
+@torch.no_grad()
+def names_in_continuation(lm, items: list) -> list[bool]:
+    """Per item: does the model's greedy continuation of its prompt (`CONTINUATION_TOKENS` tokens)
+    name its answer? A template whose next word is a function word ("The seat of government of
+    Texas is" -> " the city of Austin") is judged by what the model goes on to say, not by top-1."""
+    dev = next(lm.model.parameters()).device
+    out = []
+    for it in items:
+        ids = torch.tensor([list(it.prompt_ids)], device=dev)
+        for _ in range(CONTINUATION_TOKENS):
+            nxt = lm.model(input_ids=ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+        said = lm.tokenizer.decode(ids[0, len(it.prompt_ids) :].tolist())
+        out.append(lm.tokenizer.decode(list(it.answer_ids)).strip() in said)
+    return out
+
+
+def known_before(lm, rows: list[dict], truth: dict[str, str], heldout: int) -> tuple[list, tuple[list, list]]:
     """The held-out pairs (`heldout_pairs`) and, per pair, how the model as it is now scores the
-    TRUE object (`Scored`): what `known_generalisation` compares with after the change."""
+    TRUE object (`Scored`) and whether its continuation names it: what `known_generalisation`
+    compares with after the change."""
     pairs = heldout_pairs(lm, rows, truth, heldout)
-    return pairs, score(lm.model, lm.adapter, [true for _, true, _ in pairs])
+    trues = [true for _, true, _ in pairs]
+    return pairs, (score(lm.model, lm.adapter, trues), names_in_continuation(lm, trues))
 
 
-def known_generalisation(pairs: list[tuple], before: list, lm) -> dict:
+def known_generalisation(pairs: list[tuple], before: tuple[list, list], lm) -> dict:
     """Held-out generalisation (new object greedy, on `lm` as it is now) over the held-out prompts
     on which the model gave the TRUE object greedily before (a paraphrase it reads as the relation
     at all: one it never completes with the true object cannot be expected to show the new one),
@@ -138,9 +162,11 @@ def known_generalisation(pairs: list[tuple], before: list, lm) -> dict:
         "by_template": {
             t: {
                 "prompts": len(v),
-                "new_greedy": sum(h for h, _, _ in v),
-                "true_greedy_before": sum(k for _, k, _ in v),
-                "median_p_true_before": round(statistics.median(p for _, _, p in v), 5),
+                "new_greedy": sum(h for h, *_ in v),
+                "true_greedy_before": sum(k for _, k, *_ in v),
+                "median_p_true_before": round(statistics.median(p for _, _, p, *_ in v), 5),
+                "new_in_continuation": sum(c for *_, c, _ in v),
+                "true_in_continuation_before": sum(c for *_, c in v),
             }
             for t, v in sorted(by_template.items())
         },

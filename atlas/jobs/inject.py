@@ -3,18 +3,18 @@
 Read -> compute -> write, as every edit: one transaction reads the run, its facts, the model's
 applied edits and injections, the facts already injected, the default layers (the statement
 `inject_default_layer`: the weighted median layer of the relation's knowledge neurons in the run)
-and hard negatives (`injection_negatives`, from every fact loaded in the atlas: a shared pool of
-prompts of the injected relations and of the others, and one pool per injected relation;
-`injection_namesakes`, with --namesake-negatives: one pool per injected subject, the facts whose
-subject contains it) and the facts the injected ones replace (`injection_replaced`: the atlas's
-facts of an injected subject and relation, whose objects the values push down); bad input is
-refused before the model runs. The facts the audit measures are left out of the negatives
-(`--audit-unseen`), so that its specificity is measured on prompts the keys never saw. The model
-then runs with no transaction open: on the working copy (`inject_weights.injected_copy`) it is
-measured, widened by two neurons per fact and layer, each fact's pair is built on the model that
-already holds the earlier ones (`atlas.model.inject.build`), and it is measured again
-(`inject_audit`). One transaction writes the injection, its facts, pairs and audit, after
-checking that the applied edits and injections did not change meanwhile.
+and the pools of prompts the keys are built against (`inject_pools`: other facts of the injected
+relations and of the others, each injected relation's, and with --namesake-negatives or
+--namesake-guards each injected subject's namesakes) and the facts the injected ones replace
+(`injection_replaced`: the atlas's facts of an injected subject and relation, whose objects the
+values push down); bad input is refused before the model runs. The facts the audit measures are left
+out of the negatives (`--audit-unseen`), so that its specificity is measured on prompts the keys
+never saw. The model then runs with no transaction open: on the working copy
+(`inject_weights.injected_copy`) it is measured, widened by two neurons per fact and layer (four
+with guards), each fact's pair (and guard) is built on the model that already holds the earlier ones
+(`atlas.model.inject.build`), and it is measured again (`inject_audit`) widened by exactly the pairs
+built. One transaction writes the injection, its facts, pairs and audit, after checking that the
+applied edits and injections did not change meanwhile.
 
 Default layer: `--layers`; else, for keys read at the subject (the default), a third of the depth
 (where the subject's representation is built, and attention still has the layers above it to
@@ -55,15 +55,15 @@ from atlas.db.store import Store
 from atlas.errors import ConflictError, InputError
 from atlas.jobs import inject_audit as audit
 from atlas.jobs.evaluate import EvalSet, sample
+from atlas.jobs.inject_pools import namesakes, own_pools, pool_inputs, read_pools
 from atlas.jobs.inject_prompts import encode_fact, keep_items, key_positions, replaced_tokens
 from atlas.jobs.inject_weights import injected_copy, pair_bytes
 from atlas.jobs.specs import InjectSpec
 from atlas.jobs.weights import ModelArg, resolve_model
 from atlas.model.inject import check_injectable, widened
 from atlas.model.inject.build import BuildParams, FactSlots, build_fact
-from atlas.model.inject.keys import Negatives, answer_inputs, text_chunk, text_inputs
+from atlas.model.inject.keys import answer_inputs
 from atlas.model.loading import LoadedModel, weights_sha256
-from atlas.model.scoring import encode
 
 METHOD = "kformer-slots: discriminant key, clamped gate, line-searched value"
 
@@ -126,20 +126,7 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
         be = store.backend
         rels = sorted({f.relation_id for f in facts})
         subjects = sorted({f.subject for f in facts})
-        negatives = []
-        for same in (True, False):  # the shared pool: the injected relations and the others, half each
-            params = {"relation_ids": rels, "subjects": subjects, "same": same, "causal": causal}
-            params["limit"] = (spec.negatives + (not same)) // 2
-            rows = conn.execute(sql_text("injection_negatives", be), params)
-            negatives += [("", r.fact_id, r.text, r.object) for r in rows]
-        for rel in rels:  # each injected relation's own pool: its templates with other subjects
-            params = {"relation_ids": [rel], "subjects": subjects, "same": True, "causal": causal}
-            rows = conn.execute(sql_text("injection_negatives", be), params | {"limit": spec.relation_negatives})
-            negatives += [(rel, r.fact_id, r.text, r.object) for r in rows]
-        for subject in subjects if spec.namesake_negatives else ():  # each subject's namesakes
-            params = {"subject": subject, "causal": causal, "limit": spec.namesake_negatives}
-            rows = conn.execute(sql_text("injection_namesakes", be), params)
-            negatives += [(namesakes(subject), r.fact_id, r.text, r.object) for r in rows]
+        negatives = read_pools(conn, be, facts, spec, causal)
         kept = {
             r.relation_id: r.template
             for r in conn.execute(sql_text("injection_keep_templates", be), {"causal": causal})
@@ -167,16 +154,6 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             kept,
             {(f.subject, f.relation_id): replaced.get((f.subject, f.relation_id), []) for f in facts},
         )
-
-
-def namesakes(subject: str) -> str:
-    """The name of a subject's pool of namesake negatives (`injection_namesakes`)."""
-    return f"namesakes:{subject}"
-
-
-def _own_pools(f: NewFact) -> tuple[str, str]:
-    """The pools of negatives a fact adds to the shared one: its relation's and its namesakes'."""
-    return f.relation_id, namesakes(f.subject)
 
 
 def _refuse_contradictions(facts: Sequence[NewFact], known: Sequence[InjectedFact]) -> None:
@@ -207,40 +184,6 @@ def _layers_of(lm: LoadedModel, f: NewFact, spec: InjectSpec, at: _Atlas) -> tup
     if at.run_layer is not None:
         return [at.run_layer], "run"
     return [round(0.8 * (n - 1))], "depth"
-
-
-def _negative_inputs(
-    lm: LoadedModel, at: _Atlas, layers: list[int], pool_layers: dict[str, set[int]], audited: set[str]
-) -> tuple[dict[int, Negatives], dict[tuple[str, int], Negatives]]:
-    """FFN inputs of the hard negatives at every position (their answer positions, and every other
-    position as ordinary text): the shared pool and the general text's start per layer, and each
-    fact's own pools (its relation's, its subject's namesakes) at the layers of the facts that use
-    them. Prompts of the facts the audit measures are left out, so that specificity is measured on
-    prompts the keys and gates never saw."""
-    masked = lm.adapter.is_masked_lm
-    by_pool: dict[str, list] = {}  # pool -> its encoded prompts, in one pass over the negatives
-    for pool, fid, t, o in at.negatives:
-        if fid not in audited and not isinstance(item := encode(lm.tokenizer, t, o, masked), str):
-            by_pool.setdefault(pool, []).append(item)
-
-    def inputs(pool: str, at_layers: list[int]) -> dict[int, torch.Tensor]:
-        return answer_inputs(lm.model, lm.adapter, by_pool.get(pool, []), at_layers, every_position=True)
-
-    xs = inputs("", layers)
-    if not masked:
-        text = audit.GENERAL_TEXT.read_text()[: audit.NEGATIVE_TEXT_CHARS]
-        ids = list(lm.tokenizer(text, add_special_tokens=False).input_ids)
-        gen = text_inputs(lm.model, lm.adapter, ids, layers, text_chunk(lm.adapter))
-        xs = {layer: torch.cat([xs[layer], gen[layer]]) for layer in layers}
-    shared = {layer: Negatives.of(xs[layer]) for layer in layers}
-    own: dict[tuple[str, int], Negatives] = {}
-    for pool, at_layers in pool_layers.items():
-        if pool not in by_pool:  # e.g. no namesakes
-            continue
-        for layer, x in inputs(pool, sorted(at_layers)).items():
-            if x.shape[0]:
-                own[(pool, layer)] = Negatives.of(x)
-    return shared, own
 
 
 def inject_facts(
@@ -307,50 +250,79 @@ def _compute(
     spec: InjectSpec,
     audited: set[str],
 ) -> dict:
-    """Measure, widen, build every fact's pairs in order, measure again (no transaction open)."""
-    params = BuildParams.of(spec)
-    used = sorted({layer for ls in layers for layer in ls})
-    pool_layers: dict[str, set[int]] = {}  # each fact's own pools of negatives, at its layers
-    for f, ls in zip(facts, layers):
-        for pool in _own_pools(f):
-            pool_layers.setdefault(pool, set()).update(ls)
+    """Measure, widen, build every fact's pairs in order (with room for its guards), measure again
+    on the model widened by exactly the pairs built (no transaction open)."""
     with injected_copy(lm, at.run, at.edits, at.stack) as sha_before:
         width_before = lm.adapter.n_neurons
-        width_after = width_before + 2 * sum(len(ls) for ls in layers)
+        room = _room(spec) * sum(len(ls) for ls in layers)
         before = audit.measure(lm, plan)
-        with widened(lm.adapter, [], width_after):
-            shared, own_pool = _negative_inputs(lm, at, used, pool_layers, audited)
-            key_at = [key_positions(lm, f, items, enc[2], spec) for f, items, enc in zip(facts, plan.train, encoded)]
-            own = [
-                answer_inputs(lm.model, lm.adapter, items, used, at=where) for items, where in zip(plan.train, key_at)
-            ]
-            built: list[FactSlots] = []
-            index = width_before
-            for i, items in enumerate(plan.train):
-                negs = {}
-                for layer in layers[i]:
-                    pool = shared[layer]
-                    for name in _own_pools(facts[i]):
-                        if (name, layer) in own_pool:
-                            pool = pool + own_pool[(name, layer)]
-                    rest = [o[layer] for j, o in enumerate(own) if j != i]
-                    negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
-                keeping = key_at[i] is not None and spec.keep_weight > 0  # keep prompts only where they are used
-                keep = keep_items(lm, facts[i], at.keep_templates) if keeping else []
-                old = replaced_tokens(lm, encoded[i][2][0], at.replaced[(facts[i].subject, facts[i].relation_id)])
-                built.append(
-                    build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep, old)
-                )
-                index += 2 * len(layers[i])
+        with widened(lm.adapter, [], width_before + room):
+            built, shared, own_pool = _build_all(lm, at, plan, facts, encoded, layers, spec, audited, width_before)
+        pairs = [p for b in built for p in b.pairs]
+        for k, p in enumerate(pairs):  # the guards that were not needed leave no empty neurons
+            p.index = width_before + 2 * k
+        width_after = width_before + 2 * len(pairs)
+        with widened(lm.adapter, pairs, width_after):
             sha_after = weights_sha256(lm.model)
-            pairs = [p for b in built for p in b.pairs]
             after = audit.measure(lm, plan, pairs)
     verdict = audit.judge(plan, before, after, [b.value.hits if b.value else 0 for b in built])
-    verdict["n_negatives"] = int(shared[used[0]].n)
+    verdict["n_negatives"] = int(next(iter(shared.values())).n)
     verdict["n_relation_negatives"] = {f"{r}@{lay}": n.n for (r, lay), n in sorted(own_pool.items())}
     return dict(
         built=built, sha_before=sha_before, sha_after=sha_after, width=(width_before, width_after), audit=verdict
     )
+
+
+def _room(spec: InjectSpec) -> int:
+    """Neurons a fact may take per layer: its pair, and room for the pair's guard."""
+    return 4 if spec.namesake_guards else 2
+
+
+def _build_all(
+    lm: LoadedModel,
+    at: _Atlas,
+    plan: audit.AuditPlan,
+    facts: Sequence[NewFact],
+    encoded: list,
+    layers: list[list[int]],
+    spec: InjectSpec,
+    audited: set[str],
+    index: int,
+) -> tuple[list[FactSlots], dict, dict]:
+    """Every fact's pairs, built in order on the widened model that holds the earlier ones, each
+    fact's at the next free indices from `index`; and the pools' inputs (shared, and own per
+    (pool, layer))."""
+    params = BuildParams.of(spec)
+    used = sorted({layer for ls in layers for layer in ls})
+    pool_layers: dict[str, set[int]] = {}  # each fact's own pools (negatives, guards), at its layers
+    for f, ls in zip(facts, layers):
+        for pool in own_pools(f, spec) + ([namesakes(f.subject)] if spec.namesake_guards else []):
+            pool_layers.setdefault(pool, set()).update(ls)
+    shared, own_pool = pool_inputs(lm, at.negatives, used, pool_layers, audited)
+    key_at = [key_positions(lm, f, items, enc[2], spec) for f, items, enc in zip(facts, plan.train, encoded)]
+    own = [answer_inputs(lm.model, lm.adapter, items, used, at=where) for items, where in zip(plan.train, key_at)]
+    built: list[FactSlots] = []
+    for i, (f, items) in enumerate(zip(facts, plan.train)):
+        negs = {}
+        for layer in layers[i]:
+            pool = shared[layer]
+            for name in own_pools(f, spec):
+                if (name, layer) in own_pool:
+                    pool = pool + own_pool[(name, layer)]
+            rest = [o[layer] for j, o in enumerate(own) if j != i]
+            negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
+        guard_against = None
+        if spec.namesake_guards:
+            got = {layer: own_pool.get((namesakes(f.subject), layer)) for layer in layers[i]}
+            guard_against = {layer: torch.cat(n.blocks) for layer, n in got.items() if n is not None} or None
+        keeping = key_at[i] is not None and spec.keep_weight > 0  # keep prompts only where they are used
+        keep = keep_items(lm, f, at.keep_templates) if keeping else []
+        old = replaced_tokens(lm, encoded[i][2][0], at.replaced[(f.subject, f.relation_id)])
+        built.append(
+            build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep, old, guard_against)
+        )
+        index += _room(spec) * len(layers[i])
+    return built, shared, own_pool
 
 
 def _fact_info(lm: LoadedModel, b: FactSlots, source: str, replaced: list[str]) -> dict[str, Any]:
@@ -364,6 +336,7 @@ def _fact_info(lm: LoadedModel, b: FactSlots, source: str, replaced: list[str]) 
         "value": asdict(b.value) if b.value else None,
         "residual_norm": b.residual,
         "slots": [[p.layer, p.index] for p in b.pairs],
+        "guards": [asdict(g) | {"index": p.index if p else None} for g, p in b.guards],
     }
 
 

@@ -86,16 +86,23 @@ def measure(lm: LoadedModel, plan: AuditPlan, pairs: Sequence[SlotPair] = ()) ->
 
 @torch.no_grad()
 def firing(lm: LoadedModel, items: Sequence[PromptItem], pairs: Sequence[SlotPair]) -> list[bool]:
-    """Per item: does any pair's clamp exceed 0 at any of its positions? (A slot open before the
-    answer position reaches it through attention: a subject-keyed slot opens at the subject.)"""
+    """Per item: does any pair's clamp exceed 0 at any of its positions, where its guard (a pair
+    that `cancels` it) stays shut? (A slot open before the answer position reaches it through
+    attention: a subject-keyed slot opens at the subject.)"""
     if not items:
         return []
     layers = sorted({p.layer for p in pairs})
     xs = answer_inputs(lm.model, lm.adapter, items, layers, every_position=True)
     owner = torch.cat([torch.full((len(it.prompt_ids),), k) for k, it in enumerate(items)])
     fired = torch.zeros(len(owner), dtype=torch.bool)
+    guard = {id(p.cancels): p for p in pairs if p.cancels is not None}
+
+    def opens(p: SlotPair) -> torch.Tensor:
+        return (xs[p.layer] @ p.key.double()) > p.threshold
+
     for p in pairs:
-        fired |= (xs[p.layer] @ p.key.double()) > p.threshold
+        if p.cancels is None:
+            fired |= opens(p) & ~opens(guard[id(p)]) if id(p) in guard else opens(p)
     per_item = torch.zeros(len(items), dtype=torch.long).index_add_(0, owner, fired.long())
     return (per_item > 0).tolist()
 

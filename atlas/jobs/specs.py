@@ -323,9 +323,18 @@ class InjectSpec:
     namesake_negatives: int = opt(
         0,
         minimum=0,
-        help="Hard negatives, per injected subject: prompts of facts whose subject contains it "
-        "('University of Chile' for 'Chile'), every position (0: none; they keep those facts' answers "
-        "but cost efficacy and held-out paraphrases: BENCHMARKS.md).",
+        help="Hard negatives, per injected subject: prompts of its namesakes, facts whose subject contains "
+        "its last word ('University of Chile' for 'Chile', 'Benson Glacier' for 'Egbert Benson'), every "
+        "position (0: none; they keep those facts' answers but cost efficacy and held-out paraphrases: "
+        "BENCHMARKS.md).",
+    )
+    namesake_guards: int = opt(
+        0,
+        minimum=0,
+        help="Guard pairs, per injected subject: of this many prompts of its namesakes (as for "
+        "--namesake-negatives), those its slot opens on key a second pair that writes minus the slot's "
+        "value there and stays shut on the fact's own prompts and the negatives (0: none; "
+        "atlas.model.inject.guards).",
     )
     audit_facts: int = opt(200, minimum=1, help="Other facts of the run measured for specificity (all when fewer).")
     audit_unseen: bool = opt(

@@ -167,6 +167,30 @@ def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
     assert "namesakes:France@1" not in pools[1] and pools[0]["P36@1"] == pools[1]["P36@1"]
 
 
+def test_guards_are_recorded_and_take_no_room_where_none_is_built(store, tmp_path) -> None:
+    """With --namesake-guards a fact records, per pair, how many positions of its namesakes'
+    prompts ("France Telecom" for "France") its slot opens on and how many a guard could shut;
+    a guard is built only where it shuts some (here the namesake's prompts read "France" exactly
+    as the fact's own do: none), and the model is widened by exactly the pairs built, not by the
+    room reserved for guards; the rollback restores the sha256 (both backends; the guard itself:
+    tests/unit/test_inject.py)."""
+    w = build_world(store, tmp_path)
+    base = weights_sha256(w.lm.model)
+    with store.begin() as conn:
+        _add_atlas_fact(conn, "ns0", "P36", "France Telecom", "Paris", 9100)
+    spec = replace(QUICK, key_position="subject", namesake_guards=100)
+    asked = ("The capital city of France is [Y]", "France has its capital in [Y]")
+    france = NewFact("P36:France", "P36", "France", "Berlin", asked)
+    rec = inject_facts(store, w.lm, w.run, [france, _fact("Kenya", "P36", "Rome")], spec)
+    france, kenya = (f.info for f in rec.facts)
+    assert kenya["guards"] == []  # no namesake of Kenya in the atlas
+    assert france["guards"] == [{"layer": 1, "opened": 3, "cancelled": 0, "separable": False, "index": None}]
+    assert rec.width_after - rec.width_before == 4 and len(france["slots"]) == len(kenya["slots"]) == 1
+    rollback_injection(store, w.lm, rec.id)
+    with injected_copy(w.lm, *_stack_of(store, w)) as sha:
+        assert sha == base
+
+
 def test_keep_prompts_reach_the_values_and_leave_the_rollback_exact(store, tmp_path) -> None:
     """With --keep-weight above 0 the job hands each subject-keyed fact its keep prompts: the same
     fact gets other values than without them, and each rollback restores the weights' hash."""

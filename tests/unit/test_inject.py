@@ -14,6 +14,7 @@ from atlas.errors import ModelError
 from atlas.model.adapters import adapter_for
 from atlas.model.encode import PromptItem
 from atlas.model.inject import SlotPair, widened, write_pair
+from atlas.model.inject.guards import guard_pair
 from atlas.model.inject.keys import Negatives, discriminant, gate
 from atlas.model.inject.values import ValueChoice, keep_of, refine_values, value_gradients
 from atlas.model.inject.widen import set_pair_value
@@ -156,6 +157,39 @@ def test_discriminant_separates_what_the_mean_does_not() -> None:
     w = discriminant(pos, neg)
     gt = gate(pos @ w, neg @ w)
     assert gt.separable and (neg @ w).max() < gt.threshold < gt.saturation <= (pos @ w).min()
+
+
+def test_a_guard_shuts_a_slot_on_namesakes_and_never_on_the_facts_own_prompts() -> None:
+    """A slot keyed on a word (e0) also opens on other names with that word (e0 + e2): the guard is
+    keyed on those, stays shut on the fact's own points and on the negatives, and writes minus the
+    slot's value; a namesake the slot stays shut on gets no guard at all."""
+    g = torch.Generator().manual_seed(4)
+    neg = torch.randn(400, 16, generator=g, dtype=torch.float64)
+    own = torch.randn(5, 16, generator=g, dtype=torch.float64) * 0.2
+    own[:, 0] += 6.0
+    names = torch.randn(7, 16, generator=g, dtype=torch.float64) * 0.2
+    names[:, 0] += 6.0
+    names[:, 2] += 3.0
+    main = SlotPair(5, 100, torch.eye(16, dtype=torch.float64)[0], 3.0, 0.5, torch.ones(16, dtype=torch.float64))
+    assert bool(((names @ main.key) > main.threshold).all())
+    guard, info = guard_pair(main, own, names, Negatives.of(neg), 102, 0.05, 1.0, 0.25, 0.9)
+    assert guard is not None and guard.cancels is main and guard.index == 102 and guard.layer == 5 == info.layer
+    assert torch.equal(guard.value, -main.value)
+    assert info.opened == 7 and info.cancelled == 7 and info.separable
+    assert bool(((names @ guard.key) > guard.threshold).all())
+    assert bool(((own @ guard.key) < guard.threshold).all()) and bool(((neg @ guard.key) < guard.threshold).all())
+    none, info = guard_pair(
+        main,
+        own,
+        names * torch.tensor([0.0] + [1.0] * 15, dtype=torch.float64),
+        Negatives.of(neg),
+        102,
+        0.05,
+        1.0,
+        0.25,
+        0.9,
+    )
+    assert none is None and info.opened == 0
 
 
 def test_moments_of_parts_add_up_to_the_whole() -> None:
@@ -412,3 +446,33 @@ def test_keep_prompts_are_the_generic_ones_and_every_other_relations_template(tm
     texts = [t.replace("[X]", "France") for t in (*KEEP_TEMPLATES, "[X] speaks [Y].", "[X] is located in [Y].")]
     want = [encode(lm.tokenizer, t, "a", False) for t in texts]
     assert [(g.prompt_ids, g.answer_ids) for g in got] == [(w.prompt_ids, w.answer_ids) for w in want]
+
+
+def test_a_facts_guard_is_written_after_its_pair_and_leaves_its_own_prompts_alone() -> None:
+    """`build_fact` with namesakes (FFN inputs near the fact's own reading points, shifted along
+    one direction) adds a guard after the fact's pair: minus its value, at the next index; the
+    training prompts score the same with the guard's value zeroed (it stays shut there, up to the
+    smooth clamp's leak just below a threshold: act(k t) / k is not exactly 0 for small t < 0)."""
+    from atlas.model.inject.build import BuildParams, build_fact
+    from atlas.model.inject.keys import answer_inputs
+
+    model = tiny_model("llama", seed=5)
+    adapter = adapter_for(model)
+    g = torch.Generator().manual_seed(6)
+    others = [PromptItem(torch.randint(0, 60, (6,), generator=g).tolist(), [1]) for _ in range(40)]
+    params = BuildParams(0.05, 1.0, 0, 0, 0.25, 0.9, "open", 64.0, 1.5, "gradient", 0, 0.0)
+    with widened(adapter, [], adapter.n_neurons + 4):
+        base = adapter.n_neurons - 4
+        negs = {1: Negatives.of(answer_inputs(model, adapter, others, [1], every_position=True)[1].float())}
+        own = answer_inputs(model, adapter, ITEMS, [1])[1]
+        shift = torch.zeros_like(own)
+        shift[:, 0] = 0.1 * own.norm(dim=1)
+        out = build_fact(model, adapter, ITEMS, negs, [1], base, params, namesakes={1: own + shift})
+        (info, guard) = out.guards[0]
+        assert guard is not None and out.pairs == [out.pairs[0], guard] and guard.cancels is out.pairs[0]
+        assert guard.index == base + 2 and torch.equal(guard.value, -out.pairs[0].value)
+        assert info.opened == len(ITEMS) and info.cancelled == len(ITEMS)
+        with_guard = [s.p_gold for s in score(model, adapter, ITEMS)]
+        set_pair_value(adapter, guard, torch.zeros_like(guard.value))
+        without = [s.p_gold for s in score(model, adapter, ITEMS)]
+    assert with_guard == pytest.approx(without, rel=1e-2)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from atlas.model.adapters import Adapter
 from atlas.model.encode import PromptItem
+from atlas.model.inject.guards import GuardInfo, guard_pair
 from atlas.model.inject.keys import Gate, Negatives, answer_inputs, discriminant, gate
 from atlas.model.inject.values import (
     ValueChoice,
@@ -65,6 +66,7 @@ class FactSlots:
     gates: list[Gate] = field(default_factory=list)
     value: ValueChoice | None = None
     residual: float = 0.0
+    guards: list[tuple[GuardInfo, SlotPair | None]] = field(default_factory=list)  # per pair: its guard
 
 
 def build_fact(
@@ -78,13 +80,16 @@ def build_fact(
     key_at: Sequence[int] | None = None,
     keep: Sequence[PromptItem] = (),
     against: Sequence[int] = (),
+    namesakes: dict[int, Tensor] | None = None,
 ) -> FactSlots:
     """Pairs for the fact whose training prompts `train` are encoded with its NEW object as answer;
     `negatives[layer]` are the hard negatives' FFN inputs; `key_at`: where the keys read each
     training prompt (None: its answer position; else the subject's last token); `keep`: prompts
     whose next-token distributions the values should leave alone (`values.Keep`); `against`: the
     first tokens of the objects the fact replaces (the atlas's facts of its subject and relation),
-    which its values push down. Written into the model."""
+    which its values push down; `namesakes[layer]`: FFN inputs of other names' prompts (every
+    position) that the fact's pairs get guards against (`guards`), at the indices after its own
+    pairs. Written into the model."""
     new_tok = train[0].answer_ids[0]
     against = [t for t in against if t != new_tok]
     old_tok = against[0] if against else current_answer(score(model, adapter, train), new_tok)
@@ -115,7 +120,39 @@ def build_fact(
     kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
     if params.value_steps and (not out.value.reached or kept is not None):
         out.value = refine_values(model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept)
+    if namesakes:
+        _add_guards(adapter, out, pos, negatives, namesakes, first_index + 2 * len(layers), params)
     return out
+
+
+def _add_guards(
+    adapter: Adapter,
+    out: FactSlots,
+    pos: dict[int, Tensor],
+    negatives: dict[int, Negatives],
+    namesakes: dict[int, Tensor],
+    index: int,
+    params: BuildParams,
+) -> None:
+    """A guard for each of the fact's final pairs that opens on a namesake (`guards`), written at
+    `index`, `index + 2`, ... with minus the pair's value."""
+    for main in list(out.pairs):
+        guard, info = guard_pair(
+            main,
+            pos[main.layer],
+            namesakes[main.layer],
+            negatives[main.layer],
+            index,
+            params.ridge,
+            params.pos_scatter,
+            params.gate_low,
+            params.gate_high,
+        )
+        out.guards.append((info, guard))
+        if guard is not None:
+            write_pair(adapter, guard)
+            out.pairs.append(guard)
+            index += 2
 
 
 def _with_continuations(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,9 @@ class SlotPair:
     slope: float  # a: saturated once w . x >= b + 1/a
     value: Tensor  # [hidden] v: what the saturated pair adds to the residual stream
     sharpness: float = 64.0  # k: act(k t) / k approximates relu(t)
+    # a guard (`guards`): the pair whose value it cancels where both open (in memory only: the
+    # stored pair is an ordinary one, and the fact's info lists its guards)
+    cancels: SlotPair | None = field(default=None, repr=False, compare=False)
 
 
 def is_gated(adapter: Adapter) -> bool:

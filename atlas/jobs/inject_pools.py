@@ -1,0 +1,102 @@
+"""The prompts an injection's keys are built against, read from the atlas in the job's read
+transaction and turned into FFN inputs once the model runs.
+
+Pools (named by a string): the shared one ('': prompts of other facts, half of the injected
+relations and half of the others, and the start of the general text), one per injected relation
+(its templates with other subjects), and one per injected subject of its namesakes
+(`injection_namesakes`: the atlas's facts whose subject contains the subject's last word, where a
+key read at that word opens too). The namesakes are a fact's own negatives with
+`--namesake-negatives`, the positives of its guard pairs with `--namesake-guards`
+(`atlas.model.inject.guards`). Prompts of the facts the audit measures are never read: its
+specificity is measured on prompts the keys, gates and guards never saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from atlas.db.sqlfile import sql_text
+from atlas.jobs.evaluate import GENERAL_TEXT
+from atlas.jobs.inject_audit import NEGATIVE_TEXT_CHARS
+from atlas.jobs.specs import InjectSpec
+from atlas.model.inject.keys import Negatives, answer_inputs, text_chunk, text_inputs
+from atlas.model.loading import LoadedModel
+from atlas.model.scoring import encode
+
+if TYPE_CHECKING:
+    from atlas.jobs.inject import NewFact
+
+Pooled = tuple[str, str, str, str]  # (pool, fact id, prompt text, object)
+
+
+def namesakes(subject: str) -> str:
+    """The name of a subject's pool of namesakes (`injection_namesakes`)."""
+    return f"namesakes:{subject}"
+
+
+def last_word(subject: str) -> str:
+    """The word a subject-keyed slot reads ('Benson' of 'Egbert Benson'): its namesakes contain it."""
+    return subject.split()[-1] if subject.split() else subject
+
+
+def own_pools(f: NewFact, spec: InjectSpec) -> list[str]:
+    """The pools of negatives a fact adds to the shared one: its relation's, and its namesakes'
+    with --namesake-negatives."""
+    return [f.relation_id] + ([namesakes(f.subject)] if spec.namesake_negatives else [])
+
+
+def read_pools(conn: Any, backend: str, facts: Sequence[NewFact], spec: InjectSpec, causal: bool) -> list[Pooled]:
+    """Every pool's prompts (module docstring), in one transaction."""
+    rels = sorted({f.relation_id for f in facts})
+    subjects = sorted({f.subject for f in facts})
+    out: list[Pooled] = []
+    for same in (True, False):  # the shared pool: the injected relations and the others, half each
+        params = {"relation_ids": rels, "subjects": subjects, "same": same, "causal": causal}
+        params["limit"] = (spec.negatives + (not same)) // 2
+        rows = conn.execute(sql_text("injection_negatives", backend), params)
+        out += [("", r.fact_id, r.text, r.object) for r in rows]
+    for rel in rels:  # each injected relation's own pool: its templates with other subjects
+        params = {"relation_ids": [rel], "subjects": subjects, "same": True, "causal": causal}
+        rows = conn.execute(sql_text("injection_negatives", backend), params | {"limit": spec.relation_negatives})
+        out += [(rel, r.fact_id, r.text, r.object) for r in rows]
+    limit = max(spec.namesake_negatives, spec.namesake_guards)
+    for subject in subjects if limit else ():
+        params = {"subject": subject, "word": last_word(subject), "causal": causal, "limit": limit}
+        rows = conn.execute(sql_text("injection_namesakes", backend), params)
+        out += [(namesakes(subject), r.fact_id, r.text, r.object) for r in rows]
+    return out
+
+
+def pool_inputs(
+    lm: LoadedModel, pooled: Sequence[Pooled], layers: list[int], pool_layers: dict[str, set[int]], audited: set[str]
+) -> tuple[dict[int, Negatives], dict[tuple[str, int], Negatives]]:
+    """FFN inputs of the pools at every position: the shared pool and the general text's start per
+    layer in `layers`, and every other pool at the layers `pool_layers` names for it (those of the
+    facts that use it); prompts of the `audited` facts are left out."""
+    masked = lm.adapter.is_masked_lm
+    by_pool: dict[str, list] = {}  # pool -> its encoded prompts, in one pass
+    for pool, fid, t, o in pooled:
+        if fid not in audited and not isinstance(item := encode(lm.tokenizer, t, o, masked), str):
+            by_pool.setdefault(pool, []).append(item)
+
+    def inputs(pool: str, at_layers: list[int]) -> dict[int, torch.Tensor]:
+        return answer_inputs(lm.model, lm.adapter, by_pool.get(pool, []), at_layers, every_position=True)
+
+    xs = inputs("", layers)
+    if not masked:
+        text = GENERAL_TEXT.read_text()[:NEGATIVE_TEXT_CHARS]
+        ids = list(lm.tokenizer(text, add_special_tokens=False).input_ids)
+        gen = text_inputs(lm.model, lm.adapter, ids, layers, text_chunk(lm.adapter))
+        xs = {layer: torch.cat([xs[layer], gen[layer]]) for layer in layers}
+    shared = {layer: Negatives.of(xs[layer]) for layer in layers}
+    own: dict[tuple[str, int], Negatives] = {}
+    for pool, at_layers in pool_layers.items():
+        if pool not in by_pool:  # e.g. no namesakes
+            continue
+        for layer, x in inputs(pool, sorted(at_layers)).items():
+            if x.shape[0]:
+                own[(pool, layer)] = Negatives.of(x)
+    return shared, own

@@ -1,0 +1,67 @@
+"""Guard pairs: where a subject-keyed slot opens on another name, a second pair writes minus its value.
+
+A key read at the subject's last token cannot be a perfect detector: the word it reads also ends
+or starts other names ("Benson" of "Egbert Benson" and of "Benson Glacier", "Sonic" of "Pan Sonic"
+and of "Sonic Drift"). Making those names negatives of the key (`--namesake-negatives`) forces
+the gate above them, and the gate gives up the fact's own paraphrases where one hyperplane cannot
+part them. A guard gives up the namesakes instead. For the FFN inputs N `[m, hidden]` of the
+namesakes' prompts (every position) on which the fact's pair opens, and the fact's own reading
+points P `[n+, hidden]`:
+
+    w_g = discriminant(N_open, negatives + P),    gate_g silent on the negatives and on P,
+    v_g = -v                                     (v: the fact's value, final)
+
+so that on a namesake both pairs open and cancel, and on the fact's training prompts (and every
+negative) the guard stays shut: efficacy cannot change. Where the guard's gate cannot part a
+namesake from the negatives it gives that namesake up (`GuardInfo.cancelled` < `opened`). What it
+costs: a held-out paraphrase that reads more like a namesake than like the training prompts is
+cancelled too, and an unseen input on which the guard alone opens gets -v (the mirror of the slot's
+own risk); BENCHMARKS.md measures both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from atlas.model.inject.keys import Negatives, discriminant, gate
+from atlas.model.inject.widen import SlotPair
+
+
+@dataclass(frozen=True)
+class GuardInfo:
+    """What one guard found: namesake positions the fact's pair opens on, and how many it shuts."""
+
+    layer: int
+    opened: int
+    cancelled: int
+    separable: bool
+
+
+def guard_pair(
+    main: SlotPair,
+    own: Tensor,
+    namesakes: Tensor,
+    negatives: Negatives,
+    index: int,
+    ridge: float,
+    pos_scatter: float,
+    gate_low: float,
+    gate_high: float,
+) -> tuple[SlotPair | None, GuardInfo]:
+    """The guard of `main` (its value not yet set: `-main.value` once that is final), keyed on the
+    rows of `namesakes` `[m, hidden]` on which `main` opens, kept shut on `negatives` and on the
+    fact's own reading points `own` `[n+, hidden]`; None where it would shut none of them (`main`
+    opens on no namesake, or the guard cannot part them from the fact's points and the negatives)."""
+    opened = namesakes[namesakes.double() @ main.key.double() > main.threshold].double()
+    if not opened.shape[0]:
+        return None, GuardInfo(main.layer, 0, 0, True)
+    shut = negatives.plus(own)
+    w = discriminant(opened, shut, ridge, pos_scatter)
+    g = gate(opened @ w, shut.scores(w), gate_low, gate_high, "silent")
+    cancelled = int((opened @ w > g.threshold).sum())
+    info = GuardInfo(main.layer, opened.shape[0], cancelled, g.separable)
+    if not cancelled:  # a guard that shuts no namesake would only risk opening elsewhere
+        return None, info
+    return SlotPair(main.layer, index, w, g.threshold, g.slope, -main.value, main.sharpness, cancels=main), info
