@@ -145,14 +145,24 @@ def known_generalisation(pairs: list[tuple], before: tuple[list, list], lm) -> d
     at all: one it never completes with the true object cannot be expected to show the new one),
     and per held-out template: prompts, new object greedy now, true object greedy before, and the
     median P(true object) before (a template whose answer the model does not give even for the true
-    fact, "[X]'s state government sits in" -> " the", is read apart from the others)."""
-    hits = [s.greedy for s in score(lm.model, lm.adapter, [new for new, _, _ in pairs])]
+    fact, "[X]'s state government sits in" -> " the", is read apart from the others); and, for each,
+    whether the greedy continuation names the new object now and the true one before
+    (`names_in_continuation`)."""
+    news = [new for new, _, _ in pairs]
+    hits = [s.greedy for s in score(lm.model, lm.adapter, news)]
+    said = names_in_continuation(lm, news)
+    before, said_before = before
     knew = [s.greedy for s in before]
     n = sum(knew)
     by_template: dict[str, list] = {}
-    for (_, _, template), hit, was in zip(pairs, hits, before):
-        by_template.setdefault(template, []).append((hit, was.greedy, was.p_gold))
+    for (_, _, template), hit, was, now, then in zip(pairs, hits, before, said, said_before):
+        by_template.setdefault(template, []).append((hit, was.greedy, was.p_gold, now, then))
     return {
+        "heldout_in_continuation": sum(said) / len(pairs) if pairs else None,
+        "true_in_continuation_before": sum(said_before) / len(pairs) if pairs else None,
+        "heldout_in_continuation_where_true_was": sum(a and b for a, b in zip(said, said_before)) / sum(said_before)
+        if any(said_before)
+        else None,
         "heldout_true_known": n,
         "heldout_prompts": len(pairs),
         "generalisation_where_known": sum(h and k for h, k in zip(hits, knew)) / n if n else None,
