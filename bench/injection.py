@@ -145,11 +145,13 @@ def known_generalisation(pairs: list[tuple], before: tuple[list, list], lm) -> d
     at all: one it never completes with the true object cannot be expected to show the new one),
     and per held-out template: prompts, new object greedy now, true object greedy before, and the
     median P(true object) before (a template whose answer the model does not give even for the true
-    fact, "[X]'s state government sits in" -> " the", is read apart from the others); and, for each,
+    fact, "[X]'s state government sits in" -> " the", is read apart from the others); for each,
     whether the greedy continuation names the new object now and the true one before
-    (`names_in_continuation`)."""
+    (`names_in_continuation`); and the share where P(new object) now exceeds P(true object) now."""
     news = [new for new, _, _ in pairs]
-    hits = [s.greedy for s in score(lm.model, lm.adapter, news)]
+    new_now = score(lm.model, lm.adapter, news)
+    hits = [s.greedy for s in new_now]
+    true_now = score(lm.model, lm.adapter, [true for _, true, _ in pairs])
     said = names_in_continuation(lm, news)
     before, said_before = before
     knew = [s.greedy for s in before]
@@ -158,6 +160,10 @@ def known_generalisation(pairs: list[tuple], before: tuple[list, list], lm) -> d
     for (_, _, template), hit, was, now, then in zip(pairs, hits, before, said, said_before):
         by_template.setdefault(template, []).append((hit, was.greedy, was.p_gold, now, then))
     return {
+        # CounterFact's paraphrase success (Meng et al. 2022): P(new object) > P(true object)
+        "heldout_new_over_true": sum(a.p_gold > b.p_gold for a, b in zip(new_now, true_now)) / len(pairs)
+        if pairs
+        else None,
         "heldout_in_continuation": sum(said) / len(pairs) if pairs else None,
         "true_in_continuation_before": sum(said_before) / len(pairs) if pairs else None,
         "heldout_in_continuation_where_true_was": sum(a and b for a, b in zip(said, said_before)) / sum(said_before)

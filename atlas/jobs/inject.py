@@ -267,7 +267,9 @@ def _compute(
             after = audit.measure(lm, plan, pairs)
     verdict = audit.judge(plan, before, after, [b.value.hits if b.value else 0 for b in built])
     verdict["n_negatives"] = int(next(iter(shared.values())).n)
-    verdict["n_relation_negatives"] = {f"{r}@{lay}": n.n for (r, lay), n in sorted(own_pool.items())}
+    negative = {r for f in facts for r in own_pools(f, spec)}
+    for key, pools in (("n_relation_negatives", negative), ("n_guard_namesakes", {r for r, _ in own_pool} - negative)):
+        verdict[key] = {f"{r}@{lay}": n.n for (r, lay), n in sorted(own_pool.items()) if r in pools}
     return dict(
         built=built, sha_before=sha_before, sha_after=sha_after, width=(width_before, width_after), audit=verdict
     )

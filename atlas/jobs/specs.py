@@ -329,12 +329,12 @@ class InjectSpec:
         "BENCHMARKS.md).",
     )
     namesake_guards: int = opt(
-        0,
+        100,
         minimum=0,
         help="Guard pairs, per injected subject: of this many prompts of its namesakes (as for "
-        "--namesake-negatives), those its slot opens on key a second pair that writes minus the slot's "
-        "value there and stays shut on the fact's own prompts and the negatives (0: none; "
-        "atlas.model.inject.guards).",
+        "--namesake-negatives), the positions its slot opens on key a second pair that writes minus the "
+        "slot's value there and stays shut on the fact's own prompts and the negatives (0: none; "
+        "atlas.model.inject.guards, BENCHMARKS.md).",
     )
     audit_facts: int = opt(200, minimum=1, help="Other facts of the run measured for specificity (all when fewer).")
     audit_unseen: bool = opt(

@@ -67,7 +67,9 @@ def smollm2_gguf_path() -> Path:
 
 
 def convert_smollm2(dest: Path) -> Path:
-    """Dequantise the bundled GGUF into a safetensors HF directory at `dest` (atomic rename)."""
+    """Dequantise the bundled GGUF into a safetensors HF directory at `dest` (atomic rename; where
+    processes loading at once both convert, the first directory stays and the others are dropped:
+    replacing it pulled the tokenizer from under a process reading it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
@@ -81,9 +83,12 @@ def convert_smollm2(dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process converted it first: keep that one (its readers may have it open)
+        shutil.rmtree(tmp)
+        if not (dest / "config.json").exists():
+            raise
     return dest
 
 

@@ -186,6 +186,8 @@ def test_guards_are_recorded_and_take_no_room_where_none_is_built(store, tmp_pat
     assert kenya["guards"] == []  # no namesake of Kenya in the atlas
     assert france["guards"] == [{"layer": 1, "opened": 3, "cancelled": 0, "separable": False, "index": None}]
     assert rec.width_after - rec.width_before == 4 and len(france["slots"]) == len(kenya["slots"]) == 1
+    assert rec.audit["n_guard_namesakes"] == {"namesakes:France@1": 19}  # France Telecom's 3 prompts' tokens
+    assert "namesakes:France@1" not in rec.audit["n_relation_negatives"]  # guards only: not negatives
     rollback_injection(store, w.lm, rec.id)
     with injected_copy(w.lm, *_stack_of(store, w)) as sha:
         assert sha == base

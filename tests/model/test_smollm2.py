@@ -122,3 +122,18 @@ def test_precise_erase_and_audit_on_the_real_model(tmp_path: Path) -> None:
     assert sum(r.predicted_sketch_dp for r in targets) < 0  # the erase is predicted to take P36's answers away
     rollback(store, lm, e.id)
     assert weights_sha256(lm.model) == base
+
+
+@pytest.mark.model
+def test_a_second_conversion_keeps_the_first_directory(tmp_path: Path) -> None:
+    """Processes loading SmolLM2 at once may each convert it: the one that finishes later drops
+    its copy, so a process already reading the first one (its tokenizer files) is not pulled from
+    under (six benchmark processes started together lost one to this)."""
+    from atlas.model.loading import convert_smollm2
+
+    dest = tmp_path / "smollm2"
+    convert_smollm2(dest)
+    (dest / "opened-by-a-reader").write_text("x")
+    assert convert_smollm2(dest) == dest and (dest / "opened-by-a-reader").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2"]  # the second copy is gone
+    assert load_model(str(dest)).tokenizer("Paris").input_ids
