@@ -303,6 +303,8 @@ def _build_all(
     shared, own_pool = pool_inputs(lm, at.negatives, used, pool_layers, audited)
     key_at = [key_positions(lm, f, items, enc[2], spec) for f, items, enc in zip(facts, plan.train, encoded)]
     own = [answer_inputs(lm.model, lm.adapter, items, used, at=where) for items, where in zip(plan.train, key_at)]
+    trained = [it for items in plan.train for it in items] if spec.namesake_guards else []
+    shut = answer_inputs(lm.model, lm.adapter, trained, used, every_position=True)  # no guard opens there
     built: list[FactSlots] = []
     for i, (f, items) in enumerate(zip(facts, plan.train)):
         negs = {}
@@ -313,10 +315,8 @@ def _build_all(
                     pool = pool + own_pool[(name, layer)]
             rest = [o[layer] for j, o in enumerate(own) if j != i]
             negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
-        guard_against = None
-        if spec.namesake_guards:
-            got = {layer: own_pool.get((namesakes(f.subject), layer)) for layer in layers[i]}
-            guard_against = {layer: torch.cat(n.blocks) for layer, n in got.items() if n is not None} or None
+        names = {layer: own_pool.get((namesakes(f.subject), layer)) for layer in layers[i]}
+        guard_against = {lay: (torch.cat(n.blocks), shut[lay]) for lay, n in names.items() if n is not None} or None
         keeping = key_at[i] is not None and spec.keep_weight > 0  # keep prompts only where they are used
         keep = keep_items(lm, f, at.keep_templates) if keeping else []
         old = replaced_tokens(lm, encoded[i][2][0], at.replaced[(f.subject, f.relation_id)])

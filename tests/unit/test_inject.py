@@ -190,6 +190,9 @@ def test_a_guard_shuts_a_slot_on_namesakes_and_never_on_the_facts_own_prompts() 
         0.9,
     )
     assert none is None and info.opened == 0
+    # where the guard must also stay shut on the namesakes themselves (a training prompt there), none
+    none, info = guard_pair(main, torch.cat([own, names]), names, Negatives.of(neg), 102, 0.05, 1.0, 0.25, 0.9)
+    assert none is None and info.opened == 7 and info.cancelled == 0
 
 
 def test_moments_of_parts_add_up_to_the_whole() -> None:
@@ -467,7 +470,8 @@ def test_a_facts_guard_is_written_after_its_pair_and_leaves_its_own_prompts_alon
         own = answer_inputs(model, adapter, ITEMS, [1])[1]
         shift = torch.zeros_like(own)
         shift[:, 0] = 0.1 * own.norm(dim=1)
-        out = build_fact(model, adapter, ITEMS, negs, [1], base, params, namesakes={1: own + shift})
+        nowhere = torch.zeros(0, own.shape[1], dtype=own.dtype)
+        out = build_fact(model, adapter, ITEMS, negs, [1], base, params, guard_inputs={1: (own + shift, nowhere)})
         (info, guard) = out.guards[0]
         assert guard is not None and out.pairs == [out.pairs[0], guard] and guard.cancels is out.pairs[0]
         assert guard.index == base + 2 and torch.equal(guard.value, -out.pairs[0].value)

@@ -80,16 +80,17 @@ def build_fact(
     key_at: Sequence[int] | None = None,
     keep: Sequence[PromptItem] = (),
     against: Sequence[int] = (),
-    namesakes: dict[int, Tensor] | None = None,
+    guard_inputs: dict[int, tuple[Tensor, Tensor]] | None = None,
 ) -> FactSlots:
     """Pairs for the fact whose training prompts `train` are encoded with its NEW object as answer;
     `negatives[layer]` are the hard negatives' FFN inputs; `key_at`: where the keys read each
     training prompt (None: its answer position; else the subject's last token); `keep`: prompts
     whose next-token distributions the values should leave alone (`values.Keep`); `against`: the
     first tokens of the objects the fact replaces (the atlas's facts of its subject and relation),
-    which its values push down; `namesakes[layer]`: FFN inputs of other names' prompts (every
-    position) that the fact's pairs get guards against (`guards`), at the indices after its own
-    pairs. Written into the model."""
+    which its values push down; `guard_inputs[layer]`: FFN inputs (every position) of other names'
+    prompts that the fact's pairs get guards against (`guards`), at the indices after its own
+    pairs, and of prompts where no guard may open (the injection's training prompts). Written into
+    the model."""
     new_tok = train[0].answer_ids[0]
     against = [t for t in against if t != new_tok]
     old_tok = against[0] if against else current_answer(score(model, adapter, train), new_tok)
@@ -120,8 +121,8 @@ def build_fact(
     kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
     if params.value_steps and (not out.value.reached or kept is not None):
         out.value = refine_values(model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept)
-    if namesakes:
-        _add_guards(adapter, out, pos, negatives, namesakes, first_index + 2 * len(layers), params)
+    if guard_inputs:
+        _add_guards(adapter, out, pos, negatives, guard_inputs, first_index + 2 * len(layers), params)
     return out
 
 
@@ -130,17 +131,18 @@ def _add_guards(
     out: FactSlots,
     pos: dict[int, Tensor],
     negatives: dict[int, Negatives],
-    namesakes: dict[int, Tensor],
+    guard_inputs: dict[int, tuple[Tensor, Tensor]],
     index: int,
     params: BuildParams,
 ) -> None:
     """A guard for each of the fact's final pairs that opens on a namesake (`guards`), written at
-    `index`, `index + 2`, ... with minus the pair's value."""
+    `index`, `index + 2`, ... with minus the pair's value, shut on the fact's reading points."""
     for main in list(out.pairs):
+        names, shut = guard_inputs[main.layer]
         guard, info = guard_pair(
             main,
-            pos[main.layer],
-            namesakes[main.layer],
+            torch.cat([pos[main.layer], shut.to(pos[main.layer])]),
+            names,
             negatives[main.layer],
             index,
             params.ridge,

@@ -5,8 +5,8 @@ or starts other names ("Benson" of "Egbert Benson" and of "Benson Glacier", "Son
 and of "Sonic Drift"). Making those names negatives of the key (`--namesake-negatives`) forces
 the gate above them, and the gate gives up the fact's own paraphrases where one hyperplane cannot
 part them. A guard gives up the namesakes instead. For the FFN inputs N `[m, hidden]` of the
-namesakes' prompts (every position) on which the fact's pair opens, and the fact's own reading
-points P `[n+, hidden]`:
+namesakes' prompts (every position) on which the fact's pair opens, and P `[n, hidden]` the fact's
+own reading points and every position of the injection's training prompts:
 
     w_g = discriminant(N_open, negatives + P),    gate_g silent on the negatives and on P,
     v_g = -v                                     (v: the fact's value, final)
@@ -52,9 +52,11 @@ def guard_pair(
 ) -> tuple[SlotPair | None, GuardInfo]:
     """The guard of `main` (its value not yet set: `-main.value` once that is final), keyed on the
     rows of `namesakes` `[m, hidden]` on which `main` opens, kept shut on `negatives` and on the
-    fact's own reading points `own` `[n+, hidden]`; None where it would shut none of them (`main`
-    opens on no namesake, or the guard cannot part them from the fact's points and the negatives)."""
-    opened = namesakes[namesakes.double() @ main.key.double() > main.threshold].double()
+    rows `own` `[n, hidden]` (the fact's own reading points, and where no guard may open); None
+    where it would shut none of them (`main` opens on no namesake, or the guard cannot part them
+    from the fact's points and the negatives)."""
+    # rounded as `Negatives` keeps its rows (float32), so that a row that is also one to stay shut on scores the same
+    opened = namesakes[namesakes.double() @ main.key.double() > main.threshold].float().double()
     if not opened.shape[0]:
         return None, GuardInfo(main.layer, 0, 0, True)
     shut = negatives.plus(own)
