@@ -68,11 +68,25 @@ def describe(i: InjectionRecord, per_fact: bool = True) -> str:
         audits = a.get("facts") or []
         for f in i.facts:
             fa = audits[f.position] if f.position < len(audits) else {}
-            slots = " ".join(f"L{lay}.{n}+{n + 1}" for lay, n in f.info.get("slots", []))
+            guards = f.info.get("guards") or []
+            built = {g["index"] for g in guards if g["index"] is not None}
+            slots = " ".join(f"L{lay}.{n}+{n + 1}" for lay, n in f.info.get("slots", []) if n not in built)
             was = ", ".join(f.info.get("replaces") or []) or repr(f.info.get("old_token"))
             lines.append(
                 f"  [{f.position}] {f.relation_id}: {f.subject} -> {f.object} (was {was}), "
                 f"slots {slots} ({f.info.get('layer_source')}), efficacy {_pct(fa.get('efficacy'))}, "
-                f"held-out {_pct(fa.get('generalisation'))}"
+                f"held-out {_pct(fa.get('generalisation'))}{_guards(guards)}"
             )
     return "\n".join(lines)
+
+
+def _guards(guards: list[dict[str, Any]]) -> str:
+    """A fact's guards ("guard L10.1538+1539 shuts 12/14 namesake positions"), where its slot opens on a namesake."""
+    said = [
+        f"guard L{g['layer']}.{g['index']}+{g['index'] + 1} shuts {g['cancelled']}/{g['opened']} namesake positions"
+        if g["index"] is not None
+        else f"slot opens on {g['opened']} namesake positions, no guard parts them"
+        for g in guards
+        if g["opened"]
+    ]
+    return "; " + "; ".join(said) if said else ""

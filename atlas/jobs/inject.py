@@ -202,7 +202,7 @@ def inject_facts(
     layers = [_layers_of(lm, f, spec, at) for f in facts]
     encoded = [encode_fact(lm, f, spec.heldout) for f in facts]
     plan, audited = _plan(lm, at, facts, encoded, spec)
-    out = _compute(lm, at, plan, facts, encoded, [lay for lay, _ in layers], spec, audited)
+    out = _compute(_Work(lm, at, plan, facts, encoded, [lay for lay, _ in layers], spec, audited))
     rows = [
         InjectedFact(
             i,
@@ -240,24 +240,31 @@ def _plan(
     return plan, {f.id for f in chosen} if spec.audit_unseen else set()
 
 
-def _compute(
-    lm: LoadedModel,
-    at: _Atlas,
-    plan: audit.AuditPlan,
-    facts: Sequence[NewFact],
-    encoded: list,
-    layers: list[list[int]],
-    spec: InjectSpec,
-    audited: set[str],
-) -> dict:
+@dataclass
+class _Work:
+    """What the compute step of an injection works on: the model, what was read, the audit plan,
+    the facts with their encoded prompts and layers, the options, and the audited facts' ids."""
+
+    lm: LoadedModel
+    at: _Atlas
+    plan: audit.AuditPlan
+    facts: Sequence[NewFact]
+    encoded: list
+    layers: list[list[int]]
+    spec: InjectSpec
+    audited: set[str]
+
+
+def _compute(work: _Work) -> dict:
     """Measure, widen, build every fact's pairs in order (with room for its guards), measure again
     on the model widened by exactly the pairs built (no transaction open)."""
+    lm, at, plan, facts, spec = work.lm, work.at, work.plan, work.facts, work.spec
     with injected_copy(lm, at.run, at.edits, at.stack) as sha_before:
         width_before = lm.adapter.n_neurons
-        room = _room(spec) * sum(len(ls) for ls in layers)
+        room = _room(spec) * sum(len(ls) for ls in work.layers)
         before = audit.measure(lm, plan)
         with widened(lm.adapter, [], width_before + room):
-            built, shared, own_pool = _build_all(lm, at, plan, facts, encoded, layers, spec, audited, width_before)
+            built, shared, own_pool = _build_all(work, width_before)
         pairs = [p for b in built for p in b.pairs]
         for k, p in enumerate(pairs):  # the guards that were not needed leave no empty neurons
             p.index = width_before + 2 * k
@@ -280,27 +287,19 @@ def _room(spec: InjectSpec) -> int:
     return 4 if spec.namesake_guards else 2
 
 
-def _build_all(
-    lm: LoadedModel,
-    at: _Atlas,
-    plan: audit.AuditPlan,
-    facts: Sequence[NewFact],
-    encoded: list,
-    layers: list[list[int]],
-    spec: InjectSpec,
-    audited: set[str],
-    index: int,
-) -> tuple[list[FactSlots], dict, dict]:
+def _build_all(work: _Work, index: int) -> tuple[list[FactSlots], dict, dict]:
     """Every fact's pairs, built in order on the widened model that holds the earlier ones, each
     fact's at the next free indices from `index`; and the pools' inputs (shared, and own per
     (pool, layer))."""
+    lm, at, plan, facts = work.lm, work.at, work.plan, work.facts
+    encoded, layers, spec = work.encoded, work.layers, work.spec
     params = BuildParams.of(spec)
     used = sorted({layer for ls in layers for layer in ls})
     pool_layers: dict[str, set[int]] = {}  # each fact's own pools (negatives, guards), at its layers
     for f, ls in zip(facts, layers):
         for pool in own_pools(f, spec) + ([namesakes(f.subject)] if spec.namesake_guards else []):
             pool_layers.setdefault(pool, set()).update(ls)
-    shared, own_pool = pool_inputs(lm, at.negatives, used, pool_layers, audited)
+    shared, own_pool = pool_inputs(lm, at.negatives, used, pool_layers, work.audited)
     key_at = [key_positions(lm, f, items, enc[2], spec) for f, items, enc in zip(facts, plan.train, encoded)]
     own = [answer_inputs(lm.model, lm.adapter, items, used, at=where) for items, where in zip(plan.train, key_at)]
     trained = [it for items in plan.train for it in items] if spec.namesake_guards else []
