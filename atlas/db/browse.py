@@ -272,9 +272,23 @@ def injection_page(conn: Connection, injection_id: int) -> Page:
     audit = json.dumps(json.loads(injection["audit"] or "{}"), indent=2, sort_keys=True)
     tables = {
         "facts": _statement(conn, "page_injection_facts", injection_id=injection_id),
-        "slots": _statement(conn, "page_injection_slots", injection_id=injection_id),
+        "slots": _with_roles(conn, _statement(conn, "page_injection_slots", injection_id=injection_id), injection_id),
     }
     return Page(f"Injection {injection_id}", {"injection": injection, "audit_text": audit}, tables)
+
+
+def _with_roles(conn: Connection, slots: pa.Table, injection_id: int) -> pa.Table:
+    """The slot pairs with a `role` column: 'guard' for a pair that cancels its fact's slot on the
+    fact's namesakes (recorded in the fact's info), 'slot' for the others."""
+    info = rows(_statement(conn, "page_injection_guards", injection_id=injection_id))
+    guards = {
+        (g["layer"], g["index"])
+        for r in info
+        for g in json.loads(r["info"] or "{}").get("guards", [])
+        if g.get("index") is not None
+    }
+    at = zip(slots.column("layer").to_pylist(), slots.column("neuron").to_pylist())
+    return slots.append_column("role", pa.array(["guard" if a in guards else "slot" for a in at], pa.string()))
 
 
 def search_page(conn: Connection, q: str, limit: int = 50) -> Page:

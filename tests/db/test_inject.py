@@ -193,6 +193,26 @@ def test_guards_are_recorded_and_take_no_room_where_none_is_built(store, tmp_pat
         assert sha == base
 
 
+def test_the_injection_page_marks_the_guard_pairs_a_fact_recorded(store, tmp_path) -> None:
+    """The web atlas's injection page gives each slot pair a role: 'guard' where the fact's info
+    records a guard at that neuron (written here into a real injection's info), else 'slot'."""
+    from atlas.db.browse import injection_page
+
+    w = build_world(store, tmp_path)
+    rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], QUICK)
+    with store.begin() as conn:
+        assert injection_page(conn, rec.id).tables["slots"].column("role").to_pylist() == ["slot"]
+        info = rec.facts[0].info
+        (layer, neuron), *_ = info["slots"]
+        info = info | {"guards": [{"layer": layer, "opened": 3, "cancelled": 2, "separable": True, "index": neuron}]}
+        conn.execute(
+            schema.injection_facts.update()
+            .where(schema.injection_facts.c.injection_id == rec.id)
+            .values(info=json.dumps(info))
+        )
+        assert injection_page(conn, rec.id).tables["slots"].column("role").to_pylist() == ["guard"]
+
+
 def test_keep_prompts_reach_the_values_and_leave_the_rollback_exact(store, tmp_path) -> None:
     """With --keep-weight above 0 the job hands each subject-keyed fact its keep prompts: the same
     fact gets other values than without them, and each rollback restores the weights' hash."""
