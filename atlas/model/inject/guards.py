@@ -12,11 +12,12 @@ own reading points and every position of the injection's training prompts:
     v_g = -v                                     (v: the fact's value, final)
 
 so that on a namesake both pairs open and cancel, and on the fact's training prompts (and every
-negative) the guard stays shut: efficacy cannot change. Where the guard's gate cannot part a
-namesake from the negatives it gives that namesake up (`GuardInfo.cancelled` < `opened`). What it
-costs: a held-out paraphrase that reads more like a namesake than like the training prompts is
-cancelled too, and an unseen input on which the guard alone opens gets -v (the mirror of the slot's
-own risk); BENCHMARKS.md measures both.
+negative) the guard stays shut (up to the smooth clamp's leak just below its threshold, `widen`).
+Where the guard's gate cannot part a namesake from those it gives that namesake up
+(`GuardInfo.cancelled` < `opened`). What it may cost: a held-out paraphrase that reads more like a
+namesake than like the training prompts is cancelled too, and an unseen input on which the guard
+alone opens gets -v (the mirror of the slot's own risk). BENCHMARKS.md measures the net effect on
+held-out paraphrases, right answers and their P(gold).
 """
 
 from __future__ import annotations
