@@ -314,8 +314,10 @@ def _build_all(work: _Work, index: int) -> tuple[list[FactSlots], dict, dict]:
                     pool = pool + own_pool[(name, layer)]
             rest = [o[layer] for j, o in enumerate(own) if j != i]
             negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
-        names = {layer: own_pool.get((namesakes(f.subject), layer)) for layer in layers[i]}
-        guard_against = {lay: (torch.cat(n.blocks), shut[lay]) for lay, n in names.items() if n is not None} or None
+        guard_against = None  # the namesake pool is also read for --namesake-negatives alone
+        if spec.namesake_guards:
+            names = {layer: own_pool.get((namesakes(f.subject), layer)) for layer in layers[i]}
+            guard_against = {lay: (torch.cat(n.blocks), shut[lay]) for lay, n in names.items() if n is not None} or None
         keeping = key_at[i] is not None and spec.keep_weight > 0  # keep prompts only where they are used
         keep = keep_items(lm, f, at.keep_templates) if keeping else []
         old = replaced_tokens(lm, encoded[i][2][0], at.replaced[(f.subject, f.relation_id)])

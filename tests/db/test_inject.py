@@ -148,7 +148,8 @@ def test_a_fact_pushes_down_the_object_it_replaces_and_its_restatements_leave_th
 def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
     """Facts whose subject contains the injected one ("Bank of France" for "France") are read as a
     pool of hard negatives for that fact (`injection_namesakes`, on both backends); the subject's
-    own facts are not its namesakes, and --namesake-negatives 0 reads none."""
+    own facts are not its namesakes, and --namesake-negatives 0 reads none; with --namesake-guards 0
+    the pool serves the key alone (no guard is tried, and no room for one is taken)."""
     w = build_world(store, tmp_path)
     with store.begin() as conn:
         for k, subject in enumerate(("Bank of France", "France")):
@@ -159,9 +160,10 @@ def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
     )
     pools = []
     for n in (100, 0):
-        spec = replace(QUICK, key_position="subject", namesake_negatives=n)
+        spec = replace(QUICK, key_position="subject", namesake_negatives=n, namesake_guards=0)
         rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
         pools.append(rec.audit["n_relation_negatives"])
+        assert rec.facts[0].info["guards"] == [] and rec.width_after - rec.width_before == 2
         rollback_injection(store, w.lm, rec.id)
     assert pools[0]["namesakes:France@1"] == n_tokens
     assert "namesakes:France@1" not in pools[1] and pools[0]["P36@1"] == pools[1]["P36@1"]
