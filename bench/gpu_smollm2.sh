@@ -58,6 +58,7 @@ db="duckdb:////tmp/bg/atlas.duckdb"
 a() { python3 -c "from atlas.cli import main; main()" "\$@"; }
 a db upgrade --db "\$db" && a facts load kn-paper --db "\$db" || exit 1
 a facts load bench/data/user_facts.jsonl --dataset user --db "\$db" || exit 1
+[ -f bench/data/user_facts_2.jsonl ] && { a facts load bench/data/user_facts_2.jsonl --dataset user2 --db "\$db" || exit 1; }
 if [ -d /tmp/pq ]; then  # the runs of an earlier call, exported by 'collect' with PQ=1 (same fact and prompt ids)
     python3 bench/gpu_smollm2_import.py /tmp/bg/atlas.duckdb /tmp/pq || exit 1
 else
