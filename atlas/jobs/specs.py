@@ -287,6 +287,12 @@ class InjectSpec:
     )
     sharpness: float = opt(64.0, help="Gate: k in act(k t) / k ~ relu(t) (larger: closer to an exact clamp).")
     margin: float = opt(1.5, help="Value: scale x the smallest line-search scale that makes the new object win.")
+    max_scale: float = opt(
+        3.2,
+        help="Value: its greatest length, in residual norms after the layer, for the line search and the "
+        "Adam steps alike: a key that opens on text it was never shown (a namesake, a like word) adds "
+        "at most this much (0: no limit; up to 12.8 before, BENCHMARKS.md).",
+    )
     value: str = opt(
         "gradient",
         choices=("gradient", "embedding"),
@@ -350,5 +356,7 @@ class InjectSpec:
             raise InputError("need 0 <= --gate-low < --gate-high <= 1")
         if self.keep_weight < 0:
             raise InputError(f"--keep-weight must be >= 0, got {self.keep_weight}")
-        if self.ridge <= 0 or self.sharpness <= 0 or self.margin < 1.0 or self.pos_scatter < 0:
-            raise InputError("--ridge and --sharpness must be > 0, --pos-scatter >= 0 and --margin >= 1")
+        if self.ridge <= 0 or self.sharpness <= 0 or self.margin < 1.0 or self.pos_scatter < 0 or self.max_scale < 0:
+            raise InputError(
+                "--ridge and --sharpness must be > 0, --pos-scatter and --max-scale >= 0 and --margin >= 1"
+            )

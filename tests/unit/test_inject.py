@@ -315,6 +315,22 @@ def test_refine_values_lowers_the_loss_within_its_steps_and_keeps_the_best(famil
     assert loss < start_loss
 
 
+def test_refined_values_stay_within_the_longest_allowed() -> None:
+    """Adam steps of a large size lengthen the values past where they started; with `max_norm` no
+    value written after a step, nor the one kept, is longer than it."""
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    start = max(float(p.value.norm()) for p in _open_pairs(adapter, 2))
+    lengths = {}
+    for cap in (None, start):
+        pairs = _open_pairs(adapter, 2)  # set_pair_value rewrites a pair's value: fresh ones each time
+        with widened(adapter, pairs, adapter.n_neurons + 4):
+            refine_values(model, adapter, ITEMS, pairs, 8, ValueChoice(1.0, False, 0), lr=2.0, max_norm=cap)
+            lengths[cap] = max(float(p.value.norm()) for p in pairs)
+    assert lengths[None] > 1.5 * start
+    assert lengths[start] <= start * (1 + 1e-6)
+
+
 def test_keep_prompts_start_at_zero_divergence_and_refinement_trades_it_off() -> None:
     """The keep reference is the model without the pairs: with zero values the divergence is 0 (the
     loss is the answers' alone); the refinement with keep prompts, its prompts never all answered,
@@ -463,7 +479,7 @@ def test_a_facts_guard_is_written_after_its_pair_and_leaves_its_own_prompts_alon
     adapter = adapter_for(model)
     g = torch.Generator().manual_seed(6)
     others = [PromptItem(torch.randint(0, 60, (6,), generator=g).tolist(), [1]) for _ in range(40)]
-    params = BuildParams(0.05, 1.0, 0, 0, 0.25, 0.9, "open", 64.0, 1.5, "gradient", 0, 0.0)
+    params = BuildParams(0.05, 1.0, 0, 0, 0.25, 0.9, "open", 64.0, 1.5, 0.0, "gradient", 0, 0.0)  # no cap on the value
     with widened(adapter, [], adapter.n_neurons + 4):
         base = adapter.n_neurons - 4
         negs = {1: Negatives.of(answer_inputs(model, adapter, others, [1], every_position=True)[1].float())}

@@ -19,6 +19,7 @@ from atlas.model.encode import PromptItem
 from atlas.model.inject.guards import GuardInfo, guard_pair
 from atlas.model.inject.keys import Gate, Negatives, answer_inputs, discriminant, gate
 from atlas.model.inject.values import (
+    GRID,
     ValueChoice,
     current_answer,
     keep_of,
@@ -46,6 +47,7 @@ class BuildParams:
     gate_overlap: str  # "silent" or "open" (`keys.gate`)
     sharpness: float
     margin: float
+    max_scale: float  # the value's greatest length in residual norms (0: none; `values.GRID` tops at 12.8)
     value: str  # "gradient" or "embedding" (`values` says why gradient is the default)
     value_steps: int  # `values.refine_values` steps where the line search reaches not every prompt
     keep_weight: float  # weight of the keep prompts' KL divergence in `refine_values` (0: none)
@@ -117,10 +119,14 @@ def build_fact(
     for p in out.pairs:
         opens |= pos[p.layer] @ p.key > p.threshold
     reach = [it for it, o in zip(train, opens.tolist()) if o] or list(train)
-    out.value = line_search(model, adapter, reach, set_scale, params.margin)
+    grid = [s for s in GRID if not params.max_scale or s <= params.max_scale] or GRID[:1]
+    out.value = line_search(model, adapter, reach, set_scale, params.margin, grid)
     kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
     if params.value_steps and (not out.value.reached or kept is not None):
-        out.value = refine_values(model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept)
+        longest = out.residual * params.max_scale / len(out.pairs) if params.max_scale else None
+        out.value = refine_values(
+            model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept, max_norm=longest
+        )
     if guard_inputs:
         _add_guards(adapter, out, pos, negatives, guard_inputs, first_index + 2 * len(layers), params)
     return out

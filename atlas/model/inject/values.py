@@ -19,7 +19,11 @@ Length r * s: r the mean residual norm after the slot's layer at the answer posi
 smallest scale of a doubling grid (then one geometric-midpoint refinement) that makes o' the greedy
 answer on every training prompt that a gate opens for (`build`: a gate that overlaps the negatives
 gives up the prompts below them, and a longer value could not reach those), times a margin (1.5)
-when the margin keeps every such prompt right.
+when the margin keeps every such prompt right. The grid ends at `--max-scale` (3.2): a key is
+silent on every text it was shown, but a text it was never shown may open it, and a value of 12.8
+residual norms there wrecks the model (SmolLM2: one fact's slot and guard opened on "had seen" in
+unseen general text, for "Holy See", and perplexity rose 37 %, BENCHMARKS.md). The Adam steps below
+keep every value within the same length.
 
 Where no scale reaches every such prompt (a single direction cannot serve paraphrases that need
 different ones), `refine_values` optimises the fact's values and nothing else: at most
@@ -160,8 +164,9 @@ def line_search(
         if gain[0] == len(items):
             if k > 0 and hits(mid := (grid[k - 1] * s) ** 0.5)[0] == len(items):
                 s = mid
-            if margin != 1.0 and hits(s * margin)[0] == len(items):
-                return ValueChoice(s * margin, True, len(items))
+            longer = min(s * margin, grid[-1])  # never past the grid's (the longest allowed) end
+            if longer > s and hits(longer)[0] == len(items):
+                return ValueChoice(longer, True, len(items))
             set_scale(s)
             return ValueChoice(s, True, len(items))
     assert best is not None
@@ -268,12 +273,14 @@ def refine_values(
     choice: ValueChoice,
     lr: float = 0.05,
     keep: Keep | None = None,
+    max_norm: float | None = None,
 ) -> ValueChoice:
     """Up to `steps` Adam steps on the pairs' values (see the module docstring), each of step size
     `lr` x the values' length at the start; the values left written are the best seen (most greedy
     hits, then lowest loss). Without `keep` it stops once every item is answered; with it, it goes
     on lowering the keep prompts' divergence (the answers' hinge holds them at `GOAL`) until
-    `PATIENCE` steps bring no 1 % lower loss."""
+    `PATIENCE` steps bring no 1 % lower loss. A value longer than `max_norm` after a step is
+    shortened to it."""
     values = [p.value.double().clone().requires_grad_(True) for p in pairs]
     opt = torch.optim.Adam(values, lr=lr * float(torch.stack([v.detach().norm() for v in values]).norm()))
     best: tuple[int, float, list[Tensor]] | None = None
@@ -292,6 +299,9 @@ def refine_values(
             v.grad = g
         opt.step()
         for p, v in zip(pairs, values):
+            if max_norm is not None and float(v.detach().norm()) > max_norm:
+                with torch.no_grad():
+                    v.mul_(max_norm / v.norm())
             set_pair_value(adapter, p, v.detach().clone())
     assert best is not None
     for p, v in zip(pairs, best[2]):

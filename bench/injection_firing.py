@@ -1,0 +1,107 @@
+"""Where an injection's slot pairs open on general text they were never shown (real SmolLM2, CPU).
+
+The fluency figure of `bench/injection.py` says how much the bundled general text's perplexity
+rose; this says why. It injects the same counterfactual facts (`choose_facts`, same arguments),
+runs the whole general text through the injected model and, per slot pair (a fact's pair or its
+guard), lists the tokens where it is open: the pair's two activations differ, times its value's
+length (the norm it adds to the residual stream there). Text after the first
+`NEGATIVE_TEXT_CHARS` characters was never a negative of any key. Then it rolls the injection back.
+
+Example (the atlas of BENCHMARKS.md's injection sections; seed 7 with the values uncapped):
+    PYTHONPATH=. python bench/injection_firing.py --db duckdb:////tmp/s7/a.duckdb --run smollm2-kn100 \\
+        --in-run 1 --extra 3 --seed 7 --spec max_scale=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atlas.db.store import Store  # noqa: E402
+from atlas.jobs.evaluate import GENERAL_TEXT  # noqa: E402
+from atlas.jobs.inject import facts_from_file, inject_facts  # noqa: E402
+from atlas.jobs.inject_audit import NEGATIVE_TEXT_CHARS  # noqa: E402
+from atlas.jobs.inject_weights import as_of_injection, rollback_injection  # noqa: E402
+from atlas.jobs.specs import InjectSpec  # noqa: E402
+from atlas.model.hooks import hooks  # noqa: E402
+from atlas.model.loading import load_model  # noqa: E402
+from bench.injection import _write, choose_facts  # noqa: E402
+from bench.results import append_result  # noqa: E402
+
+CHUNK = 512  # tokens per forward pass (SmolLM2 reads 8,192)
+OPEN = 1e-3  # residual-norm units below which a pair counts as shut
+
+
+@torch.no_grad()
+def openings(lm, pairs: dict[tuple[int, int], str], ids: list[int], unseen_from: int) -> dict[str, dict]:
+    """Per pair ("owner L<layer>.<index>"): positions where it opens, how many are in unseen text,
+    the summed norm it adds there, and the first few places (the text up to the token)."""
+    layers = sorted({layer for layer, _ in pairs})
+    out: dict[str, dict] = {}
+    seen: dict[int, torch.Tensor] = {}  # each layer's neuron activations `[pos, n_neurons]` of the chunk
+    fns = {layer: (lambda acts, layer=layer: seen.__setitem__(layer, acts[0].clone())) for layer in layers}
+    for start in range(0, len(ids), CHUNK):
+        with hooks(lm.adapter, fns):
+            lm.model(input_ids=torch.tensor([ids[start : start + CHUNK]]))
+        for (layer, index), owner in pairs.items():
+            length = float(lm.adapter.ffn_out(layer).weight[:, index].norm())
+            added = (seen[layer][:, index] - seen[layer][:, index + 1]).abs() * length
+            for p in torch.nonzero(added > OPEN).flatten().tolist():
+                at = start + p
+                row = out.setdefault(f"{owner} L{layer}.{index}", {"open": 0, "unseen": 0, "norm": 0.0, "where": []})
+                row["open"] += 1
+                row["unseen"] += at >= unseen_from
+                row["norm"] = round(row["norm"] + float(added[p]), 2)
+                if len(row["where"]) < 4:
+                    row["where"].append(lm.tokenizer.decode(ids[max(0, at - 4) : at + 1]))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["norm"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--in-run", type=int, default=1)
+    ap.add_argument("--extra", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--relations", default=None)
+    ap.add_argument("--spec", default="", help="InjectSpec fields other than the defaults, e.g. max_scale=0")
+    args = ap.parse_args()
+    store = Store(args.db)
+    lm = load_model("smollm2")
+    rels = args.relations.split(",") if args.relations else None
+    rows, _, _ = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
+    spec = InjectSpec()
+    fields = dict(kv.split("=") for kv in args.spec.split(",") if kv)
+    spec = replace(spec, **{k: type(getattr(spec, k))(v) for k, v in fields.items()})
+    t0 = time.time()
+    rec = inject_facts(store, lm, args.run, facts_from_file(_write(rows)), spec)
+    pairs = {(layer, index): f.subject for f in rec.facts for layer, index in f.info["slots"]}
+    text = GENERAL_TEXT.read_text()
+    ids = list(lm.tokenizer(" " + text, add_special_tokens=False).input_ids)
+    unseen_from = len(lm.tokenizer(" " + text[:NEGATIVE_TEXT_CHARS], add_special_tokens=False).input_ids)
+    with as_of_injection(store, lm, rec.id) as (now, _, _):
+        found = openings(now, pairs, ids, unseen_from)
+    rollback_injection(store, lm, rec.id)
+    result = {
+        "n_facts": len(rows),
+        "fluency_ppl_change": rec.audit.get("fluency_ppl_change"),
+        "fluency_unseen_ppl_change": rec.audit.get("fluency_unseen_ppl_change"),
+        "text_tokens": len(ids),
+        "pairs_open_in_unseen_text": sum(1 for r in found.values() if r["unseen"]),
+        "pairs": dict(list(found.items())[:10]),
+    }
+    print(json.dumps(result, indent=1))
+    append_result("injection_firing", vars(args), time.time() - t0, len(rows), result=result)
+
+
+if __name__ == "__main__":
+    main()
