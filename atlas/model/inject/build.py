@@ -119,7 +119,7 @@ def build_fact(
     for p in out.pairs:
         opens |= pos[p.layer] @ p.key > p.threshold
     reach = [it for it, o in zip(train, opens.tolist()) if o] or list(train)
-    grid = [s for s in GRID if not params.max_scale or s <= params.max_scale] or GRID[:1]
+    grid = [s for s in GRID if not params.max_scale or s <= params.max_scale] or [params.max_scale]
     out.value = line_search(model, adapter, reach, set_scale, params.margin, grid)
     kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
     if params.value_steps and (not out.value.reached or kept is not None):
