@@ -288,10 +288,11 @@ class InjectSpec:
     sharpness: float = opt(64.0, help="Gate: k in act(k t) / k ~ relu(t) (larger: closer to an exact clamp).")
     margin: float = opt(1.5, help="Value: scale x the smallest line-search scale that makes the new object win.")
     max_scale: float = opt(
-        3.2,
+        0.0,
         help="Value: its greatest length, in residual norms after the layer, for the line search and the "
         "Adam steps alike: a key that opens on text it was never shown (a namesake, a like word) adds "
-        "at most this much (0: no limit; up to 12.8 before, BENCHMARKS.md).",
+        "at most this much (0: no limit, the default until a cap is measured on the real model; "
+        "BENCHMARKS.md).",
     )
     value: str = opt(
         "gradient",

@@ -23,7 +23,7 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   of length r * s with r the residual norm after
   layer l and s the smallest scale of a line search that makes o'
   the greedy answer on every training prompt the gate opens for, times 1.5 when that keeps them all,
-  never above `--max-scale` (3.2);
+  never above `--max-scale` where one is set (off by default);
   then (`--value-steps` N = 100) where no scale reaches every such prompt, up to N Adam steps on v
   alone, minimising the mean hinge max(0, -log P(o' tokens) - log(1 / 0.9)) on those prompts (a
   prompt answered with probability 0.9 pulls no further); `--keep-weight` W (0 by default) adds,

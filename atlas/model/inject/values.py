@@ -19,11 +19,12 @@ Length r * s: r the mean residual norm after the slot's layer at the answer posi
 smallest scale of a doubling grid (then one geometric-midpoint refinement) that makes o' the greedy
 answer on every training prompt that a gate opens for (`build`: a gate that overlaps the negatives
 gives up the prompts below them, and a longer value could not reach those), times a margin (1.5)
-when the margin keeps every such prompt right. The grid ends at `--max-scale` (3.2): a key is
-silent on every text it was shown, but a text it was never shown may open it, and a value of 12.8
-residual norms there wrecks the model (SmolLM2: one fact's slot and guard opened on "had seen" in
-unseen general text, for "Holy See", and perplexity rose 37 %, BENCHMARKS.md). The Adam steps below
-keep every value within the same length.
+when the margin keeps every such prompt right. `--max-scale S` (0, off, by default) ends the grid
+at S: a key is silent on every text it was shown, but a text it was never shown may open it, and a
+value of 12.8 residual norms there wrecks the model (SmolLM2: one fact's slot and guard opened on
+"had seen" in unseen general text, for "Holy See", and perplexity rose 37 %, BENCHMARKS.md). The
+Adam steps below then keep every value within the same length. Off by default until a cap is
+measured on the real model: it sends more facts into the Adam steps.
 
 Where no scale reaches every such prompt (a single direction cannot serve paraphrases that need
 different ones), `refine_values` optimises the fact's values and nothing else: at most
