@@ -315,6 +315,14 @@ def inject_and_audit(
     return result
 
 
+def spec_from(fields: str, layers: str | None = None) -> InjectSpec:
+    """The defaults with `fields` ("name=value,...": InjectSpec fields, each read as its default's
+    type) and `layers` ("L,L,...") set."""
+    spec = InjectSpec(layers=tuple(int(x) for x in layers.split(",")) if layers else None)
+    pairs = dict(kv.split("=") for kv in fields.split(",") if kv)
+    return replace(spec, **{k: type(getattr(spec, k))(v) for k, v in pairs.items()})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db", required=True)
@@ -335,9 +343,7 @@ def main() -> None:
     base = weights_sha256(lm.model)
     rels = args.relations.split(",") if args.relations else None
     rows, ids, truth = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
-    spec = InjectSpec(layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None)
-    fields = dict(kv.split("=") for kv in args.spec.split(",") if kv)
-    spec = replace(spec, **{k: type(getattr(spec, k))(v) for k, v in fields.items()})
+    spec = spec_from(args.spec, args.layers)
     t0 = time.time()
     result = {"n_facts": len(rows)}
     if not args.skip_inject:

@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,10 +29,9 @@ from atlas.jobs.evaluate import GENERAL_TEXT  # noqa: E402
 from atlas.jobs.inject import facts_from_file, inject_facts  # noqa: E402
 from atlas.jobs.inject_audit import NEGATIVE_TEXT_CHARS  # noqa: E402
 from atlas.jobs.inject_weights import as_of_injection, rollback_injection  # noqa: E402
-from atlas.jobs.specs import InjectSpec  # noqa: E402
 from atlas.model.hooks import hooks  # noqa: E402
 from atlas.model.loading import load_model  # noqa: E402
-from bench.injection import _write, choose_facts  # noqa: E402
+from bench.injection import _write, choose_facts, spec_from  # noqa: E402
 from bench.results import append_result  # noqa: E402
 
 CHUNK = 512  # tokens per forward pass (SmolLM2 reads 8,192)
@@ -79,9 +77,7 @@ def main() -> None:
     lm = load_model("smollm2")
     rels = args.relations.split(",") if args.relations else None
     rows, _, _ = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
-    spec = InjectSpec()
-    fields = dict(kv.split("=") for kv in args.spec.split(",") if kv)
-    spec = replace(spec, **{k: type(getattr(spec, k))(v) for k, v in fields.items()})
+    spec = spec_from(args.spec)
     t0 = time.time()
     rec = inject_facts(store, lm, args.run, facts_from_file(_write(rows)), spec)
     pairs = {(layer, index): f.subject for f in rec.facts for layer, index in f.info["slots"]}
