@@ -56,7 +56,7 @@ from atlas.errors import ConflictError, InputError
 from atlas.jobs import inject_audit as audit
 from atlas.jobs.evaluate import EvalSet, sample
 from atlas.jobs.inject_pools import namesakes, own_pools, pool_inputs, read_pools
-from atlas.jobs.inject_prompts import encode_fact, keep_items, key_positions, replaced_tokens
+from atlas.jobs.inject_prompts import encode_fact, keep_items, key_positions, prefixed_items, replaced_tokens
 from atlas.jobs.inject_weights import injected_copy, pair_bytes
 from atlas.jobs.specs import InjectSpec
 from atlas.jobs.weights import ModelArg, resolve_model
@@ -321,8 +321,11 @@ def _build_all(work: _Work, index: int) -> tuple[list[FactSlots], dict, dict]:
         keeping = key_at[i] is not None and spec.keep_weight > 0  # keep prompts only where they are used
         keep = keep_items(lm, f, at.keep_templates) if keeping else []
         old = replaced_tokens(lm, encoded[i][2][0], at.replaced[(f.subject, f.relation_id)])
+        extra = prefixed_items(lm, f, encoded[i][2][: len(items)], spec)
         built.append(
-            build_fact(lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep, old, guard_against)
+            build_fact(
+                lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep, old, guard_against, extra
+            )
         )
         index += _room(spec) * len(layers[i])
     return built, shared, own_pool

@@ -34,6 +34,19 @@ KEEP_TEMPLATES = (
     "Here is a fact about [X]: [Y]",
 )
 
+# neutral opening sentences read before a training prompt (`--value-prefixes`): the value is fitted
+# in these contexts too, as ROME (Meng et al. 2022) fits its value after random prefixes
+PREFIXES = (
+    "I read this in a book.",
+    "Here is a short note.",
+    "We talked about it over lunch.",
+    "Last week, a friend asked me a question.",
+    "This page answers a common question.",
+    "Many people are surprised to learn this.",
+    "The answer is easy to find.",
+    "Let me tell you something.",
+)
+
 
 def encode_fact(lm: LoadedModel, f: NewFact, heldout: int) -> tuple[list[PromptItem], list[PromptItem], list[str]]:
     """Training and held-out prompts of a fact (answer: its new object) and their texts in that
@@ -84,3 +97,17 @@ def keep_items(lm: LoadedModel, f: NewFact, relation_templates: Mapping[str, str
     texts = [make_prompt(t, f.subject).text for t in (*KEEP_TEMPLATES, *others)]
     items = [encode(lm.tokenizer, text, "a", masked) for text in texts]
     return [it for it in items if not isinstance(it, str)]
+
+
+def prefixed_items(
+    lm: LoadedModel, f: NewFact, texts: Sequence[str], spec: InjectSpec
+) -> tuple[list[PromptItem], list[int] | None]:
+    """The training prompts `texts` each read after the first `--value-prefixes` `PREFIXES`
+    (answer: the new object), and where the keys read them (`key_positions`); prompts that cannot
+    be encoded so are left out."""
+    masked = lm.adapter.is_masked_lm
+    pairs = [(p + " " + t) for t in texts for p in PREFIXES[: spec.value_prefixes]]
+    encoded = [(encode(lm.tokenizer, t, f.object, masked), t) for t in pairs]
+    kept = [(it, t) for it, t in encoded if not isinstance(it, str)]
+    items = [it for it, _ in kept]
+    return items, key_positions(lm, f, items, [t for _, t in kept], spec) if items else None

@@ -15,6 +15,7 @@ from atlas.options import opt
 SELECTIONS = ("specific", "frequent")
 FORMS = ("zero", "unk", "token:T", "damp:F", "project", "lsq")
 PRESERVE = ("auto", "none", "nullspace", "covariance")  # erases and updates alike
+N_PREFIXES = 8  # len(atlas.jobs.inject_prompts.PREFIXES), the most --value-prefixes (a unit test checks)
 
 
 def resolved_preservation(preserve: str, least_squares: bool) -> str:
@@ -307,6 +308,13 @@ class InjectSpec:
         "gates open for (and, with --keep-weight above 0, for every fact), at most this many Adam steps "
         "on the fact's values alone (0: none).",
     )
+    value_prefixes: int = opt(
+        0,
+        minimum=0,
+        help="Value: also fit it on each training prompt read after this many neutral opening sentences "
+        "('I read this in a book. The capital of ...'; atlas.jobs.inject_prompts.PREFIXES), so that it "
+        "works in contexts it was not built in (0: none; BENCHMARKS.md).",
+    )
     keep_weight: float = opt(
         0.0,
         help="Value, for subject keys: weight of the mean KL divergence of prompts about the subject "
@@ -357,6 +365,8 @@ class InjectSpec:
             raise InputError("need 0 <= --gate-low < --gate-high <= 1")
         if self.keep_weight < 0:
             raise InputError(f"--keep-weight must be >= 0, got {self.keep_weight}")
+        if self.value_prefixes > N_PREFIXES:
+            raise InputError(f"--value-prefixes must be <= {N_PREFIXES}, got {self.value_prefixes}")
         if self.ridge <= 0 or self.sharpness <= 0 or self.margin < 1.0 or self.pos_scatter < 0 or self.max_scale < 0:
             raise InputError(
                 "--ridge and --sharpness must be > 0, --pos-scatter and --max-scale >= 0 and --margin >= 1"

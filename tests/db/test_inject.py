@@ -298,6 +298,7 @@ def test_bad_input_is_refused_and_changes_nothing(store, tmp_path) -> None:
         ([_fact("Italy", "P36", "Rome")], InjectSpec(gate_low=0.9), InputError, "gate-low"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(keep_weight=-1.0), InputError, "keep-weight must be >= 0"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(max_scale=-1.0), InputError, "max-scale >= 0"),
+        ([_fact("Italy", "P36", "Rome")], InjectSpec(value_prefixes=9), InputError, "value-prefixes must be <= 8"),
     ]
     for facts, spec, err, msg in cases:
         with pytest.raises(err, match=msg) as info:

@@ -496,3 +496,37 @@ def test_a_facts_guard_is_written_after_its_pair_and_leaves_its_own_prompts_alon
         set_pair_value(adapter, guard, torch.zeros_like(guard.value))
         without = [s.p_gold for s in score(model, adapter, ITEMS)]
     assert with_guard == pytest.approx(without, rel=1e-2)
+
+
+def test_a_value_is_fitted_on_the_extra_prompts_its_gate_opens_for() -> None:
+    """`build_fact` with `extra` prompts (the training prompts in other contexts, `--value-prefixes`):
+    the value is line-searched and refined on them too wherever the fact's gate opens, so the new
+    object becomes the greedy answer there, which the training prompts alone did not make it."""
+    from atlas.model.inject.build import BuildParams, build_fact
+    from atlas.model.inject.keys import answer_inputs
+
+    model = tiny_model("llama", seed=5)
+    adapter = adapter_for(model)
+    g = torch.Generator().manual_seed(6)
+    others = [PromptItem(torch.randint(0, 60, (6,), generator=g).tolist(), [1]) for _ in range(40)]
+    params = BuildParams(0.05, 1.0, 0, 0, 0.25, 0.9, "open", 64.0, 1.0, 0.0, "gradient", 100, 0.0)
+    train, extra = (
+        ITEMS[:1],
+        [PromptItem([3, *ITEMS[0].prompt_ids], [9]), PromptItem([50, 1, *ITEMS[0].prompt_ids], [9])],
+    )
+    greedy = {}
+    for name, more in (("alone", ()), ("extra", extra)):
+        with widened(adapter, [], adapter.n_neurons + 2):
+            negs = {1: Negatives.of(answer_inputs(model, adapter, others, [1], every_position=True)[1].float())}
+            out = build_fact(model, adapter, train, negs, [1], adapter.n_neurons - 2, params, extra=(more, None))
+            opened = answer_inputs(model, adapter, extra, [1])[1] @ out.pairs[0].key > out.pairs[0].threshold
+            greedy[name] = [s.greedy for s, o in zip(score(model, adapter, extra), opened.tolist()) if o]
+            assert out.value.reached and out.value.hits == len(train) + (len(greedy[name]) if more else 0)
+    assert greedy["extra"] and all(greedy["extra"]) and not all(greedy["alone"])
+
+
+def test_there_are_as_many_prefixes_as_the_spec_allows() -> None:
+    from atlas.jobs.inject_prompts import PREFIXES
+    from atlas.jobs.specs import N_PREFIXES
+
+    assert len(PREFIXES) == N_PREFIXES == len(set(PREFIXES))

@@ -83,6 +83,7 @@ def build_fact(
     keep: Sequence[PromptItem] = (),
     against: Sequence[int] = (),
     guard_inputs: dict[int, tuple[Tensor, Tensor]] | None = None,
+    extra: tuple[Sequence[PromptItem], Sequence[int] | None] = ((), None),
 ) -> FactSlots:
     """Pairs for the fact whose training prompts `train` are encoded with its NEW object as answer;
     `negatives[layer]` are the hard negatives' FFN inputs; `key_at`: where the keys read each
@@ -91,12 +92,14 @@ def build_fact(
     first tokens of the objects the fact replaces (the atlas's facts of its subject and relation),
     which its values push down; `guard_inputs[layer]`: FFN inputs (every position) of other names'
     prompts that the fact's pairs get guards against (`guards`), at the indices after its own
-    pairs, and of prompts where no guard may open (the injection's training prompts). Written into
-    the model."""
+    pairs, and of prompts where no guard may open (the injection's training prompts); `extra`: more
+    prompts of the fact (the training prompts in other contexts) and where the keys read them, on
+    which the value is fitted too where a gate opens. Written into the model."""
     new_tok = train[0].answer_ids[0]
     against = [t for t in against if t != new_tok]
     old_tok = against[0] if against else current_answer(score(model, adapter, train), new_tok)
-    units = value_directions(adapter, train, layers, new_tok, old_tok, params.value, key_at, against)
+    fit, fit_at = [*train, *extra[0]], None if key_at is None else [*key_at, *(extra[1] or [])]
+    units = value_directions(adapter, fit, layers, new_tok, old_tok, params.value, fit_at, against)
     pos = answer_inputs(model, adapter, train, layers, at=key_at)
     negatives = _with_continuations(model, adapter, train, layers, negatives)
     out = FactSlots([], new_tok, old_tok, residual=residual_norm(model, adapter, train, max(layers)))
@@ -115,10 +118,8 @@ def build_fact(
 
     # the scale is searched on the training prompts that some gate opens for: where a gate gave up
     # prompts below the negatives, a longer value would only push harder wherever else it opens
-    opens = torch.zeros(len(train), dtype=torch.bool)
-    for p in out.pairs:
-        opens |= pos[p.layer] @ p.key > p.threshold
-    reach = [it for it, o in zip(train, opens.tolist()) if o] or list(train)
+    reach = _opened(out.pairs, pos, train) or list(train)
+    reach += _opened(out.pairs, answer_inputs(model, adapter, extra[0], layers, at=extra[1]), extra[0])
     grid = [s for s in GRID if not params.max_scale or s <= params.max_scale] or [params.max_scale]
     out.value = line_search(model, adapter, reach, set_scale, params.margin, grid)
     kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
@@ -130,6 +131,14 @@ def build_fact(
     if guard_inputs:
         _add_guards(adapter, out, pos, negatives, guard_inputs, first_index + 2 * len(layers), params)
     return out
+
+
+def _opened(pairs: Sequence[SlotPair], xs: dict[int, Tensor], items: Sequence[PromptItem]) -> list[PromptItem]:
+    """The items (FFN inputs `xs[layer]` `[n, hidden]` where the keys read them) some pair's gate opens for."""
+    opens = torch.zeros(len(items), dtype=torch.bool)
+    for p in pairs if items else []:
+        opens |= xs[p.layer] @ p.key > p.threshold
+    return [it for it, o in zip(items, opens.tolist()) if o]
 
 
 def _add_guards(
