@@ -308,6 +308,12 @@ class InjectSpec:
         "gates open for (and, with --keep-weight above 0, for every fact), at most this many Adam steps "
         "on the fact's values alone (0: none).",
     )
+    value_goal: float = opt(
+        0.0,
+        help="Value: run the Adam steps for every fact, past the line search, until each prompt its gate "
+        "opens for answers the new object with at least this probability (0: only where the line search "
+        "leaves a prompt unanswered, stopping once it is answered; BENCHMARKS.md).",
+    )
     value_prefixes: int = opt(
         0,
         minimum=0,
@@ -365,6 +371,8 @@ class InjectSpec:
             raise InputError("need 0 <= --gate-low < --gate-high <= 1")
         if self.keep_weight < 0:
             raise InputError(f"--keep-weight must be >= 0, got {self.keep_weight}")
+        if not 0.0 <= self.value_goal < 1.0:
+            raise InputError(f"--value-goal must be in [0, 1), got {self.value_goal}")
         if self.value_prefixes > N_PREFIXES:
             raise InputError(f"--value-prefixes must be <= {N_PREFIXES}, got {self.value_prefixes}")
         if self.ridge <= 0 or self.sharpness <= 0 or self.margin < 1.0 or self.pos_scatter < 0 or self.max_scale < 0:

@@ -299,6 +299,7 @@ def test_bad_input_is_refused_and_changes_nothing(store, tmp_path) -> None:
         ([_fact("Italy", "P36", "Rome")], InjectSpec(keep_weight=-1.0), InputError, "keep-weight must be >= 0"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(max_scale=-1.0), InputError, "max-scale >= 0"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(value_prefixes=9), InputError, "value-prefixes must be <= 8"),
+        ([_fact("Italy", "P36", "Rome")], InjectSpec(value_goal=1.0), InputError, "value-goal must be in"),
     ]
     for facts, spec, err, msg in cases:
         with pytest.raises(err, match=msg) as info:

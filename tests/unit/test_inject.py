@@ -530,3 +530,19 @@ def test_there_are_as_many_prefixes_as_the_spec_allows() -> None:
     from atlas.jobs.specs import N_PREFIXES
 
     assert len(PREFIXES) == N_PREFIXES == len(set(PREFIXES))
+
+
+def test_with_a_goal_the_steps_go_on_until_every_answer_reaches_it() -> None:
+    """Without a goal the refinement stops once every prompt is answered greedily, its answers
+    still short of P = 0.1 (a tiny random model spreads its probability); with `goal=0.1` it goes
+    on until each answer has that probability."""
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    items, got = [ITEMS[0], ITEMS[2]], {}
+    for goal in (None, 0.1):
+        pairs = _open_pairs(adapter, 2)
+        with widened(adapter, pairs, adapter.n_neurons + 4):
+            out = refine_values(model, adapter, items, pairs, 200, ValueChoice(1.0, False, 0), goal=goal)
+            got[goal] = (out, value_gradients(model, adapter, items, pairs, goal=0.1)[0])
+    assert got[None][0].reached and got[None][1] > 0
+    assert got[0.1][0].reached and got[0.1][1] == 0.0 and got[None][0].steps < got[0.1][0].steps < 200

@@ -51,6 +51,7 @@ class BuildParams:
     value: str  # "gradient" or "embedding" (`values` says why gradient is the default)
     value_steps: int  # `values.refine_values` steps where the line search reaches not every prompt
     keep_weight: float  # weight of the keep prompts' KL divergence in `refine_values` (0: none)
+    value_goal: float = 0.0  # `refine_values` for every fact, until each prompt's answer has this probability (0: off)
 
     @classmethod
     def of(cls, spec: object) -> BuildParams:
@@ -123,10 +124,11 @@ def build_fact(
     grid = [s for s in GRID if not params.max_scale or s <= params.max_scale] or [params.max_scale]
     out.value = line_search(model, adapter, reach, set_scale, params.margin, grid)
     kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
-    if params.value_steps and (not out.value.reached or kept is not None):
+    if params.value_steps and (not out.value.reached or kept is not None or params.value_goal):
         longest = out.residual * params.max_scale / len(out.pairs) if params.max_scale else None
+        goal = params.value_goal or None
         out.value = refine_values(
-            model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept, max_norm=longest
+            model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept, max_norm=longest, goal=goal
         )
     if guard_inputs:
         _add_guards(adapter, out, pos, negatives, guard_inputs, first_index + 2 * len(layers), params)

@@ -275,24 +275,26 @@ def refine_values(
     lr: float = 0.05,
     keep: Keep | None = None,
     max_norm: float | None = None,
+    goal: float | None = None,
 ) -> ValueChoice:
     """Up to `steps` Adam steps on the pairs' values (see the module docstring), each of step size
     `lr` x the values' length at the start; the values left written are the best seen (most greedy
-    hits, then lowest loss). Without `keep` it stops once every item is answered; with it, it goes
-    on lowering the keep prompts' divergence (the answers' hinge holds them at `GOAL`) until
-    `PATIENCE` steps bring no 1 % lower loss. A value longer than `max_norm` after a step is
-    shortened to it."""
+    hits, then lowest loss). Without `keep` it stops once every item is answered, or with `goal`
+    once every item's answer has at least that probability (the hinge, at `goal` instead of `GOAL`,
+    is 0); with `keep`, it goes on lowering the keep prompts' divergence (the answers' hinge holds
+    them at the goal) until `PATIENCE` steps bring no 1 % lower loss. A value longer than
+    `max_norm` after a step is shortened to it."""
     values = [p.value.double().clone().requires_grad_(True) for p in pairs]
     opt = torch.optim.Adam(values, lr=lr * float(torch.stack([v.detach().norm() for v in values]).norm()))
     best: tuple[int, float, list[Tensor]] | None = None
     stale = 0  # steps since the best gained a hit or lost 1 % of its loss
     for taken in range(steps + 1):
-        loss, hits, grads = value_gradients(model, adapter, items, pairs, keep)
+        loss, hits, grads = value_gradients(model, adapter, items, pairs, keep, goal or GOAL)
         gained = best is None or hits > best[0] or loss < -best[1] - 0.01 * abs(best[1])
         stale = 0 if gained else stale + 1
         if best is None or (hits, -loss) > best[:2]:
             best = (hits, -loss, [v.detach().clone() for v in values])
-        answered = best[0] == len(items)
+        answered = best[0] == len(items) and (goal is None or keep is not None or best[1] >= 0.0)
         if (answered and (keep is None or stale >= PATIENCE)) or taken == steps:
             break
         opt.zero_grad()
