@@ -289,11 +289,10 @@ class InjectSpec:
     sharpness: float = opt(64.0, help="Gate: k in act(k t) / k ~ relu(t) (larger: closer to an exact clamp).")
     margin: float = opt(1.5, help="Value: scale x the smallest line-search scale that makes the new object win.")
     max_scale: float = opt(
-        0.0,
+        3.2,
         help="Value: its greatest length, in residual norms after the layer, for the line search and the "
         "Adam steps alike: a key that opens on text it was never shown (a namesake, a like word) adds "
-        "at most this much (0: no limit, the default until a cap is measured on the real model; "
-        "BENCHMARKS.md).",
+        "at most this much (0: no limit; BENCHMARKS.md).",
     )
     value: str = opt(
         "gradient",
@@ -305,17 +304,17 @@ class InjectSpec:
         100,
         minimum=0,
         help="Value: where no line-search scale makes the new object win on every training prompt its "
-        "gates open for (and, with --keep-weight above 0, for every fact), at most this many Adam steps "
-        "on the fact's values alone (0: none).",
+        "gates open for (and, with --value-goal or --keep-weight above 0, for every fact), at most this "
+        "many Adam steps on the fact's values alone (0: none).",
     )
     value_goal: float = opt(
-        0.0,
+        0.9,
         help="Value: run the Adam steps for every fact, past the line search, until each prompt its gate "
         "opens for answers the new object with at least this probability (0: only where the line search "
         "leaves a prompt unanswered, stopping once it is answered; BENCHMARKS.md).",
     )
     value_prefixes: int = opt(
-        0,
+        4,
         minimum=0,
         help="Value: also fit it on each training prompt read after this many neutral opening sentences "
         "('I read this in a book. The capital of ...'; atlas.jobs.inject_prompts.PREFIXES), so that it "
