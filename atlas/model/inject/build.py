@@ -9,7 +9,7 @@ that already holds the earlier ones (stacking is measured, not assumed). The for
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
@@ -51,7 +51,7 @@ class BuildParams:
     value: str  # "gradient" or "embedding" (`values` says why gradient is the default)
     value_steps: int  # `values.refine_values` steps where the line search reaches not every prompt
     keep_weight: float  # weight of the keep prompts' KL divergence in `refine_values` (0: none)
-    value_goal: float = 0.0  # `refine_values` for every fact, until each prompt's answer has this probability (0: off)
+    value_goal: float  # `refine_values` for every fact, until each prompt's answer has this probability (0: off)
 
     @classmethod
     def of(cls, spec: object) -> BuildParams:
@@ -130,6 +130,8 @@ def build_fact(
         out.value = refine_values(
             model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept, max_norm=longest, goal=goal
         )
+    # hits: of the training prompts (the fit also counted their prefixed readings)
+    out.value = replace(out.value, hits=sum(s.greedy for s in score(model, adapter, train)))
     if guard_inputs:
         _add_guards(adapter, out, pos, negatives, guard_inputs, first_index + 2 * len(layers), params)
     return out

@@ -141,8 +141,8 @@ def residual_norm(model: torch.nn.Module, adapter: Adapter, items: Sequence[Prom
 @dataclass(frozen=True)
 class ValueChoice:
     scale: float  # the chosen length of v, in units of the residual norm (margin included)
-    reached: bool  # the new object is the greedy answer on every training prompt it was chosen on
-    hits: int  # training prompts answered with the new object with the chosen value
+    reached: bool  # the new object is the greedy answer on every prompt it was chosen on
+    hits: int  # prompts answered with the new object with the chosen value (`build`: training prompts)
     steps: int = 0  # `refine_values` steps taken after the line search (0: none needed or allowed)
 
 
