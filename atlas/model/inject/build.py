@@ -8,7 +8,7 @@ that already holds the earlier ones (stacking is measured, not assumed). The for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -121,20 +121,36 @@ def build_fact(
     # prompts below the negatives, a longer value would only push harder wherever else it opens
     reach = _opened(out.pairs, pos, train) or list(train)
     reach += _opened(out.pairs, answer_inputs(model, adapter, extra[0], layers, at=extra[1]), extra[0])
-    grid = [s for s in GRID if not params.max_scale or s <= params.max_scale] or [params.max_scale]
-    out.value = line_search(model, adapter, reach, set_scale, params.margin, grid)
-    kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
-    if params.value_steps and (not out.value.reached or kept is not None or params.value_goal):
-        longest = out.residual * params.max_scale / len(out.pairs) if params.max_scale else None
-        goal = params.value_goal or None
-        out.value = refine_values(
-            model, adapter, reach, out.pairs, params.value_steps, out.value, keep=kept, max_norm=longest, goal=goal
-        )
+    out.value = _fit_value(model, adapter, out, reach, set_scale, keep, params)
     # hits: of the training prompts (the fit also counted their prefixed readings)
     out.value = replace(out.value, hits=sum(s.greedy for s in score(model, adapter, train)))
     if guard_inputs:
         _add_guards(adapter, out, pos, negatives, guard_inputs, first_index + 2 * len(layers), params)
     return out
+
+
+def _fit_value(
+    model: torch.nn.Module,
+    adapter: Adapter,
+    out: FactSlots,
+    reach: Sequence[PromptItem],
+    set_scale: Callable[[float], None],
+    keep: Sequence[PromptItem],
+    params: BuildParams,
+) -> ValueChoice:
+    """The value of `out`'s pairs on the prompts `reach`: the line search (within `--max-scale`),
+    then the Adam steps where the search fell short, or for every fact with a goal or keep prompts
+    (`values`)."""
+    grid = [s for s in GRID if not params.max_scale or s <= params.max_scale] or [params.max_scale]
+    choice = line_search(model, adapter, reach, set_scale, params.margin, grid)
+    kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
+    if params.value_steps and (not choice.reached or kept is not None or params.value_goal):
+        longest = out.residual * params.max_scale / len(out.pairs) if params.max_scale else None
+        goal = params.value_goal or None
+        choice = refine_values(
+            model, adapter, reach, out.pairs, params.value_steps, choice, keep=kept, max_norm=longest, goal=goal
+        )
+    return choice
 
 
 def _opened(pairs: Sequence[SlotPair], xs: dict[int, Tensor], items: Sequence[PromptItem]) -> list[PromptItem]:
