@@ -104,9 +104,11 @@ def prefixed_items(
 ) -> tuple[list[PromptItem], list[int] | None]:
     """The training prompts `texts` each read after the first `--value-prefixes` `PREFIXES`
     (answer: the new object), and where the keys read them (`key_positions`); prompts that cannot
-    be encoded so are left out."""
+    be encoded so are left out, and so are the prefixes that contain the subject's text (the key
+    would read the prefix's word)."""
     masked = lm.adapter.is_masked_lm
-    pairs = [(p + " " + t) for t in texts for p in PREFIXES[: spec.value_prefixes]]
+    prefixes = [p for p in PREFIXES[: spec.value_prefixes] if f.subject not in p]
+    pairs = [(p + " " + t) for t in texts for p in prefixes]
     encoded = [(encode(lm.tokenizer, t, f.object, masked), t) for t in pairs]
     kept = [(it, t) for it, t in encoded if not isinstance(it, str)]
     items = [it for it, _ in kept]

@@ -467,6 +467,31 @@ def test_keep_prompts_are_the_generic_ones_and_every_other_relations_template(tm
     assert [(g.prompt_ids, g.answer_ids) for g in got] == [(w.prompt_ids, w.answer_ids) for w in want]
 
 
+def test_prefixed_prompts_read_the_subject_after_the_prefix(tmp_path) -> None:
+    """A fact's training prompts after `--value-prefixes` opening sentences: each is the prompt
+    after one of `PREFIXES` and its key reads the subject's last token there; a prefix holding the
+    subject's text ("book" in "I read this in a book.") is skipped, not read in its place."""
+    from atlas.jobs.inject import NewFact
+    from atlas.jobs.inject_prompts import PREFIXES, prefixed_items
+    from atlas.jobs.specs import InjectSpec
+    from atlas.model.encode import subject_position
+    from atlas.model.loading import load_model
+    from atlas.model.scoring import encode
+    from tests.support.kn_world import save_model
+
+    lm = load_model(str(save_model(tmp_path / "tiny", 0, "llama")))
+    text = "The capital of France is [Y]."
+    for subject, skipped in (("France", 0), ("book", 1)):
+        f = NewFact("f", "P36", subject, "Berlin", [text.replace("France", subject)])
+        items, at = prefixed_items(lm, f, f.prompts, InjectSpec(value_prefixes=3))
+        kept = [p for p in PREFIXES[:3] if subject not in p]
+        assert len(kept) == 3 - skipped
+        want = [encode(lm.tokenizer, p + " " + f.prompts[0], "Berlin", False) for p in kept]
+        assert [it.prompt_ids for it in items] == [w.prompt_ids for w in want]
+        assert at == [subject_position(lm.tokenizer, w, p + " " + f.prompts[0], subject) for w, p in zip(want, kept)]
+        assert all(a is not None and a > len(lm.tokenizer(p).input_ids) - 1 for a, p in zip(at, kept))
+
+
 def test_a_facts_guard_is_written_after_its_pair_and_leaves_its_own_prompts_alone() -> None:
     """`build_fact` with namesakes (FFN inputs near the fact's own reading points, shifted along
     one direction) adds a guard after the fact's pair: minus its value, at the next index; the
