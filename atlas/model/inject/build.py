@@ -156,7 +156,7 @@ def _fit_value(
 def _opened(pairs: Sequence[SlotPair], xs: dict[int, Tensor], items: Sequence[PromptItem]) -> list[PromptItem]:
     """The items (FFN inputs `xs[layer]` `[n, hidden]` where the keys read them) some pair's gate opens for."""
     opens = torch.zeros(len(items), dtype=torch.bool)
-    for p in pairs if items else []:
+    for p in pairs:
         opens |= xs[p.layer] @ p.key > p.threshold
     return [it for it, o in zip(items, opens.tolist()) if o]
 

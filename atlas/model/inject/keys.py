@@ -65,7 +65,10 @@ def answer_inputs(
         for layer in layers:
             got = grabbed[layer].double().cpu()
             seen[layer].append(got[attn.bool()] if every_position else got[torch.arange(len(pos)), pos])
-    return {layer: torch.cat(v) if v else torch.zeros(0, adapter.hidden_size) for layer, v in seen.items()}
+    return {
+        layer: torch.cat(v) if v else torch.zeros(0, adapter.hidden_size, dtype=torch.float64)
+        for layer, v in seen.items()
+    }
 
 
 def _grab(model: torch.nn.Module, adapter: Adapter, layers: Sequence[int], ids: Tensor, attn: Tensor) -> dict:
