@@ -88,8 +88,9 @@ for i in "\${!jobs[@]}"; do
 done
 for i in "\${!injs[@]}"; do  # a job 'args|args|...' runs its argument lists one after the other
     IFS='|' read -ra lane <<< "\${injs[\$i]}"
-    for args in "\${lane[@]}"; do
-        python3 bench/injection.py --db duckdb:////tmp/bg/inj\$i.duckdb --run smollm2-kn${LIMIT:-100} --device cuda \
+    for args in "\${lane[@]}"; do  # 'bench/other.py args' runs that script (same --db --run --device) instead
+        script=bench/injection.py; case "\$args" in bench/*) script=\${args%% *}; args=\${args#* };; esac
+        python3 \$script --db duckdb:////tmp/bg/inj\$i.duckdb --run smollm2-kn${LIMIT:-100} --device cuda \
             \$args
     done > /tmp/bg/injection.\$i.log 2>&1 &
 done

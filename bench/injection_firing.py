@@ -48,7 +48,7 @@ def openings(lm, pairs: dict[tuple[int, int], str], ids: list[int], unseen_from:
     fns = {layer: (lambda acts, layer=layer: seen.__setitem__(layer, acts[0].clone())) for layer in layers}
     for start in range(0, len(ids), CHUNK):
         with hooks(lm.adapter, fns):
-            lm.model(input_ids=torch.tensor([ids[start : start + CHUNK]]))
+            lm.model(input_ids=torch.tensor([ids[start : start + CHUNK]], device=next(lm.model.parameters()).device))
         for (layer, index), owner in pairs.items():
             length = float(lm.adapter.ffn_out(layer).weight[:, index].norm())
             added = (seen[layer][:, index] - seen[layer][:, index + 1]).abs() * length
@@ -72,9 +72,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--relations", default=None)
     ap.add_argument("--spec", default="", help="InjectSpec fields other than the defaults, e.g. max_scale=0")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     store = Store(args.db)
-    lm = load_model("smollm2")
+    lm = load_model("smollm2", device=args.device)
     rels = args.relations.split(",") if args.relations else None
     rows, _, _ = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
     spec = spec_from(args.spec)
