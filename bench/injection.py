@@ -225,7 +225,7 @@ def whole_run_plan(
     `audit_facts` of them, and measures the injected subjects' other facts apart): the issue's
     "across all other facts of the run" (`inject_audit.untouched`: not those that a fact's TRUE
     object `truth` restates), the same prompts for the injection and the update rule; and whose
-    each of those prompts is ("RELATION subject -> object")."""
+    each of those prompts is (`named`)."""
     encoded = [encode_fact(lm, f, heldout) for f in facts]
     _, run_facts, _ = read_run_atlas(store, run)
     replaced = {(f.subject, f.relation_id): [truth[f.id]] for f in facts}
@@ -235,20 +235,40 @@ def whole_run_plan(
         one = EvalSet.of("others", lm, [f])
         others.items += one.items
         others.candidates += one.candidates
-        owners += [f"{f.relation_id} {f.subject} -> {f.object}"] * len(one.items)
+        owners += [f] * len(one.items)
     return audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], others), owners
 
 
-def lost_answers(owners: list[str], before: dict, after: dict) -> dict[str, int]:
+def named(f: Fact) -> str:
+    """How a fact of the run is named in the results: "RELATION subject -> object"."""
+    return f"{f.relation_id} {f.subject} -> {f.object}"
+
+
+def lost_answers(owners: list[Fact], before: dict, after: dict) -> dict[str, int]:
     """The facts whose right answers a change lost, with how many of their prompts."""
     lost: dict[str, int] = {}
     for who, b, a in zip(owners, before["others"], after["others"]):
         if b.greedy and not a.greedy:
-            lost[who] = lost.get(who, 0) + 1
+            lost[named(who)] = lost.get(named(who), 0) + 1
     return lost
 
 
-def moved_most(owners: list[str], before: dict, after: dict, k: int = 5) -> list[dict]:
+def specificity_forms(owners: list[Fact], subjects: set[str], before: dict, after: dict) -> dict[str, float | None]:
+    """The other facts' P(gold) change in two more forms beside the issue's mean |dP/P| (every prompt
+    with P > 0 before): Dai et al.'s mean |dP| / mean P (REFERENCE.md section 1: a ratio of means,
+    which a prompt whose P(gold) rises from 4e-7 cannot decide alone), and the mean |dP/P| over
+    the prompts of other subjects than the injected ones (what is left without the injected
+    subjects' facts of other relations, where a subject-keyed slot fires by design)."""
+    pairs = [(b.p_gold, a.p_gold, who) for who, b, a in zip(owners, before["others"], after["others"])]
+    elsewhere = [abs(a - b) / b for b, a, who in pairs if b > 0 and who.subject not in subjects]
+    total = sum(b for b, _, _ in pairs)
+    return {
+        "others_change_of_means": sum(abs(a - b) for b, a, _ in pairs) / total if total else None,
+        "others_mean_abs_rel_dp_other_subjects": sum(elsewhere) / len(elsewhere) if elsewhere else None,
+    }
+
+
+def moved_most(owners: list[Fact], before: dict, after: dict, k: int = 5) -> list[dict]:
     """The `k` prompts with the largest |dP/P| of P(gold) (what dominates the mean |dP/P|: one
     prompt whose P(gold) rises from 1e-4 to 0.1 adds as much as a thousand that fall by 100 %)."""
     moved = [
@@ -257,8 +277,8 @@ def moved_most(owners: list[str], before: dict, after: dict, k: int = 5) -> list
         if b.p_gold > 0
     ]
     return [
-        {"fact": who, "rel_dp": round(r, 3), "p_before": round(pb, 6), "p_after": round(pa, 6)}
-        for r, who, pb, pa in sorted(moved, reverse=True)[:k]
+        {"fact": named(who), "rel_dp": round(r, 3), "p_before": round(pb, 6), "p_after": round(pa, 6)}
+        for r, who, pb, pa in sorted(moved, key=lambda m: m[0], reverse=True)[:k]
     ]
 
 
@@ -309,6 +329,7 @@ def inject_and_audit(
     result["whole_run"] = {k: v for k, v in verdict.items() if k.startswith("others")}
     result["whole_run"]["lost"] = lost_answers(owners, whole_before, whole_after)
     result["whole_run"]["moved_most"] = moved_most(owners, whole_before, whole_after)
+    result["whole_run"] |= specificity_forms(owners, {f.subject for f in facts}, whole_before, whole_after)
     result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
     result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)

@@ -289,7 +289,7 @@ class InjectSpec:
     sharpness: float = opt(64.0, help="Gate: k in act(k t) / k ~ relu(t) (larger: closer to an exact clamp).")
     margin: float = opt(1.5, help="Value: scale x the smallest line-search scale that makes the new object win.")
     max_scale: float = opt(
-        3.2,
+        1.6,
         help="Value: its greatest length, in residual norms after the layer, for the line search and the "
         "Adam steps alike: a key that opens on text it was never shown (a namesake, a like word) adds "
         "at most this much (0: no limit; BENCHMARKS.md).",

@@ -23,7 +23,7 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   of length r * s with r the residual norm after
   layer l and s the smallest scale of a line search that makes o'
   the greedy answer on every training prompt the gate opens for, times 1.5 when that keeps them all,
-  never above `--max-scale` S = 3.2; then (`--value-steps` N = 100) up to N Adam steps on v alone
+  never above `--max-scale` S = 1.6; then (`--value-steps` N = 100) up to N Adam steps on v alone
   (never longer than S residual norms), minimising the mean hinge
   max(0, -log P(o' tokens) - log(1 / G)) on those prompts, until each is answered with
   probability G (`--value-goal` G = 0.9; with G = 0 only where no scale reaches every prompt,
