@@ -16,16 +16,20 @@ RESULTS = Path(__file__).with_name("results.jsonl")
 
 
 def git_sha() -> str:
+    """The commit the code ran at, "+dirty" where tracked files (other than the results file) differ
+    from it: a copy of the tree with an older `.git` (the device tool's) then says so instead of
+    naming a commit whose code did not run."""
+    here = Path(__file__).parent
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here, check=True
         ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", ".", ":!bench/results.jsonl"], cwd=here.parent
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return sha + ("+dirty" if changed.returncode == 1 else "")
 
 
 def append_result(bench: str, params: dict[str, Any], wall_s: float, items: int, **extra: Any) -> dict[str, Any]:

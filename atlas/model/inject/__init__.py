@@ -32,7 +32,7 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   sentences ("I read this in a book. ..."; `atlas.jobs.inject_prompts.PREFIXES`), where a gate
   opens: fitted in several contexts and past the bare greedy win, the value carries to held-out
   wordings (BENCHMARKS.md: SmolLM2's held-out top-1 on PARAREL 79-87 % -> 90-95 %, on a
-  user file 40 % -> 76 %); `--keep-weight` W (0 by default) adds,
+  user file 40 % -> 69 %); `--keep-weight` W (0 by default) adds,
   for subject keys, W x the mean KL divergence of the next-token distributions of prompts about the
   subject (generic ones, "[X] is", ..., and one template of every other relation of the atlas: the
   slot fires there too) from the model's without the fact, and runs the steps for every fact until

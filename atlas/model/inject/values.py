@@ -31,7 +31,7 @@ Then `refine_values` optimises the fact's values and nothing else, at most `valu
 from the line search's best: with a goal G (`--value-goal`, 0.9 by default) for every fact, until
 each prompt answers the new object with probability G, where the line search stops at the bare
 greedy win (a held-out wording, read through the same value, needs the margin: on SmolLM2 this
-and the prefixes below raise held-out top-1 from 40 % to 76 % on a user file, BENCHMARKS.md);
+and the prefixes below raise held-out top-1 from 40 % to 69 % on a user file, BENCHMARKS.md);
 with G = 0 only where no scale reaches every such prompt (a single direction cannot serve
 paraphrases that need different ones), stopping once the new object is the greedy answer on all of
 them. The prompts include the training prompts read after neutral opening sentences
