@@ -14,8 +14,9 @@ gets; the last 2 causal prompts of each fact are held out (`--heldout`).
    slot firing; fluency), all facts active at once; and the held-out generalisation over the
    held-out prompts on which the model gave the fact's TRUE object before ("heldout_known": the
    paraphrases it reads as the relation at all); and the run's other facts measured over all of
-   them ("whole_run", `whole_run_plan`: the audit samples them). Then rolled back; the sha256
-   must come back.
+   them ("whole_run", `whole_run_plan`: the audit samples them; with `specificity_forms`, Dai et
+   al.'s mean |dP| / mean P and the mean |dP/P| without the injected subjects). Then rolled
+   back; the sha256 must come back.
 2. The update rule (`atlas edit update --form paper`) on the in-run facts, applied one after the
    other, then the same measurement (`atlas.jobs.inject_audit`) on the same prompts, then rolled
    back (`--kn-forms paper,ls` also runs the default `ls` form).
@@ -224,8 +225,8 @@ def whole_run_plan(
     """The audit plan of `facts` over EVERY other fact of the run (the stored audit samples
     `audit_facts` of them, and measures the injected subjects' other facts apart): the issue's
     "across all other facts of the run" (`inject_audit.untouched`: not those that a fact's TRUE
-    object `truth` restates), the same prompts for the injection and the update rule; and whose
-    each of those prompts is (`named`)."""
+    object `truth` restates), the same prompts for the injection and the update rule; and the fact
+    each of those prompts asks about."""
     encoded = [encode_fact(lm, f, heldout) for f in facts]
     _, run_facts, _ = read_run_atlas(store, run)
     replaced = {(f.subject, f.relation_id): [truth[f.id]] for f in facts}
