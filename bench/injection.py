@@ -14,8 +14,8 @@ gets; the last 2 causal prompts of each fact are held out (`--heldout`).
    slot firing; fluency), all facts active at once; and the held-out generalisation over the
    held-out prompts on which the model gave the fact's TRUE object before ("heldout_known": the
    paraphrases it reads as the relation at all); and the run's other facts measured over all of
-   them ("whole_run", `whole_run_plan`: the audit samples them; with `specificity_forms`, Dai et
-   al.'s mean |dP| / mean P and the mean |dP/P| without the injected subjects). Then rolled
+   them ("whole_run", `whole_run_plan`: the audit samples them; with Dai et al.'s mean |dP| /
+   mean P, and `other_subjects`: the mean |dP/P| without the injected subjects). Then rolled
    back; the sha256 must come back.
 2. The update rule (`atlas edit update --form paper`) on the in-run facts, applied one after the
    other, then the same measurement (`atlas.jobs.inject_audit`) on the same prompts, then rolled
@@ -254,19 +254,16 @@ def lost_answers(owners: list[Fact], before: dict, after: dict) -> dict[str, int
     return lost
 
 
-def specificity_forms(owners: list[Fact], subjects: set[str], before: dict, after: dict) -> dict[str, float | None]:
-    """The other facts' P(gold) change in two more forms beside the issue's mean |dP/P| (every prompt
-    with P > 0 before): Dai et al.'s mean |dP| / mean P (REFERENCE.md section 1: a ratio of means,
-    which a prompt whose P(gold) rises from 4e-7 cannot decide alone), and the mean |dP/P| over
-    the prompts of other subjects than the injected ones (what is left without the injected
-    subjects' facts of other relations, where a subject-keyed slot fires by design)."""
-    pairs = [(b.p_gold, a.p_gold, who) for who, b, a in zip(owners, before["others"], after["others"])]
-    elsewhere = [abs(a - b) / b for b, a, who in pairs if b > 0 and who.subject not in subjects]
-    total = sum(b for b, _, _ in pairs)
-    return {
-        "others_change_of_means": sum(abs(a - b) for b, a, _ in pairs) / total if total else None,
-        "others_mean_abs_rel_dp_other_subjects": sum(elsewhere) / len(elsewhere) if elsewhere else None,
-    }
+def other_subjects(owners: list[Fact], subjects: set[str], before: dict, after: dict) -> float | None:
+    """The issue's mean |dP/P| over the other facts' prompts whose subject is not an injected one:
+    what is left without the injected subjects' facts of other relations, where a subject-keyed
+    slot fires by design."""
+    rel = [
+        abs(a.p_gold - b.p_gold) / b.p_gold
+        for who, b, a in zip(owners, before["others"], after["others"])
+        if b.p_gold > 0 and who.subject not in subjects
+    ]
+    return sum(rel) / len(rel) if rel else None
 
 
 def moved_most(owners: list[Fact], before: dict, after: dict, k: int = 5) -> list[dict]:
@@ -330,7 +327,9 @@ def inject_and_audit(
     result["whole_run"] = {k: v for k, v in verdict.items() if k.startswith("others")}
     result["whole_run"]["lost"] = lost_answers(owners, whole_before, whole_after)
     result["whole_run"]["moved_most"] = moved_most(owners, whole_before, whole_after)
-    result["whole_run"] |= specificity_forms(owners, {f.subject for f in facts}, whole_before, whole_after)
+    result["whole_run"]["others_mean_abs_rel_dp_other_subjects"] = other_subjects(
+        owners, {f.subject for f in facts}, whole_before, whole_after
+    )
     result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
     result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)

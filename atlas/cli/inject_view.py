@@ -50,7 +50,8 @@ def describe(i: InjectionRecord, per_fact: bool = True) -> str:
             f"a slot open on {_pct(a.get('heldout_firing_rate'))} of them"
         )
         lines.append(
-            f"  specificity: mean |dP/P| {_pct(a.get('others_mean_abs_rel_dp'))}, right answers kept "
+            f"  specificity: mean |dP/P| {_pct(a.get('others_mean_abs_rel_dp'))} "
+            f"(mean |dP| / mean P {_pct(a.get('others_change_of_means'))}), right answers kept "
             f"{a.get('others_right_kept')}/{a.get('others_right_before')}, "
             f"slot firing rate {_pct(a.get('others_firing_rate'))}"
         )

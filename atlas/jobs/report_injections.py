@@ -26,13 +26,14 @@ def injection_section(store: Store, run: str) -> list[str]:
         "Facts added as new FFN slot pairs (key: discriminant direction of the FFN input, read at the subject "
         "or the answer position; gate: clamped ramp; value: log-probability gradient, line-searched and "
         "refined). Efficacy: the new object is the greedy answer on the prompts the slots were built on; "
-        "held-out: on prompts they never saw; others: every other fact of the run (mean |dP/P| of P(gold), "
-        "right answers kept, share of their prompts on which a slot fires); same subject: the atlas's other "
+        "held-out: on prompts they never saw; others: every other fact of the run (mean |dP/P| of P(gold); "
+        "Dai et al.'s mean |dP| / mean P, which no one prompt near P = 0 decides; right answers kept, "
+        "share of their prompts on which a slot fires); same subject: the atlas's other "
         "facts about an injected subject; fluency: perplexity of the bundled general text.",
         "",
-        "| id | status | facts | layers | width | efficacy | held-out | others mean abs dP/P | others kept | "
-        "slot firing | same subject kept | fluency ppl |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| id | status | facts | layers | width | efficacy | held-out | others mean abs dP/P | "
+        "others mean abs dP / mean P | others kept | slot firing | same subject kept | fluency ppl |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i in rows:
         a = i.audit
@@ -41,7 +42,8 @@ def injection_section(store: Store, run: str) -> list[str]:
         md.append(
             f"| {i.id} | {i.status} | {i.n_facts} | {', '.join(map(str, i.layers))} | "
             f"{i.width_before} -> {i.width_after} | {_p(a.get('efficacy'))} | {_p(a.get('generalisation'))} | "
-            f"{_p(a.get('others_mean_abs_rel_dp'))} | {kept} | {_p(a.get('others_firing_rate'))} | {same} | "
+            f"{_p(a.get('others_mean_abs_rel_dp'))} | {_p(a.get('others_change_of_means'))} | {kept} | "
+            f"{_p(a.get('others_firing_rate'))} | {same} | "
             f"{_p(a.get('fluency_ppl_change'), True)} |"
         )
     return md + [""]

@@ -22,10 +22,12 @@ from atlas.db.neurons import read_run_atlas
 from atlas.db.queries import load_query
 from atlas.db.runs import resolve_run
 from atlas.errors import ConflictError, EditError, InputError, WeightsMismatch
+from atlas.jobs import inject_audit
 from atlas.jobs.inject import NewFact, fact_from_option, inject_facts
 from atlas.jobs.inject_weights import export_injection, injected_copy, rollback_injection
 from atlas.jobs.specs import InjectSpec
 from atlas.model.loading import load_model, weights_sha256
+from atlas.model.scoring import Scored
 from atlas.model.slots import slots_from_bytes
 from indexer.job.run import IndexOptions, index
 from tests.support.db import snapshot
@@ -345,3 +347,19 @@ def test_an_exported_injected_model_is_indexed_and_its_slot_is_a_knowledge_neuro
     with store.begin() as conn:
         rows = conn.execute(query.text(store.backend), query.bind({"run_id": run.id, "fact_id": "cf"})).all()
     assert (layer, slot) in {(r.layer, r.neuron) for r in rows}, rows
+
+
+def test_specificity_reports_the_mean_ratio_and_the_ratio_of_means() -> None:
+    """Per prompt |dP/P|, averaged (the issue's form), beside sum |dP| / sum P (Dai et al.'s), which
+    a prompt near P = 0 cannot decide alone; prompts with P = 0 before count only in the second."""
+
+    def s(p: float, greedy: bool = False) -> Scored:
+        return Scored(p, (), greedy, 0)
+
+    before = [s(4e-7), s(0.5, True), s(0.2, True), s(0.0)]
+    after = [s(5e-4), s(0.45), s(0.2, True), s(0.01)]
+    got = inject_audit._specificity("others", before, after, None)
+    ratios = [(5e-4 - 4e-7) / 4e-7, 0.05 / 0.5, 0.0]
+    assert got["others_mean_abs_rel_dp"] == pytest.approx(sum(ratios) / 3)
+    assert got["others_change_of_means"] == pytest.approx((5e-4 - 4e-7 + 0.05 + 0.01) / (0.7 + 4e-7))
+    assert (got["others_right_before"], got["others_right_kept"]) == (2, 1)
