@@ -1,0 +1,75 @@
+"""What one injected fact does to its subject's other facts in the run (real SmolLM2, CPU).
+
+A slot keyed at the subject's last token opens on every prompt that names the subject, so an
+injected "Beijing is the capital of Nigeria" also reaches "Beijing is a twin city of [Y]". This
+injects one fact (`--fact S|R|O`, the relation's bundled templates) once per `--specs` entry
+(InjectSpec fields, ';' between entries; '' is the defaults) and prints, per other fact of the run
+with the same subject, the mean P(gold) over its prompts before and after, beside the injected
+fact's held-out top-1; each injection is rolled back before the next.
+
+Example (the atlas of BENCHMARKS.md's injection sections, the fact behind seed 7's mean |dP/P|):
+    PYTHONPATH=. python bench/injection_ripple.py --db duckdb:////tmp/x/a.duckdb --run smollm2-kn100 \\
+        --fact "Beijing|P1376|Nigeria" --specs ";keep_weight=1"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atlas.db.neurons import read_run_atlas  # noqa: E402
+from atlas.db.store import Store  # noqa: E402
+from atlas.jobs.evaluate import EvalSet  # noqa: E402
+from atlas.jobs.inject import fact_from_option, inject_facts  # noqa: E402
+from atlas.jobs.inject_weights import as_of_injection, rollback_injection  # noqa: E402
+from atlas.model.loading import load_model  # noqa: E402
+from bench.injection import named, spec_from  # noqa: E402
+from bench.results import append_result  # noqa: E402
+
+
+def mean_p(lm, sets: dict[str, EvalSet]) -> dict[str, float]:
+    """Each fact's mean P(gold) over its prompts."""
+    out = {}
+    for who, one in sets.items():
+        scored = one.measure(lm)
+        out[who] = sum(s.p_gold for s in scored) / len(scored)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--fact", required=True, help="SUBJECT|RELATION|OBJECT")
+    ap.add_argument("--specs", default="", help="';'-separated InjectSpec field lists, e.g. ';keep_weight=1'")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    store, lm = Store(args.db), load_model("smollm2", device=args.device)
+    fact = fact_from_option(args.fact)
+    _, run_facts, _ = read_run_atlas(store, args.run)
+    mine = [f for f in run_facts.values() if f.subject == fact.subject and f.relation_id != fact.relation_id]
+    sets = {named(f): EvalSet.of("same_subject", lm, [f]) for f in mine}
+    before = mean_p(lm, sets)
+    t0, result = time.time(), {"fact": args.fact, "before": before}
+    for fields in args.specs.split(";"):
+        rec = inject_facts(store, lm, args.run, [fact], spec_from(fields))
+        with as_of_injection(store, lm, rec.id) as (now, _, _):
+            after = mean_p(now, sets)
+        rollback_injection(store, lm, rec.id)
+        result[fields or "defaults"] = {
+            "efficacy": rec.audit.get("efficacy"),
+            "generalisation": rec.audit.get("generalisation"),
+            "after": after,
+            "rel_change": {k: round((after[k] - before[k]) / before[k], 3) for k in before if before[k] > 0},
+        }
+    print(json.dumps(result, indent=1))
+    append_result("injection_ripple", vars(args), time.time() - t0, len(args.specs.split(";")), result=result)
+
+
+if __name__ == "__main__":
+    main()
