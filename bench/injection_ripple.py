@@ -1,11 +1,12 @@
-"""What one injected fact does to its subject's other facts in the run (real SmolLM2, CPU).
+"""What injected facts do to their subjects' other facts in the run (real SmolLM2, CPU).
 
 A slot keyed at the subject's last token opens on every prompt that names the subject, so an
 injected "Beijing is the capital of Nigeria" also reaches "Beijing is a twin city of [Y]". This
-injects one fact (`--fact S|R|O`, the relation's bundled templates) once per `--specs` entry
-(InjectSpec fields, ';' between entries; '' is the defaults) and prints, per other fact of the run
-with the same subject, the mean P(gold) over its prompts before and after, beside the injected
-fact's held-out top-1; each injection is rolled back before the next.
+injects the facts (`--fact S|R|O`, repeated: one injection; the relations' bundled templates) once
+per `--specs` entry (InjectSpec fields, ';' between entries; '' is the defaults) and prints, per
+other fact of the run about an injected subject, the mean P(gold) over its prompts before and
+after, beside the injection's held-out top-1; each injection is rolled back before the next.
+Injecting a fact with and without others shows what stacking adds.
 
 Example (the atlas of BENCHMARKS.md's injection sections, the fact behind seed 7's mean |dP/P|):
     PYTHONPATH=. python bench/injection_ripple.py --db duckdb:////tmp/x/a.duckdb --run smollm2-kn100 \\
@@ -45,19 +46,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db", required=True)
     ap.add_argument("--run", required=True)
-    ap.add_argument("--fact", required=True, help="SUBJECT|RELATION|OBJECT")
+    ap.add_argument("--fact", required=True, action="append", help="SUBJECT|RELATION|OBJECT (repeat for more)")
     ap.add_argument("--specs", default="", help="';'-separated InjectSpec field lists, e.g. ';keep_weight=1'")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     store, lm = Store(args.db), load_model("smollm2", device=args.device)
-    fact = fact_from_option(args.fact)
+    facts = [fact_from_option(text) for text in args.fact]
+    injected = {(f.subject, f.relation_id) for f in facts}
     _, run_facts, _ = read_run_atlas(store, args.run)
-    mine = [f for f in run_facts.values() if f.subject == fact.subject and f.relation_id != fact.relation_id]
+    mine = [
+        f
+        for f in run_facts.values()
+        if f.subject in {s for s, _ in injected} and (f.subject, f.relation_id) not in injected
+    ]
     sets = {named(f): EvalSet.of("same_subject", lm, [f]) for f in mine}
     before = mean_p(lm, sets)
     t0, result = time.time(), {"fact": args.fact, "before": before}
     for fields in args.specs.split(";"):
-        rec = inject_facts(store, lm, args.run, [fact], spec_from(fields))
+        rec = inject_facts(store, lm, args.run, facts, spec_from(fields))
         with as_of_injection(store, lm, rec.id) as (now, _, _):
             after = mean_p(now, sets)
         rollback_injection(store, lm, rec.id)
