@@ -258,12 +258,8 @@ def other_subjects(owners: list[Fact], subjects: set[str], before: dict, after: 
     """The issue's mean |dP/P| over the other facts' prompts whose subject is not an injected one:
     what is left without the injected subjects' facts of other relations, where a subject-keyed
     slot fires by design."""
-    rel = [
-        abs(a.p_gold - b.p_gold) / b.p_gold
-        for who, b, a in zip(owners, before["others"], after["others"])
-        if b.p_gold > 0 and who.subject not in subjects
-    ]
-    return sum(rel) / len(rel) if rel else None
+    kept = [(b, a) for who, b, a in zip(owners, before["others"], after["others"]) if who.subject not in subjects]
+    return audit.mean_abs_rel_dp([b for b, _ in kept], [a for _, a in kept])
 
 
 def moved_most(owners: list[Fact], before: dict, after: dict, k: int = 5) -> list[dict]:

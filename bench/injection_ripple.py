@@ -25,21 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atlas.db.neurons import read_run_atlas  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
-from atlas.jobs.evaluate import EvalSet  # noqa: E402
+from atlas.jobs.evaluate import fact_p  # noqa: E402
 from atlas.jobs.inject import fact_from_option, inject_facts  # noqa: E402
 from atlas.jobs.inject_weights import as_of_injection, rollback_injection  # noqa: E402
 from atlas.model.loading import load_model  # noqa: E402
 from bench.injection import named, spec_from  # noqa: E402
 from bench.results import append_result  # noqa: E402
-
-
-def mean_p(lm, sets: dict[str, EvalSet]) -> dict[str, float]:
-    """Each fact's mean P(gold) over its prompts."""
-    out = {}
-    for who, one in sets.items():
-        scored = one.measure(lm)
-        out[who] = sum(s.p_gold for s in scored) / len(scored)
-    return out
 
 
 def main() -> None:
@@ -52,26 +43,22 @@ def main() -> None:
     args = ap.parse_args()
     store, lm = Store(args.db), load_model("smollm2", device=args.device)
     facts = [fact_from_option(text) for text in args.fact]
-    injected = {(f.subject, f.relation_id) for f in facts}
+    injected, subjects = {(f.subject, f.relation_id) for f in facts}, {f.subject for f in facts}
     _, run_facts, _ = read_run_atlas(store, args.run)
-    mine = [
-        f
-        for f in run_facts.values()
-        if f.subject in {s for s, _ in injected} and (f.subject, f.relation_id) not in injected
-    ]
-    sets = {named(f): EvalSet.of("same_subject", lm, [f]) for f in mine}
-    before = mean_p(lm, sets)
+    mine = [f for f in run_facts.values() if f.subject in subjects and (f.subject, f.relation_id) not in injected]
+    names = [named(f) for f in mine]
+    before = dict(zip(names, fact_p(lm, mine)))
     t0, result = time.time(), {"fact": args.fact, "before": before}
     for fields in args.specs.split(";"):
         rec = inject_facts(store, lm, args.run, facts, spec_from(fields))
         with as_of_injection(store, lm, rec.id) as (now, _, _):
-            after = mean_p(now, sets)
+            after = dict(zip(names, fact_p(now, mine)))
         rollback_injection(store, lm, rec.id)
         result[fields or "defaults"] = {
             "efficacy": rec.audit.get("efficacy"),
             "generalisation": rec.audit.get("generalisation"),
             "after": after,
-            "rel_change": {k: round((after[k] - before[k]) / before[k], 3) for k in before if before[k] > 0},
+            "rel_change": {k: round((after[k] - before[k]) / before[k], 3) for k in names if before[k]},
         }
     print(json.dumps(result, indent=1))
     append_result("injection_ripple", vars(args), time.time() - t0, len(args.specs.split(";")), result=result)

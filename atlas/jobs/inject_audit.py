@@ -123,17 +123,22 @@ def _ppl(nll: tuple[float, int]) -> float:
     return math.exp(nll[0] / nll[1])
 
 
+def mean_abs_rel_dp(before: Sequence[Scored], after: Sequence[Scored]) -> float | None:
+    """The mean |dP/P| of P(gold) over the prompts with P(gold) > 0 before (None: there are none)."""
+    rel = [abs(a.p_gold - b.p_gold) / b.p_gold for b, a in zip(before, after) if b.p_gold > 0]
+    return sum(rel) / len(rel) if rel else None
+
+
 def _specificity(name: str, before: list[Scored], after: list[Scored], fired: list[bool] | None) -> dict:
     """A group of facts the injection should leave alone: its prompts' mean |dP/P| of P(gold) (and
     Dai et al.'s form, mean |dP| / mean P: a ratio of means, which one prompt whose P(gold) rises
     from 1e-7 cannot decide alone), the right (greedy) answers kept, and the share of its prompts
     on which a slot fires."""
-    rel = [abs(a.p_gold - b.p_gold) / b.p_gold for b, a in zip(before, after) if b.p_gold > 0]
     total, moved = sum(b.p_gold for b in before), sum(abs(a.p_gold - b.p_gold) for b, a in zip(before, after))
     right = [a.greedy for b, a in zip(before, after) if b.greedy]
     return {
         f"{name}_prompts": len(after),
-        f"{name}_mean_abs_rel_dp": sum(rel) / len(rel) if rel else None,
+        f"{name}_mean_abs_rel_dp": mean_abs_rel_dp(before, after),
         f"{name}_change_of_means": moved / total if total else None,
         f"{name}_right_before": len(right),
         f"{name}_right_kept": sum(right),
