@@ -5,7 +5,10 @@ rose; this says why. It injects the same counterfactual facts (`choose_facts`, s
 runs the whole general text through the injected model and, per slot pair (a fact's pair or its
 guard), lists the tokens where it is open: the pair's two activations differ, times its value's
 length (the norm it adds to the residual stream there). Text after the first
-`NEGATIVE_TEXT_CHARS` characters was never a negative of any key. Then it rolls the injection back.
+`NEGATIVE_TEXT_CHARS` characters was never a negative of any key. With `--about SUBJECT`
+(repeatable) it also reads every prompt of the run's other facts about SUBJECT and lists, per
+prompt, the pairs open there and the norm each adds: which facts' slots reach a prompt whose
+answer moved. Then it rolls the injection back.
 
 Example (the atlas of BENCHMARKS.md's injection sections; seed 7 with the values uncapped):
     PYTHONPATH=. python bench/injection_firing.py --db duckdb:////tmp/s7/a.duckdb --run smollm2-kn100 \\
@@ -24,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from atlas.db.neurons import read_run_atlas  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
 from atlas.jobs.evaluate import GENERAL_TEXT  # noqa: E402
 from atlas.jobs.inject import facts_from_file, inject_facts  # noqa: E402
@@ -63,6 +67,22 @@ def openings(lm, pairs: dict[tuple[int, int], str], ids: list[int], unseen_from:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["norm"]))
 
 
+def prompt_openings(lm, pairs: dict[tuple[int, int], str], store: Store, run: str, about: list[str], rec) -> dict:
+    """Per prompt of the run's facts about the `about` subjects (not the injected ones): the pairs
+    open anywhere in it and the norm each adds there (`openings`)."""
+    injected = {(f.subject, f.relation_id) for f in rec.facts}
+    _, facts, _ = read_run_atlas(store, run)
+    out = {}
+    for f in sorted(facts.values(), key=lambda f: f.id):
+        if f.subject not in about or (f.subject, f.relation_id) in injected:
+            continue
+        for text in f.prompts:
+            ids = list(lm.tokenizer(text, add_special_tokens=False).input_ids)
+            found = openings(lm, pairs, ids, len(ids))
+            out[f"{f.relation_id} {text} -> {f.object}"] = {k: v["norm"] for k, v in found.items()}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db", required=True)
@@ -73,6 +93,7 @@ def main() -> None:
     ap.add_argument("--relations", default=None)
     ap.add_argument("--spec", default="", help="InjectSpec fields other than the defaults, e.g. max_scale=0")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--about", action="append", default=[], help="a subject whose other facts' prompts are read too")
     args = ap.parse_args()
     store = Store(args.db)
     lm = load_model("smollm2", device=args.device)
@@ -87,6 +108,7 @@ def main() -> None:
     unseen_from = len(lm.tokenizer(" " + text[:NEGATIVE_TEXT_CHARS], add_special_tokens=False).input_ids)
     with as_of_injection(store, lm, rec.id) as (now, _, _):
         found = openings(now, pairs, ids, unseen_from)
+        about = prompt_openings(now, pairs, store, args.run, args.about, rec) if args.about else {}
     rollback_injection(store, lm, rec.id)
     result = {
         "n_facts": len(rows),
@@ -95,6 +117,7 @@ def main() -> None:
         "text_tokens": len(ids),
         "pairs_open_in_unseen_text": sum(1 for r in found.values() if r["unseen"]),
         "pairs": dict(list(found.items())[:10]),
+        "about": about,
     }
     print(json.dumps(result, indent=1))
     append_result("injection_firing", vars(args), time.time() - t0, len(rows), result=result)
