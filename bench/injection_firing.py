@@ -69,7 +69,7 @@ def openings(lm, pairs: dict[tuple[int, int], str], ids: list[int], unseen_from:
 
 def prompt_openings(lm, pairs: dict[tuple[int, int], str], store: Store, run: str, about: list[str], rec) -> dict:
     """Per prompt of the run's facts about the `about` subjects (not the injected ones): the pairs
-    open anywhere in it and the norm each adds there (`openings`)."""
+    open anywhere before its answer and the norm each adds there (`openings`)."""
     injected = {(f.subject, f.relation_id) for f in rec.facts}
     _, facts, _ = read_run_atlas(store, run)
     out = {}
@@ -77,7 +77,7 @@ def prompt_openings(lm, pairs: dict[tuple[int, int], str], store: Store, run: st
         if f.subject not in about or (f.subject, f.relation_id) in injected:
             continue
         for text in f.prompts:
-            ids = list(lm.tokenizer(text, add_special_tokens=False).input_ids)
+            ids = list(lm.tokenizer(text.split("[Y]")[0].rstrip(), add_special_tokens=False).input_ids)
             found = openings(lm, pairs, ids, len(ids))
             out[f"{f.relation_id} {text} -> {f.object}"] = {k: v["norm"] for k, v in found.items()}
     return out
