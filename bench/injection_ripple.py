@@ -33,6 +33,11 @@ from bench.injection import named, spec_from  # noqa: E402
 from bench.results import append_result  # noqa: E402
 
 
+def _how_built(info: dict) -> dict:
+    """What decided a fact's slot: its gates, its value's scale and refinement steps, the residual norm."""
+    return {k: info.get(k) for k in ("gates", "value", "residual_norm", "slots")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db", required=True)
@@ -46,7 +51,7 @@ def main() -> None:
     injected, subjects = {(f.subject, f.relation_id) for f in facts}, {f.subject for f in facts}
     _, run_facts, _ = read_run_atlas(store, args.run)
     mine = [f for f in run_facts.values() if f.subject in subjects and (f.subject, f.relation_id) not in injected]
-    names = [named(f) for f in mine]
+    names, about = [named(f) for f in mine], {f.subject for f in mine}
     before = dict(zip(names, fact_p(lm, mine)))
     t0, result = time.time(), {"fact": args.fact, "before": before}
     for fields in args.specs.split(";"):
@@ -55,6 +60,7 @@ def main() -> None:
             after = dict(zip(names, fact_p(now, mine)))
         rollback_injection(store, lm, rec.id)
         result[fields or "defaults"] = {
+            "built": {f"{f.subject}|{f.relation_id}": _how_built(f.info) for f in rec.facts if f.subject in about},
             "efficacy": rec.audit.get("efficacy"),
             "generalisation": rec.audit.get("generalisation"),
             "after": after,

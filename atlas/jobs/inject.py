@@ -117,6 +117,7 @@ class _Atlas:
     negatives: list[tuple[str, str, str, str]]  # (pool: '', a relation or `namesakes(s)`; fact id, text, object)
     same_subject: list[Fact]  # facts of the atlas about an injected subject (other relations too)
     keep_templates: dict[str, str]  # relation -> the template its keep prompts use (injection_keep_templates.sql)
+    keep_golds: dict[str, dict[str, list[str]]]  # subject -> relation -> objects outside the run (--keep-gold)
     replaced: dict[tuple[str, str], list[str]]  # (subject, relation) -> the atlas's objects a fact replaces
 
 
@@ -141,9 +142,14 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
         replaced: dict[tuple[str, str], list[str]] = {}
         for r in conn.execute(sql_text("injection_replaced", be), {"subjects": subjects, "relation_ids": rels}):
             replaced.setdefault((r.subject, r.relation_id), []).append(r.object)
+        in_run = run_facts(conn, run.id, be)
+        golds: dict[str, dict[str, list[str]]] = {}
+        for r in conn.execute(sql_text("injection_keep_golds", be), {"subjects": subjects}):
+            if r.fact_id not in in_run:
+                golds.setdefault(r.subject, {}).setdefault(r.relation_id, []).append(r.object)
         return _Atlas(
             run,
-            run_facts(conn, run.id, be),
+            in_run,
             applied_stack(conn, be, run.model_id),
             applied_injections(conn, be, run.model_id),
             injected_facts(conn, be, run.model_id),
@@ -152,6 +158,7 @@ def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: Inj
             negatives,
             list(same.values()),
             kept,
+            golds,
             {(f.subject, f.relation_id): replaced.get((f.subject, f.relation_id), []) for f in facts},
         )
 
@@ -230,7 +237,9 @@ def _plan(
     """What the audit measures, and the ids of the other facts it measures (never negatives)."""
     others = audit.untouched(at.facts.values(), at.replaced)
     chosen = sample(others, spec.audit_facts, f"inject-audit:{spec.seed}")
-    same = audit.untouched(at.same_subject, at.replaced)
+    # with --keep-gold the values read the objects of the subject's facts outside the run: the
+    # same-subject group then measures the run's facts only, whose objects they never read
+    same = audit.untouched([f for f in at.same_subject if not spec.keep_gold or f.id in at.facts], at.replaced)
     plan = audit.AuditPlan(
         [e[0] for e in encoded],
         [e[1] for e in encoded],
@@ -318,13 +327,27 @@ def _build_all(work: _Work, index: int) -> tuple[list[FactSlots], dict, dict]:
         if spec.namesake_guards:
             names = {layer: own_pool.get((namesakes(f.subject), layer)) for layer in layers[i]}
             guard_against = {lay: (torch.cat(n.blocks), shut[lay]) for lay, n in names.items() if n is not None} or None
-        keeping = key_at[i] is not None and spec.keep_weight > 0  # keep prompts only where they are used
-        keep = keep_items(lm, f, at.keep_templates) if keeping else []
+        keeping = key_at[i] is not None and (spec.keep_weight > 0 or spec.keep_gold > 0)  # only where used
+        held = at.keep_golds.get(f.subject, {}) if spec.keep_gold else {}
+        not_held = {f.object, *at.replaced[(f.subject, f.relation_id)]}
+        keep, golds = keep_items(lm, f, at.keep_templates, held, not_held) if keeping else ([], [])
         old = replaced_tokens(lm, encoded[i][2][0], at.replaced[(f.subject, f.relation_id)])
         extra = prefixed_items(lm, f, encoded[i][2][: len(items)], spec)
         built.append(
             build_fact(
-                lm.model, lm.adapter, items, negs, layers[i], index, params, key_at[i], keep, old, guard_against, extra
+                lm.model,
+                lm.adapter,
+                items,
+                negs,
+                layers[i],
+                index,
+                params,
+                key_at[i],
+                keep,
+                old,
+                guard_against,
+                extra,
+                golds,
             )
         )
         index += _room(spec) * len(layers[i])

@@ -5,7 +5,7 @@ may be asked to keep."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from atlas.db.datasets import is_causal, make_prompt
@@ -87,16 +87,32 @@ def key_positions(
     return [int(a) if k is None else k for k, a in zip(found, answer)]
 
 
-def keep_items(lm: LoadedModel, f: NewFact, relation_templates: Mapping[str, str]) -> list[PromptItem]:
+def keep_items(
+    lm: LoadedModel,
+    f: NewFact,
+    relation_templates: Mapping[str, str],
+    objects: Mapping[str, Sequence[str]] | None = None,
+    not_held: Collection[str] = (),
+) -> tuple[list[PromptItem], list[tuple[int, int]]]:
     """Prompts about the fact's subject whose next-token distributions its values keep, encoded
     (their answer token is never scored): `KEEP_TEMPLATES`, and one template of every other relation
     of the atlas (`relation_templates`, relation -> template), which asks for what a subject-keyed
-    slot must not move: the subject's other attributes."""
+    slot must not move: the subject's other attributes; and (row, token) of the first tokens of the
+    `objects` (relation -> the atlas's objects for the subject) on their relation's prompt, but
+    those in `not_held` (what the fact replaces, its new object), whose log-probabilities the values
+    hold (`values.Keep`)."""
     masked = lm.adapter.is_masked_lm
-    others = [t for rel, t in sorted(relation_templates.items()) if rel != f.relation_id]
-    texts = [make_prompt(t, f.subject).text for t in (*KEEP_TEMPLATES, *others)]
-    items = [encode(lm.tokenizer, text, "a", masked) for text in texts]
-    return [it for it in items if not isinstance(it, str)]
+    others = [(rel, t) for rel, t in sorted(relation_templates.items()) if rel != f.relation_id]
+    items, golds = [], []
+    for rel, t in [("", t) for t in KEEP_TEMPLATES] + others:
+        text = make_prompt(t, f.subject).text
+        item = encode(lm.tokenizer, text, "a", masked)
+        if isinstance(item, str):
+            continue
+        read = [encode(lm.tokenizer, text, o, masked) for o in (objects or {}).get(rel, ()) if o not in not_held]
+        golds += dict.fromkeys((len(items), it.answer_ids[0]) for it in read if not isinstance(it, str))
+        items.append(item)
+    return items, golds
 
 
 def prefixed_items(

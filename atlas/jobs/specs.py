@@ -328,6 +328,13 @@ class InjectSpec:
         "--value-steps steps, run for every fact until 10 steps bring no 1% lower loss (0: none; "
         "BENCHMARKS.md).",
     )
+    keep_gold: float = opt(
+        0.0,
+        help="Value, for subject keys: weight of the mean squared change of log P(object) of the atlas's "
+        "facts about the subject outside the run (the run is what the audit measures), each read on its "
+        "relation's keep prompt; the Adam steps then run for every such fact as with --keep-weight "
+        "(0: none; BENCHMARKS.md).",
+    )
     negatives: int = opt(
         1000,
         minimum=1,
@@ -368,8 +375,9 @@ class InjectSpec:
     def check(self) -> None:
         if not 0.0 <= self.gate_low < self.gate_high <= 1.0:
             raise InputError("need 0 <= --gate-low < --gate-high <= 1")
-        if self.keep_weight < 0:
-            raise InputError(f"--keep-weight must be >= 0, got {self.keep_weight}")
+        for flag, weight in (("--keep-weight", self.keep_weight), ("--keep-gold", self.keep_gold)):
+            if weight < 0:
+                raise InputError(f"{flag} must be >= 0, got {weight}")
         if not 0.0 <= self.value_goal < 1.0:
             raise InputError(f"--value-goal must be in [0, 1), got {self.value_goal}")
         if self.value_prefixes > N_PREFIXES:

@@ -9,6 +9,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import sqlalchemy as sa
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -234,6 +235,39 @@ def test_keep_prompts_reach_the_values_and_leave_the_rollback_exact(store, tmp_p
     assert values[0] != values[1]
 
 
+def test_keep_golds_are_facts_outside_the_run_and_leave_the_audit_unseen(store, tmp_path) -> None:
+    """--keep-gold reads the objects of the subject's facts outside the run ("France is located in
+    Europe", loaded after the run) into the values: the same fact gets other values than without it,
+    the audit's same-subject group (the run's facts only, then) never measures that fact, and each
+    rollback restores the weights' hash."""
+    w = build_world(store, tmp_path)
+    with store.begin() as conn:  # the world's prompts have ids of their own: the next ones
+        first = conn.execute(sa.select(sa.func.max(schema.prompts.c.id))).scalar_one() + 1
+        conn.execute(
+            schema.facts.insert().values(id="fr", relation_id="P30", subject="France", object="Europe", dataset="more")
+        )
+        for k, t in enumerate(RELATIONS["P30"][3]):
+            text = t.replace("[X]", "France")
+            conn.execute(
+                schema.prompts.insert().values(
+                    id=first + k, fact_id="fr", template=t, text=text, causal=True, masked=True
+                )
+            )
+    base = weights_sha256(w.lm.model)
+    values, same = [], []
+    for weight in (0.0, 1.0):
+        spec = replace(QUICK, key_position="subject", keep_gold=weight, value_steps=3)
+        rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
+        with store.begin() as conn:
+            (row,) = [i for i in model_injections(conn, store.backend, rec.model_id) if i.id == rec.id]
+        values.append(row.pairs[0].value)
+        same.append(rec.audit.get("same_subject_prompts", 0))
+        rollback_injection(store, w.lm, rec.id)
+        assert weights_sha256(w.lm.model) == base
+    assert values[0] != values[1]
+    assert same == [2, 0]  # P30's three templates but the keep prompt's, then none
+
+
 def test_stacked_injections_roll_back_newest_first_to_each_sha(store, tmp_path) -> None:
     w = build_world(store, tmp_path)
     states = [weights_sha256(w.lm.model)]
@@ -299,6 +333,7 @@ def test_bad_input_is_refused_and_changes_nothing(store, tmp_path) -> None:
         ([_fact("Italy", "P36", "Rome")], InjectSpec(layers=(3,)), InputError, "layer 3 is out of range"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(gate_low=0.9), InputError, "gate-low"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(keep_weight=-1.0), InputError, "keep-weight must be >= 0"),
+        ([_fact("Italy", "P36", "Rome")], InjectSpec(keep_gold=-1.0), InputError, "keep-gold must be >= 0"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(max_scale=-1.0), InputError, "max-scale >= 0"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(value_prefixes=9), InputError, "value-prefixes must be <= 8"),
         ([_fact("Italy", "P36", "Rome")], InjectSpec(value_goal=1.0), InputError, "value-goal must be in"),

@@ -276,17 +276,24 @@ ITEMS = [PromptItem([5, 17, 3, 44], [9]), PromptItem([12, 30, 7], [9, 21]), Prom
 KEEP = [PromptItem([3, 44, 2], [1]), PromptItem([17, 9], [1])]
 
 
-@pytest.mark.parametrize(("family", "with_keep"), [("llama", False), ("gpt2", False), ("neox", False), ("llama", True)])
-def test_value_gradients_are_the_finite_differences_of_the_loss(family: str, with_keep: bool) -> None:
+GOLDS = [(0, 7), (0, 30), (1, 2)]  # (keep prompt, token) held by --keep-gold
+
+
+@pytest.mark.parametrize(
+    ("family", "keep"), [("llama", None), ("gpt2", None), ("neox", None), ("llama", (2.0, 0.0)), ("llama", (0.0, 3.0))]
+)
+def test_value_gradients_are_the_finite_differences_of_the_loss(family: str, keep: tuple | None) -> None:
     model = tiny_model(family).double()
     adapter = adapter_for(model)
+    with_keep = keep is not None
     pairs = _open_pairs(adapter, 3) if with_keep else _pairs(adapter, 3)
     d = [
         torch.randn(adapter.hidden_size, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
         for i in range(3)
     ]
     with widened(adapter, pairs, adapter.n_neurons + 6):
-        keep = keep_of(model, adapter, ITEMS, KEEP, pairs, 2.0) if with_keep else None
+        if keep is not None:
+            keep = keep_of(model, adapter, ITEMS, KEEP, pairs, keep[0], GOLDS, keep[1])
         _, _, grads = value_gradients(model, adapter, ITEMS, pairs, keep)
         base, eps, losses = [p.value.clone() for p in pairs], 3e-3, []  # the loss is fp32 (answer_logprobs)
         for sign in (1, -1):
@@ -369,6 +376,37 @@ def test_a_prompt_at_its_goal_pulls_no_further() -> None:
             for w in (1.0, 2.0)
         ]
     assert halves[0] > 0 and halves[1] == pytest.approx(2 * halves[0], rel=1e-5)
+
+
+def test_the_gold_term_is_the_mean_squared_change_of_the_held_log_probabilities() -> None:
+    """The keep part with golds alone, against a hand computation: with a goal every prompt reaches
+    (the hinge is 0), the loss is W_g x the mean over the held (prompt, token) of (log P now - log P
+    without the pairs)^2, read from each keep prompt's own forward pass; 0 with the values zeroed."""
+    model = tiny_model("llama").double()
+    adapter = adapter_for(model)
+    pairs = _open_pairs(adapter, 2)
+
+    def logp() -> torch.Tensor:  # [len(KEEP), vocab]: each keep prompt alone, its next token
+        with torch.no_grad():
+            return torch.stack(
+                [torch.log_softmax(model(input_ids=torch.tensor([k.prompt_ids])).logits[0, -1], -1) for k in KEEP]
+            )
+
+    with widened(adapter, pairs, adapter.n_neurons + 4):
+        keep = keep_of(model, adapter, ITEMS, KEEP, pairs, 0.0, GOLDS, 3.0)
+        assert keep is not None and keep.weight == 0.0
+        values = [p.value for p in pairs]
+        for p in pairs:
+            set_pair_value(adapter, p, torch.zeros_like(p.value))
+        before = logp()
+        assert value_gradients(model, adapter, ITEMS, pairs, keep, goal=1e-9)[0] == pytest.approx(0.0, abs=1e-9)
+        for p, v in zip(pairs, values):
+            set_pair_value(adapter, p, v)
+        now = logp()
+        got = value_gradients(model, adapter, ITEMS, pairs, keep, goal=1e-9)[0]
+    want = 3.0 * sum(float(now[r, t] - before[r, t]) ** 2 for r, t in GOLDS) / len(GOLDS)
+    assert want > 1e-6 and got == pytest.approx(want, rel=1e-3)
+    assert keep_of(model, adapter, ITEMS, KEEP, pairs, 0.0, [], 3.0) is None  # nothing to weigh
 
 
 def test_refinement_with_keep_prompts_stops_once_answered_and_stale() -> None:
@@ -461,10 +499,32 @@ def test_keep_prompts_are_the_generic_ones_and_every_other_relations_template(tm
     lm = load_model(str(save_model(tmp_path / "tiny", 0, "llama")))
     f = NewFact("f", "P36", "France", "Berlin", ["The capital of France is [Y]."])
     templates = {"P36": "The capital of [X] is [Y].", "P30": "[X] is located in [Y].", "P1": "[X] speaks [Y]."}
-    got = keep_items(lm, f, templates)
+    got, golds = keep_items(lm, f, templates)
     texts = [t.replace("[X]", "France") for t in (*KEEP_TEMPLATES, "[X] speaks [Y].", "[X] is located in [Y].")]
     want = [encode(lm.tokenizer, t, "a", False) for t in texts]
     assert [(g.prompt_ids, g.answer_ids) for g in got] == [(w.prompt_ids, w.answer_ids) for w in want]
+    assert golds == []
+
+
+def test_keep_golds_are_the_subjects_objects_on_their_relations_prompt(tmp_path) -> None:
+    """With the atlas's objects for the subject, each is held on its relation's keep prompt by its
+    first token; never those of the fact's own relation, nor one the caller names as not held, nor
+    one the tokenizer cannot read ("French" is not in the tiny vocabulary)."""
+    from atlas.jobs.inject import NewFact
+    from atlas.jobs.inject_prompts import KEEP_TEMPLATES, keep_items
+    from atlas.model.loading import load_model
+    from atlas.model.scoring import encode
+    from tests.support.kn_world import save_model
+
+    lm = load_model(str(save_model(tmp_path / "tiny", 0, "llama")))
+    f = NewFact("f", "P36", "France", "Berlin", ["The capital of France is [Y]."])
+    templates = {"P36": "The capital of [X] is [Y].", "P30": "[X] is located in [Y].", "P1": "[X] speaks [Y]."}
+    objects = {"P36": ["Paris"], "P30": ["Europe", "Asia"], "P1": ["French", "Paris"]}
+    items, golds = keep_items(lm, f, templates, objects, not_held={"Asia"})
+    first = lambda text, o: encode(lm.tokenizer, text, o, False).answer_ids[0]  # noqa: E731
+    n = len(KEEP_TEMPLATES)
+    assert golds == [(n, first("France speaks [Y].", "Paris")), (n + 1, first("France is located in [Y].", "Europe"))]
+    assert len(items) == n + 2
 
 
 def test_prefixed_prompts_read_the_subject_after_the_prefix(tmp_path) -> None:
@@ -504,7 +564,9 @@ def test_a_facts_guard_is_written_after_its_pair_and_leaves_its_own_prompts_alon
     adapter = adapter_for(model)
     g = torch.Generator().manual_seed(6)
     others = [PromptItem(torch.randint(0, 60, (6,), generator=g).tolist(), [1]) for _ in range(40)]
-    params = BuildParams(0.05, 1.0, 0, 0, 0.25, 0.9, "open", 64.0, 1.5, 0.0, "gradient", 0, 0.0, 0.0)  # no cap, no goal
+    params = BuildParams(
+        0.05, 1.0, 0, 0, 0.25, 0.9, "open", 64.0, 1.5, 0.0, "gradient", 0, 0.0, 0.0, 0.0
+    )  # no cap/goal
     with widened(adapter, [], adapter.n_neurons + 4):
         base = adapter.n_neurons - 4
         negs = {1: Negatives.of(answer_inputs(model, adapter, others, [1], every_position=True)[1].float())}
@@ -534,7 +596,7 @@ def test_a_value_is_fitted_on_the_extra_prompts_its_gate_opens_for() -> None:
     adapter = adapter_for(model)
     g = torch.Generator().manual_seed(6)
     others = [PromptItem(torch.randint(0, 60, (6,), generator=g).tolist(), [1]) for _ in range(40)]
-    params = BuildParams(0.05, 1.0, 0, 0, 0.25, 0.9, "open", 64.0, 1.0, 0.0, "gradient", 100, 0.0, 0.0)
+    params = BuildParams(0.05, 1.0, 0, 0, 0.25, 0.9, "open", 64.0, 1.0, 0.0, "gradient", 100, 0.0, 0.0, 0.0)
     train, extra = (
         ITEMS[:1],
         [PromptItem([3, *ITEMS[0].prompt_ids], [9]), PromptItem([50, 1, *ITEMS[0].prompt_ids], [9])],

@@ -51,6 +51,7 @@ class BuildParams:
     value: str  # "gradient" or "embedding" (`values` says why gradient is the default)
     value_steps: int  # `values.refine_values` steps where the line search reaches not every prompt
     keep_weight: float  # weight of the keep prompts' KL divergence in `refine_values` (0: none)
+    keep_gold: float  # weight of the change of the atlas's objects' log P on the keep prompts (0: none)
     value_goal: float  # `refine_values` for every fact, until each prompt's answer has this probability (0: off)
 
     @classmethod
@@ -85,11 +86,13 @@ def build_fact(
     against: Sequence[int] = (),
     guard_inputs: dict[int, tuple[Tensor, Tensor]] | None = None,
     extra: tuple[Sequence[PromptItem], Sequence[int] | None] = ((), None),
+    keep_golds: Sequence[tuple[int, int]] = (),
 ) -> FactSlots:
     """Pairs for the fact whose training prompts `train` are encoded with its NEW object as answer;
     `negatives[layer]` are the hard negatives' FFN inputs; `key_at`: where the keys read each
     training prompt (None: its answer position; else the subject's last token); `keep`: prompts
-    whose next-token distributions the values should leave alone (`values.Keep`); `against`: the
+    whose next-token distributions the values should leave alone, and `keep_golds` (row in `keep`,
+    token) the atlas's objects whose log-probabilities they hold there (`values.Keep`); `against`: the
     first tokens of the objects the fact replaces (the atlas's facts of its subject and relation),
     which its values push down; `guard_inputs[layer]`: FFN inputs (every position) of other names'
     prompts that the fact's pairs get guards against (`guards`), at the indices after its own
@@ -121,7 +124,7 @@ def build_fact(
     # prompts below the negatives, a longer value would only push harder wherever else it opens
     reach = _opened(out.pairs, pos, train) or list(train)
     reach += _opened(out.pairs, answer_inputs(model, adapter, extra[0], layers, at=extra[1]), extra[0])
-    out.value = _fit_value(model, adapter, out, reach, set_scale, keep, params)
+    out.value = _fit_value(model, adapter, out, reach, set_scale, (keep, keep_golds), params)
     # hits: of the training prompts (the fit also counted their prefixed readings)
     out.value = replace(out.value, hits=sum(s.greedy for s in score(model, adapter, train)))
     if guard_inputs:
@@ -135,15 +138,15 @@ def _fit_value(
     out: FactSlots,
     reach: Sequence[PromptItem],
     set_scale: Callable[[float], None],
-    keep: Sequence[PromptItem],
+    keep: tuple[Sequence[PromptItem], Sequence[tuple[int, int]]],
     params: BuildParams,
 ) -> ValueChoice:
     """The value of `out`'s pairs on the prompts `reach`: the line search (within `--max-scale`),
     then the Adam steps where the search fell short, or for every fact with a goal or keep prompts
-    (`values`)."""
+    (`values`; `keep`: the prompts and their golds)."""
     grid = [s for s in GRID if not params.max_scale or s <= params.max_scale] or [params.max_scale]
     choice = line_search(model, adapter, reach, set_scale, params.margin, grid)
-    kept = keep_of(model, adapter, reach, keep, out.pairs, params.keep_weight)
+    kept = keep_of(model, adapter, reach, keep[0], out.pairs, params.keep_weight, keep[1], params.keep_gold)
     if params.value_steps and (not choice.reached or kept is not None or params.value_goal):
         longest = out.residual * params.max_scale / len(out.pairs) if params.max_scale else None
         goal = params.value_goal or None

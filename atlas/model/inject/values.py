@@ -46,10 +46,11 @@ pulls no further (pushing the answers
 past what they need is what moves everything else the slot touches). With keep prompts (`Keep`,
 `--keep-weight W`: prompts about a subject-keyed fact's subject, where its slot also fires) it adds
 
-    W x mean_j KL(before_j || now_j)
+    W x mean_j KL(before_j || now_j)  +  W_g x mean_(j,o) (log P_j(o) - log P_j,before(o))^2
 
-of their next-token distributions (both parts are means, so W weighs a keep prompt against a
-training prompt whatever their numbers), and the steps run for every fact: once the answers sit at
+of their next-token distributions and of the atlas's objects o for the subject on them
+(`--keep-gold W_g`; every part is a mean, so a weight weighs a keep prompt against a training
+prompt whatever their numbers), and the steps run for every fact: once the answers sit at
 GOAL only the divergence moves, and the refinement stops when the new object wins everywhere and
 `PATIENCE` steps bring no 1 % lower loss, keeping the best state (most answers, then lowest loss).
 """
@@ -187,11 +188,26 @@ def line_search(
 class Keep:
     """Prompts whose next-token distributions a fact's values should leave as they were: prompts
     about its subject (`atlas.jobs.inject_prompts.keep_items`), on which a subject-keyed slot fires
-    too. `reference` `[n, vocab]`: their log-probabilities without the fact's pairs."""
+    too. `reference` `[n, vocab]`: their log-probabilities without the fact's pairs; `weight`: of
+    their mean KL divergence. `golds` `[k, 2]` (prompt row, token): the first tokens of the atlas's
+    objects for the subject on those prompts, whose log-probabilities the values hold (mean squared
+    change, weight `gold_weight`): the KL weighs a token by its probability before, so an object at
+    P = 4e-7 that a value raises 1,000-fold does not enter it (BENCHMARKS.md)."""
 
     items: Sequence[PromptItem]
     reference: Tensor
     weight: float
+    golds: Tensor | None = None
+    gold_weight: float = 0.0
+
+    def loss(self, now: Tensor) -> Tensor:
+        """The keep part of the refinement's loss for the keep prompts' log-probabilities `now` `[n, vocab]`."""
+        ref = self.reference.to(now.device)
+        out = self.weight * (ref.exp() * (ref - now)).sum(-1).mean() if self.weight else now.new_zeros(())
+        if self.golds is not None and self.gold_weight:
+            rows, toks = self.golds[:, 0].to(now.device), self.golds[:, 1].to(now.device)
+            out = out + self.gold_weight * ((now[rows, toks] - ref[rows, toks]) ** 2).mean()
+        return out
 
 
 def _joint_logprobs(
@@ -214,11 +230,14 @@ def keep_of(
     keep: Sequence[PromptItem],
     pairs: Sequence[SlotPair],
     weight: float,
+    golds: Sequence[tuple[int, int]] = (),
+    gold_weight: float = 0.0,
 ) -> Keep | None:
-    """The `Keep` of the prompts `keep` (None without any), its reference read with the pairs'
-    values zeroed, in the same batch with `items` as `value_gradients` reads them (so that the
-    divergence starts at 0 exactly)."""
-    if not keep or weight <= 0:
+    """The `Keep` of the prompts `keep` and their `golds` ((prompt row, token), `Keep`; None
+    without a term to weigh), its reference read with the pairs' values zeroed, in the same batch
+    with `items` as `value_gradients` reads them (so that the divergence starts at 0 exactly)."""
+    gold_weight = gold_weight if golds else 0.0
+    if not keep or (weight <= 0 and gold_weight <= 0):
         return None
     values = [p.value for p in pairs]
     for p in pairs:
@@ -228,7 +247,8 @@ def keep_of(
     finally:
         for p, v in zip(pairs, values):
             set_pair_value(adapter, p, v)
-    return Keep(keep, ref, weight)
+    gold = torch.tensor(list(golds), dtype=torch.long).reshape(-1, 2) if gold_weight else None
+    return Keep(keep, ref, max(weight, 0.0), gold, gold_weight)
 
 
 def value_gradients(
@@ -240,11 +260,10 @@ def value_gradients(
     goal: float = GOAL,
 ) -> tuple[float, int, list[Tensor]]:
     """The loss of the module docstring: the mean over `items` of the hinge max(0, -log P(answer
-    tokens) - log(1 / goal)) (teacher-forced), plus `keep.weight` x the mean KL(reference || now)
-    over the keep prompts; how many items are answered greedily (`Scored.greedy`, from the same
-    pass); and the loss's gradient `[hidden]` (float64, CPU) with respect to each pair's value v:
-    the gradients of its two value slots pulled back through `widen.pair_values`, the map from v
-    to those slots."""
+    tokens) - log(1 / goal)) (teacher-forced), plus the keep prompts' part (`Keep.loss`); how many
+    items are answered greedily (`Scored.greedy`, from the same pass); and the loss's gradient
+    `[hidden]` (float64, CPU) with respect to each pair's value v: the gradients of its two value
+    slots pulled back through `widen.pair_values`, the map from v to those slots."""
     weights = {p.layer: adapter.ffn_out(p.layer).weight for p in pairs}
     was = {layer: w.requires_grad for layer, w in weights.items()}
     for w in weights.values():
@@ -256,8 +275,7 @@ def value_gradients(
             nll = -(logp.gather(2, gold[..., None])[..., 0] * valid).sum(1)  # [n]
             loss = torch.relu(nll + math.log(goal)).mean()
             if keep is not None:
-                ref = keep.reference.to(now.device)
-                loss = loss + keep.weight * (ref.exp() * (ref - now)).sum(-1).mean()
+                loss = loss + keep.loss(now)
             grads = torch.autograd.grad(loss, list(weights.values()))
     finally:
         for layer, w in weights.items():
