@@ -29,8 +29,21 @@ from atlas.jobs.evaluate import fact_p  # noqa: E402
 from atlas.jobs.inject import fact_from_option, inject_facts  # noqa: E402
 from atlas.jobs.inject_weights import as_of_injection, rollback_injection  # noqa: E402
 from atlas.model.loading import load_model  # noqa: E402
-from bench.injection import named, spec_from  # noqa: E402
+from bench.injection import choose_facts, named, spec_from  # noqa: E402
 from bench.results import append_result  # noqa: E402
+
+
+def chosen(store: Store, lm, run: str, choose: str | None) -> list:
+    """The counterfactuals `choose_facts` makes for a seed (`--choose SEED:POSITIONS`), at those positions."""
+    if not choose:
+        return []
+    seed, spans = choose.split(":")
+    rows, _, _ = choose_facts(store, lm, run, 1, 3, int(seed))
+    at = []
+    for span in spans.split(","):
+        lo, _, hi = span.partition("-")
+        at += range(int(lo), int(hi or lo) + 1)
+    return [fact_from_option(f"{rows[i]['subject']}|{rows[i]['relation']}|{rows[i]['object']}") for i in at]
 
 
 def _how_built(info: dict) -> dict:
@@ -42,18 +55,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db", required=True)
     ap.add_argument("--run", required=True)
-    ap.add_argument("--fact", required=True, action="append", help="SUBJECT|RELATION|OBJECT (repeat for more)")
+    ap.add_argument("--fact", action="append", default=[], help="SUBJECT|RELATION|OBJECT (repeat for more)")
+    ap.add_argument(
+        "--choose",
+        default=None,
+        help="SEED:POSITIONS, e.g. 7:13,78-99: those of bench/injection.py's counterfactuals for that seed "
+        "(--in-run 1 --extra 3), in its order, after the --fact ones",
+    )
     ap.add_argument("--specs", default="", help="';'-separated InjectSpec field lists, e.g. ';keep_weight=1'")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     store, lm = Store(args.db), load_model("smollm2", device=args.device)
-    facts = [fact_from_option(text) for text in args.fact]
+    facts = [fact_from_option(text) for text in args.fact] + chosen(store, lm, args.run, args.choose)
+    if not facts:
+        ap.error("give --fact or --choose")
     injected, subjects = {(f.subject, f.relation_id) for f in facts}, {f.subject for f in facts}
     _, run_facts, _ = read_run_atlas(store, args.run)
     mine = [f for f in run_facts.values() if f.subject in subjects and (f.subject, f.relation_id) not in injected]
     names, about = [named(f) for f in mine], {f.subject for f in mine}
     before = dict(zip(names, fact_p(lm, mine)))
-    t0, result = time.time(), {"fact": args.fact, "before": before}
+    t0, result = time.time(), {"fact": [f"{f.subject}|{f.relation_id}|{f.object}" for f in facts], "before": before}
     for fields in args.specs.split(";"):
         rec = inject_facts(store, lm, args.run, facts, spec_from(fields))
         with as_of_injection(store, lm, rec.id) as (now, _, _):
