@@ -221,18 +221,23 @@ def test_the_injection_page_marks_the_guard_pairs_a_fact_recorded(store, tmp_pat
 def test_keep_prompts_reach_the_values_and_leave_the_rollback_exact(store, tmp_path) -> None:
     """With --keep-weight above 0 the job hands each subject-keyed fact its keep prompts: the same
     fact gets other values than without them, and each rollback restores the weights' hash."""
-    w = build_world(store, tmp_path)
-    base = weights_sha256(w.lm.model)
-    values = []
-    for weight in (0.0, 1.0):
-        spec = replace(QUICK, key_position="subject", keep_weight=weight, value_steps=3)
+    (off, _), (on, _) = _with_and_without(store, build_world(store, tmp_path), "keep_weight")
+    assert off != on
+
+
+def _with_and_without(store, w, weight: str) -> list[tuple[bytes, dict]]:
+    """France -> Berlin keyed at the subject with the InjectSpec field `weight` at 0, then at 1: each
+    injection's first pair's value and its audit; each rollback must restore the weights' hash."""
+    base, out = weights_sha256(w.lm.model), []
+    for value in (0.0, 1.0):
+        spec = replace(QUICK, key_position="subject", value_steps=3, **{weight: value})
         rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
         with store.begin() as conn:
             (row,) = [i for i in model_injections(conn, store.backend, rec.model_id) if i.id == rec.id]
-        values.append(row.pairs[0].value)
+        out.append((row.pairs[0].value, rec.audit))
         rollback_injection(store, w.lm, rec.id)
         assert weights_sha256(w.lm.model) == base
-    assert values[0] != values[1]
+    return out
 
 
 def test_keep_golds_are_facts_outside_the_run_and_leave_the_audit_unseen(store, tmp_path) -> None:
@@ -253,19 +258,10 @@ def test_keep_golds_are_facts_outside_the_run_and_leave_the_audit_unseen(store, 
                     id=first + k, fact_id="fr", template=t, text=text, causal=True, masked=True
                 )
             )
-    base = weights_sha256(w.lm.model)
-    values, same = [], []
-    for weight in (0.0, 1.0):
-        spec = replace(QUICK, key_position="subject", keep_gold=weight, value_steps=3)
-        rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
-        with store.begin() as conn:
-            (row,) = [i for i in model_injections(conn, store.backend, rec.model_id) if i.id == rec.id]
-        values.append(row.pairs[0].value)
-        same.append(rec.audit.get("same_subject_prompts", 0))
-        rollback_injection(store, w.lm, rec.id)
-        assert weights_sha256(w.lm.model) == base
-    assert values[0] != values[1]
-    assert same == [2, 0]  # P30's three templates but the keep prompt's, then none
+    (off, audit_off), (on, audit_on) = _with_and_without(store, w, "keep_gold")
+    assert off != on
+    # P30's three templates but the keep prompt's, then none
+    assert [a.get("same_subject_prompts", 0) for a in (audit_off, audit_on)] == [2, 0]
 
 
 def test_stacked_injections_roll_back_newest_first_to_each_sha(store, tmp_path) -> None:

@@ -37,6 +37,8 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   subject (generic ones, "[X] is", ..., and one template of every other relation of the atlas: the
   slot fires there too) from the model's without the fact, and runs the steps for every fact until
   `values.PATIENCE` steps bring no 1 % lower loss (`values.refine_values`, `values.Keep`);
+  `--keep-gold` W_g (0 by default) adds W_g x the mean squared change of log P of the atlas's
+  objects for the subject in other relations (facts outside the audited run) on those prompts;
 * layer: a third of the depth for subject keys (`atlas.jobs.inject`);
 * widening (`widen`): the clamp is the difference of two activations act(k t) - act(k (t - 1)),
   divided by k, in every supported family (LLaMA's gated MLP with mlp_bias=True, GPT-2, NeoX, BERT);
