@@ -329,9 +329,9 @@ def _build_all(work: _Work, index: int) -> tuple[list[FactSlots], dict, dict]:
             guard_against = {lay: (torch.cat(n.blocks), shut[lay]) for lay, n in names.items() if n is not None} or None
         keeping = key_at[i] is not None and (spec.keep_weight > 0 or spec.keep_gold > 0)  # only where used
         held = at.keep_golds.get(f.subject, {}) if spec.keep_gold else {}
-        not_held = {f.object, *at.replaced[(f.subject, f.relation_id)]}
-        keep, golds = keep_items(lm, f, at.keep_templates, held, not_held) if keeping else ([], [])
-        old = replaced_tokens(lm, encoded[i][2][0], at.replaced[(f.subject, f.relation_id)])
+        replaced = at.replaced[(f.subject, f.relation_id)]
+        keep, golds = keep_items(lm, f, at.keep_templates, held, {f.object, *replaced}) if keeping else ([], [])
+        old = replaced_tokens(lm, encoded[i][2][0], replaced)
         extra = prefixed_items(lm, f, encoded[i][2][: len(items)], spec)
         built.append(
             build_fact(

@@ -395,6 +395,9 @@ def test_the_gold_term_is_the_mean_squared_change_of_the_held_log_probabilities(
     with widened(adapter, pairs, adapter.n_neurons + 4):
         keep = keep_of(model, adapter, ITEMS, KEEP, pairs, 0.0, GOLDS, 3.0)
         assert keep is not None and keep.weight == 0.0
+        # without the KL term only the prompts that carry golds are read, their rows renumbered
+        only = keep_of(model, adapter, ITEMS, KEEP, pairs, 0.0, [(1, 2)], 3.0)
+        assert only is not None and list(only.items) == [KEEP[1]] and only.golds.tolist() == [[0, 2]]
         values = [p.value for p in pairs]
         for p in pairs:
             set_pair_value(adapter, p, torch.zeros_like(p.value))

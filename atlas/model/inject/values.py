@@ -239,6 +239,9 @@ def keep_of(
     gold_weight = gold_weight if golds else 0.0
     if not keep or (weight <= 0 and gold_weight <= 0):
         return None
+    if weight <= 0:  # the golds' term alone: a prompt without golds would cost every step for nothing
+        rows = sorted({r for r, _ in golds})
+        keep, golds = [keep[r] for r in rows], [(rows.index(r), t) for r, t in golds]
     values = [p.value for p in pairs]
     for p in pairs:
         set_pair_value(adapter, p, torch.zeros_like(p.value))
