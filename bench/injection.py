@@ -196,7 +196,7 @@ def kn_rule(
     """The update rule on the in-run facts, applied one after another, judged like the injection."""
     facts = [f for f in facts_from_file(_write(rows)) if f.id in ids]
     pairs, before_true = known_before(lm, [r for r in rows if r["id"] in ids], truth, spec.heldout)
-    plan, owners = whole_run_plan(store, lm, run, facts, spec.heldout, truth)
+    plan = whole_run_plan(store, lm, run, facts, spec.heldout, truth)
     before = audit.measure(lm, plan)
     done, failed = [], 0
     for f in facts:
@@ -214,44 +214,19 @@ def kn_rule(
         rollback(store, lm, e.id)
     out = audit.judge(plan, before, after, [0] * len(facts))
     out["updated"], out["failed"], out["heldout_known"] = len(done), failed, known
-    out["lost"] = lost_answers(owners, before, after)
-    out["moved_most"] = moved_most(owners, before, after)
     return out
 
 
-def whole_run_plan(
-    store: Store, lm, run: str, facts: list, heldout: int, truth: dict[str, str]
-) -> tuple[audit.AuditPlan, list[str]]:
+def whole_run_plan(store: Store, lm, run: str, facts: list, heldout: int, truth: dict[str, str]) -> audit.AuditPlan:
     """The audit plan of `facts` over EVERY other fact of the run (the stored audit samples
     `audit_facts` of them, and measures the injected subjects' other facts apart): the issue's
     "across all other facts of the run" (`inject_audit.untouched`: not those that a fact's TRUE
-    object `truth` restates), the same prompts for the injection and the update rule; and the fact
-    each of those prompts asks about."""
+    object `truth` restates), the same prompts for the injection and the update rule."""
     encoded = [encode_fact(lm, f, heldout) for f in facts]
     _, run_facts, _ = read_run_atlas(store, run)
     replaced = {(f.subject, f.relation_id): [truth[f.id]] for f in facts}
-    others = EvalSet("others")
-    owners = []
-    for f in audit.untouched(run_facts.values(), replaced):
-        one = EvalSet.of("others", lm, [f])
-        others.items += one.items
-        others.candidates += one.candidates
-        owners += [f] * len(one.items)
-    return audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], others), owners
-
-
-def named(f: Fact) -> str:
-    """How a fact of the run is named in the results: "RELATION subject -> object"."""
-    return f"{f.relation_id} {f.subject} -> {f.object}"
-
-
-def lost_answers(owners: list[Fact], before: dict, after: dict) -> dict[str, int]:
-    """The facts whose right answers a change lost, with how many of their prompts."""
-    lost: dict[str, int] = {}
-    for who, b, a in zip(owners, before["others"], after["others"]):
-        if b.greedy and not a.greedy:
-            lost[named(who)] = lost.get(named(who), 0) + 1
-    return lost
+    others = EvalSet.of("others", lm, audit.untouched(run_facts.values(), replaced))
+    return audit.AuditPlan([e[0] for e in encoded], [e[1] for e in encoded], others)
 
 
 def other_subjects(owners: list[Fact], subjects: set[str], before: dict, after: dict) -> float | None:
@@ -260,20 +235,6 @@ def other_subjects(owners: list[Fact], subjects: set[str], before: dict, after: 
     slot fires by design."""
     kept = [(b, a) for who, b, a in zip(owners, before["others"], after["others"]) if who.subject not in subjects]
     return audit.mean_abs_rel_dp([b for b, _ in kept], [a for _, a in kept])
-
-
-def moved_most(owners: list[Fact], before: dict, after: dict, k: int = 5) -> list[dict]:
-    """The `k` prompts with the largest |dP/P| of P(gold) (what dominates the mean |dP/P|: one
-    prompt whose P(gold) rises from 1e-4 to 0.1 adds as much as a thousand that fall by 100 %)."""
-    moved = [
-        (abs(a.p_gold - b.p_gold) / b.p_gold, who, b.p_gold, a.p_gold)
-        for who, b, a in zip(owners, before["others"], after["others"])
-        if b.p_gold > 0
-    ]
-    return [
-        {"fact": named(who), "rel_dp": round(r, 3), "p_before": round(pb, 6), "p_after": round(pa, 6)}
-        for r, who, pb, pa in sorted(moved, key=lambda m: m[0], reverse=True)[:k]
-    ]
 
 
 def _write(rows: list[dict]) -> Path:
@@ -304,7 +265,7 @@ def inject_and_audit(
     model knew the true object), roll back and check the sha256."""
     pairs, before_true = known_before(lm, rows, truth, spec.heldout)
     facts = facts_from_file(_write(rows))
-    whole, owners = whole_run_plan(store, lm, run, facts, spec.heldout, truth)
+    whole = whole_run_plan(store, lm, run, facts, spec.heldout, truth)
     whole_before = audit.measure(lm, whole)
     t0 = time.time()
     rec = inject_facts(store, lm, run, facts, spec)
@@ -321,10 +282,8 @@ def inject_and_audit(
     result = {"n_facts": len(rows), "layers": rec.layers, "audit": a, "in_run": subset(rec.audit, in_run_pos)}
     result["heldout_known"] = known
     result["whole_run"] = {k: v for k, v in verdict.items() if k.startswith("others")}
-    result["whole_run"]["lost"] = lost_answers(owners, whole_before, whole_after)
-    result["whole_run"]["moved_most"] = moved_most(owners, whole_before, whole_after)
     result["whole_run"]["others_mean_abs_rel_dp_other_subjects"] = other_subjects(
-        owners, {f.subject for f in facts}, whole_before, whole_after
+        whole.others.owners, {f.subject for f in facts}, whole_before, whole_after
     )
     result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])

@@ -29,7 +29,7 @@ from atlas.jobs.evaluate import fact_p  # noqa: E402
 from atlas.jobs.inject import fact_from_option, inject_facts  # noqa: E402
 from atlas.jobs.inject_weights import as_of_injection, rollback_injection  # noqa: E402
 from atlas.model.loading import load_model  # noqa: E402
-from bench.injection import choose_facts, named, spec_from  # noqa: E402
+from bench.injection import choose_facts, spec_from  # noqa: E402
 from bench.results import append_result  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     injected, subjects = {(f.subject, f.relation_id) for f in facts}, {f.subject for f in facts}
     _, run_facts, _ = read_run_atlas(store, args.run)
     mine = [f for f in run_facts.values() if f.subject in subjects and (f.subject, f.relation_id) not in injected]
-    names, about = [named(f) for f in mine], {f.subject for f in mine}
+    names, about = [f.name for f in mine], {f.subject for f in mine}
     before = dict(zip(names, fact_p(lm, mine)))
     t0, result = time.time(), {"fact": [f"{f.subject}|{f.relation_id}|{f.object}" for f in facts], "before": before}
     for fields in args.specs.split(";"):

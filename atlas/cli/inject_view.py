@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from atlas.db.injections import InjectionRecord
+from atlas.jobs.report_injections import named_changes
 
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -55,12 +56,14 @@ def describe(i: InjectionRecord, per_fact: bool = True) -> str:
             f"{a.get('others_right_kept')}/{a.get('others_right_before')}, "
             f"slot firing rate {_pct(a.get('others_firing_rate'))}"
         )
+        lines += _named(a, "others")
         lines.append(
             f"  same subjects, other relations ({a.get('same_subject_prompts', 0)} prompts): mean |dP/P| "
             f"{_pct(a.get('same_subject_mean_abs_rel_dp'))}, right answers kept "
             f"{a.get('same_subject_right_kept')}/{a.get('same_subject_right_before')}, "
             f"slot firing rate {_pct(a.get('same_subject_firing_rate'))}"
         )
+        lines += _named(a, "same_subject")
         lines.append(
             f"  fluency: perplexity {_pct(a.get('fluency_ppl_change'), True)} "
             f"(text never used as negatives: {_pct(a.get('fluency_unseen_ppl_change'), True)})"
@@ -79,6 +82,10 @@ def describe(i: InjectionRecord, per_fact: bool = True) -> str:
                 f"held-out {_pct(fa.get('generalisation'))}{_guards(guards)}"
             )
     return "\n".join(lines)
+
+
+def _named(a: dict[str, Any], group: str) -> list[str]:
+    return [f"    {what}: {said}" for what, said in named_changes(a, group).items() if said]
 
 
 def _guards(guards: list[dict[str, Any]]) -> str:

@@ -32,6 +32,11 @@ class Fact:
     object: str
     prompts: list[str] = field(default_factory=list)  # causal prompt texts scored in the run
 
+    @property
+    def name(self) -> str:
+        """How results name the fact: "RELATION subject -> object"."""
+        return f"{self.relation_id} {self.subject} -> {self.object}"
+
 
 @dataclass(frozen=True)
 class SlotStat:

@@ -36,11 +36,13 @@ GENERAL_TEXT = Path(__file__).parents[1] / "data" / "general_text.txt"
 
 @dataclass
 class EvalSet:
-    """Prompts of some facts, encoded, with the answer each is scored against."""
+    """Prompts of some facts, encoded, with the answer each is scored against and the fact it asks
+    about (`owners`: what an audit names when a prompt moves)."""
 
     name: str
     items: list[PromptItem] = field(default_factory=list)
     candidates: list[torch.Tensor | None] = field(default_factory=list)
+    owners: list[Fact] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -58,6 +60,7 @@ class EvalSet:
                 if not isinstance(item, str):
                     out.items.append(item)
                     out.candidates.append(candidates)
+                    out.owners.append(f)
         return out
 
     def measure(self, lm: LoadedModel) -> list[Scored]:

@@ -56,7 +56,7 @@ from atlas.errors import ConflictError, InputError
 from atlas.jobs import inject_audit as audit
 from atlas.jobs.evaluate import EvalSet, sample
 from atlas.jobs.inject_pools import namesakes, own_pools, pool_inputs, read_pools
-from atlas.jobs.inject_prompts import encode_fact, keep_items, key_positions, prefixed_items, replaced_tokens
+from atlas.jobs.inject_prompts import encode_fact, fact_keep, key_positions, prefixed_items, replaced_tokens
 from atlas.jobs.inject_weights import injected_copy, pair_bytes
 from atlas.jobs.specs import InjectSpec
 from atlas.jobs.weights import ModelArg, resolve_model
@@ -327,10 +327,8 @@ def _build_all(work: _Work, index: int) -> tuple[list[FactSlots], dict, dict]:
         if spec.namesake_guards:
             names = {layer: own_pool.get((namesakes(f.subject), layer)) for layer in layers[i]}
             guard_against = {lay: (torch.cat(n.blocks), shut[lay]) for lay, n in names.items() if n is not None} or None
-        keeping = key_at[i] is not None and (spec.keep_weight > 0 or spec.keep_gold > 0)  # only where used
-        held = at.keep_golds.get(f.subject, {}) if spec.keep_gold else {}
         replaced = at.replaced[(f.subject, f.relation_id)]
-        keep, golds = keep_items(lm, f, at.keep_templates, held, {f.object, *replaced}) if keeping else ([], [])
+        keep, golds = fact_keep(lm, f, spec, key_at[i] is not None, at.keep_templates, at.keep_golds, replaced)
         old = replaced_tokens(lm, encoded[i][2][0], replaced)
         extra = prefixed_items(lm, f, encoded[i][2][: len(items)], spec)
         built.append(

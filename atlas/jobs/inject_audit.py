@@ -9,7 +9,9 @@
   injected subject and relation, or restating one that an injected fact replaces, left out): the
   mean |dP/P| of P(gold), the share of right (greedy) answers kept, and the slot firing rate - the
   share of those prompts on which any injected pair is above its threshold
-  (clamp(a (w . x - b), 0, 1) > 0 at any position of the prompt);
+  (clamp(a (w . x - b), 0, 1) > 0 at any position of the prompt); and by name, the facts whose
+  right answers were lost and the `MOVED_MOST` prompts moved most (a mean |dP/P| is often one
+  prompt's rise from P = 1e-7);
 * the same for the atlas's facts about an injected subject in other relations (`same_subject`):
   a slot keyed on the subject (`--key-position subject`) fires on all of them, and its value may
   move their answers too;
@@ -129,11 +131,48 @@ def mean_abs_rel_dp(before: Sequence[Scored], after: Sequence[Scored]) -> float 
     return sum(rel) / len(rel) if rel else None
 
 
-def _specificity(name: str, before: list[Scored], after: list[Scored], fired: list[bool] | None) -> dict:
+MOVED_MOST = 5  # prompts named per group of the audit, most moved first
+
+
+def lost_answers(owners: Sequence[Fact], before: Sequence[Scored], after: Sequence[Scored]) -> dict[str, int]:
+    """The facts whose right (greedy) answers a change lost, with how many of their prompts each."""
+    lost: dict[str, int] = {}
+    for who, b, a in zip(owners, before, after):
+        if b.greedy and not a.greedy:
+            lost[who.name] = lost.get(who.name, 0) + 1
+    return lost
+
+
+def moved_most(
+    owners: Sequence[Fact], before: Sequence[Scored], after: Sequence[Scored], k: int = MOVED_MOST
+) -> list[dict[str, Any]]:
+    """The `k` prompts with the largest |dP/P| of P(gold), with their facts: what decides a mean
+    |dP/P|, where one prompt whose P(gold) rises from 1e-4 to 0.1 adds as much as a thousand that
+    fall by 100 %."""
+    moved = [
+        (abs(a.p_gold - b.p_gold) / b.p_gold, who, b.p_gold, a.p_gold)
+        for who, b, a in zip(owners, before, after)
+        if b.p_gold > 0
+    ]
+    return [
+        {"fact": who.name, "rel_dp": _sig(r), "p_before": _sig(pb), "p_after": _sig(pa)}
+        for r, who, pb, pa in sorted(moved, key=lambda m: m[0], reverse=True)[:k]
+    ]
+
+
+def _sig(x: float) -> float:
+    """`x` to 4 significant digits: a P(gold) of 4e-7 is the point, not 0."""
+    return float(f"{x:.4g}")
+
+
+def _specificity(
+    name: str, before: list[Scored], after: list[Scored], fired: list[bool] | None, owners: Sequence[Fact]
+) -> dict:
     """A group of facts the injection should leave alone: its prompts' mean |dP/P| of P(gold) (and
     Dai et al.'s form, mean |dP| / mean P: a ratio of means, which one prompt whose P(gold) rises
     from 1e-7 cannot decide alone), the right (greedy) answers kept, and the share of its prompts
-    on which a slot fires."""
+    on which a slot fires; and which facts those figures come from (`owners`, the fact of each
+    prompt): the right answers lost and the prompts moved most."""
     total, moved = sum(b.p_gold for b in before), sum(abs(a.p_gold - b.p_gold) for b, a in zip(before, after))
     right = [a.greedy for b, a in zip(before, after) if b.greedy]
     return {
@@ -144,6 +183,8 @@ def _specificity(name: str, before: list[Scored], after: list[Scored], fired: li
         f"{name}_right_kept": sum(right),
         f"{name}_kept": _rate(right),
         f"{name}_firing_rate": _rate(fired or []),
+        f"{name}_lost": lost_answers(owners, before, after),
+        f"{name}_moved_most": moved_most(owners, before, after),
     }
 
 
@@ -172,8 +213,14 @@ def judge(plan: AuditPlan, before: dict[str, Any], after: dict[str, Any], built_
         "heldout_firing_rate": _rate(after["heldout_firing"] or []),
         "n_train_prompts": len(after["train"]),
         "n_heldout_prompts": len(after["heldout"]),
-        **_specificity("others", before["others"], after["others"], after["firing"]),
-        **_specificity("same_subject", before["same_subject"], after["same_subject"], after["same_subject_firing"]),
+        **_specificity("others", before["others"], after["others"], after["firing"], plan.others.owners),
+        **_specificity(
+            "same_subject",
+            before["same_subject"],
+            after["same_subject"],
+            after["same_subject_firing"],
+            plan.same_subject.owners,
+        ),
         "facts": per_fact,
     }
     if before["fluency"] and after["fluency"]:

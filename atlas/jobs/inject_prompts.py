@@ -115,6 +115,25 @@ def keep_items(
     return items, golds
 
 
+def fact_keep(
+    lm: LoadedModel,
+    f: NewFact,
+    spec: InjectSpec,
+    subject_keyed: bool,
+    relation_templates: Mapping[str, str],
+    golds: Mapping[str, Mapping[str, Sequence[str]]],
+    replaced: Sequence[str],
+) -> tuple[list[PromptItem], list[tuple[int, int]]]:
+    """The keep prompts of a fact's values and their held golds (`keep_items`): none unless its keys
+    read the subject and `--keep-weight` or `--keep-gold` weighs them; the atlas's objects for the
+    subject (`golds`: subject -> relation -> objects) only with `--keep-gold`, but never the new
+    object or those it replaces."""
+    if not subject_keyed or (spec.keep_weight <= 0 and spec.keep_gold <= 0):
+        return [], []
+    held = golds.get(f.subject, {}) if spec.keep_gold > 0 else {}
+    return keep_items(lm, f, relation_templates, held, {f.object, *replaced})
+
+
 def prefixed_items(
     lm: LoadedModel, f: NewFact, texts: Sequence[str], spec: InjectSpec
 ) -> tuple[list[PromptItem], list[int] | None]:

@@ -6,6 +6,8 @@ with all of an injection's facts (and the earlier applied injections) in the mod
 
 from __future__ import annotations
 
+from typing import Any
+
 from atlas.db.injections import list_injections
 from atlas.db.store import Store
 
@@ -46,4 +48,20 @@ def injection_section(store: Store, run: str) -> list[str]:
             f"{_p(a.get('others_firing_rate'))} | {same} | "
             f"{_p(a.get('fluency_ppl_change'), True)} |"
         )
+    named = [(i.id, "; ".join(f"{k}: {v}" for k, v in named_changes(i.audit).items() if v)) for i in rows]
+    if any(said for _, said in named):
+        md += ["", "Which other facts of the run those figures come from (stored with each audit):", ""]
+        md += [f"- injection {n}: {said}" for n, said in named if said]
     return md + [""]
+
+
+def named_changes(a: dict[str, Any], group: str = "others") -> dict[str, str]:
+    """The facts behind an audit group's figures, by name (what `atlas inject show` and the report
+    print): the prompts moved most, with |dP/P| and P(gold) before -> after, and the right answers
+    lost, with their prompt counts; an empty string where there are none."""
+    moved = ", ".join(
+        f"{m['fact']} {m['rel_dp']:.3g} ({m['p_before']:.2g} -> {m['p_after']:.2g})"
+        for m in a.get(f"{group}_moved_most") or []
+    )
+    lost = ", ".join(f"{fact} ({n})" for fact, n in sorted((a.get(f"{group}_lost") or {}).items()))
+    return {"moved most (abs dP/P)": moved, "right answers lost": lost}

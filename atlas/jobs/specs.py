@@ -308,7 +308,7 @@ class InjectSpec:
         "many Adam steps on the fact's values alone (0: none).",
     )
     value_goal: float = opt(
-        0.9,
+        0.99,
         help="Value: run the Adam steps for every fact, past the line search, until each prompt its gate "
         "opens for answers the new object with at least this probability (0: only where the line search "
         "leaves a prompt unanswered, stopping once it is answered; BENCHMARKS.md).",
@@ -329,7 +329,7 @@ class InjectSpec:
         "BENCHMARKS.md).",
     )
     keep_gold: float = opt(
-        0.0,
+        1.0,
         help="Value, for subject keys: weight of the mean squared change of log P(object) of the atlas's "
         "facts about the subject outside the run (the run is what the audit measures), each read on its "
         "relation's keep prompt; the Adam steps then run for every such fact as with --keep-weight "

@@ -61,12 +61,15 @@ def test_inject_show_list_report_export_rollback(store, tmp_path) -> None:
     shown = _run(store, "inject", "show", one)
     assert "France -> Berlin (was Paris)" in shown and "generalisation (held-out prompts)" in shown
     assert re.search(r"specificity: mean \|dP/P\| [\d.]+% \(mean \|dP\| / mean P [\d.]+%\)", shown), shown
+    # the other facts behind that figure, by name, most moved first
+    assert re.search(r"moved most \(abs dP/P\): P\d+ \S.* -> \S.* [\d.e+-]+ \([\d.e-]+ -> [\d.e-]+\)", shown), shown
     assert "slots L" in shown and "+49 (relation)" in shown
     listed = _run(store, "inject", "list")
     assert listed.index(f"injection {two}:") < listed.index(f"injection {one}:")
     _run(store, "report", "--run", w.run, "--output", str(tmp_path / "rep"))
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "others mean abs dP / mean P" in text
+    assert re.search(rf"- injection {one}: .*moved most \(abs dP/P\): P\d+ ", text), text
     assert "## Injecting facts" in text and re.search(rf"\| {two} \| applied \| 1 \| 1 \| 50 -> 52 \| 100.0% \|", text)
     exported = tmp_path / "exported"
     _run(store, "inject", "export", two, str(exported), *model)

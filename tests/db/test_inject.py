@@ -19,7 +19,7 @@ from atlas.db.datasets import Fact as DFact
 from atlas.db.edits import applied_stack
 from atlas.db.facts import load_dataset
 from atlas.db.injections import applied_injections, default_layer, list_injections, model_injections
-from atlas.db.neurons import read_run_atlas
+from atlas.db.neurons import Fact, read_run_atlas
 from atlas.db.queries import load_query
 from atlas.db.runs import resolve_run
 from atlas.errors import ConflictError, EditError, InputError, WeightsMismatch
@@ -103,11 +103,13 @@ def test_injection_is_recorded_with_its_slots_and_audit(store, tmp_path) -> None
 def test_a_subject_keyed_slot_reads_the_subject_and_is_audited_on_its_other_facts(store, tmp_path, family) -> None:
     """The default keys read the subject's last token at a third of the depth (a decoder and a
     masked LM); the audit measures the atlas's other facts about the injected subject, on which
-    such a slot fires."""
+    such a slot fires (without --keep-gold, which reads those outside the run into the values
+    instead: test_keep_golds_are_facts_outside_the_run_and_leave_the_audit_unseen)."""
     w = build_world(store, tmp_path, family=family)
     with store.begin() as conn:  # another fact about France, in the atlas but not in the run
         _add_atlas_fact(conn, "fr", "P30", "France", "Europe", 9000)
-    rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], replace(QUICK, key_position="subject"))
+    spec = replace(QUICK, key_position="subject", keep_gold=0.0)
+    rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
     info, a = rec.facts[0].info, rec.audit
     assert info["layer_source"] == "subject" and info["slots"] == [[1, 48]] and rec.layers == [1]
     assert a["n_train_prompts"] == 2
@@ -132,12 +134,13 @@ def test_a_fact_pushes_down_the_object_it_replaces_and_its_restatements_leave_th
     """The atlas's fact of the injected subject and relation (P36 France -> Paris) is the one the
     injection replaces (`injection_replaced`, both backends): its object is recorded and its token
     is the one the value pushes down; a fact restating it in another relation (the same subject
-    and object) is left out of the audit, which still measures the subject's other facts."""
+    and object) is left out of the audit, which still measures the subject's other facts (these
+    are outside the run: without --keep-gold, which would read them into the values instead)."""
     w = build_world(store, tmp_path)
     with store.begin() as conn:
         for k, (rel, obj) in enumerate((("P30", "Europe"), ("P37", "Paris"))):
             _add_atlas_fact(conn, f"fr{k}", rel, "France", obj, 9200 + 10 * k)
-    spec = replace(QUICK, key_position="subject")
+    spec = replace(QUICK, key_position="subject", keep_gold=0.0)
     rec = inject_facts(store, w.lm, w.run, [_fact("France", "P36", "Berlin")], spec)
     info, a = rec.facts[0].info, rec.audit
     assert info["replaces"] == ["Paris"] and info["old_token"] == "Paris"
@@ -382,15 +385,29 @@ def test_an_exported_injected_model_is_indexed_and_its_slot_is_a_knowledge_neuro
 
 def test_specificity_reports_the_mean_ratio_and_the_ratio_of_means() -> None:
     """Per prompt |dP/P|, averaged (the issue's form), beside sum |dP| / sum P (Dai et al.'s), which
-    a prompt near P = 0 cannot decide alone; prompts with P = 0 before count only in the second."""
+    a prompt near P = 0 cannot decide alone; prompts with P = 0 before count only in the second;
+    and by name the facts whose right answers were lost and the prompts moved most."""
 
     def s(p: float, greedy: bool = False) -> Scored:
         return Scored(p, (), greedy, 0)
 
     before = [s(4e-7), s(0.5, True), s(0.2, True), s(0.0)]
     after = [s(5e-4), s(0.45), s(0.2, True), s(0.01)]
-    got = inject_audit._specificity("others", before, after, None)
+    owners = [
+        Fact("j", "P190", "Beijing", "Johannesburg"),
+        Fact("r", "P36", "Italy", "Rome"),
+        Fact("p", "P36", "France", "Paris"),
+        Fact("z", "P30", "Kenya", "Africa"),
+    ]
+    got = inject_audit._specificity("others", before, after, None, owners)
     ratios = [(5e-4 - 4e-7) / 4e-7, 0.05 / 0.5, 0.0]
     assert got["others_mean_abs_rel_dp"] == pytest.approx(sum(ratios) / 3)
     assert got["others_change_of_means"] == pytest.approx((5e-4 - 4e-7 + 0.05 + 0.01) / (0.7 + 4e-7))
     assert (got["others_right_before"], got["others_right_kept"]) == (2, 1)
+    assert got["others_lost"] == {"P36 Italy -> Rome": 1}
+    moved = [(m["fact"], m["rel_dp"], m["p_before"], m["p_after"]) for m in got["others_moved_most"]]
+    assert moved == [
+        ("P190 Beijing -> Johannesburg", 1249.0, 4e-7, 5e-4),
+        ("P36 Italy -> Rome", 0.1, 0.5, 0.45),
+        ("P36 France -> Paris", 0.0, 0.2, 0.2),
+    ]  # Kenya's prompt had P = 0 before: no ratio

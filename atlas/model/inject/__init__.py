@@ -26,7 +26,7 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   never above `--max-scale` S = 1.6; then (`--value-steps` N = 100) up to N Adam steps on v alone
   (never longer than S residual norms), minimising the mean hinge
   max(0, -log P(o' tokens) - log(1 / G)) on those prompts, until each is answered with
-  probability G (`--value-goal` G = 0.9; with G = 0 only where no scale reaches every prompt,
+  probability G (`--value-goal` G = 0.99; with G = 0 only where no scale reaches every prompt,
   stopping once it does, and with G = 0.9 as the hinge's level). The prompts are the fact's
   training prompts and the same prompts read after `--value-prefixes` 4 neutral opening
   sentences ("I read this in a book. ..."; `atlas.jobs.inject_prompts.PREFIXES`), where a gate
@@ -37,8 +37,10 @@ fact <s, r, o'> becomes, in a chosen layer l, one pair of ordinary neurons whose
   subject (generic ones, "[X] is", ..., and one template of every other relation of the atlas: the
   slot fires there too) from the model's without the fact, and runs the steps for every fact until
   `values.PATIENCE` steps bring no 1 % lower loss (`values.refine_values`, `values.Keep`);
-  `--keep-gold` W_g (0 by default) adds W_g x the mean squared change of log P of the atlas's
-  objects for the subject in other relations (facts outside the audited run) on those prompts;
+  `--keep-gold` W_g (1 by default) adds W_g x the mean squared change of log P of the atlas's
+  objects for the subject in other relations (facts outside the audited run) on those prompts
+  (what a KL term misses: an object at P = 4e-7 that a value raises 1,000-fold), and runs the steps
+  for every fact that has such objects;
 * layer: a third of the depth for subject keys (`atlas.jobs.inject`);
 * widening (`widen`): the clamp is the difference of two activations act(k t) - act(k (t - 1)),
   divided by k, in every supported family (LLaMA's gated MLP with mlp_bias=True, GPT-2, NeoX, BERT);

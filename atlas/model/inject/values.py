@@ -28,7 +28,7 @@ with S = 3.2, 0.15 %, but "The Big Surprise" opened on "surprising" and "surpris
 value within the same length.
 
 Then `refine_values` optimises the fact's values and nothing else, at most `value_steps` Adam steps
-from the line search's best: with a goal G (`--value-goal`, 0.9 by default) for every fact, until
+from the line search's best: with a goal G (`--value-goal`, 0.99 by default) for every fact, until
 each prompt answers the new object with probability G, where the line search stops at the bare
 greedy win (a held-out wording, read through the same value, needs the margin: on SmolLM2 this
 and the prefixes below raise held-out top-1 from 40 % to 69 % on a user file, BENCHMARKS.md);
