@@ -24,7 +24,8 @@
 #        erasures fit in one machine, the report after them did not)
 #   bash bench/gpu_smollm2.sh audit      # carrying .gpu/g4: bench/audit_ceiling.py on a sketched atlas (LIMIT facts
 #       per relation, indexed there with --sketch-rank 4), in the background; then 'collect'
-#   bash bench/gpu_smollm2.sh collect    # (later calls) waits up to WAIT_S for it, writes $OUT
+#   bash bench/gpu_smollm2.sh collect    # (later calls) waits up to WAIT_S for it, writes $OUT (with the
+#       atlas as atlas_pq.tar once every job has ended, or with PQ=1 at once; PQ=0: never)
 set -uo pipefail
 mode=${1:-stage}
 out=${OUT:-/tmp/out}; mkdir -p "$out" /tmp/stage
@@ -129,8 +130,10 @@ if [ "$mode" = collect ]; then
     # at most 8 files come back from a call: the report's files and the logs travel as one archive each
     [ -d /tmp/bg/report ] && tar -czf "$out/report.tgz" -C /tmp/bg report
     # PQ_DB: a copy no job holds any more (a running job keeps its DuckDB file locked)
-    # one archive (at most 8 files come back): unpack it into .gpu/pq for the next machine
-    if [ -n "${PQ:-}" ]; then
+    # one archive (at most 8 files come back): unpack it into .gpu/pq for the next machine, or for a
+    # CPU follow-up here (a machine's atlas is gone with it); by default once every job has ended
+    done_now=; pgrep -f "/tmp/bg/(run|audit).sh" >/dev/null || done_now=1
+    if [ -n "${PQ:-$done_now}" ] && [ "${PQ:-}" != 0 ]; then
         rm -rf /tmp/pqx && mkdir -p /tmp/pqx && python3 bench/gpu_smollm2_import.py "${PQ_DB:-/tmp/bg/atlas.duckdb}" /tmp/pqx export \
             && tar -cf "$out/atlas_pq.tar" -C /tmp/pqx .
     fi
