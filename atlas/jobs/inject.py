@@ -1,7 +1,7 @@
 """`atlas inject`: add facts <s, r, o'> to a model as new FFN slot pairs, audited against a run.
 
-Read -> compute -> write, as every edit: one transaction reads the run, its facts, the model's
-applied edits and injections, the facts already injected, the default layers (the statement
+Read -> compute -> write, as every edit: one transaction (`atlas.jobs.inject_read`) reads the run,
+its facts, the model's applied edits and injections, the facts already injected, the default layers (the statement
 `inject_default_layer`: the weighted median layer of the relation's knowledge neurons in the run)
 and the pools of prompts the keys are built against (`inject_pools`: other facts of the injected
 relations and of the others, each injected relation's, and with --namesake-negatives or
@@ -33,30 +33,25 @@ from typing import Any
 import torch
 
 from atlas.db.datasets import make_prompt, pararel_templates, read_jsonl
-from atlas.db.edits import EditRows, applied_stack, check_stack
+from atlas.db.edits import check_stack
 from atlas.db.injections import (
     APPLIED,
     InjectedFact,
     InjectionRecord,
-    InjectionRows,
     NewInjection,
-    applied_injections,
     check_injections,
-    default_layer,
     get_injection,
-    injected_facts,
     insert_injection,
     set_audit,
 )
-from atlas.db.neurons import Fact, facts_of_rows, run_facts
 from atlas.db.runs import Run, resolve_run
-from atlas.db.sqlfile import sql_text
 from atlas.db.store import Store
 from atlas.errors import ConflictError, InputError
 from atlas.jobs import inject_audit as audit
 from atlas.jobs.evaluate import EvalSet, sample
-from atlas.jobs.inject_pools import namesakes, own_pools, pool_inputs, read_pools
+from atlas.jobs.inject_pools import namesakes, own_pools, pool_inputs
 from atlas.jobs.inject_prompts import encode_fact, fact_keep, key_positions, prefixed_items, replaced_tokens
+from atlas.jobs.inject_read import InjectionAtlas, read_atlas
 from atlas.jobs.inject_weights import injected_copy, pair_bytes
 from atlas.jobs.specs import InjectSpec
 from atlas.jobs.weights import ModelArg, resolve_model
@@ -103,66 +98,6 @@ def fact_from_option(text: str, templates: Sequence[str] = ()) -> NewFact:
     return NewFact(f"{relation}:{subject}->{obj}", relation, subject, obj, prompts)
 
 
-@dataclass
-class _Atlas:
-    """What one transaction read for an injection."""
-
-    run: Run
-    facts: dict[str, Fact]
-    edits: list[EditRows]
-    stack: list[InjectionRows]
-    known: list[InjectedFact]
-    layers: dict[str, int | None]
-    run_layer: int | None
-    negatives: list[tuple[str, str, str, str]]  # (pool: '', a relation or `namesakes(s)`; fact id, text, object)
-    same_subject: list[Fact]  # facts of the atlas about an injected subject (other relations too)
-    keep_templates: dict[str, str]  # relation -> the template its keep prompts use (injection_keep_templates.sql)
-    keep_golds: dict[str, dict[str, list[str]]]  # subject -> relation -> objects outside the run (--keep-gold)
-    replaced: dict[tuple[str, str], list[str]]  # (subject, relation) -> the atlas's objects a fact replaces
-
-
-def _read(store: Store, run_name: str | int, facts: Sequence[NewFact], spec: InjectSpec, causal: bool) -> _Atlas:
-    with store.begin() as conn:
-        run = resolve_run(conn, run_name)
-        be = store.backend
-        rels = sorted({f.relation_id for f in facts})
-        subjects = sorted({f.subject for f in facts})
-        negatives = read_pools(conn, be, facts, spec, causal)
-        kept = {
-            r.relation_id: r.template
-            for r in conn.execute(sql_text("injection_keep_templates", be), {"causal": causal})
-        }
-        params = {
-            "subjects": subjects,
-            "causal": causal,
-            "kept": sorted(set(kept.values())),
-            "limit": 20 * spec.audit_facts,
-        }
-        same = facts_of_rows(conn.execute(sql_text("injection_same_subject", be), params))
-        replaced: dict[tuple[str, str], list[str]] = {}
-        for r in conn.execute(sql_text("injection_replaced", be), {"subjects": subjects, "relation_ids": rels}):
-            replaced.setdefault((r.subject, r.relation_id), []).append(r.object)
-        in_run = run_facts(conn, run.id, be)
-        golds: dict[str, dict[str, list[str]]] = {}
-        for r in conn.execute(sql_text("injection_keep_golds", be), {"subjects": subjects}):
-            if r.fact_id not in in_run:
-                golds.setdefault(r.subject, {}).setdefault(r.relation_id, []).append(r.object)
-        return _Atlas(
-            run,
-            in_run,
-            applied_stack(conn, be, run.model_id),
-            applied_injections(conn, be, run.model_id),
-            injected_facts(conn, be, run.model_id),
-            {r: default_layer(conn, be, run.id, r) for r in rels},
-            default_layer(conn, be, run.id, ""),
-            negatives,
-            list(same.values()),
-            kept,
-            golds,
-            {(f.subject, f.relation_id): replaced.get((f.subject, f.relation_id), []) for f in facts},
-        )
-
-
 def _refuse_contradictions(facts: Sequence[NewFact], known: Sequence[InjectedFact]) -> None:
     """A fact whose subject and relation an applied injection (or an earlier line) already gave an object."""
     held = {(k.subject, k.relation_id): (k.object, f"injection {k.injection_id}") for k in known if k.status == APPLIED}
@@ -177,7 +112,7 @@ def _refuse_contradictions(facts: Sequence[NewFact], known: Sequence[InjectedFac
         held[(f.subject, f.relation_id)] = (f.object, f"fact {f.id!r} of this input")
 
 
-def _layers_of(lm: LoadedModel, f: NewFact, spec: InjectSpec, at: _Atlas) -> tuple[list[int], str]:
+def _layers_of(lm: LoadedModel, f: NewFact, spec: InjectSpec, at: InjectionAtlas) -> tuple[list[int], str]:
     n = lm.adapter.n_layers
     if spec.layers:
         for layer in spec.layers:
@@ -203,7 +138,7 @@ def inject_facts(
         raise InputError("no fact to inject")
     _refuse_contradictions(facts, [])
     lm = resolve_model(store, lm, _run_of(store, run_name))
-    at = _read(store, run_name, facts, spec, causal=not lm.adapter.is_masked_lm)
+    at = read_atlas(store, run_name, facts, spec, causal=not lm.adapter.is_masked_lm)
     _refuse_contradictions(facts, at.known)
     check_injectable(lm.adapter)
     layers = [_layers_of(lm, f, spec, at) for f in facts]
@@ -232,7 +167,7 @@ def _run_of(store: Store, run_name: str | int) -> Run:
 
 
 def _plan(
-    lm: LoadedModel, at: _Atlas, facts: Sequence[NewFact], encoded: list, spec: InjectSpec
+    lm: LoadedModel, at: InjectionAtlas, facts: Sequence[NewFact], encoded: list, spec: InjectSpec
 ) -> tuple[audit.AuditPlan, set[str]]:
     """What the audit measures, and the ids of the other facts it measures (never negatives)."""
     others = audit.untouched(at.facts.values(), at.replaced)
@@ -255,7 +190,7 @@ class _Work:
     the facts with their encoded prompts and layers, the options, and the audited facts' ids."""
 
     lm: LoadedModel
-    at: _Atlas
+    at: InjectionAtlas
     plan: audit.AuditPlan
     facts: Sequence[NewFact]
     encoded: list
@@ -368,7 +303,7 @@ def _fact_info(lm: LoadedModel, b: FactSlots, source: str, replaced: list[str]) 
 
 
 def _write(
-    store: Store, at: _Atlas, spec: InjectSpec, out: dict, rows: list[InjectedFact], lm: LoadedModel
+    store: Store, at: InjectionAtlas, spec: InjectSpec, out: dict, rows: list[InjectedFact], lm: LoadedModel
 ) -> InjectionRecord:
     pairs = [pair_bytes(p, i) for i, b in enumerate(out["built"]) for p in b.pairs]
     params = {
