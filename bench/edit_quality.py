@@ -77,17 +77,9 @@ def held_out(
     for rel, facts in sorted(pool.items()):
         cands = object_candidates(lm, facts)
         facts = [f for f in sample(facts, 4 * (known + other), f"{seed}:{rel}") if f.prompts]
-        probe = EvalSet(rel, candidates=[])
-        owner = []
-        for i, f in enumerate(facts):
-            one = EvalSet.of(f.id, lm, [f], candidates=cands)
-            probe.items += one.items
-            probe.candidates += one.candidates
-            owner += [i] * len(one.items)
-        right = {owner[j] for j, s in enumerate(probe.measure(lm)) if s.greedy or s.candidate_top1}
-        chosen = [f for i, f in enumerate(facts) if i in right][:known] + [
-            f for i, f in enumerate(facts) if i not in right
-        ][:other]
+        probe = EvalSet.of(rel, lm, facts, candidates=cands)
+        right = {id(who) for who, s in zip(probe.owners, probe.measure(lm)) if s.greedy or s.candidate_top1}
+        chosen = [f for f in facts if id(f) in right][:known] + [f for f in facts if id(f) not in right][:other]
         sets.append(EvalSet.of(rel, lm, chosen, candidates=cands))
     return [s for s in sets if s.items]
 

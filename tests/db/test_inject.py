@@ -9,7 +9,6 @@ import json
 from dataclasses import replace
 
 import pytest
-import sqlalchemy as sa
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -249,18 +248,8 @@ def test_keep_golds_are_facts_outside_the_run_and_leave_the_audit_unseen(store, 
     the audit's same-subject group (the run's facts only, then) never measures that fact, and each
     rollback restores the weights' hash."""
     w = build_world(store, tmp_path)
-    with store.begin() as conn:  # the world's prompts have ids of their own: the next ones
-        first = conn.execute(sa.select(sa.func.max(schema.prompts.c.id))).scalar_one() + 1
-        conn.execute(
-            schema.facts.insert().values(id="fr", relation_id="P30", subject="France", object="Europe", dataset="more")
-        )
-        for k, t in enumerate(RELATIONS["P30"][3]):
-            text = t.replace("[X]", "France")
-            conn.execute(
-                schema.prompts.insert().values(
-                    id=first + k, fact_id="fr", template=t, text=text, causal=True, masked=True
-                )
-            )
+    with store.begin() as conn:
+        _add_atlas_fact(conn, "fr", "P30", "France", "Europe", 9000)
     (off, audit_off), (on, audit_on) = _with_and_without(store, w, "keep_gold")
     assert off != on
     # P30's three templates but the keep prompt's, then none
