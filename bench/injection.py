@@ -13,7 +13,8 @@ gets; the last 2 causal prompts of each fact are held out (`--heldout`).
    (efficacy, held-out generalisation, the run's other facts: mean |dP/P|, right answers kept,
    slot firing; fluency), all facts active at once; and the held-out generalisation over the
    held-out prompts on which the model gave the fact's TRUE object before ("heldout_known": the
-   paraphrases it reads as the relation at all); and the run's other facts measured over all of
+   paraphrases it reads as the relation at all; greedy over every token of the object, and per
+   template: the stored audit's `generalisation_where_known` judges by the first token); and the run's other facts measured over all of
    them ("whole_run", `whole_run_plan`: the audit samples them; with Dai et al.'s mean |dP| /
    mean P, and `other_subjects`: the mean |dP/P| without the injected subjects). Then rolled
    back; the sha256 must come back.

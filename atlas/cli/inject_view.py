@@ -48,7 +48,7 @@ def describe(i: InjectionRecord, per_fact: bool = True) -> str:
         lines.append(f"  efficacy (new object greedy, training prompts): {_pct(a.get('efficacy'))}")
         lines.append(
             f"  generalisation (held-out prompts): {_pct(a.get('generalisation'))}, "
-            f"a slot open on {_pct(a.get('heldout_firing_rate'))} of them"
+            f"a slot open on {_pct(a.get('heldout_firing_rate'))} of them{_where_known(a)}"
         )
         lines.append(
             f"  specificity: mean |dP/P| {_pct(a.get('others_mean_abs_rel_dp'))} "
@@ -82,6 +82,16 @@ def describe(i: InjectionRecord, per_fact: bool = True) -> str:
                 f"held-out {_pct(fa.get('generalisation'))}{_guards(guards)}"
             )
     return "\n".join(lines)
+
+
+def _where_known(a: dict[str, Any]) -> str:
+    """Generalisation over the held-out prompts the model answered with the replaced object before."""
+    if a.get("heldout_known") is None:
+        return ""
+    return (
+        f"; {_pct(a.get('generalisation_where_known'))} of the {a['heldout_known']} the model "
+        "answered with the replaced object before"
+    )
 
 
 def _named(a: dict[str, Any], group: str) -> list[str]:

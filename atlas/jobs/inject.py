@@ -180,6 +180,11 @@ def _plan(
         [e[1] for e in encoded],
         EvalSet.of("others", lm, chosen),
         EvalSet.of("same_subject", lm, sample(same, spec.audit_facts, f"inject-same:{spec.seed}")),
+        [
+            tuple(replaced_tokens(lm, text, at.replaced[(f.subject, f.relation_id)]))
+            for f, (train, _, texts) in zip(facts, encoded)
+            for text in texts[len(train) :]
+        ],
     )
     return plan, {f.id for f in chosen} if spec.audit_unseen else set()
 

@@ -4,7 +4,10 @@
   slot was built on), per fact and pooled over prompts;
 * generalisation: the same on its held-out prompts (templates the slot never saw), and the share
   of them on which a slot opens (`heldout_firing`): a key that stays shut there, or a value too
-  weak where it opens, are two different failures;
+  weak where it opens, are two different failures; and the same over the held-out prompts whose
+  first answer token was the object the fact replaces before (`generalisation_where_known`, of
+  `heldout_known` prompts): a paraphrase that the model does not complete with the old object
+  ("[X]'s state government sits in" -> " the") is one it may not read as the relation at all;
 * specificity, over every other fact of the run (up to `audit_facts`; `untouched`: facts sharing an
   injected subject and relation, or restating one that an injected fact replaces, left out): the
   mean |dP/P| of P(gold), the share of right (greedy) answers kept, and the slot firing rate - the
@@ -59,6 +62,8 @@ class AuditPlan:
     heldout: list[list[PromptItem]]
     others: EvalSet
     same_subject: EvalSet = field(default_factory=lambda: EvalSet("same_subject"))
+    # per held-out prompt, in `heldout`'s order: the first tokens of the objects its fact replaces
+    replaced_tokens: list[tuple[int, ...]] = field(default_factory=list)
 
 
 def measure(lm: LoadedModel, plan: AuditPlan, pairs: Sequence[SlotPair] = ()) -> dict[str, Any]:
@@ -188,6 +193,18 @@ def _specificity(
     }
 
 
+def _where_known(plan: AuditPlan, before: Sequence[Scored], after: Sequence[Scored]) -> dict[str, Any]:
+    """Held-out generalisation over the prompts the model answered with a replaced object before
+    (its first token the top-1), and how many there were (None without replaced objects)."""
+    if not any(plan.replaced_tokens):
+        return {"heldout_known": None, "generalisation_where_known": None}
+    known = [b.top1 in olds for b, olds in zip(before, plan.replaced_tokens)]
+    return {
+        "heldout_known": sum(known),
+        "generalisation_where_known": _rate([a.greedy for a, k in zip(after, known) if k]),
+    }
+
+
 def judge(plan: AuditPlan, before: dict[str, Any], after: dict[str, Any], built_hits: Sequence[int]) -> dict:
     """The stored audit: per fact and pooled (see the module docstring)."""
     train_b, train_a = _split(before["train"], plan.train), _split(after["train"], plan.train)
@@ -211,6 +228,7 @@ def judge(plan: AuditPlan, before: dict[str, Any], after: dict[str, Any], built_
         "generalisation": _rate([s.greedy for s in after["heldout"]]),
         "generalisation_before": _rate([s.greedy for s in before["heldout"]]),
         "heldout_firing_rate": _rate(after["heldout_firing"] or []),
+        **_where_known(plan, before["heldout"], after["heldout"]),
         "n_train_prompts": len(after["train"]),
         "n_heldout_prompts": len(after["heldout"]),
         **_specificity("others", before["others"], after["others"], after["firing"], plan.others.owners),

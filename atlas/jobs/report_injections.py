@@ -18,6 +18,11 @@ def _p(x: float | None, signed: bool = False) -> str:
     return f"{x:+.2%}" if signed else f"{x:.1%}"
 
 
+def _known(a: dict[str, Any]) -> str:
+    n = a.get("heldout_known") if a else None
+    return "" if n is None else f" ({_p(a.get('generalisation_where_known'))} of {n})"
+
+
 def injection_section(store: Store, run: str) -> list[str]:
     """`## Injecting facts`: one row per injection (newest first)."""
     md = ["## Injecting facts", ""]
@@ -28,7 +33,8 @@ def injection_section(store: Store, run: str) -> list[str]:
         "Facts added as new FFN slot pairs (key: discriminant direction of the FFN input, read at the subject "
         "or the answer position; gate: clamped ramp; value: log-probability gradient, line-searched and "
         "refined). Efficacy: the new object is the greedy answer on the prompts the slots were built on; "
-        "held-out: on prompts they never saw; others: every other fact of the run (mean |dP/P| of P(gold); "
+        "held-out: on prompts they never saw (in brackets: over those of them whose top-1 was the replaced object "
+        "before, and how many); others: every other fact of the run (mean |dP/P| of P(gold); "
         "Dai et al.'s mean |dP| / mean P, which no one prompt near P = 0 decides; right answers kept, "
         "share of their prompts on which a slot fires); same subject: the atlas's other "
         "facts about an injected subject; fluency: perplexity of the bundled general text.",
@@ -43,7 +49,8 @@ def injection_section(store: Store, run: str) -> list[str]:
         same = f"{a.get('same_subject_right_kept')}/{a.get('same_subject_right_before')}" if a else "n/a"
         md.append(
             f"| {i.id} | {i.status} | {i.n_facts} | {', '.join(map(str, i.layers))} | "
-            f"{i.width_before} -> {i.width_after} | {_p(a.get('efficacy'))} | {_p(a.get('generalisation'))} | "
+            f"{i.width_before} -> {i.width_after} | {_p(a.get('efficacy'))} | "
+            f"{_p(a.get('generalisation'))}{_known(a)} | "
             f"{_p(a.get('others_mean_abs_rel_dp'))} | {_p(a.get('others_change_of_means'))} | {kept} | "
             f"{_p(a.get('others_firing_rate'))} | {same} | "
             f"{_p(a.get('fluency_ppl_change'), True)} |"

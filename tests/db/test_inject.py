@@ -23,6 +23,7 @@ from atlas.db.queries import load_query
 from atlas.db.runs import resolve_run
 from atlas.errors import ConflictError, EditError, InputError, WeightsMismatch
 from atlas.jobs import inject_audit
+from atlas.jobs.evaluate import EvalSet
 from atlas.jobs.inject import NewFact, fact_from_option, inject_facts
 from atlas.jobs.inject_weights import export_injection, injected_copy, rollback_injection
 from atlas.jobs.specs import InjectSpec
@@ -148,6 +149,8 @@ def test_a_fact_pushes_down_the_object_it_replaces_and_its_restatements_leave_th
     rollback_injection(store, w.lm, rec.id)
     new = inject_facts(store, w.lm, w.run, [_fact("Kenya", "P36", "Berlin")], spec)  # no Kenya capital in the atlas
     assert new.facts[0].info["replaces"] == [] and new.facts[0].info["old_token"] != "Berlin"
+    # held-out prompts answered with the replaced object before: counted where there is one
+    assert 0 <= a["heldout_known"] <= a["n_heldout_prompts"] and new.audit["heldout_known"] is None
 
 
 def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
@@ -400,3 +403,15 @@ def test_specificity_reports_the_mean_ratio_and_the_ratio_of_means() -> None:
         ("P36 Italy -> Rome", 0.1, 0.5, 0.45),
         ("P36 France -> Paris", 0.0, 0.2, 0.2),
     ]  # Kenya's prompt had P = 0 before: no ratio
+
+
+def test_generalisation_where_known_counts_the_prompts_whose_top1_was_a_replaced_object() -> None:
+    """Held-out prompt k's fact replaces objects whose first tokens are `replaced_tokens[k]`; the
+    model "knew" it when its top-1 before was one of them; held-out prompts of a fact that replaces
+    nothing never count."""
+    plan = inject_audit.AuditPlan([], [], EvalSet("others"), replaced_tokens=[(7,), (7, 9), (), (5,)])
+    before = [Scored(0.1, (), False, top1) for top1 in (7, 9, 3, 6)]
+    after = [Scored(p, (), p > 0.5, 1) for p in (0.9, 0.2, 0.9, 0.9)]
+    assert inject_audit._where_known(plan, before, after) == {"heldout_known": 2, "generalisation_where_known": 0.5}
+    none = inject_audit.AuditPlan([], [], EvalSet("others"), replaced_tokens=[(), ()])
+    assert inject_audit._where_known(none, before[:2], after[:2])["heldout_known"] is None

@@ -25,3 +25,11 @@ def test_show_says_where_no_guard_could_be_built_and_is_silent_without_namesakes
     assert "slot opens on 3 namesake positions, no guard parts them" in shown and "guard L" not in shown
     quiet = describe(_record([{"layer": 10, "opened": 0, "cancelled": 0, "separable": True, "index": None}]))
     assert "namesake" not in quiet
+
+
+def test_show_gives_held_out_generalisation_where_the_model_knew_the_replaced_object() -> None:
+    rec = _record([])
+    rec.audit.update({"generalisation": 0.46, "heldout_known": 18, "generalisation_where_known": 13 / 18})
+    assert "46.0%" in describe(rec) and "72.2% of the 18 the model answered with the replaced object" in describe(rec)
+    rec.audit.update({"heldout_known": None, "generalisation_where_known": None})
+    assert "replaced object" not in describe(rec)
