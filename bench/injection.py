@@ -14,10 +14,10 @@ gets; the last 2 causal prompts of each fact are held out (`--heldout`).
    slot firing; fluency), all facts active at once; and the held-out generalisation over the
    held-out prompts on which the model gave the fact's TRUE object before ("heldout_known": the
    paraphrases it reads as the relation at all; greedy over every token of the object, and per
-   template: the stored audit's `generalisation_where_known` judges by the first token); and the run's other facts measured over all of
-   them ("whole_run", `whole_run_plan`: the audit samples them; with Dai et al.'s mean |dP| /
-   mean P, and `other_subjects`: the mean |dP/P| without the injected subjects). Then rolled
-   back; the sha256 must come back.
+   template: the stored audit's `generalisation_where_known` judges by the first token); and the
+   run's other facts measured over all of them ("whole_run", `whole_run_plan`: the audit samples
+   them; with Dai et al.'s mean |dP| / mean P, and `other_subjects`: the mean |dP/P| without the
+   injected subjects). Then rolled back; the sha256 must come back.
 2. The update rule (`atlas edit update --form paper`) on the in-run facts, applied one after the
    other, then the same measurement (`atlas.jobs.inject_audit`) on the same prompts, then rolled
    back (`--kn-forms paper,ls` also runs the default `ls` form).
