@@ -1,14 +1,17 @@
-"""The prompts an injection's keys are built against, read from the atlas in the job's read
-transaction and turned into FFN inputs once the model runs.
+"""The prompts an injection's keys are built against, read from the atlas in the job's read transaction
+and turned into FFN inputs once the model runs.
 
 Pools (named by a string): the shared one ('': prompts of other facts, half of the injected
-relations and half of the others, and the start of the general text), one per injected relation
-(its templates with other subjects), and one per injected subject of its namesakes
+relations and half of the others, and the start of the general text), one per injected relation (its
+templates with other subjects), and one per injected subject of its namesakes
 (`injection_namesakes`: the atlas's facts whose subject contains the subject's last word, where a
 key read at that word opens too). The namesakes are a fact's own negatives with
 `--namesake-negatives`, the positives of its guard pairs with `--namesake-guards`
-(`atlas.model.inject.guards`). Prompts of the facts the audit measures are never read: its
-specificity is measured on prompts the keys, gates and guards never saw.
+(`atlas.model.inject.guards`), and, when either is on, in no other pool: one namesake drawn into the
+shared pool ("The capital of Empire of Japan is" for a fact about Japan) scored above a training
+prompt and shut the fact's gate on it, where its guard would have cancelled it. Prompts of the facts
+the audit measures are never read: its specificity is measured on prompts the keys, gates and guards
+never saw.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ def last_word(subject: str) -> str:
     return subject.split()[-1] if subject.split() else subject
 
 
+def _namesake(subject: str, words: set[str]) -> bool:
+    """Whether `subject` contains one of `words` (as `injection_namesakes` reads it)."""
+    return any(w in subject for w in words)
+
+
 def own_pools(f: NewFact, spec: InjectSpec) -> list[str]:
     """The pools of negatives a fact adds to the shared one: its relation's, and its namesakes'
     with --namesake-negatives."""
@@ -52,17 +60,18 @@ def read_pools(conn: Any, backend: str, facts: Sequence[NewFact], spec: InjectSp
     """Every pool's prompts (module docstring), in one transaction."""
     rels = sorted({f.relation_id for f in facts})
     subjects = sorted({f.subject for f in facts})
+    limit = max(spec.namesake_negatives, spec.namesake_guards)
+    words = {last_word(s) for s in subjects} if limit else set()
     out: list[Pooled] = []
     for same in (True, False):  # the shared pool: the injected relations and the others, half each
         params = {"relation_ids": rels, "subjects": subjects, "same": same, "causal": causal}
         params["limit"] = (spec.negatives + (not same)) // 2
         rows = conn.execute(sql_text("injection_negatives", backend), params)
-        out += [("", r.fact_id, r.text, r.object) for r in rows]
+        out += [("", r.fact_id, r.text, r.object) for r in rows if not _namesake(r.subject, words)]
     for rel in rels:  # each injected relation's own pool: its templates with other subjects
         params = {"relation_ids": [rel], "subjects": subjects, "same": True, "causal": causal}
         rows = conn.execute(sql_text("injection_negatives", backend), params | {"limit": spec.relation_negatives})
-        out += [(rel, r.fact_id, r.text, r.object) for r in rows]
-    limit = max(spec.namesake_negatives, spec.namesake_guards)
+        out += [(rel, r.fact_id, r.text, r.object) for r in rows if not _namesake(r.subject, words)]
     for subject in subjects if limit else ():
         params = {"subject": subject, "word": last_word(subject), "causal": causal, "limit": limit}
         rows = conn.execute(sql_text("injection_namesakes", backend), params)

@@ -25,6 +25,7 @@ from atlas.errors import ConflictError, EditError, InputError, WeightsMismatch
 from atlas.jobs import inject_audit
 from atlas.jobs.evaluate import EvalSet
 from atlas.jobs.inject import NewFact, fact_from_option, inject_facts
+from atlas.jobs.inject_pools import read_pools
 from atlas.jobs.inject_weights import export_injection, injected_copy, rollback_injection
 from atlas.jobs.specs import InjectSpec
 from atlas.model.loading import load_model, weights_sha256
@@ -177,13 +178,39 @@ def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
     assert "namesakes:France@1" not in pools[1] and pools[0]["P36@1"] == pools[1]["P36@1"]
 
 
+def test_namesakes_are_read_into_their_own_pool_only(store, tmp_path) -> None:
+    """A namesake ("Bank of France") drawn into the shared pool shut a fact's gate on its own
+    training prompts (SmolLM2: "The capital of Empire of Japan is" above "In Japan, people pay
+    with the"): when namesakes are read for guards or as negatives, they are in no other pool; with
+    neither, they are ordinary negatives (both backends)."""
+    build_world(store, tmp_path)
+    with store.begin() as conn:
+        for k, subject in enumerate(("Bank of France", "Kenya")):
+            _add_atlas_fact(conn, f"ns{k}", "P30", subject, "Africa", 9100 + 10 * k)
+    fact = _fact("France", "P36", "Berlin")
+
+    def pools_of(spec: InjectSpec) -> dict[str, set[str]]:
+        with store.begin() as conn:
+            pooled = read_pools(conn, store.backend, [fact], spec, causal=True)
+        out: dict[str, set[str]] = {}
+        for pool, fid, *_ in pooled:
+            out.setdefault(pool, set()).add(fid)
+        return out
+
+    every = replace(QUICK, key_position="subject", negatives=100_000, relation_negatives=100_000)  # the whole atlas
+    guarded = pools_of(every)
+    assert "ns0" in guarded["namesakes:France"] and "ns0" not in guarded[""] | guarded.get("P36", set())
+    assert "ns1" in guarded[""]  # other facts stay
+    plain = pools_of(replace(every, namesake_guards=0, namesake_negatives=0))
+    assert "namesakes:France" not in plain and {"ns0", "ns1"} <= plain[""]
+
+
 def test_guards_are_recorded_and_take_no_room_where_none_is_built(store, tmp_path) -> None:
     """With --namesake-guards a fact records, per pair, how many positions of its namesakes'
     prompts ("France Telecom" for "France") its slot opens on and how many a guard could shut;
-    a guard is built only where it shuts some (here the namesake's prompts read "France" exactly
-    as the fact's own do: none), and the model is widened by exactly the pairs built, not by the
-    room reserved for guards; the rollback restores the sha256 (both backends; the guard itself:
-    tests/unit/test_inject.py)."""
+    a guard is built only where it shuts some, and the model is widened by exactly the pairs
+    built, not by the room reserved for guards; the rollback restores the sha256 (both backends;
+    the guard itself: tests/unit/test_inject.py)."""
     w = build_world(store, tmp_path)
     base = weights_sha256(w.lm.model)
     with store.begin() as conn:
@@ -194,8 +221,11 @@ def test_guards_are_recorded_and_take_no_room_where_none_is_built(store, tmp_pat
     rec = inject_facts(store, w.lm, w.run, [france, _fact("Kenya", "P36", "Rome")], spec)
     france, kenya = (f.info for f in rec.facts)
     assert kenya["guards"] == []  # no namesake of Kenya in the atlas
-    assert france["guards"] == [{"layer": 1, "opened": 3, "cancelled": 0, "separable": False, "index": None}]
-    assert rec.width_after - rec.width_before == 4 and len(france["slots"]) == len(kenya["slots"]) == 1
+    (guard,) = france["guards"]
+    assert (guard["layer"], guard["opened"]) == (1, 3) and (guard["index"] is None) == (guard["cancelled"] == 0)
+    built = guard["index"] is not None
+    assert rec.width_after - rec.width_before == 2 * (2 + built) and len(kenya["slots"]) == 1
+    assert len(france["slots"]) == 1 + built
     assert rec.audit["n_guard_namesakes"] == {"namesakes:France@1": 19}  # France Telecom's 3 prompts' tokens
     assert "namesakes:France@1" not in rec.audit["n_relation_negatives"]  # guards only: not negatives
     rollback_injection(store, w.lm, rec.id)
