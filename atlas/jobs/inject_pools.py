@@ -1,17 +1,17 @@
-"""The prompts an injection's keys are built against, read from the atlas in the job's read transaction
-and turned into FFN inputs once the model runs.
+"""The prompts an injection's keys are built against, read from the atlas in the job's read
+transaction and turned into FFN inputs once the model runs.
 
 Pools (named by a string): the shared one ('': prompts of other facts, half of the injected
-relations and half of the others, and the start of the general text), one per injected relation (its
-templates with other subjects), and one per injected subject of its namesakes
+relations and half of the others, and the start of the general text), one per injected relation
+(its templates with other subjects), and one per injected subject of its namesakes
 (`injection_namesakes`: the atlas's facts whose subject contains the subject's last word, where a
 key read at that word opens too). The namesakes are a fact's own negatives with
 `--namesake-negatives`, the positives of its guard pairs with `--namesake-guards`
-(`atlas.model.inject.guards`), and, when either is on, in no other pool: one namesake drawn into the
-shared pool ("The capital of Empire of Japan is" for a fact about Japan) scored above a training
-prompt and shut the fact's gate on it, where its guard would have cancelled it. Prompts of the facts
-the audit measures are never read: its specificity is measured on prompts the keys, gates and guards
-never saw.
+(`atlas.model.inject.guards`), and, when either is on, in no other pool: one namesake drawn into
+the shared pool ("The capital of Empire of Japan is" for a fact about Japan) scored above a
+training prompt and shut the fact's gate on it, where its guard would have cancelled it. Prompts
+of the facts the audit measures are never read: its specificity is measured on prompts the keys,
+gates and guards never saw.
 """
 
 from __future__ import annotations
