@@ -314,12 +314,16 @@ def main() -> None:
     ap.add_argument("--kn-forms", default="paper", help="update forms compared, e.g. paper,ls")
     ap.add_argument("--relations", default=None, help="facts of these relations of the atlas (e.g. U1,U2)")
     ap.add_argument("--spec", default="", help="InjectSpec fields other than the defaults, e.g. gate_low=0.5")
+    ap.add_argument("--subjects", default=None, help="only the drawn facts of these subjects ('|'-separated)")
     args = ap.parse_args()
     store = Store(args.db)
     lm = load_model("smollm2", device=args.device)
     base = weights_sha256(lm.model)
     rels = args.relations.split(",") if args.relations else None
     rows, ids, truth = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
+    if args.subjects:  # a part of a seed's draw (the same facts and new objects), e.g. to trace one slot
+        rows = [r for r in rows if r["subject"] in args.subjects.split("|")]
+        ids = [i for i in ids if i in {r["id"] for r in rows}]
     spec = spec_from(args.spec, args.layers)
     t0 = time.time()
     result = {"n_facts": len(rows)}

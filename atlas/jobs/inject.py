@@ -253,6 +253,7 @@ def _build_all(work: _Work, index: int) -> tuple[list[FactSlots], dict, dict]:
     own = [answer_inputs(lm.model, lm.adapter, items, used, at=where) for items, where in zip(plan.train, key_at)]
     trained = [it for items in plan.train for it in items] if spec.namesake_guards else []
     shut = answer_inputs(lm.model, lm.adapter, trained, used, every_position=True)  # no guard opens there
+    held = injected_golds(at.keep_golds, facts)
     built: list[FactSlots] = []
     for i, (f, items) in enumerate(zip(facts, plan.train)):
         negs = {}
@@ -261,14 +262,14 @@ def _build_all(work: _Work, index: int) -> tuple[list[FactSlots], dict, dict]:
             for name in own_pools(f, spec):
                 if (name, layer) in own_pool:
                     pool = pool + own_pool[(name, layer)]
-            rest = [o[layer] for j, o in enumerate(own) if j != i]
+            rest = [o[layer] for j, o in enumerate(own) if j != i and not _namesame(facts[j], f, key_at[i])]
             negs[layer] = pool.plus(torch.cat(rest)) if rest else pool
         guard_against = None  # the namesake pool is also read for --namesake-negatives alone
         if spec.namesake_guards:
             names = {layer: own_pool.get((namesakes(f.subject), layer)) for layer in layers[i]}
             guard_against = {lay: (torch.cat(n.blocks), shut[lay]) for lay, n in names.items() if n is not None} or None
         replaced = at.replaced[(f.subject, f.relation_id)]
-        keep, golds = fact_keep(lm, f, spec, key_at[i] is not None, at.keep_templates, at.keep_golds, replaced)
+        keep, golds = fact_keep(lm, f, spec, key_at[i] is not None, at.keep_templates, held, replaced)
         old = replaced_tokens(lm, encoded[i][2][0], replaced)
         extra = prefixed_items(lm, f, encoded[i][2][: len(items)], spec)
         built.append(
@@ -290,6 +291,25 @@ def _build_all(work: _Work, index: int) -> tuple[list[FactSlots], dict, dict]:
         )
         index += _room(spec) * len(layers[i])
     return built, shared, own_pool
+
+
+def _namesame(other: NewFact, f: NewFact, key_at: list[int] | None) -> bool:
+    """Whether `other`'s training prompts are left out of `f`'s negatives: they name the same
+    subject where both keys read it, so no gate parts them (SmolLM2, seed 2: "Paulus Manutius"
+    died in Stockholm and worked in Pasadena; injected together, both gates stayed shut and
+    neither fact was injected). Both slots then open on both facts' prompts; each one's values
+    hold the other's new object (`injected_golds`)."""
+    return key_at is not None and other.subject == f.subject
+
+
+def injected_golds(golds: dict[str, dict[str, list[str]]], facts: Sequence[NewFact]) -> dict[str, dict[str, list[str]]]:
+    """The objects the values hold on their subject's other relations (`--keep-gold`: the atlas's,
+    subject -> relation -> objects), but for a relation this injection gives the subject a new
+    object, that one instead of those it replaces."""
+    out = {s: dict(rels) for s, rels in golds.items()}
+    for f in facts:
+        out.setdefault(f.subject, {})[f.relation_id] = [f.object]
+    return out
 
 
 def _fact_info(lm: LoadedModel, b: FactSlots, source: str, replaced: list[str]) -> dict[str, Any]:

@@ -7,11 +7,16 @@ relations and half of the others, and the start of the general text), one per in
 (`injection_namesakes`: the atlas's facts whose subject contains the subject's last word, where a
 key read at that word opens too). The namesakes are a fact's own negatives with
 `--namesake-negatives`, the positives of its guard pairs with `--namesake-guards`
-(`atlas.model.inject.guards`), and, when either is on, in no other pool: one namesake drawn into
-the shared pool ("The capital of Empire of Japan is" for a fact about Japan) scored above a
-training prompt and shut the fact's gate on it, where its guard would have cancelled it. Prompts
-of the facts the audit measures are never read: its specificity is measured on prompts the keys,
-gates and guards never saw.
+(`atlas.model.inject.guards`). When either is on, the namesakes that hold an injected subject
+whole ("Empire of Japan" for "Japan") are in no other pool: the key sees the same name in nearly
+the same context there, so no gate separates them. One drawn into the shared pool ("The capital
+of Empire of Japan is") scored above a training prompt ("In Japan, people pay with the") and shut
+the fact's gate on it, where its guard would have cancelled it. Namesakes that share only the
+last word ("Jorum Glacier" for "Suvorov Glacier") stay ordinary negatives: the gate separates
+them, and without them in the pools a glacier's slot opened on the run's other glaciers
+(SmolLM2, H100: right answers kept fell from 684 to 666-675 of 685 on two seeds). Prompts of the
+facts the audit measures are never read: its specificity is measured on prompts the keys, gates
+and guards never saw.
 """
 
 from __future__ import annotations
@@ -45,9 +50,9 @@ def last_word(subject: str) -> str:
     return subject.split()[-1] if subject.split() else subject
 
 
-def _namesake(subject: str, words: set[str]) -> bool:
-    """Whether `subject` contains one of `words` (as `injection_namesakes` reads it)."""
-    return any(w in subject for w in words)
+def _holds(subject: str, injected: set[str]) -> bool:
+    """Whether `subject` holds one of the `injected` subjects whole (module docstring)."""
+    return any(s in subject for s in injected)
 
 
 def own_pools(f: NewFact, spec: InjectSpec) -> list[str]:
@@ -61,17 +66,17 @@ def read_pools(conn: Any, backend: str, facts: Sequence[NewFact], spec: InjectSp
     rels = sorted({f.relation_id for f in facts})
     subjects = sorted({f.subject for f in facts})
     limit = max(spec.namesake_negatives, spec.namesake_guards)
-    words = {last_word(s) for s in subjects} if limit else set()
+    aside = set(subjects) if limit else set()
     out: list[Pooled] = []
     for same in (True, False):  # the shared pool: the injected relations and the others, half each
         params = {"relation_ids": rels, "subjects": subjects, "same": same, "causal": causal}
         params["limit"] = (spec.negatives + (not same)) // 2
         rows = conn.execute(sql_text("injection_negatives", backend), params)
-        out += [("", r.fact_id, r.text, r.object) for r in rows if not _namesake(r.subject, words)]
+        out += [("", r.fact_id, r.text, r.object) for r in rows if not _holds(r.subject, aside)]
     for rel in rels:  # each injected relation's own pool: its templates with other subjects
         params = {"relation_ids": [rel], "subjects": subjects, "same": True, "causal": causal}
         rows = conn.execute(sql_text("injection_negatives", backend), params | {"limit": spec.relation_negatives})
-        out += [(rel, r.fact_id, r.text, r.object) for r in rows if not _namesake(r.subject, words)]
+        out += [(rel, r.fact_id, r.text, r.object) for r in rows if not _holds(r.subject, aside)]
     for subject in subjects if limit else ():
         params = {"subject": subject, "word": last_word(subject), "causal": causal, "limit": limit}
         rows = conn.execute(sql_text("injection_namesakes", backend), params)

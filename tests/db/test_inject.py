@@ -24,7 +24,7 @@ from atlas.db.runs import resolve_run
 from atlas.errors import ConflictError, EditError, InputError, WeightsMismatch
 from atlas.jobs import inject_audit
 from atlas.jobs.evaluate import EvalSet
-from atlas.jobs.inject import NewFact, fact_from_option, inject_facts
+from atlas.jobs.inject import NewFact, fact_from_option, inject_facts, injected_golds
 from atlas.jobs.inject_pools import read_pools
 from atlas.jobs.inject_weights import export_injection, injected_copy, rollback_injection
 from atlas.jobs.specs import InjectSpec
@@ -178,16 +178,18 @@ def test_a_subjects_namesakes_are_its_negatives(store, tmp_path) -> None:
     assert "namesakes:France@1" not in pools[1] and pools[0]["P36@1"] == pools[1]["P36@1"]
 
 
-def test_namesakes_are_read_into_their_own_pool_only(store, tmp_path) -> None:
-    """A namesake ("Bank of France") drawn into the shared pool shut a fact's gate on its own
-    training prompts (SmolLM2: "The capital of Empire of Japan is" above "In Japan, people pay
-    with the"): when namesakes are read for guards or as negatives, they are in no other pool; with
-    neither, they are ordinary negatives (both backends)."""
+def test_namesakes_holding_the_subject_are_read_into_their_own_pool_only(store, tmp_path) -> None:
+    """A namesake holding the injected subject whole ("Suvorov Glacier Tongue" for "Suvorov
+    Glacier") drawn into the shared pool shut a fact's gate on its own training prompts (SmolLM2:
+    "The capital of Empire of Japan is" above "In Japan, people pay with the"): when namesakes are
+    read for guards or as negatives, those are in no other pool. One sharing only the last word
+    ("Jorum Glacier") stays a negative too, which keeps the slot shut on it; with neither option
+    all are ordinary negatives (both backends)."""
     build_world(store, tmp_path)
     with store.begin() as conn:
-        for k, subject in enumerate(("Bank of France", "Kenya")):
+        for k, subject in enumerate(("Suvorov Glacier Tongue", "Jorum Glacier", "Kenya")):
             _add_atlas_fact(conn, f"ns{k}", "P30", subject, "Africa", 9100 + 10 * k)
-    fact = _fact("France", "P36", "Berlin")
+    fact = _fact("Suvorov Glacier", "P36", "Berlin")
 
     def pools_of(spec: InjectSpec) -> dict[str, set[str]]:
         with store.begin() as conn:
@@ -199,10 +201,24 @@ def test_namesakes_are_read_into_their_own_pool_only(store, tmp_path) -> None:
 
     every = replace(QUICK, key_position="subject", negatives=100_000, relation_negatives=100_000)  # the whole atlas
     guarded = pools_of(every)
-    assert "ns0" in guarded["namesakes:France"] and "ns0" not in guarded[""] | guarded.get("P36", set())
-    assert "ns1" in guarded[""]  # other facts stay
+    assert {"ns0", "ns1"} <= guarded["namesakes:Suvorov Glacier"]
+    assert "ns0" not in guarded[""] | guarded.get("P36", set())
+    assert {"ns1", "ns2"} <= guarded[""]  # other facts stay, and namesakes by the last word only
     plain = pools_of(replace(every, namesake_guards=0, namesake_negatives=0))
-    assert "namesakes:France" not in plain and {"ns0", "ns1"} <= plain[""]
+    assert "namesakes:Suvorov Glacier" not in plain and {"ns0", "ns1", "ns2"} <= plain[""]
+
+
+def test_two_facts_of_one_subject_both_open(store, tmp_path) -> None:
+    """Two facts of one subject whose keys read its name: the other's training prompts are not a
+    fact's negatives, which no gate parts from its own ("Kenya" opens both prompts; SmolLM2 shut
+    both gates of "Paulus Manutius" and injected neither), and each one's values hold the other's
+    new object instead of the atlas's (both backends)."""
+    w = build_world(store, tmp_path)
+    two = [_fact("Kenya", "P36", "Rome"), _fact("Kenya", "P30", "Asia")]
+    rec = inject_facts(store, w.lm, w.run, two, replace(QUICK, key_position="subject"))
+    assert [g["separable"] for f in rec.facts for g in f.info["gates"]] == [True, True]
+    held = injected_golds({"Kenya": {"P30": ["Africa"], "P37": ["Swahili"]}, "Peru": {"P36": ["Lima"]}}, two)
+    assert held == {"Kenya": {"P30": ["Asia"], "P37": ["Swahili"], "P36": ["Rome"]}, "Peru": {"P36": ["Lima"]}}
 
 
 def test_guards_are_recorded_and_take_no_room_where_none_is_built(store, tmp_path) -> None:

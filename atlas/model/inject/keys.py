@@ -7,7 +7,8 @@ prompt token, the first mask of a masked LM), X-
 (of the injected relations and of the others), a pool of each injected relation's own prompts with
 other subjects (the same templates: the hardest negatives), optionally a pool of the facts whose
 subject contains the injected one ("University of Chile" for "Chile"), general text, the other
-facts being injected (answer positions) and the fact's own object being spelled. A plain normalised mean of X+
+facts being injected (where their keys read; not those of the fact's own subject when the keys read
+the subject, `atlas.jobs.inject`) and the fact's own object being spelled. A plain normalised mean of X+
 also fires on the relation's other facts (they share the template), so the key is the Fisher
 discriminant direction with a pooled within-class covariance
 
