@@ -237,11 +237,9 @@ def test_guards_are_recorded_and_take_no_room_where_none_is_built(store, tmp_pat
     rec = inject_facts(store, w.lm, w.run, [france, _fact("Kenya", "P36", "Rome")], spec)
     france, kenya = (f.info for f in rec.facts)
     assert kenya["guards"] == []  # no namesake of Kenya in the atlas
-    (guard,) = france["guards"]
-    assert (guard["layer"], guard["opened"]) == (1, 3) and (guard["index"] is None) == (guard["cancelled"] == 0)
-    built = guard["index"] is not None
-    assert rec.width_after - rec.width_before == 2 * (2 + built) and len(kenya["slots"]) == 1
-    assert len(france["slots"]) == 1 + built
+    # France Telecom holds "France" whole: in no pool but the guard's, which shuts one of its positions
+    assert france["guards"] == [{"layer": 1, "opened": 3, "cancelled": 1, "separable": False, "index": 50}]
+    assert rec.width_after - rec.width_before == 6 and len(france["slots"]) == 2 and len(kenya["slots"]) == 1
     assert rec.audit["n_guard_namesakes"] == {"namesakes:France@1": 19}  # France Telecom's 3 prompts' tokens
     assert "namesakes:France@1" not in rec.audit["n_relation_negatives"]  # guards only: not negatives
     rollback_injection(store, w.lm, rec.id)
