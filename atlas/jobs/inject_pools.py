@@ -4,19 +4,19 @@ transaction and turned into FFN inputs once the model runs.
 Pools (named by a string): the shared one ('': prompts of other facts, half of the injected
 relations and half of the others, and the start of the general text), one per injected relation
 (its templates with other subjects), and one per injected subject of its namesakes
-(`injection_namesakes`: the atlas's facts whose subject contains the subject's last word, where a
-key read at that word opens too). The namesakes are a fact's own negatives with
-`--namesake-negatives`, the positives of its guard pairs with `--namesake-guards`
-(`atlas.model.inject.guards`). When either is on, the namesakes that hold an injected subject
-whole ("Empire of Japan" for "Japan") are in no other pool: the key sees the same name in nearly
-the same context there, so no gate separates them. One drawn into the shared pool ("The capital
-of Empire of Japan is") scored above a training prompt ("In Japan, people pay with the") and shut
-the fact's gate on it, where its guard would have cancelled it. Namesakes that share only the
-last word ("Jorum Glacier" for "Suvorov Glacier") stay ordinary negatives: the gate separates
-them, and without them in the pools a glacier's slot opened on the run's other glaciers
+(`injection_namesakes`: the atlas's facts whose subject contains the subject's last word, in any
+case, where a key read at that word opens too: "patent troll"'s at "roll" of "Trollhunter"). The
+namesakes are a fact's own negatives with `--namesake-negatives`, the positives of its guard pairs
+with `--namesake-guards` (`atlas.model.inject.guards`). When either is on, the namesakes that hold
+an injected subject whole ("Empire of Japan" for "Japan") are in no other pool: the key sees the
+same name in nearly the same context there, so no gate separates them. One drawn into the shared
+pool ("The capital of Empire of Japan is") scored above a training prompt ("In Japan, people pay
+with the") and shut the fact's gate on it, where its guard would have cancelled it. Namesakes that
+share only the last word ("Jorum Glacier" for "Suvorov Glacier") stay ordinary negatives: the gate
+separates them, and without them in the pools a glacier's slot opened on the run's other glaciers
 (SmolLM2, H100: right answers kept fell from 684 to 666-675 of 685 on two seeds). Prompts of the
-facts the audit measures are never read: its specificity is measured on prompts the keys, gates
-and guards never saw.
+facts the audit measures are never read: its specificity is measured on prompts the keys, gates and
+guards never saw.
 """
 
 from __future__ import annotations

@@ -351,7 +351,7 @@ class InjectSpec:
         0,
         minimum=0,
         help="Hard negatives, per injected subject: prompts of its namesakes, facts whose subject contains "
-        "its last word ('University of Chile' for 'Chile', 'Benson Glacier' for 'Egbert Benson'), every "
+        "its last word in any case ('University of Chile' for 'Chile', 'Trollhunter' for 'patent troll'), every "
         "position (0: none; they keep those facts' answers but cost efficacy and held-out paraphrases: "
         "BENCHMARKS.md).",
     )

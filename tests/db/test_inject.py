@@ -183,11 +183,12 @@ def test_namesakes_holding_the_subject_are_read_into_their_own_pool_only(store, 
     Glacier") drawn into the shared pool shut a fact's gate on its own training prompts (SmolLM2:
     "The capital of Empire of Japan is" above "In Japan, people pay with the"): when namesakes are
     read for guards or as negatives, those are in no other pool. One sharing only the last word
-    ("Jorum Glacier") stays a negative too, which keeps the slot shut on it; with neither option
-    all are ordinary negatives (both backends)."""
+    ("Jorum Glacier") stays a negative too, which keeps the slot shut on it; so does one holding the
+    word in another case ("Icyglacier Falls": SmolLM2 opened "patent troll"'s slot on "Trollhunter");
+    with neither option all are ordinary negatives (both backends)."""
     build_world(store, tmp_path)
     with store.begin() as conn:
-        for k, subject in enumerate(("Suvorov Glacier Tongue", "Jorum Glacier", "Kenya")):
+        for k, subject in enumerate(("Suvorov Glacier Tongue", "Jorum Glacier", "Kenya", "Icyglacier Falls")):
             _add_atlas_fact(conn, f"ns{k}", "P30", subject, "Africa", 9100 + 10 * k)
     fact = _fact("Suvorov Glacier", "P36", "Berlin")
 
@@ -201,11 +202,11 @@ def test_namesakes_holding_the_subject_are_read_into_their_own_pool_only(store, 
 
     every = replace(QUICK, key_position="subject", negatives=100_000, relation_negatives=100_000)  # the whole atlas
     guarded = pools_of(every)
-    assert {"ns0", "ns1"} <= guarded["namesakes:Suvorov Glacier"]
+    assert guarded["namesakes:Suvorov Glacier"] == {"ns0", "ns1", "ns3"}
     assert "ns0" not in guarded[""] | guarded.get("P36", set())
-    assert {"ns1", "ns2"} <= guarded[""]  # other facts stay, and namesakes by the last word only
+    assert {"ns1", "ns2", "ns3"} <= guarded[""]  # other facts stay, and namesakes by the last word only
     plain = pools_of(replace(every, namesake_guards=0, namesake_negatives=0))
-    assert "namesakes:Suvorov Glacier" not in plain and {"ns0", "ns1", "ns2"} <= plain[""]
+    assert "namesakes:Suvorov Glacier" not in plain and {"ns0", "ns1", "ns2", "ns3"} <= plain[""]
 
 
 def test_two_facts_of_one_subject_both_open(store, tmp_path) -> None:
