@@ -207,6 +207,9 @@ def test_namesakes_holding_the_subject_are_read_into_their_own_pool_only(store, 
     assert {"ns1", "ns2", "ns3"} <= guarded[""]  # other facts stay, and namesakes by the last word only
     plain = pools_of(replace(every, namesake_guards=0, namesake_negatives=0))
     assert "namesakes:Suvorov Glacier" not in plain and {"ns0", "ns1", "ns2", "ns3"} <= plain[""]
+    # where the limit binds, the namesakes holding the word in its own case come first
+    room = pools_of(replace(every, namesake_guards=2 * len(RELATIONS["P30"][3])))
+    assert room["namesakes:Suvorov Glacier"] == {"ns0", "ns1"}
 
 
 def test_two_facts_of_one_subject_both_open(store, tmp_path) -> None:

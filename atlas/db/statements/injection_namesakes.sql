@@ -4,7 +4,9 @@
 -- last token sees the same word there, so a subject-keyed slot opens on them too (a plain
 -- substring: "Indiana" is one of "India"'s, which costs nothing but a few rows; in any letter case,
 -- since SmolLM2 opened the slot of "patent troll" at "roll" of "Trollhunter"). Causal ones only
--- when :causal is true; a fixed pseudo-random order (md5 of the text), at most :limit rows.
+-- when :causal is true; at most :limit rows, those holding the word in its own case first (a short
+-- word in any case is in many names: "lt" of "Teo LT" in 360 subjects of PARAREL), each group in a
+-- fixed pseudo-random order (md5 of the text).
 -- params: :subject (text), :word (text), :causal (bool), :limit (int)
 -- columns: fact_id, relation_id, subject, object, text
 SELECT f.id AS fact_id, f.relation_id, f.subject, f.object, p.text
@@ -12,5 +14,5 @@ FROM prompts p JOIN facts f ON f.id = p.fact_id
 WHERE strpos(lower(f.subject), lower(:word)) > 0
   AND f.subject <> :subject
   AND (p.causal OR NOT :causal)
-ORDER BY md5(p.text || f.id)
+ORDER BY strpos(f.subject, :word) = 0, md5(p.text || f.id)
 LIMIT :limit
