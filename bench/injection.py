@@ -322,7 +322,8 @@ def main() -> None:
     rels = args.relations.split(",") if args.relations else None
     rows, ids, truth = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
     if args.subjects:  # a part of a seed's draw (the same facts and new objects), e.g. to trace one slot
-        rows = [r for r in rows if r["subject"] in args.subjects.split("|")]
+        wanted = set(args.subjects.split("|"))
+        rows = [r for r in rows if r["subject"] in wanted]
         ids = [i for i in ids if i in {r["id"] for r in rows}]
     spec = spec_from(args.spec, args.layers)
     t0 = time.time()

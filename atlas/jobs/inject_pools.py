@@ -46,7 +46,7 @@ def namesakes(subject: str) -> str:
 
 
 def last_word(subject: str) -> str:
-    """The word a subject-keyed slot reads ('Benson' of 'Egbert Benson'): its namesakes contain it."""
+    """The word a subject-keyed slot reads ('Benson' of 'Egbert Benson'): its namesakes contain it, in any case."""
     return subject.split()[-1] if subject.split() else subject
 
 

@@ -6,7 +6,7 @@ prompt token, the first mask of a masked LM), X-
 `[n-, hidden]` those of hard negatives, at every position: a shared pool of prompts of other facts
 (of the injected relations and of the others), a pool of each injected relation's own prompts with
 other subjects (the same templates: the hardest negatives), optionally a pool of the facts whose
-subject contains the injected one ("University of Chile" for "Chile"), general text, the other
+subject contains the injected one's last word in any case ("University of Chile" for "Chile"), general text, the other
 facts being injected (where their keys read; not those of the fact's own subject when the keys read
 the subject, `atlas.jobs.inject`) and the fact's own object being spelled. A plain normalised mean of X+
 also fires on the relation's other facts (they share the template), so the key is the Fisher
