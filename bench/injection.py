@@ -68,10 +68,19 @@ from bench.results import append_result  # noqa: E402
 
 
 def choose_facts(
-    store: Store, lm, run: str, in_run: int, extra: int, seed: int, relations: list[str] | None = None
+    store: Store,
+    lm,
+    run: str,
+    in_run: int,
+    extra: int,
+    seed: int,
+    relations: list[str] | None = None,
+    subjects: str | None = None,
 ) -> tuple[list[dict], list[str], dict[str, str]]:
     """JSONL rows of counterfactual facts, the ids of those that are in the run, and each one's
-    true object (`relations`: those relations of the atlas instead of the run's, e.g. a user file's)."""
+    true object (`relations`: those relations of the atlas instead of the run's, e.g. a user file's;
+    `subjects`, 'A|B': only the drawn facts of those subjects, the same facts and new objects, e.g.
+    to trace one slot)."""
     _, facts, neurons = read_run_atlas(store, run)
     rng = random.Random(seed)
     rows, ids, truth = [], [], {}
@@ -96,6 +105,9 @@ def choose_facts(
             ids += [f"cf-{f.id}"] if inside else []
             truth[f"cf-{f.id}"] = f.object
             n_extra += not inside
+    if subjects:
+        rows = [r for r in rows if r["subject"] in set(subjects.split("|"))]
+        ids = [i for i in ids if i in {r["id"] for r in rows}]
     return rows, ids, truth
 
 
@@ -289,6 +301,9 @@ def inject_and_audit(
     result |= {"rollback_restores_sha256": restored and rolled.status == "rolled_back", "inject_wall_s": round(wall, 1)}
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
     result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)
+    shares = [g["share"] for f in rec.facts for g in f.info.get("guards", []) if g["index"] is not None]
+    result["guards"] = {"built": len(shares), "share_mean": round(sum(shares) / len(shares), 3) if shares else None}
+    result["guards"]["share_below_0.9"] = sum(s < 0.9 for s in shares)
     return result
 
 
@@ -320,11 +335,7 @@ def main() -> None:
     lm = load_model("smollm2", device=args.device)
     base = weights_sha256(lm.model)
     rels = args.relations.split(",") if args.relations else None
-    rows, ids, truth = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
-    if args.subjects:  # a part of a seed's draw (the same facts and new objects), e.g. to trace one slot
-        wanted = set(args.subjects.split("|"))
-        rows = [r for r in rows if r["subject"] in wanted]
-        ids = [i for i in ids if i in {r["id"] for r in rows}]
+    rows, ids, truth = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels, args.subjects)
     spec = spec_from(args.spec, args.layers)
     t0 = time.time()
     result = {"n_facts": len(rows)}

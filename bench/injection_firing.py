@@ -8,7 +8,11 @@ length (the norm it adds to the residual stream there). Text after the first
 `NEGATIVE_TEXT_CHARS` characters was never a negative of any key. With `--about SUBJECT`
 (repeatable) it also reads every prompt of the run's other facts about SUBJECT and lists, per
 prompt, the pairs open there and the norm each adds: which facts' slots reach a prompt whose
-answer moved. Then it rolls the injection back.
+answer moved. With `--namesakes-of SUBJECT` (repeatable) it reads the prompts of that injected
+subject's namesakes (any fact of the database, `injection_namesakes.sql`: those its guard is built
+on are outside the run) and gives, per prompt, the largest norm that the subject's pairs (its slot
+and its guard) add together at one position, beside the slot's alone: what a guard leaves where it
+cancels. Then it rolls the injection back.
 
 Example (the atlas of BENCHMARKS.md's injection sections; seed 7 with the values uncapped):
     PYTHONPATH=. python bench/injection_firing.py --db duckdb:////tmp/s7/a.duckdb --run smollm2-kn100 \\
@@ -28,10 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atlas.db.neurons import read_run_atlas  # noqa: E402
+from atlas.db.sqlfile import sql_text  # noqa: E402
 from atlas.db.store import Store  # noqa: E402
 from atlas.jobs.evaluate import GENERAL_TEXT  # noqa: E402
 from atlas.jobs.inject import facts_from_file, inject_facts  # noqa: E402
 from atlas.jobs.inject_audit import NEGATIVE_TEXT_CHARS  # noqa: E402
+from atlas.jobs.inject_pools import last_word  # noqa: E402
 from atlas.jobs.inject_weights import as_of_injection, rollback_injection  # noqa: E402
 from atlas.model.hooks import hooks  # noqa: E402
 from atlas.model.loading import load_model  # noqa: E402
@@ -83,6 +89,45 @@ def prompt_openings(lm, pairs: dict[tuple[int, int], str], store: Store, run: st
     return out
 
 
+@torch.no_grad()
+def net_added(lm, pairs: list[tuple[int, int]], ids: list[int]) -> tuple[float, float]:
+    """The largest norm, over the positions of `ids`, of what the `pairs` (layer, index) add to the
+    residual stream together, and of what the first of them (a fact's slot) adds alone."""
+    seen: dict[int, torch.Tensor] = {}
+    fns = {layer: (lambda acts, layer=layer: seen.__setitem__(layer, acts[0].clone())) for layer, _ in pairs}
+    with hooks(lm.adapter, fns):
+        lm.model(input_ids=torch.tensor([ids], device=next(lm.model.parameters()).device))
+    added = [
+        (seen[layer][:, index] - seen[layer][:, index + 1])[:, None] * lm.adapter.ffn_out(layer).weight[:, index]
+        for layer, index in pairs
+    ]  # each `[pos, hidden]`
+    return float(sum(added).norm(dim=1).max()), float(added[0].norm(dim=1).max())
+
+
+def namesake_openings(lm, store: Store, rec, subjects: list[str]) -> dict:
+    """Per injected subject of `subjects`: per prompt of its namesakes, what its pairs add together
+    and what its slot adds alone (`net_added`), rounded, and the largest of each."""
+    out = {}
+    for f in rec.facts:
+        if f.subject not in subjects:
+            continue
+        pairs = [tuple(lp) for lp in f.info["slots"]]
+        params = {"subject": f.subject, "word": last_word(f.subject), "causal": True, "limit": 1000}
+        with store.begin() as conn:
+            rows = list(conn.execute(sql_text("injection_namesakes", store.backend), params))
+        prompts = {}
+        for r in rows:
+            ids = list(lm.tokenizer(r.text.split("[Y]")[0].rstrip(), add_special_tokens=False).input_ids)
+            both, alone = net_added(lm, pairs, ids)
+            prompts[r.text.replace("[X]", r.subject)] = [round(both, 2), round(alone, 2)]
+        out[f.subject] = {
+            "largest_together": max((v[0] for v in prompts.values()), default=None),
+            "largest_slot_alone": max((v[1] for v in prompts.values()), default=None),
+            "prompts": prompts,
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db", required=True)
@@ -91,15 +136,18 @@ def main() -> None:
     ap.add_argument("--extra", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--relations", default=None)
+    ap.add_argument("--subjects", default=None, help="only the drawn facts of these subjects ('|'-separated)")
+    ap.add_argument("--layers", default=None)
     ap.add_argument("--spec", default="", help="InjectSpec fields other than the defaults, e.g. max_scale=0")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--about", action="append", default=[], help="a subject whose other facts' prompts are read too")
+    ap.add_argument("--namesakes-of", action="append", default=[], help="an injected subject whose namesakes are read")
     args = ap.parse_args()
     store = Store(args.db)
     lm = load_model("smollm2", device=args.device)
     rels = args.relations.split(",") if args.relations else None
-    rows, _, _ = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels)
-    spec = spec_from(args.spec)
+    rows, _, _ = choose_facts(store, lm, args.run, args.in_run, args.extra, args.seed, rels, args.subjects)
+    spec = spec_from(args.spec, args.layers)
     t0 = time.time()
     rec = inject_facts(store, lm, args.run, facts_from_file(_write(rows)), spec)
     pairs = {(layer, index): f.subject for f in rec.facts for layer, index in f.info["slots"]}
@@ -109,6 +157,7 @@ def main() -> None:
     with as_of_injection(store, lm, rec.id) as (now, _, _):
         found = openings(now, pairs, ids, unseen_from)
         about = prompt_openings(now, pairs, store, args.run, args.about, rec) if args.about else {}
+        names = namesake_openings(now, store, rec, args.namesakes_of)
     rollback_injection(store, lm, rec.id)
     result = {
         "n_facts": len(rows),
@@ -118,6 +167,7 @@ def main() -> None:
         "pairs_open_in_unseen_text": sum(1 for r in found.values() if r["unseen"]),
         "pairs": dict(list(found.items())[:10]),
         "about": about,
+        "namesakes": names,
     }
     print(json.dumps(result, indent=1))
     append_result("injection_firing", vars(args), time.time() - t0, len(rows), result=result)

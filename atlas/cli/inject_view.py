@@ -99,9 +99,11 @@ def _named(a: dict[str, Any], group: str) -> list[str]:
 
 
 def _guards(guards: list[dict[str, Any]]) -> str:
-    """A fact's guards ("guard L10.1538+1539 shuts 12/14 namesake positions"), where its slot opens on a namesake."""
+    """A fact's guards ("guard L10.1538+1539 shuts 12/14 namesake positions, -0.46 v"), where its slot
+    opens on a namesake (the share of the slot's value, recorded since 2026-11-28)."""
     said = [
         f"guard L{g['layer']}.{g['index']}+{g['index'] + 1} shuts {g['cancelled']}/{g['opened']} namesake positions"
+        + (f", -{g['share']:.2f} v" if "share" in g else "")
         if g["index"] is not None
         else f"slot opens on {g['opened']} namesake positions, no guard parts them"
         for g in guards

@@ -360,7 +360,8 @@ class InjectSpec:
         minimum=0,
         help="Guard pairs, per injected subject: of this many prompts of its namesakes (as for "
         "--namesake-negatives), the positions its slot opens on key a second pair that writes minus the "
-        "slot's value there and stays shut on the fact's own prompts and the negatives (0: none; "
+        "slot's value there (the share matching how far the slot is open) and stays shut on the fact's "
+        "own prompts and the negatives (0: none; "
         "atlas.model.inject.guards, BENCHMARKS.md).",
     )
     audit_facts: int = opt(200, minimum=1, help="Other facts of the run measured for specificity (all when fewer).")

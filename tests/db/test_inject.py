@@ -242,7 +242,9 @@ def test_guards_are_recorded_and_take_no_room_where_none_is_built(store, tmp_pat
     france, kenya = (f.info for f in rec.facts)
     assert kenya["guards"] == []  # no namesake of Kenya in the atlas
     # France Telecom holds "France" whole: in no pool but the guard's, which shuts one of its positions
-    assert france["guards"] == [{"layer": 1, "opened": 3, "cancelled": 1, "separable": False, "index": 50}]
+    (guard,) = france["guards"]
+    assert 0.0 < guard.pop("share") <= 1.0  # minus that share of the slot's value (tests/unit/test_inject.py)
+    assert guard == {"layer": 1, "opened": 3, "cancelled": 1, "separable": False, "index": 50}
     assert rec.width_after - rec.width_before == 6 and len(france["slots"]) == 2 and len(kenya["slots"]) == 1
     assert rec.audit["n_guard_namesakes"] == {"namesakes:France@1": 19}  # France Telecom's 3 prompts' tokens
     assert "namesakes:France@1" not in rec.audit["n_relation_negatives"]  # guards only: not negatives

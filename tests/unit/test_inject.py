@@ -14,7 +14,7 @@ from atlas.errors import ModelError
 from atlas.model.adapters import adapter_for
 from atlas.model.encode import PromptItem
 from atlas.model.inject import SlotPair, widened, write_pair
-from atlas.model.inject.guards import guard_pair
+from atlas.model.inject.guards import guard_pair, ramp
 from atlas.model.inject.keys import Negatives, discriminant, gate
 from atlas.model.inject.values import ValueChoice, keep_of, refine_values, value_gradients
 from atlas.model.inject.widen import set_pair_value
@@ -159,10 +159,9 @@ def test_discriminant_separates_what_the_mean_does_not() -> None:
     assert gt.separable and (neg @ w).max() < gt.threshold < gt.saturation <= (pos @ w).min()
 
 
-def test_a_guard_shuts_a_slot_on_namesakes_and_never_on_the_facts_own_prompts() -> None:
-    """A slot keyed on a word (e0) also opens on other names with that word (e0 + e2): the guard is
-    keyed on those, stays shut on the fact's own points and on the negatives, and writes minus the
-    slot's value; a namesake the slot stays shut on gets no guard at all."""
+def _namesakes_of_a_word() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Negatives `[400, 16]`, a fact's own reading points `[5, 16]` (the word: e0) and its
+    namesakes' `[7, 16]` (the word and more: e0 + e2)."""
     g = torch.Generator().manual_seed(4)
     neg = torch.randn(400, 16, generator=g, dtype=torch.float64)
     own = torch.randn(5, 16, generator=g, dtype=torch.float64) * 0.2
@@ -170,6 +169,14 @@ def test_a_guard_shuts_a_slot_on_namesakes_and_never_on_the_facts_own_prompts() 
     names = torch.randn(7, 16, generator=g, dtype=torch.float64) * 0.2
     names[:, 0] += 6.0
     names[:, 2] += 3.0
+    return neg, own, names
+
+
+def test_a_guard_shuts_a_slot_on_namesakes_and_never_on_the_facts_own_prompts() -> None:
+    """A slot keyed on a word (e0) also opens on other names with that word (e0 + e2): the guard is
+    keyed on those, stays shut on the fact's own points and on the negatives, and writes minus the
+    slot's value; a namesake the slot stays shut on gets no guard at all."""
+    neg, own, names = _namesakes_of_a_word()
     main = SlotPair(5, 100, torch.eye(16, dtype=torch.float64)[0], 3.0, 0.5, torch.ones(16, dtype=torch.float64))
     assert bool(((names @ main.key) > main.threshold).all())
     guard, info = guard_pair(main, own, names, Negatives.of(neg), 102, 0.05, 1.0, 0.25, 0.9)
@@ -193,6 +200,22 @@ def test_a_guard_shuts_a_slot_on_namesakes_and_never_on_the_facts_own_prompts() 
     # where the guard must also stay shut on the namesakes themselves (a training prompt there), none
     none, info = guard_pair(main, torch.cat([own, names]), names, Negatives.of(neg), 102, 0.05, 1.0, 0.25, 0.9)
     assert none is None and info.opened == 7 and info.cancelled == 0
+
+
+def test_a_guard_on_namesakes_where_the_slot_is_partly_open_writes_that_share_of_its_value() -> None:
+    """Where the fact's pair is only half open on the namesakes (their scores midway up its ramp),
+    a guard writing minus the whole value would push the other way by half the value: its value is
+    the least-squares share of the pair's activation there, so that both together leave ~0."""
+    neg, own, names = _namesakes_of_a_word()
+    main = SlotPair(5, 100, torch.eye(16, dtype=torch.float64)[0], 5.5, 1.0, torch.ones(16, dtype=torch.float64))
+    pair = ramp(names @ main.key, main.threshold, main.slope)
+    assert bool((pair > 0.1).all()) and bool((pair < 0.9).all())
+    guard, info = guard_pair(main, own, names, Negatives.of(neg), 102, 0.05, 1.0, 0.25, 0.9)
+    assert guard is not None and info.cancelled == 7
+    mine = ramp(names @ guard.key, guard.threshold, guard.slope)
+    assert 0.1 < info.share < 0.9 and torch.equal(guard.value, -main.value * info.share)
+    left = (pair - info.share * mine).abs().mean()  # what the pair and its guard add together, in v
+    assert left < 0.2 < (pair - mine).abs().mean()
 
 
 def test_moments_of_parts_add_up_to_the_whole() -> None:
@@ -580,7 +603,7 @@ def test_a_facts_guard_is_written_after_its_pair_and_leaves_its_own_prompts_alon
         out = build_fact(model, adapter, ITEMS, negs, [1], base, params, guard_inputs={1: (own + shift, nowhere)})
         (info, guard) = out.guards[0]
         assert guard is not None and out.pairs == [out.pairs[0], guard] and guard.cancels is out.pairs[0]
-        assert guard.index == base + 2 and torch.equal(guard.value, -out.pairs[0].value)
+        assert guard.index == base + 2 and torch.equal(guard.value, -out.pairs[0].value * info.share)
         assert info.opened == len(ITEMS) and info.cancelled == len(ITEMS)
         with_guard = [s.p_gold for s in score(model, adapter, ITEMS)]
         set_pair_value(adapter, guard, torch.zeros_like(guard.value))

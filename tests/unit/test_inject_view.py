@@ -17,7 +17,9 @@ def _record(guards: list[dict]) -> InjectionRecord:
 def test_show_names_a_guard_and_what_it_shuts() -> None:
     shown = describe(_record([{"layer": 10, "opened": 14, "cancelled": 12, "separable": False, "index": 1538}]))
     assert "slots L10.1536+1537 (subject)" in shown
-    assert "guard L10.1538+1539 shuts 12/14 namesake positions" in shown
+    assert "guard L10.1538+1539 shuts 12/14 namesake positions;" in shown + ";"  # recorded before its share
+    share = {"layer": 10, "opened": 14, "cancelled": 12, "separable": False, "share": 0.459, "index": 1538}
+    assert "guard L10.1538+1539 shuts 12/14 namesake positions, -0.46 v" in describe(_record([share]))
 
 
 def test_show_says_where_no_guard_could_be_built_and_is_silent_without_namesakes() -> None:

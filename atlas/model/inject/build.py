@@ -174,7 +174,8 @@ def _add_guards(
     params: BuildParams,
 ) -> None:
     """A guard for each of the fact's final pairs that opens on a namesake (`guards`), written at
-    `index`, `index + 2`, ... with minus the pair's value, shut on the fact's reading points."""
+    `index`, `index + 2`, ... with minus the pair's value times the share `guards` fits, shut on the
+    fact's reading points."""
     for main in [p for p in out.pairs if p.layer in guard_inputs]:
         names, shut = guard_inputs[main.layer]
         guard, info = guard_pair(

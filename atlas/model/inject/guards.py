@@ -1,4 +1,4 @@
-"""Guard pairs: where a subject-keyed slot opens on another name, a second pair writes minus its value.
+"""Guard pairs: where a subject-keyed slot opens on another name, a second pair writes minus (a share of) its value.
 
 A key read at the subject's last token cannot be a perfect detector: the word it reads also ends
 or starts other names ("Benson" of "Egbert Benson" and of "Benson Glacier", "Sonic" of "Pan Sonic"
@@ -9,15 +9,19 @@ namesakes' prompts (every position) on which the fact's pair opens, and P `[n, h
 own reading points and every position of the injection's training prompts:
 
     w_g = discriminant(N_open, negatives + P),    gate_g silent on the negatives and on P,
-    v_g = -v                                     (v: the fact's value, final)
+    v_g = -c v,   c = min(1, sum a g / sum g^2)   (v: the fact's value, final)
 
-so that on a namesake both pairs open and cancel, and on the fact's training prompts (and every
-negative) the guard stays shut (up to the smooth clamp's leak just below its threshold, `widen`).
+with a, g the pair's and the guard's activations (clamped ramps) on N_open, so that on a namesake
+both pairs open and cancel, and on the fact's training prompts (and every negative) the guard
+stays shut (up to the smooth clamp's leak just below its threshold, `widen`).
 Where the guard's gate cannot part a namesake from those it gives that namesake up
 (`GuardInfo.cancelled` < `opened`). What it may cost: a held-out paraphrase that reads more like a
 namesake than like the training prompts is cancelled too, and an unseen input on which the guard
-alone opens gets -v (the mirror of the slot's own risk). BENCHMARKS.md measures the net effect on
-held-out paraphrases, right answers and their P(gold).
+alone opens gets -c v (the mirror of the slot's own risk). Why c: a guard's gate saturates on
+the namesakes it is keyed on, where the fact's pair is often only partly open ("Said the Whale"
+for "whale" on SmolLM2: the pair at 0.46, the guard at 1.0); minus the whole value there would
+push the other way by more than the pair pushed. c is the least-squares share (never above 1).
+BENCHMARKS.md measures the net effect on held-out paraphrases, right answers and their P(gold).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class GuardInfo:
     opened: int
     cancelled: int
     separable: bool
+    share: float = 1.0  # c: the guard's value is -c times the pair's
 
 
 def guard_pair(
@@ -51,7 +56,7 @@ def guard_pair(
     gate_low: float,
     gate_high: float,
 ) -> tuple[SlotPair | None, GuardInfo]:
-    """The guard of `main` (its value not yet set: `-main.value` once that is final), keyed on the
+    """The guard of `main` (its value final: the guard's is -c times it, module docstring), keyed on the
     rows of `namesakes` `[m, hidden]` on which `main` opens, kept shut on `negatives` and on the
     rows `own` `[n, hidden]` (the fact's own reading points, and where no guard may open); None
     where it would shut none of them (`main` opens on no namesake, or the guard cannot part them
@@ -64,7 +69,21 @@ def guard_pair(
     w = discriminant(opened, shut, ridge, pos_scatter)
     g = gate(opened @ w, shut.scores(w), gate_low, gate_high, "silent")
     cancelled = int((opened @ w > g.threshold).sum())
-    info = GuardInfo(main.layer, opened.shape[0], cancelled, g.separable)
     if not cancelled:  # a guard that shuts no namesake would only risk opening elsewhere
-        return None, info
-    return SlotPair(main.layer, index, w, g.threshold, g.slope, -main.value, main.sharpness, cancels=main), info
+        return None, GuardInfo(main.layer, opened.shape[0], cancelled, g.separable)
+    share = _share(ramp(opened @ main.key.double(), main.threshold, main.slope), ramp(opened @ w, g.threshold, g.slope))
+    info = GuardInfo(main.layer, opened.shape[0], cancelled, g.separable, share)
+    value = -main.value * share
+    return SlotPair(main.layer, index, w, g.threshold, g.slope, value, main.sharpness, cancels=main), info
+
+
+def ramp(scores: Tensor, threshold: float, slope: float) -> Tensor:
+    """A pair's activation at key scores `[n]`: clamp(a (s - b), 0, 1) (`widen`)."""
+    return ((scores - threshold) * slope).clamp(0.0, 1.0)
+
+
+def _share(pair: Tensor, guard: Tensor) -> float:
+    """The c (module docstring) for which the guard's activations `guard` `[n]` times c best match
+    the pair's `pair` `[n]` on the rows the guard is keyed on, at most 1 (a guard never writes more
+    than the pair's value)."""
+    return min(1.0, float((pair * guard).sum() / (guard * guard).sum()))
