@@ -106,8 +106,10 @@ def choose_facts(
             truth[f"cf-{f.id}"] = f.object
             n_extra += not inside
     if subjects:
-        rows = [r for r in rows if r["subject"] in set(subjects.split("|"))]
-        ids = [i for i in ids if i in {r["id"] for r in rows}]
+        wanted = set(subjects.split("|"))
+        rows = [r for r in rows if r["subject"] in wanted]
+        kept = {r["id"] for r in rows}
+        ids = [i for i in ids if i in kept]
     return rows, ids, truth
 
 
@@ -302,8 +304,8 @@ def inject_and_audit(
     result["gates_separable"] = sum(g["separable"] for f in rec.facts for g in f.info["gates"])
     result["value_reached"] = sum(bool(f.info["value"]["reached"]) for f in rec.facts)
     shares = [g["share"] for f in rec.facts for g in f.info.get("guards", []) if g["index"] is not None]
-    result["guards"] = {"built": len(shares), "share_mean": round(sum(shares) / len(shares), 3) if shares else None}
-    result["guards"]["share_below_0.9"] = sum(s < 0.9 for s in shares)
+    mean = round(sum(shares) / len(shares), 3) if shares else None
+    result["guards"] = {"built": len(shares), "share_mean": mean, "share_below_0.9": sum(s < 0.9 for s in shares)}
     return result
 
 

@@ -49,16 +49,22 @@ OPEN = 1e-3  # residual-norm units below which a pair counts as shut
 
 
 @torch.no_grad()
+def neuron_acts(lm, layers: set[int], ids: list[int]) -> dict[int, torch.Tensor]:
+    """One forward pass over `ids`: each layer's neuron activations `[pos, n_neurons]`."""
+    seen: dict[int, torch.Tensor] = {}
+    fns = {layer: (lambda acts, layer=layer: seen.__setitem__(layer, acts[0].clone())) for layer in layers}
+    with hooks(lm.adapter, fns):
+        lm.model(input_ids=torch.tensor([ids], device=next(lm.model.parameters()).device))
+    return seen
+
+
+@torch.no_grad()
 def openings(lm, pairs: dict[tuple[int, int], str], ids: list[int], unseen_from: int) -> dict[str, dict]:
     """Per pair ("owner L<layer>.<index>"): positions where it opens, how many are in unseen text,
     the summed norm it adds there, and the first few places (the text up to the token)."""
-    layers = sorted({layer for layer, _ in pairs})
     out: dict[str, dict] = {}
-    seen: dict[int, torch.Tensor] = {}  # each layer's neuron activations `[pos, n_neurons]` of the chunk
-    fns = {layer: (lambda acts, layer=layer: seen.__setitem__(layer, acts[0].clone())) for layer in layers}
     for start in range(0, len(ids), CHUNK):
-        with hooks(lm.adapter, fns):
-            lm.model(input_ids=torch.tensor([ids[start : start + CHUNK]], device=next(lm.model.parameters()).device))
+        seen = neuron_acts(lm, {layer for layer, _ in pairs}, ids[start : start + CHUNK])
         for (layer, index), owner in pairs.items():
             length = float(lm.adapter.ffn_out(layer).weight[:, index].norm())
             added = (seen[layer][:, index] - seen[layer][:, index + 1]).abs() * length
@@ -93,10 +99,7 @@ def prompt_openings(lm, pairs: dict[tuple[int, int], str], store: Store, run: st
 def net_added(lm, pairs: list[tuple[int, int]], ids: list[int]) -> tuple[float, float]:
     """The largest norm, over the positions of `ids`, of what the `pairs` (layer, index) add to the
     residual stream together, and of what the first of them (a fact's slot) adds alone."""
-    seen: dict[int, torch.Tensor] = {}
-    fns = {layer: (lambda acts, layer=layer: seen.__setitem__(layer, acts[0].clone())) for layer, _ in pairs}
-    with hooks(lm.adapter, fns):
-        lm.model(input_ids=torch.tensor([ids], device=next(lm.model.parameters()).device))
+    seen = neuron_acts(lm, {layer for layer, _ in pairs}, ids)
     added = [
         (seen[layer][:, index] - seen[layer][:, index + 1])[:, None] * lm.adapter.ffn_out(layer).weight[:, index]
         for layer, index in pairs
