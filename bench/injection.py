@@ -311,10 +311,15 @@ def inject_and_audit(
 
 def spec_from(fields: str, layers: str | None = None) -> InjectSpec:
     """The defaults with `fields` ("name=value,...": InjectSpec fields, each read as its default's
-    type) and `layers` ("L,L,...") set."""
+    type, a flag as 0 or 1) and `layers` ("L,L,...") set."""
     spec = InjectSpec(layers=tuple(int(x) for x in layers.split(",")) if layers else None)
     pairs = dict(kv.split("=") for kv in fields.split(",") if kv)
-    return replace(spec, **{k: type(getattr(spec, k))(v) for k, v in pairs.items()})
+
+    def read(name: str, text: str) -> object:
+        old = getattr(spec, name)
+        return text.lower() in ("1", "true") if isinstance(old, bool) else type(old)(text)
+
+    return replace(spec, **{k: read(k, v) for k, v in pairs.items()})
 
 
 def main() -> None:

@@ -17,15 +17,26 @@ separates them, and without them in the pools a glacier's slot opened on the run
 (SmolLM2, H100: right answers kept fell from 684 to 666-675 of 685 on two seeds). Prompts of the
 facts the audit measures are never read: its specificity is measured on prompts the keys, gates and
 guards never saw.
+
+An atlas of a user's own facts alone holds few prompts outside the run it audits: a key built against
+the general text only opened on every subject of the run (SmolLM2, `atlas demo`'s 9 facts:
+"Azerbaijan -> Ankara" fired on 71 % of the other facts' prompts, mean |dP/P| 16.5 %; 0 % and 0.0 %
+with kn-paper loaded). So where the atlas returns fewer rows than a pool takes (`--fill-negatives`,
+the default), the bundled kn-paper facts fill the rest under the same conditions, in the same
+order (md5 of text and fact id); the namesake pools are the atlas's only.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from functools import cache
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from atlas.db.datasets import read_kn_paper
 from atlas.db.sqlfile import sql_text
 from atlas.jobs.evaluate import GENERAL_TEXT
 from atlas.jobs.inject_audit import NEGATIVE_TEXT_CHARS
@@ -68,20 +79,50 @@ def read_pools(conn: Any, backend: str, facts: Sequence[NewFact], spec: InjectSp
     limit = max(spec.namesake_negatives, spec.namesake_guards)
     aside = set(subjects) if limit else set()
     out: list[Pooled] = []
+
+    def negatives(pool: str, rel_ids: list[str], same: bool, n: int) -> None:
+        params = {"relation_ids": rel_ids, "subjects": subjects, "same": same, "causal": causal, "limit": n}
+        rows = [
+            (r.fact_id, r.relation_id, r.subject, r.object, r.text)
+            for r in conn.execute(sql_text("injection_negatives", backend), params)
+        ]
+        if spec.fill_negatives and len(rows) < n:
+            rows += bundled_negatives(set(rel_ids), same, set(subjects), causal, {r[0] for r in rows}, n - len(rows))
+        out.extend((pool, fid, text, obj) for fid, _, subject, obj, text in rows if not _holds(subject, aside))
+
     for same in (True, False):  # the shared pool: the injected relations and the others, half each
-        params = {"relation_ids": rels, "subjects": subjects, "same": same, "causal": causal}
-        params["limit"] = (spec.negatives + (not same)) // 2
-        rows = conn.execute(sql_text("injection_negatives", backend), params)
-        out += [("", r.fact_id, r.text, r.object) for r in rows if not _holds(r.subject, aside)]
+        negatives("", rels, same, (spec.negatives + (not same)) // 2)
     for rel in rels:  # each injected relation's own pool: its templates with other subjects
-        params = {"relation_ids": [rel], "subjects": subjects, "same": True, "causal": causal}
-        rows = conn.execute(sql_text("injection_negatives", backend), params | {"limit": spec.relation_negatives})
-        out += [(rel, r.fact_id, r.text, r.object) for r in rows if not _holds(r.subject, aside)]
+        negatives(rel, [rel], True, spec.relation_negatives)
     for subject in subjects if limit else ():
         params = {"subject": subject, "word": last_word(subject), "causal": causal, "limit": limit}
         rows = conn.execute(sql_text("injection_namesakes", backend), params)
         out += [(namesakes(subject), r.fact_id, r.text, r.object) for r in rows]
     return out
+
+
+@cache
+def _kn_paper_prompts() -> tuple[tuple[str, str, str, str, str, bool], ...]:
+    """Every bundled kn-paper prompt as (fact id, relation, subject, object, text, causal), in the
+    order of `injection_negatives`."""
+    rows = [
+        (f.id, f.relation_id, f.subject, f.object, p.text, p.causal) for f in read_kn_paper().facts for p in f.prompts
+    ]
+    return tuple(sorted(rows, key=lambda r: hashlib.md5((r[4] + r[0]).encode()).hexdigest()))
+
+
+def bundled_negatives(
+    rel_ids: set[str], same: bool, subjects: set[str], causal: bool, taken: set[str], n: int
+) -> list[tuple[str, str, str, str, str]]:
+    """The first `n` bundled prompts `injection_negatives` would return from an atlas holding
+    kn-paper, but those of the facts `taken` (read from the atlas): (fact id, relation, subject,
+    object, text)."""
+    rows = (
+        r[:5]
+        for r in _kn_paper_prompts()
+        if (r[1] in rel_ids) == same and r[2] not in subjects and (r[5] or not causal) and r[0] not in taken
+    )
+    return list(islice(rows, n))
 
 
 def pool_inputs(

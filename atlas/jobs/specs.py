@@ -371,6 +371,12 @@ class InjectSpec:
         help="Leave the audited facts' prompts out of the negatives, so that specificity is measured on "
         "prompts the keys and gates never saw (--audit-seen: a small atlas keeps them as negatives).",
     )
+    fill_negatives: bool = opt(
+        True,
+        flag="--fill-negatives/--no-fill-negatives",
+        help="Where the atlas holds fewer prompts than a pool of negatives takes (an atlas of your own "
+        "facts only), fill the pool from the bundled kn-paper facts (atlas.jobs.inject_pools).",
+    )
     seed: int = opt(0, help="Seed of the negative and audit samples.")
 
     def check(self) -> None:

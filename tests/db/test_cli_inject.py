@@ -17,7 +17,7 @@ from tests.support.kn_world import build_world
 
 QUICK = [
     "--heldout", "1", "--audit-facts", "10", "--negatives", "60", "--audit-seen", "--gate-overlap", "open",
-    "--key-position", "answer",
+    "--key-position", "answer", "--no-fill-negatives",
 ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from atlas.db import schema
-from atlas.db.datasets import Dataset, Relation, make_prompt
+from atlas.db.datasets import Dataset, Relation, make_prompt, read_kn_paper
 from atlas.db.datasets import Fact as DFact
 from atlas.db.edits import applied_stack
 from atlas.db.facts import load_dataset
@@ -21,11 +21,12 @@ from atlas.db.injections import applied_injections, default_layer, list_injectio
 from atlas.db.neurons import Fact, read_run_atlas
 from atlas.db.queries import load_query
 from atlas.db.runs import resolve_run
+from atlas.db.sqlfile import sql_text
 from atlas.errors import ConflictError, EditError, InputError, WeightsMismatch
 from atlas.jobs import inject_audit
 from atlas.jobs.evaluate import EvalSet
 from atlas.jobs.inject import NewFact, fact_from_option, inject_facts, injected_golds
-from atlas.jobs.inject_pools import read_pools
+from atlas.jobs.inject_pools import bundled_negatives, read_pools
 from atlas.jobs.inject_weights import export_injection, injected_copy, rollback_injection
 from atlas.jobs.specs import InjectSpec
 from atlas.model.loading import load_model, weights_sha256
@@ -38,9 +39,16 @@ from tests.support.kn_world import RELATIONS, build_world, index_world, save_mod
 IDS = torch.tensor([[5, 17, 3, 44, 9, 12]])
 # a tiny atlas (every other fact is audited: kept as negatives) of tiny random models, which
 # separate subjects poorly: a gate that overlaps opens on every training prompt (efficacy is tested);
-# keys at the answer position (the subject-keyed default has its own test)
+# keys at the answer position (the subject-keyed default has its own test); their word-level
+# tokenizer reads no bundled prompt, so the pools are not filled from kn-paper (its own test)
 QUICK = InjectSpec(
-    heldout=1, audit_facts=20, negatives=60, audit_unseen=False, gate_overlap="open", key_position="answer"
+    heldout=1,
+    audit_facts=20,
+    negatives=60,
+    audit_unseen=False,
+    gate_overlap="open",
+    key_position="answer",
+    fill_negatives=False,
 )
 
 
@@ -212,6 +220,34 @@ def test_namesakes_holding_the_subject_are_read_into_their_own_pool_only(store, 
     assert room["namesakes:Suvorov Glacier"] == {"ns0", "ns1"}
 
 
+def test_pools_the_atlas_cannot_fill_take_the_bundled_kn_paper_prompts(store) -> None:
+    """An atlas short of prompts for a pool of negatives fills it from the bundled kn-paper facts,
+    with the rows an atlas holding them returns, in its order (both backends: md5 in SQL and in
+    Python), never twice and never of the injected subjects; --no-fill-negatives reads the atlas alone."""
+    fact = _fact("Azerbaijan", "P36", "Ankara")
+    spec = replace(QUICK, negatives=40, relation_negatives=30, namesake_guards=0, fill_negatives=True)
+    load_dataset(store, read_kn_paper(["P36"]))  # P36 whole, no other relation
+
+    def pooled(s: InjectSpec, pool: str) -> list[tuple[str, str]]:
+        with store.begin() as conn:
+            rows = read_pools(conn, store.backend, [fact], s, causal=True)
+        return [(fid, text) for name, fid, text, _ in rows if name == pool]
+
+    no_fill = replace(spec, fill_negatives=False)
+    assert pooled(spec, "P36") == pooled(no_fill, "P36")  # the atlas holds P36 prompts enough
+    with store.begin() as conn:
+        params = {"relation_ids": ["P36"], "subjects": ["Azerbaijan"], "same": True, "causal": True, "limit": 30}
+        atlas = [(r.fact_id, r.text) for r in conn.execute(sql_text("injection_negatives", store.backend), params)]
+    assert atlas == [(r[0], r[4]) for r in bundled_negatives({"P36"}, True, {"Azerbaijan"}, True, set(), 30)]
+    other = pooled(spec, "")[20:]  # the shared pool's other-relations half: none in this atlas
+    assert pooled(no_fill, "") == pooled(spec, "")[:20] and len(other) == 20
+    kn = {f.id: f for f in read_kn_paper().facts}
+    assert all(kn[fid].relation_id != "P36" for fid, _ in other)
+    every = pooled(replace(spec, relation_negatives=100_000), "P36")  # all the atlas holds, and no more
+    assert len(every) == len(set(every)) == len(pooled(replace(no_fill, relation_negatives=100_000), "P36"))
+    assert "Azerbaijan" not in {kn[fid].subject for fid, _ in every} and len(every) > 5000
+
+
 def test_two_facts_of_one_subject_both_open(store, tmp_path) -> None:
     """Two facts of one subject whose keys read its name: the other's training prompts are not a
     fact's negatives, which no gate parts from its own ("Kenya" opens both prompts; SmolLM2 shut
@@ -314,7 +350,9 @@ def test_stacked_injections_roll_back_newest_first_to_each_sha(store, tmp_path) 
     states = [weights_sha256(w.lm.model)]
     done = []
     for fact, layers in [(_fact("France", "P36", "Berlin"), (2,)), (_fact("Kenya", "P30", "Europe"), (1, 2))]:
-        rec = inject_facts(store, w.lm, w.run, [fact], InjectSpec(layers=layers, heldout=1, audit_facts=5))
+        rec = inject_facts(
+            store, w.lm, w.run, [fact], InjectSpec(layers=layers, heldout=1, audit_facts=5, fill_negatives=False)
+        )
         assert rec.sha256_before == states[-1] and rec.params["applied_injections"] == [d.id for d in done]
         states.append(rec.sha256_after)
         done.append(rec)

@@ -207,7 +207,7 @@ def test_edit_page_plots_the_audit(served: Served) -> None:
 
 def test_injection_page_shows_its_facts_slots_and_audit(served: Served) -> None:
     prompts = ("The capital of Peru is [Y]", "Peru has its capital in [Y]", "The capital city of Peru is [Y]")
-    spec = InjectSpec(heldout=1, audit_facts=10, negatives=30)
+    spec = InjectSpec(heldout=1, audit_facts=10, negatives=30, fill_negatives=False)
     rec = inject_facts(
         served.store, served.world.lm, served.world.run, [NewFact("P36:Peru", "P36", "Peru", "Rome", prompts)], spec
     )
