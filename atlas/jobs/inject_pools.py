@@ -32,7 +32,7 @@ import hashlib
 from collections.abc import Sequence
 from functools import cache
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -101,14 +101,24 @@ def read_pools(conn: Any, backend: str, facts: Sequence[NewFact], spec: InjectSp
     return out
 
 
+class _Bundled(NamedTuple):
+    fact_id: str
+    relation_id: str
+    subject: str
+    object: str
+    text: str
+    causal: bool
+
+
 @cache
-def _kn_paper_prompts() -> tuple[tuple[str, str, str, str, str, bool], ...]:
-    """Every bundled kn-paper prompt as (fact id, relation, subject, object, text, causal), in the
-    order of `injection_negatives`."""
+def _kn_paper_prompts() -> tuple[_Bundled, ...]:
+    """Every bundled kn-paper prompt, in the order of `injection_negatives` (md5 of text and fact id)."""
     rows = [
-        (f.id, f.relation_id, f.subject, f.object, p.text, p.causal) for f in read_kn_paper().facts for p in f.prompts
+        _Bundled(f.id, f.relation_id, f.subject, f.object, p.text, p.causal)
+        for f in read_kn_paper().facts
+        for p in f.prompts
     ]
-    return tuple(sorted(rows, key=lambda r: hashlib.md5((r[4] + r[0]).encode()).hexdigest()))
+    return tuple(sorted(rows, key=lambda r: hashlib.md5((r.text + r.fact_id).encode()).hexdigest()))
 
 
 def bundled_negatives(
@@ -120,7 +130,10 @@ def bundled_negatives(
     rows = (
         r[:5]
         for r in _kn_paper_prompts()
-        if (r[1] in rel_ids) == same and r[2] not in subjects and (r[5] or not causal) and r[0] not in taken
+        if (r.relation_id in rel_ids) == same
+        and r.subject not in subjects
+        and (r.causal or not causal)
+        and r.fact_id not in taken
     )
     return list(islice(rows, n))
 
