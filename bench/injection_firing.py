@@ -79,6 +79,11 @@ def openings(lm, pairs: dict[tuple[int, int], str], ids: list[int], unseen_from:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["norm"]))
 
 
+def prompt_ids(lm, text: str) -> list[int]:
+    """The token ids of a prompt up to its `[Y]`, as the model reads it before the answer."""
+    return list(lm.tokenizer(text.split("[Y]")[0].rstrip(), add_special_tokens=False).input_ids)
+
+
 def prompt_openings(lm, pairs: dict[tuple[int, int], str], store: Store, run: str, about: list[str], rec) -> dict:
     """Per prompt of the run's facts about the `about` subjects (not the injected ones): the pairs
     open anywhere before its answer and the norm each adds there (`openings`)."""
@@ -89,7 +94,7 @@ def prompt_openings(lm, pairs: dict[tuple[int, int], str], store: Store, run: st
         if f.subject not in about or (f.subject, f.relation_id) in injected:
             continue
         for text in f.prompts:
-            ids = list(lm.tokenizer(text.split("[Y]")[0].rstrip(), add_special_tokens=False).input_ids)
+            ids = prompt_ids(lm, text)
             found = openings(lm, pairs, ids, len(ids))
             out[f"{f.relation_id} {text} -> {f.object}"] = {k: v["norm"] for k, v in found.items()}
     return out
@@ -120,7 +125,7 @@ def namesake_openings(lm, store: Store, rec, subjects: list[str]) -> dict:
             rows = list(conn.execute(sql_text("injection_namesakes", store.backend), params))
         prompts = {}
         for r in rows:
-            ids = list(lm.tokenizer(r.text.split("[Y]")[0].rstrip(), add_special_tokens=False).input_ids)
+            ids = prompt_ids(lm, r.text)
             both, alone = net_added(lm, pairs, ids)
             prompts[r.text.replace("[X]", r.subject)] = [round(both, 2), round(alone, 2)]
         out[f.subject] = {

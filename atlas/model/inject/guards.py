@@ -67,11 +67,12 @@ def guard_pair(
         return None, GuardInfo(main.layer, 0, 0, True)
     shut = negatives.plus(own)
     w = discriminant(opened, shut, ridge, pos_scatter)
-    g = gate(opened @ w, shut.scores(w), gate_low, gate_high, "silent")
-    cancelled = int((opened @ w > g.threshold).sum())
+    scores = opened @ w  # the guard's key on the namesakes it is keyed on `[m']`
+    g = gate(scores, shut.scores(w), gate_low, gate_high, "silent")
+    cancelled = int((scores > g.threshold).sum())
     if not cancelled:  # a guard that shuts no namesake would only risk opening elsewhere
         return None, GuardInfo(main.layer, opened.shape[0], cancelled, g.separable)
-    share = _share(ramp(opened @ main.key.double(), main.threshold, main.slope), ramp(opened @ w, g.threshold, g.slope))
+    share = _share(ramp(opened @ main.key.double(), main.threshold, main.slope), ramp(scores, g.threshold, g.slope))
     info = GuardInfo(main.layer, opened.shape[0], cancelled, g.separable, share)
     value = -main.value * share
     return SlotPair(main.layer, index, w, g.threshold, g.slope, value, main.sharpness, cancels=main), info
